@@ -1,0 +1,45 @@
+"""Writing files whole or not at all.
+
+Every file the toolkit produces goes through :func:`atomic_output`: the content is written to a
+temporary file in the same folder and renamed into place only when writing finished, so an
+interrupted run never leaves a half-written checkpoint, graph or engine behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from ltmp_deploy.errors import LTMPError
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise LTMPError(f"{target}: cannot write, folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise LTMPError(f"{target}: cannot write, folder {folder} is not writable")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".part", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
