@@ -1,0 +1,75 @@
+"""The LTMP transformer block: timm's ``Block`` with merge and prune between attention and MLP.
+
+Blocks of a patched model have their ``__class__`` swapped to :class:`LTMPBlock`; weights,
+LayerScale, DropPath and the MLP are timm's own. Attention is recomputed here from the timm
+attention module's weights because LTMP needs what fused attention hides: the post-softmax
+matrix (for importance) and the keys (for matching), plus proportional attention.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+from ltmp_deploy.ltmp.reduce import Decision, Plan, Tokens, merge_and_prune, slice_tokens, token_importance
+
+
+class Threshold(nn.Module):
+    """One learned scalar; named like the authors' ``merge_masker`` / ``prune_masker``."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.threshold = nn.Parameter(torch.tensor([float(value)]))
+
+
+def proportional_attention(attn: nn.Module, x: Tensor, size: Tensor, valid: Optional[Tensor], soft: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """timm ``Attention`` with ``log(size)`` added to the logits of every key.
+
+    Invalid keys (padding, or tokens already removed in training) get no attention: in
+    inference by a -inf bias before the softmax; in training by a multiplicative mask after
+    it, so the straight-through gradient reaches the mask (as DynamicViT's masked softmax).
+    Returns the output, the post-softmax matrix (B, H, N, N) and the head-averaged keys.
+    """
+    b, n, _ = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+
+    bias = size.log()
+    if valid is not None and not soft:
+        bias = torch.where(valid > 0.5, bias, torch.full_like(bias, float("-inf")))
+    logits = (q * attn.scale) @ k.transpose(-2, -1) + bias[:, None, None, :]
+    probs = logits.softmax(dim=-1)
+    if valid is not None and soft:
+        probs = probs * valid[:, None, None, :]
+        probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    out = (attn.attn_drop(probs) @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
+    out = attn.proj_drop(attn.proj(attn.norm(out)))
+    return out, probs, k.mean(dim=1)
+
+
+class LTMPBlock(Block):
+    """Behaviour swapped onto a timm ``Block``: forward takes and returns the token state."""
+
+    merge_masker: Threshold
+    prune_masker: Threshold
+
+    def forward(self, tokens: Tokens, plan: Plan, num_prefix: int) -> tuple[Tokens, Optional[Decision]]:  # type: ignore[override]
+        soft = plan.mode == "train"
+        out, probs, metric = proportional_attention(self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, soft)
+        tokens = Tokens(tokens.x + self.drop_path1(self.ls1(out)), tokens.size, tokens.valid, tokens.source)
+
+        decision = None
+        if plan.mode == "oracle":
+            tokens = slice_tokens(tokens, plan.k)
+        elif plan.mode != "off":
+            imp = token_importance(probs, tokens.valid, num_prefix)
+            tokens, decision = merge_and_prune(tokens, metric, imp, num_prefix, plan)
+
+        x = tokens.x + self.drop_path2(self.ls2(self.mlp(self.norm2(tokens.x))))
+        return Tokens(x, tokens.size, tokens.valid, tokens.source), decision

@@ -1,0 +1,184 @@
+"""Model surgery: give a timm VisionTransformer LTMP in place, keeping weights, head and pooling.
+
+As ToMe does, the patch swaps ``__class__`` of the model and of its blocks; nothing is copied.
+Unlike ToMe, no per-call state is stashed on the model: the token state is passed from block to
+block explicitly, so a patched model exports to ONNX and gives the same answer on every call.
+What *is* kept on the model is configuration: the mode and the fixed-mode schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from ltmp_deploy.errors import LTMPError, UnsupportedModelError
+from ltmp_deploy.ltmp.block import LTMPBlock, Threshold
+from ltmp_deploy.ltmp.reduce import Decision, Plan, Tokens
+from ltmp_deploy.ltmp.schedule import Schedule
+
+MODES = ("off", "train", "threshold", "fixed", "oracle")
+POOLS = ("token", "avg")
+INITIAL_MERGE_THRESHOLD = 0.9  # LTMP_SPEC.md: thresholds start where nothing happens
+INITIAL_PRUNE_THRESHOLD = 0.0
+
+
+@dataclass
+class LTMPConfig:
+    """Configuration carried by a patched model (not per-call state)."""
+
+    mode: str = "threshold"
+    schedule: Optional[Schedule] = None
+    tau: float = 0.1
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LTMPOutput:
+    logits: Tensor
+    decisions: list[Decision]
+    tokens: Tokens  # the state after the last block (before the final norm)
+
+
+class LTMPVisionTransformer(VisionTransformer):
+    """Behaviour mixed into a timm VisionTransformer (or subclass) by :func:`apply_patch`."""
+
+    ltmp: LTMPConfig
+
+    @property
+    def ltmp_num_tokens(self) -> int:
+        return self.patch_embed.num_patches + self.num_prefix_tokens
+
+    def ltmp_set_mode(self, mode: str, schedule: Optional[Schedule] = None) -> "LTMPVisionTransformer":
+        """Switch between train / threshold / fixed (and off / oracle) at run time."""
+        if mode not in MODES:
+            raise LTMPError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        schedule = schedule if schedule is not None else self.ltmp.schedule
+        if mode in ("fixed", "oracle"):
+            if schedule is None:
+                raise LTMPError(f"mode {mode!r} needs a schedule: calibrate one or pass --schedule")
+            schedule.validate(len(self.blocks), self.ltmp_num_tokens, self.num_prefix_tokens)
+        self.ltmp.mode, self.ltmp.schedule = mode, schedule
+        return self
+
+    def ltmp_thresholds(self) -> tuple[list[float], list[float]]:
+        merge = [float(b.merge_masker.threshold.detach()[0]) for b in self.blocks]
+        prune = [float(b.prune_masker.threshold.detach()[0]) for b in self.blocks]
+        return merge, prune
+
+    def ltmp_set_thresholds(self, merge: list[float], prune: list[float]) -> None:
+        if len(merge) != len(self.blocks) or len(prune) != len(self.blocks):
+            raise LTMPError(f"expected {len(self.blocks)} merge and prune thresholds, got {len(merge)} and {len(prune)}")
+        with torch.no_grad():
+            for b, m, p in zip(self.blocks, merge, prune):
+                b.merge_masker.threshold.fill_(float(m))
+                b.prune_masker.threshold.fill_(float(p))
+
+    def ltmp_plans(self) -> list[Plan]:
+        mode, schedule = self.ltmp.mode, self.ltmp.schedule
+        plans = []
+        for i, blk in enumerate(self.blocks):
+            r = schedule.merges[i] if schedule is not None and mode in ("fixed", "oracle") else 0
+            k = schedule.keeps[i] if schedule is not None and mode in ("fixed", "oracle") else 0
+            plans.append(Plan(mode, r, k, blk.merge_masker.threshold, blk.prune_masker.threshold, self.ltmp.tau))
+        return plans
+
+    def forward_ltmp(self, x: Tensor, track_source: bool = False) -> LTMPOutput:
+        """Logits plus every block's decisions; with ``track_source``, the source map too."""
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        b, n, _ = x.shape
+        source = None
+        if track_source:
+            # Prefix tokens stand for no patch; patch token i stands for patch i.
+            patches = n - self.num_prefix_tokens
+            source = torch.cat([x.new_zeros(self.num_prefix_tokens, patches), torch.eye(patches, dtype=x.dtype, device=x.device)])
+            source = source.expand(b, -1, -1)
+        tokens = Tokens(x, x.new_ones(b, n), None, source)
+
+        decisions = []
+        for blk, plan in zip(self.blocks, self.ltmp_plans()):
+            tokens, decision = blk(tokens, plan, self.num_prefix_tokens)
+            if decision is not None:
+                decisions.append(decision)
+        logits = self._ltmp_head(self.norm(tokens.x), tokens.valid)
+        return LTMPOutput(logits, decisions, tokens)
+
+    def _ltmp_head(self, x: Tensor, valid: Optional[Tensor]) -> Tensor:
+        if self.global_pool != "avg":
+            return self.forward_head(x)  # the class token (and distillation token) sit in front
+        patches = x[:, self.num_prefix_tokens:]
+        if valid is None:
+            pooled = patches.mean(dim=1)
+        else:  # padding and dead tokens are left out of the mean
+            weight = valid[:, self.num_prefix_tokens:, None]
+            pooled = (patches * weight).sum(dim=1) / weight.sum(dim=1)
+        return self.head(self.head_drop(self.fc_norm(pooled)))
+
+    def forward_features(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # type: ignore[override]
+        return self.norm(self.forward_ltmp(x).tokens.x)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # type: ignore[override]
+        return self.forward_ltmp(x).logits
+
+
+_PATCHED_CLASSES: dict[type, type] = {}
+
+
+def _patched_class(cls: type) -> type:
+    """One LTMP subclass per timm class, so a DeiT-distilled keeps its own head."""
+    if cls not in _PATCHED_CLASSES:
+        _PATCHED_CLASSES[cls] = type(f"LTMP{cls.__name__}", (LTMPVisionTransformer, cls), {})
+    return _PATCHED_CLASSES[cls]
+
+
+def model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise UnsupportedModelError naming the model and the reason when LTMP cannot patch it."""
+    name = model_name(model)
+    if not isinstance(model, VisionTransformer):
+        raise UnsupportedModelError(f"{name}: LTMP patches timm VisionTransformer models (ViT, DeiT), not {type(model).__name__}")
+    if getattr(model, "attn_pool", None) is not None or model.global_pool not in POOLS:
+        raise UnsupportedModelError(f"{name}: global_pool {model.global_pool!r} is not supported (use one of {', '.join(POOLS)})")
+    for i, blk in enumerate(model.blocks):
+        if type(blk) not in (Block, LTMPBlock):
+            raise UnsupportedModelError(f"{name}: block {i} is a {type(blk).__name__}; LTMP knows timm's Block only")
+        if type(blk.attn) is not Attention or getattr(blk.attn, "gate", None) is not None:
+            raise UnsupportedModelError(f"{name}: block {i} uses {type(blk.attn).__name__}; LTMP knows timm's plain Attention only")
+
+
+def apply_patch(
+    model: VisionTransformer,
+    *,
+    mode: str = "threshold",
+    schedule: Optional[Schedule] = None,
+    merge_threshold: float = INITIAL_MERGE_THRESHOLD,
+    prune_threshold: float = INITIAL_PRUNE_THRESHOLD,
+    architecture: Optional[dict[str, Any]] = None,
+) -> LTMPVisionTransformer:
+    """Give ``model`` LTMP in place and return it. Already-patched models keep their thresholds."""
+    check_supported(model)
+    if not isinstance(model, LTMPVisionTransformer):
+        model.__class__ = _patched_class(type(model))
+        for blk in model.blocks:
+            blk.__class__ = LTMPBlock
+            blk.merge_masker = Threshold(merge_threshold)
+            blk.prune_masker = Threshold(prune_threshold)
+            blk.to(next(model.parameters()).device)
+        model.ltmp = LTMPConfig(architecture=architecture or default_architecture(model))
+    elif architecture is not None:
+        model.ltmp.architecture = architecture
+    model.ltmp_set_mode(mode, schedule)
+    return model  # type: ignore[return-value]
+
+
+def default_architecture(model: nn.Module) -> dict[str, Any]:
+    """How to rebuild the model: its timm name and the arguments that differ from the default."""
+    return {"timm_model": model_name(model), "kwargs": {"num_classes": int(model.num_classes)}}
