@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny timm ViTs of every supported shape, and the authors' golden model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+GOLDEN = Path(__file__).parent / "golden"
+
+# Tests run on 2 cores; keep torch from oversubscribing them.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_vit(kind: str = "vit", seed: int = 0, **kwargs):
+    """A small timm ViT (32x32, patch 8: 16 patches) of the given kind, in eval mode."""
+    from timm.models.deit import VisionTransformerDistilled
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    args = dict(img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, num_classes=5)
+    if kind == "vit":
+        cls = VisionTransformer
+    elif kind == "distilled":
+        cls = VisionTransformerDistilled
+    elif kind == "registers":
+        cls, args["reg_tokens"] = VisionTransformer, 4
+    elif kind == "avg":
+        cls, args["global_pool"], args["class_token"] = VisionTransformer, "avg", False
+    elif kind == "layerscale":
+        cls, args["init_values"], args["qk_norm"] = VisionTransformer, 0.1, True
+    else:
+        raise ValueError(kind)
+    args.update(kwargs)
+    model = cls(**args).eval()
+    # Peak the attention, as the golden model does, so decisions are clear-cut and varied.
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.qkv.weight[: 2 * blk.attn.attn_dim] *= 4.0
+    return model
+
+
+MODEL_KINDS = ["vit", "distilled", "registers", "avg", "layerscale"]
+
+
+@pytest.fixture
+def golden_model():
+    from ltmp_deploy.ltmp.checkpoint import create_model
+
+    return create_model(str(GOLDEN / "ltmp_vit_64px.json"), reference_checkpoint=GOLDEN / "ltmp_vit_64px.safetensors")
+
+
+@pytest.fixture
+def golden_expected():
+    data = np.load(GOLDEN / "ltmp_vit_64px_expected.npz")
+    return {k: data[k] for k in data.files}

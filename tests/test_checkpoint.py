@@ -1,0 +1,118 @@
+"""Checkpoints: round trips, the authors' format, and a clear error for each kind of bad file."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import GOLDEN
+from ltmp_deploy.cli import main
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint, read_metadata, save_checkpoint
+from ltmp_deploy.ltmp.schedule import Schedule
+
+DESCRIPTION = GOLDEN / "ltmp_vit_64px.json"
+REFERENCE = GOLDEN / "ltmp_vit_64px.safetensors"
+
+
+def test_toolkit_checkpoint_round_trip_keeps_everything(tmp_path, golden_model, golden_expected):
+    schedule = Schedule((20, 10, 5, 2), (40, 25, 15, 10))
+    golden_model.ltmp_set_mode("fixed", schedule)
+    path = save_checkpoint(golden_model, tmp_path / "m.safetensors")
+    meta = read_metadata(path)
+    assert meta["mode"] == "fixed" and meta["schedule"] == schedule.pairs()
+    assert meta["thresholds"]["merge"] == pytest.approx(json.loads(DESCRIPTION.read_text())["thresholds"]["merge"])
+    assert meta["data_config"]["input_size"] == [3, 64, 64]
+    loaded = load_checkpoint(path)
+    x = torch.from_numpy(golden_expected["images"])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), golden_model(x))
+        loaded.ltmp_set_mode("threshold")
+        assert (loaded(x) - torch.from_numpy(golden_expected["logits"])).abs().max() <= 1e-4
+
+
+def test_cli_patch_writes_a_checkpoint_from_the_authors_format(tmp_path, golden_expected):
+    out = tmp_path / "golden.safetensors"
+    assert main(["patch", str(DESCRIPTION), "--reference-checkpoint", str(REFERENCE), "-o", str(out)]) == 0
+    model = load_checkpoint(out)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(golden_expected["images"]))
+    assert (logits - torch.from_numpy(golden_expected["logits"])).abs().max() <= 1e-4
+
+
+def test_authors_torch_pickle_nested_under_model_loads(tmp_path):
+    state = load_file(str(REFERENCE))
+    torch.save({"model": state, "epoch": 1}, tmp_path / "ref.pth")
+    model = create_model(str(DESCRIPTION), reference_checkpoint=tmp_path / "ref.pth")
+    assert model.ltmp_thresholds()[1] == pytest.approx([0.012, 0.014, 0.016, 0.02])
+
+
+def bad(tmp_path, name, state):
+    path = tmp_path / name
+    save_file(state, str(path))
+    return path
+
+
+def expect_error(capsys, args, *fragments):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_missing_file(tmp_path, capsys):
+    out = tmp_path / "o.safetensors"
+    expect_error(capsys, ["patch", str(DESCRIPTION), "--reference-checkpoint", str(tmp_path / "nope.safetensors"), "-o", str(out)], "nope.safetensors", "no such file")
+    assert not out.exists()
+
+
+def test_truncated_file(tmp_path, capsys):
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(REFERENCE.read_bytes()[:5000])
+    out = tmp_path / "o.safetensors"
+    expect_error(capsys, ["patch", str(DESCRIPTION), "--reference-checkpoint", str(path), "-o", str(out)], "cut.safetensors", "truncated or corrupt")
+    assert not out.exists()
+
+
+def test_wrong_model(tmp_path, capsys):
+    out = tmp_path / "o.safetensors"
+    expect_error(capsys, ["patch", "deit_tiny_patch16_224", "--weights", str(REFERENCE), "-o", str(out)], "ltmp_vit_64px.safetensors", "deit_tiny_patch16_224")
+    assert not out.exists()
+
+
+def test_missing_thresholds(tmp_path, capsys):
+    state = {k: v for k, v in load_file(str(REFERENCE)).items() if "masker" not in k}
+    path = bad(tmp_path, "no_thr.safetensors", state)
+    expect_error(capsys, ["patch", str(DESCRIPTION), "--reference-checkpoint", str(path), "-o", str(tmp_path / "o.safetensors")], "no_thr.safetensors", "missing 8 LTMP thresholds")
+
+
+def test_missing_weights(tmp_path, capsys):
+    state = {k: v for k, v in load_file(str(REFERENCE)).items() if not k.startswith("blocks.3.")}
+    path = bad(tmp_path, "partial.safetensors", state)
+    expect_error(capsys, ["patch", str(DESCRIPTION), "--weights", str(path), "-o", str(tmp_path / "o.safetensors")], "partial.safetensors", "missing", "blocks.3")
+
+
+def test_wrong_shapes(tmp_path, capsys):
+    state = load_file(str(REFERENCE))
+    state["head.weight"] = torch.zeros(7, 96)
+    state["head.bias"] = torch.zeros(7)
+    path = bad(tmp_path, "head7.safetensors", state)
+    expect_error(capsys, ["patch", str(DESCRIPTION), "--weights", str(path), "-o", str(tmp_path / "o.safetensors")], "head7.safetensors", "wrong shapes", "head")
+
+
+def test_unexpected_keys(tmp_path, capsys):
+    state = load_file(str(REFERENCE))
+    state["extra.weight"] = torch.zeros(3)
+    path = bad(tmp_path, "extra.safetensors", state)
+    expect_error(capsys, ["patch", str(DESCRIPTION), "--weights", str(path), "-o", str(tmp_path / "o.safetensors")], "extra.safetensors", "extra.weight")
+
+
+def test_not_a_toolkit_checkpoint(tmp_path):
+    with pytest.raises(LTMPError, match="without ltmp-deploy metadata"):
+        load_checkpoint(REFERENCE)
+    garbage = tmp_path / "g.safetensors"
+    garbage.write_bytes(b"\x00" * 100)
+    with pytest.raises(LTMPError, match="g.safetensors"):
+        load_checkpoint(garbage)

@@ -1,0 +1,95 @@
+"""A hand-built case checked by value: the arithmetic of LTMP_SPEC.md, step by step."""
+
+import math
+
+import pytest
+import torch
+from timm.layers import Attention
+
+from ltmp_deploy.ltmp.block import proportional_attention
+from ltmp_deploy.ltmp.reduce import Plan, Tokens, merge_and_prune, token_importance
+
+INF = float("inf")
+
+
+def case():
+    # Sources: positions 0, 2, 4, 6; destinations 1, 3, 5. Token 0 is the class token.
+    metric = torch.tensor(
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0.1], [0, 0.1, 1], [0.6, 0, 0.8]], dtype=torch.float32
+    )[None]
+    x = torch.tensor([[t, 10.0 * t] for t in range(7)])[None]
+    size = torch.tensor([[1.0, 1, 2, 1, 3, 1, 1]])
+    imp = torch.tensor([[INF, 0.1, 0.5, 0.05, 0.2, 0.01, 0.3]])
+    return Tokens(x, size), metric, imp
+
+
+def threshold_plan(merge, prune):
+    return Plan("threshold", merge_threshold=torch.tensor([merge]), prune_threshold=torch.tensor([prune]))
+
+
+@pytest.mark.parametrize("plan", [threshold_plan(0.9, 0.1), Plan("fixed", r=2, k=4)], ids=["threshold", "fixed"])
+def test_merge_then_prune_by_value(plan):
+    tokens, metric, imp = case()
+    out, decision = merge_and_prune(tokens, metric, imp, num_prefix=1, plan=plan)
+    # 2 -> 5 and 4 -> 1 merge (similarity 0.995); 6's best (0.796) is below the threshold;
+    # the class token, identical to token 3, may never merge.
+    assert decision.merge_dst.tolist() == [[-1, 5, 1, -1]]
+    # Order: unmerged sources (0, 6) then destinations (1, 3, 5); 3 is pruned (importance 0.05),
+    # 1 inherits importance 0.2 from 4 and survives, 5 inherits 0.5 from 2.
+    assert decision.kept.tolist() == [[0, 6, 1, 5]]
+    assert out.size.tolist() == [[1.0, 1.0, 4.0, 3.0]]
+    x = tokens.x[0]
+    expected = torch.stack([x[0], x[6], (x[1] * 1 + x[4] * 3) / 4, (x[5] * 1 + x[2] * 2) / 3])
+    torch.testing.assert_close(out.x[0], expected)
+    assert decision.n_out.tolist() == [4]
+
+
+def test_importance_is_carried_by_max_not_mean():
+    tokens, metric, imp = case()
+    imp[0, 1] = 0.0  # destination 1 itself unimportant; only its merged source (0.2) keeps it
+    out, decision = merge_and_prune(tokens, metric, imp, num_prefix=1, plan=threshold_plan(0.9, 0.15))
+    assert 1 in decision.kept[0].tolist()
+
+
+@pytest.mark.parametrize("num_prefix", [2, 5])
+def test_prefix_tokens_never_merge_or_get_pruned_and_stay_in_front(num_prefix):
+    n = 12
+    torch.manual_seed(0)
+    metric = torch.randn(1, n, 4)
+    metric[0, 1] = metric[0, 2]  # a prefix destination identical to a patch source
+    metric[0, 0] = metric[0, 3]  # a prefix source identical to a patch destination
+    x = torch.randn(1, n, 2)
+    imp = torch.rand(1, n)
+    imp[0, :num_prefix] = INF
+    out, decision = merge_and_prune(Tokens(x, torch.ones(1, n)), metric, imp, num_prefix, threshold_plan(-1.0, 0.5))
+    kept = decision.kept[0].tolist()
+    assert kept[:num_prefix] == list(range(num_prefix))
+    merge_dst = decision.merge_dst[0].tolist()
+    for s, d in enumerate(merge_dst):
+        if 2 * s < num_prefix:
+            assert d == -1, "a prefix token merged away"
+        assert d == -1 or d >= num_prefix, "a token merged into a prefix token"
+    torch.testing.assert_close(out.x[0, :num_prefix], x[0, :num_prefix])
+
+
+def test_proportional_attention_equals_duplicated_tokens():
+    """A token of size 2 is attended to exactly like two identical copies of it."""
+    torch.manual_seed(0)
+    attn = Attention(16, num_heads=2, qkv_bias=True).eval()
+    x = torch.randn(1, 5, 16)
+    dup = torch.cat([x, x[:, 2:3]], dim=1)
+    with torch.no_grad():
+        merged_out, probs, _ = proportional_attention(attn, x, torch.tensor([[1.0, 1, 2, 1, 1]]), None, soft=False)
+        dup_out, dup_probs, _ = proportional_attention(attn, dup, torch.ones(1, 6), None, soft=False)
+    torch.testing.assert_close(merged_out, dup_out[:, :5], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(probs[..., 2], dup_probs[..., :5, 2] + dup_probs[..., :5, 5], atol=1e-6, rtol=1e-5)
+
+
+def test_importance_ignores_padding_queries_and_keys():
+    a = torch.zeros(1, 2, 4, 4)
+    a[0, :, :3, :3] = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]])
+    a[0, :, 3, :] = 0.25  # a padding query row (garbage that must not count)
+    imp = token_importance(a, torch.tensor([[1.0, 1, 1, 0]]), num_prefix=1)
+    assert imp[0, 0] == INF
+    torch.testing.assert_close(imp[0, 1:], torch.tensor([(0.25 + 0.6 + 0.1) / 3, (0.25 + 0.2 + 0.8) / 3, 0.0]))
+    assert not math.isnan(float(imp.sum()))
