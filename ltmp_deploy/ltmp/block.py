@@ -60,14 +60,17 @@ class LTMPBlock(Block):
     prune_masker: Threshold
 
     def forward(self, tokens: Tokens, plan: Plan, num_prefix: int) -> tuple[Tokens, Optional[Decision]]:  # type: ignore[override]
-        soft = plan.mode == "train"
-        out, probs, metric = proportional_attention(self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, soft)
-        tokens = Tokens(tokens.x + self.drop_path1(self.ls1(out)), tokens.size, tokens.valid, tokens.source)
-
-        decision = None
-        if plan.mode == "oracle":
-            tokens = slice_tokens(tokens, plan.k)
-        elif plan.mode != "off":
+        if plan.mode in ("off", "oracle"):
+            # timm's own (fused) attention: the oracle is a plain ViT that sees fewer tokens.
+            x = tokens.x + self.drop_path1(self.ls1(self.attn(self.norm1(tokens.x))))
+            tokens = Tokens(x, tokens.size, tokens.valid, tokens.source)
+            decision = None
+            if plan.mode == "oracle":
+                tokens = slice_tokens(tokens, plan.k)
+        else:
+            soft = plan.mode == "train"
+            out, probs, metric = proportional_attention(self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, soft)
+            tokens = Tokens(tokens.x + self.drop_path1(self.ls1(out)), tokens.size, tokens.valid, tokens.source)
             imp = token_importance(probs, tokens.valid, num_prefix)
             tokens, decision = merge_and_prune(tokens, metric, imp, num_prefix, plan)
 

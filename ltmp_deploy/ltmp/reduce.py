@@ -78,10 +78,18 @@ def straight_through(score: Tensor, threshold: Tensor, tau: float) -> Tensor:
 def top_indices(score: Tensor, k: int) -> Tensor:
     """Indices of the ``k`` largest entries along the last axis, ties to the lower index.
 
-    A stable sort, not ``topk``: PyTorch does not promise an order among equal values, ONNX's
-    TopK (which a sort exports to) breaks ties by lower index, and LTMP_SPEC.md asks for that.
+    LTMP_SPEC.md breaks ties by lower index. ONNX's TopK promises exactly that, so exported
+    graphs use TopK; PyTorch's ``topk`` promises no order among equal values, so eager mode uses
+    a stable sort, which the TorchScript exporter cannot express. Same answer, two spellings.
     """
+    if torch.onnx.is_in_onnx_export():
+        return torch.topk(score, k, dim=-1, largest=True, sorted=True).indices
     return torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def smallest_unique(key: Tensor, k: int | Tensor) -> Tensor:
+    """Indices of the ``k`` smallest of distinct keys, in ascending order (a TopK in ONNX)."""
+    return torch.topk(key, k, dim=-1, largest=False, sorted=True).indices
 
 
 def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> Tensor:
@@ -213,7 +221,7 @@ def _prune_order(imp: Tensor, alive: Tensor, key: Tensor, plan: Plan) -> tuple[T
     if plan.mode == "fixed":
         score = torch.where(alive > 0.5, imp, torch.full_like(imp, NEG_INF))
         chosen = top_indices(score, plan.k)  # the k most important live tokens...
-        order = torch.sort(key[chosen], dim=-1, stable=True).indices  # ...in output order
+        order = smallest_unique(key[chosen], plan.k)  # ...in output order
         return chosen.gather(1, order), None
 
     if plan.mode == "threshold":
@@ -231,7 +239,7 @@ def _prune_order(imp: Tensor, alive: Tensor, key: Tensor, plan: Plan) -> tuple[T
         count = n  # nothing is removed while learning; dead tokens only move to the end
     else:
         count = padded_length(keep)
-    idx = torch.sort(order_key, dim=-1, stable=True).indices[:, :count]
+    idx = smallest_unique(order_key, count)
     return idx, keep_value.gather(1, idx)
 
 
