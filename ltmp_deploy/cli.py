@@ -25,6 +25,33 @@ def cmd_patch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ltmp_deploy.export.onnx_export import export_onnx
+
+    result = export_onnx(
+        args.checkpoint, args.output, mode=args.mode, opset=args.opset, batch=args.batch,
+        fp16=args.fp16, decisions=args.decisions, validate=not args.no_validate,
+    )
+    meta = result.metadata
+    macs = meta["block_macs"]
+    print(f"wrote {result.path}: {meta['mode']} mode, opset {meta['opset']}, {meta['precision']}, "
+          f"block FLOPs {macs['patched'] / macs['unpatched']:.3f} of unpatched ({macs['basis']})")
+    if result.validation is not None:
+        print(result.validation.summary())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ltmp_deploy.export.trt_check import check_model
+
+    failed = 0
+    for target in args.trt:
+        report = check_model(args.onnx, target)
+        print(report.summary())
+        failed += not report.ok
+    return 1 if failed else 0
+
+
 def _fmt(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
@@ -49,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-checkpoint", metavar="FILE", help="a checkpoint from the authors' LTMP code: weights plus blocks.{i}.merge_masker/prune_masker thresholds")
     p.add_argument("--num-classes", type=int, help="classifier size, when the weights have a different head than the timm default")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint to write (.safetensors)")
+
+    p = add("export", cmd_export, "Export a toolkit checkpoint to ONNX (fixed or threshold mode) and validate it against PyTorch.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="toolkit checkpoint (.safetensors) from patch, learn or calibrate")
+    p.add_argument("--mode", choices=["fixed", "threshold"], help="fixed: static token counts (all TensorRT versions); threshold: per-image adaptive (TensorRT >= 8.6, ONNX Runtime). Default: the checkpoint's mode")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 16 for fixed, which TensorRT 8.5 reads; 17 for threshold)")
+    p.add_argument("--batch", type=int, help="a fixed batch size (default: a dynamic batch axis)")
+    p.add_argument("--fp16", action="store_true", help="an fp16 graph, for strongly typed TensorRT builds (TensorRT 11)")
+    p.add_argument("--decisions", action="store_true", help="extra outputs with each block's kept and merged token indices, for debugging parity")
+    p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+
+    p = add("check", cmd_check, "Check an ONNX graph against what a TensorRT version's ONNX parser imports; exit 1 listing the offending nodes.")
+    p.add_argument("onnx", metavar="FILE.onnx")
+    p.add_argument("--trt", action="append", required=True, metavar="VERSION", help="8.5 (JetPack 5.1), 8.6, 10.3 (JetPack 6), 10, 11; repeat for several")
     return parser
 
 

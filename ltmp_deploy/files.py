@@ -16,15 +16,24 @@ from typing import Iterator
 from ltmp_deploy.errors import LTMPError
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds."""
+def ensure_writable(path: str | os.PathLike) -> Path:
+    """Fail early, before long work, when ``path`` cannot be written."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise LTMPError(f"{target}: cannot write, folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise LTMPError(f"{target}: cannot write, folder {folder} is not writable")
+    if target.is_dir():
+        raise LTMPError(f"{target}: is a folder, expected a file path")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds."""
+    target = ensure_writable(path)
+    folder = target.parent if str(target.parent) else Path(".")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".part", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)

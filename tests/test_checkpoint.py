@@ -116,3 +116,15 @@ def test_not_a_toolkit_checkpoint(tmp_path):
     garbage.write_bytes(b"\x00" * 100)
     with pytest.raises(LTMPError, match="g.safetensors"):
         load_checkpoint(garbage)
+
+
+@pytest.mark.parametrize("kind", ["vit", "distilled", "registers", "avg", "layerscale"])
+def test_models_built_from_a_class_round_trip(tmp_path, kind):
+    from conftest import tiny_vit
+    from ltmp_deploy.ltmp.patch import apply_patch
+
+    model = apply_patch(tiny_vit(kind))
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(path)(x), model(x))

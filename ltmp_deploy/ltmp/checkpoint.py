@@ -154,10 +154,24 @@ def metadata(model: LTMPVisionTransformer) -> dict[str, Any]:
 def save_checkpoint(model: LTMPVisionTransformer, path: str | os.PathLike, extra: Optional[dict[str, Any]] = None) -> Path:
     """Write the toolkit checkpoint atomically: whole or not at all."""
     meta = {**metadata(model), **(extra or {})}
+    _check_rebuildable(model)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_output(path, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
     return Path(path)
+
+
+def _check_rebuildable(model: LTMPVisionTransformer) -> None:
+    """A checkpoint that cannot be rebuilt from its own metadata is refused before writing."""
+    with torch.device("meta"):
+        rebuilt = build_model(model.ltmp.architecture)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith(THRESHOLD_SUFFIXES)}
+    theirs = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    if ours != theirs:
+        raise LTMPError(
+            f"cannot describe this {type(model).__name__} for a checkpoint (architecture {model.ltmp.architecture}); "
+            "create it with ltmp_deploy.ltmp.checkpoint.create_model(name or description JSON) instead"
+        )
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import timm
 import torch
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -166,13 +167,14 @@ def apply_patch(
     """Give ``model`` LTMP in place and return it. Already-patched models keep their thresholds."""
     check_supported(model)
     if not isinstance(model, LTMPVisionTransformer):
+        architecture = architecture or default_architecture(model)
         model.__class__ = _patched_class(type(model))
         for blk in model.blocks:
             blk.__class__ = LTMPBlock
             blk.merge_masker = Threshold(merge_threshold)
             blk.prune_masker = Threshold(prune_threshold)
             blk.to(next(model.parameters()).device)
-        model.ltmp = LTMPConfig(architecture=architecture or default_architecture(model))
+        model.ltmp = LTMPConfig(architecture=architecture)
     elif architecture is not None:
         model.ltmp.architecture = architecture
     model.ltmp_set_mode(mode, schedule)
@@ -180,5 +182,30 @@ def apply_patch(
 
 
 def default_architecture(model: nn.Module) -> dict[str, Any]:
-    """How to rebuild the model: its timm name and the arguments that differ from the default."""
-    return {"timm_model": model_name(model), "kwargs": {"num_classes": int(model.num_classes)}}
+    """How to rebuild ``model``: its timm name when timm made it, else its class and the
+    constructor arguments read back from its modules (checked again when a checkpoint is saved)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    sizes = {"num_classes": int(model.num_classes), "img_size": list(model.patch_embed.img_size)}
+    if cfg.get("architecture") and timm.is_model(cfg["architecture"]):
+        return {"timm_model": cfg["architecture"], "kwargs": sizes}
+    blk = model.blocks[0]
+    config = {
+        **sizes,
+        "patch_size": list(model.patch_embed.patch_size),
+        "in_chans": model.patch_embed.proj.in_channels,
+        "global_pool": model.global_pool,
+        "embed_dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "num_heads": blk.attn.num_heads,
+        "mlp_ratio": blk.mlp.fc1.out_features / model.embed_dim,
+        "qkv_bias": blk.attn.qkv.bias is not None,
+        "qk_norm": not isinstance(blk.attn.q_norm, nn.Identity),
+        "init_values": 1e-5 if not isinstance(blk.ls1, nn.Identity) else None,
+        "class_token": model.cls_token is not None,
+        "reg_tokens": int(getattr(model, "num_reg_tokens", 0)),
+        "no_embed_class": bool(model.no_embed_class),
+        "pre_norm": not isinstance(model.norm_pre, nn.Identity),
+        "fc_norm": not isinstance(model.fc_norm, nn.Identity),
+    }
+    original = type(model).__mro__[2] if isinstance(model, LTMPVisionTransformer) else type(model)
+    return {"timm_class": f"{original.__module__}.{original.__qualname__}", "config": config}

@@ -88,8 +88,11 @@ def top_indices(score: Tensor, k: int) -> Tensor:
 
 
 def smallest_unique(key: Tensor, k: int | Tensor) -> Tensor:
-    """Indices of the ``k`` smallest of distinct keys, in ascending order (a TopK in ONNX)."""
-    return torch.topk(key, k, dim=-1, largest=False, sorted=True).indices
+    """Indices of the ``k`` smallest of distinct keys, in ascending order (a TopK in ONNX).
+
+    Keys are small integers (< 3N), exact in float32; TensorRT 8.5 has no integer TopK.
+    """
+    return torch.topk(key.float(), k, dim=-1, largest=False, sorted=True).indices
 
 
 def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> Tensor:

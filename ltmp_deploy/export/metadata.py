@@ -1,0 +1,51 @@
+"""The metadata an exported graph carries in ``metadata_props``: everything needed to run it.
+
+Keys are plain names; values are JSON. Decoding needs no onnx (ONNX Runtime's
+``custom_metadata_map`` and TensorRT sidecars hand over the same string map), so the runtime on a
+field device reads it with the standard library alone.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+SCHEMA = "ltmp-deploy-onnx/1"
+
+
+def decision_output_names(num_blocks: int) -> list[str]:
+    """Names of the optional per-block decision outputs, in order."""
+    names = []
+    for i in range(num_blocks):
+        names += [f"block{i}_kept", f"block{i}_merge_dst"]
+    return names
+
+
+def encode(meta: Mapping[str, Any]) -> dict[str, str]:
+    out = {k: json.dumps(v, sort_keys=True) for k, v in meta.items()}
+    out["schema"] = json.dumps(SCHEMA)
+    return out
+
+
+def decode(props: Mapping[str, str]) -> dict[str, Any]:
+    meta = {}
+    for k, v in props.items():
+        try:
+            meta[k] = json.loads(v)
+        except ValueError:
+            meta[k] = v  # a key someone else added by hand
+    return meta
+
+
+def write_metadata(graph: Any, meta: Mapping[str, Any]) -> None:
+    """Replace ``graph.metadata_props`` (an onnx ModelProto) with ``meta``, keys sorted."""
+    import onnx
+
+    del graph.metadata_props[:]
+    for k, v in sorted(encode(meta).items()):
+        graph.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+
+
+def read_metadata(graph: Any) -> dict[str, Any]:
+    """Metadata of an onnx ModelProto."""
+    return decode({p.key: p.value for p in graph.metadata_props})

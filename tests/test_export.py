@@ -1,0 +1,150 @@
+"""ONNX export: both modes, ONNX Runtime against PyTorch, determinism, TensorRT targets, metadata."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from ltmp_deploy.cli import main
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.metadata import decision_output_names, read_metadata
+from ltmp_deploy.export.onnx_export import export_onnx
+from ltmp_deploy.export.trt_check import check_model
+from ltmp_deploy.export.validate import compare_with_torch
+from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+from ltmp_deploy.ltmp.flops import schedule_for_flops
+from ltmp_deploy.ltmp.patch import apply_patch
+
+
+def deit_tiny_shaped(mode: str):
+    """DeiT-tiny's width, heads and patch size; fewer blocks and a smaller image for speed."""
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=96, patch_size=16, embed_dim=192, depth=4, num_heads=3, num_classes=10).eval()
+    with torch.no_grad():  # peaked attention: clear-cut, varied decisions
+        for blk in model.blocks:
+            blk.attn.qkv.weight[:384] *= 3.0
+    model = apply_patch(model)
+    n = model.ltmp_num_tokens
+    model.ltmp_set_thresholds([0.5, 0.45, 0.4, 0.35], [0.7 / n, 0.9 / n, 1.0 / n, 1.0 / n])
+    if mode == "fixed":
+        model.ltmp_set_mode("fixed", schedule_for_flops(model, 0.5))
+    return model
+
+
+def run_onnx(path, images):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, {"images": images.numpy()})))
+
+
+@pytest.mark.parametrize("mode", ["fixed", "threshold"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_onnx_runtime_matches_pytorch_with_identical_decisions(tmp_path, mode, batch):
+    model = deit_tiny_shaped(mode)
+    path = tmp_path / "m.onnx"
+    result = export_onnx(model, path, batch=batch, decisions=True)
+    assert result.validation.ok and result.validation.decisions_identical
+    images = torch.randn(batch, 3, 96, 96, generator=torch.Generator().manual_seed(batch + 10))  # unseen by the export
+    got = run_onnx(path, images)
+    with torch.no_grad():
+        out = model.forward_ltmp(images)
+    assert np.abs(got["logits"] - out.logits.numpy()).max() <= 1e-4
+    names = decision_output_names(len(model.blocks))
+    for i, d in enumerate(out.decisions):
+        np.testing.assert_array_equal(got[names[2 * i]], d.kept.numpy())
+        np.testing.assert_array_equal(got[names[2 * i + 1]], d.merge_dst.numpy())
+    if mode == "threshold" and batch == 4:
+        counts = out.decisions[-1].n_out
+        assert counts.max() > counts.min(), "a ragged batch should exercise padding"
+
+
+def test_dynamic_batch_axis_runs_any_batch(tmp_path):
+    model = deit_tiny_shaped("threshold")
+    path = export_onnx(model, tmp_path / "m.onnx").path
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["logits"]
+    for batch in (1, 3, 7):
+        images = torch.randn(batch, 3, 96, 96)
+        with torch.no_grad():
+            expected = model(images).numpy()
+        assert np.abs(run_onnx(path, images)["logits"] - expected).max() <= 1e-4
+
+
+def test_same_checkpoint_exports_to_the_same_bytes(tmp_path):
+    ckpt = save_checkpoint(deit_tiny_shaped("fixed"), tmp_path / "m.safetensors")
+    a = export_onnx(ckpt, tmp_path / "a.onnx").path.read_bytes()
+    b = export_onnx(ckpt, tmp_path / "b.onnx").path.read_bytes()
+    assert a == b
+
+
+def test_tensorrt_targets_of_each_mode(tmp_path):
+    fixed = export_onnx(deit_tiny_shaped("fixed"), tmp_path / "f.onnx", validate=False).path
+    for target in ("8.5", "8.6", "10.3", "10"):
+        report = check_model(fixed, target)
+        assert report.ok, report.summary()
+    threshold = export_onnx(deit_tiny_shaped("threshold"), tmp_path / "t.onnx", validate=False).path
+    for target in ("8.6", "10.3", "10", "11"):
+        report = check_model(threshold, target)
+        assert report.ok, report.summary()
+    report = check_model(threshold, "8.5")
+    assert not report.ok and any("K must be a constant" in f.reason for f in report.findings)
+
+
+def test_metadata_round_trip(tmp_path):
+    model = deit_tiny_shaped("fixed")
+    path = export_onnx(model, tmp_path / "m.onnx", validate=False).path
+    meta = read_metadata(onnx.load(str(path)))
+    assert meta["mode"] == "fixed" and meta["opset"] == 16 and meta["precision"] == "fp32"
+    assert meta["schedule"] == model.ltmp.schedule.pairs()
+    assert meta["thresholds"]["merge"] == pytest.approx(model.ltmp_thresholds()[0])
+    assert meta["data_config"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert meta["data_config"]["input_size"] == [3, 96, 96]
+    assert meta["input_shape"] == ["batch", 3, 96, 96]
+    assert 0.45 < meta["block_macs"]["patched"] / meta["block_macs"]["unpatched"] < 0.55
+    # ONNX Runtime hands the runtime the same map, no onnx package needed.
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from ltmp_deploy.export.metadata import decode
+
+    assert decode(session.get_modelmeta().custom_metadata_map) == meta
+
+
+def test_fp16_graph_agrees_on_top1(tmp_path):
+    result = export_onnx(deit_tiny_shaped("fixed"), tmp_path / "h.onnx", fp16=True)
+    assert result.validation.ok and result.validation.top1_agreement >= 0.995
+    graph = onnx.load(str(result.path))
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+
+
+def test_validation_names_the_first_divergent_block(tmp_path):
+    model = deit_tiny_shaped("threshold")
+    path = export_onnx(model, tmp_path / "m.onnx", decisions=True, validate=False).path
+    with torch.no_grad():
+        model.blocks[2].prune_masker.threshold.fill_(0.02)  # PyTorch side now prunes differently
+    report = compare_with_torch(onnx.load(str(path)), model, torch.randn(4, 3, 96, 96), fp16=False)
+    assert not report.ok and report.first_divergent_block == 2
+    assert "FAIL" in report.summary() and "block 2" in report.summary()
+
+
+def test_bad_inputs_give_clear_errors_and_no_file(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a checkpoint")
+    assert main(["export", str(garbage), "-o", str(out)]) == 2
+    assert "garbage.safetensors" in capsys.readouterr().err and not out.exists()
+
+    ckpt = save_checkpoint(deit_tiny_shaped("threshold"), tmp_path / "c.safetensors")
+    assert main(["export", str(ckpt), "--opset", "11", "-o", str(out)]) == 2
+    assert "--opset 11" in capsys.readouterr().err and not out.exists()
+    assert main(["export", str(ckpt), "--mode", "fixed", "-o", str(out)]) == 2
+    assert "needs a schedule" in capsys.readouterr().err and not out.exists()
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "missing" / "m.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert list(tmp_path.glob("*.onnx*")) == [] and list(tmp_path.glob(".m.onnx*")) == []
+
+
+def test_cli_check_exit_codes(tmp_path, capsys):
+    threshold = export_onnx(deit_tiny_shaped("threshold"), tmp_path / "t.onnx", validate=False).path
+    assert main(["check", str(threshold), "--trt", "8.6"]) == 0
+    assert main(["check", str(threshold), "--trt", "8.5"]) == 1
+    assert "TopK" in capsys.readouterr().out
