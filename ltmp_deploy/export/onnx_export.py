@@ -158,7 +158,7 @@ def _drop_decision_outputs(graph: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _metadata(model: LTMPVisionTransformer, opset: int, fp16: bool, images: torch.Tensor) -> dict[str, Any]:
-    base = model_metadata(model)
+    base = {k: v for k, v in model_metadata(model).items() if k != "format"}  # "schema" says what this is
     if model.ltmp.mode == "fixed":
         patched = schedule_flops(model, model.ltmp.schedule)
         flops_note = "fixed schedule"
