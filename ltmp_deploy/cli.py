@@ -7,6 +7,7 @@ field device without torch can still run the runtime commands.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -52,6 +53,93 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_train_base(args: argparse.Namespace) -> int:
+    from ltmp_deploy.embedded import DEFAULT_EPOCHS, default_base_checkpoint, train_base
+
+    if args.output is None:
+        path = default_base_checkpoint()
+        print(f"embedded base model: {path}")
+    else:
+        path = train_base(args.output, epochs=args.epochs or DEFAULT_EPOCHS)
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
+    from ltmp_deploy.data.sources import dataset_for
+
+    model = _load_model(args.model)
+    cfg = LearnConfig(
+        target=args.target, epochs=args.epochs, batch_size=args.batch_size, lr_prune=args.lr_prune,
+        lr_merge=args.lr_merge, lr_model=args.lr_model, lam=args.lam, tau=args.tau,
+        finetune=args.finetune, seed=args.seed, workers=args.workers,
+    )
+    cfg.check()
+    data = dataset_for(args.data, model, "train")
+    if args.limit is not None:
+        import torch.utils.data
+
+        data = torch.utils.data.Subset(data, range(min(args.limit, len(data))))
+    history = learn_thresholds(model, data, args.output, cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 speaks for all
+    merge, prune = model.ltmp_thresholds()
+    last = history[-1] if history else None
+    if last is not None:
+        print(f"learned thresholds for target {cfg.target}: FLOPs kept {last.flops_ratio:.3f} (training masks), train accuracy {last.accuracy:.3f}")
+    print(f"merge thresholds {_fmt(merge)}\nprune thresholds {_fmt(prune)}\nwrote {args.output}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ltmp_deploy.calibration.int8 import write_calibration_data
+    from ltmp_deploy.calibration.schedule import calibrate, parse_statistic
+    from ltmp_deploy.data.sources import dataset_for
+    from ltmp_deploy.files import ensure_writable
+    from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+
+    ensure_writable(args.output)
+    model = _load_model(args.checkpoint)
+    statistic = parse_statistic(args.statistic)
+    calibration = dataset_for(args.data, model, "val") if args.flops_target is None or args.int8_calib else None
+    evaluation = dataset_for(args.data, model, "test") if args.evaluate else None
+    report = calibrate(model, calibration if args.flops_target is None else None, statistic=statistic,
+                       flops_target=args.flops_target, evaluation=evaluation)
+    save_checkpoint(model, args.output)
+    print(report.summary())
+    print(f"wrote {args.output} (mode fixed; its thresholds still serve threshold mode)")
+    if args.int8_calib:
+        import numpy as np
+
+        images = np.stack([calibration[i][0].numpy() for i in range(min(args.int8_images, len(calibration)))])
+        for layout, path in write_calibration_data(images, args.int8_calib).items():
+            print(f"INT8 calibration data ({layout}): {path}")
+    return 0
+
+
+def _load_model(spec: str):  # noqa: ANN202
+    """A toolkit checkpoint, or a timm model name / description JSON patched fresh."""
+    from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint
+
+    if spec.endswith(".safetensors"):
+        return load_checkpoint(spec)
+    return create_model(spec)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ltmp_deploy.runtime.validate import validate
+
+    report = validate(
+        args.files, args.against, images=args.images, batch=args.batch, backend=args.backend,
+        providers=args.provider, mode=args.mode, json_path=args.json,
+    )
+    print(report.summary())
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0 if report.ok else 1
+
+
 def _fmt(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
@@ -90,6 +178,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("check", cmd_check, "Check an ONNX graph against what a TensorRT version's ONNX parser imports; exit 1 listing the offending nodes.")
     p.add_argument("onnx", metavar="FILE.onnx")
     p.add_argument("--trt", action="append", required=True, metavar="VERSION", help="8.5 (JetPack 5.1), 8.6, 10.3 (JetPack 6), 10, 11; repeat for several")
+
+    p = add("train-base", cmd_train_base, "Train the embedded default ViT on scikit-learn's digits (cached; a few minutes on CPU).")
+    p.add_argument("-o", "--output", metavar="OUT", help="write here instead of the cache ($LTMP_DEPLOY_CACHE or ~/.cache/ltmp-deploy)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+
+    p = add("learn", cmd_learn, "Learn the merge and prune thresholds towards a FLOPs budget (LTMP's budget loss). Runs under torchrun for several processes.")
+    p.add_argument("model", metavar="CHECKPOINT", help="toolkit checkpoint from 'patch' (or a previous 'learn')")
+    p.add_argument("--data", default="digits", help="'digits' (embedded) or an image folder (with train/ or one folder per class)")
+    p.add_argument("--target", type=float, required=True, help="fraction of the unpatched block FLOPs to keep, in (0, 1]")
+    p.add_argument("--epochs", type=int, default=1, help="default 1 (the paper's recipe on ImageNet; small sets need more)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr-merge", type=float, default=5e-3)
+    p.add_argument("--lr-prune", type=float, default=5e-6)
+    p.add_argument("--lr-model", type=float, default=1e-5, help="with --finetune: the learning rate of every other weight")
+    p.add_argument("--lambda", dest="lam", type=float, default=10.0, help="weight of the FLOPs budget term")
+    p.add_argument("--tau", type=float, default=0.1, help="temperature of the soft masks")
+    p.add_argument("--finetune", action="store_true", help="train every weight, not only the thresholds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's last finished epoch")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N training images (smoke tests)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint written after every epoch")
+
+    p = add("calibrate", cmd_calibrate, "Derive a fixed-mode schedule from threshold-mode counts on data (or from a FLOPs target), and INT8 calibration data.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="threshold-trained toolkit checkpoint")
+    p.add_argument("--data", default="digits", help="'digits' (embedded) or an image folder; calibration uses its val split")
+    p.add_argument("--statistic", default="mean", help="'mean' of the per-image counts, or a quantile such as q0.9 (keeps more tokens)")
+    p.add_argument("--flops-target", type=float, help="derive the schedule from this fraction of FLOPs kept instead (no data needed)")
+    p.add_argument("--no-evaluate", dest="evaluate", action="store_false", help="skip measuring accuracy on the test split")
+    p.add_argument("--int8-calib", metavar="DIR", help="also write INT8 calibration data (npy, npz, Polygraphy JSON) here")
+    p.add_argument("--int8-images", type=int, default=64, help="images in the INT8 calibration batch")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint with the schedule (mode fixed)")
+    p = add("validate", cmd_validate, "Prove a graph or engine answers like PyTorch: Polygraphy's Comparator over PyTorch, ONNX Runtime and TensorRT runners; exit 1 when it does not.")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".onnx graph(s) and/or .engine/.plan file(s); or one checkpoint alone, exported on the fly")
+    p.add_argument("--against", metavar="CHECKPOINT", help="the reference: the toolkit checkpoint FILE came from (PyTorch), or for an engine its source .onnx (ONNX Runtime, no torch needed)")
+    p.add_argument("--json", metavar="REPORT", help="write the full report as JSON here")
+    p.add_argument("--images", type=int, default=16, help="sample images (default 16; the embedded digits model gets real digits)")
+    p.add_argument("--batch", type=int, help="batch size for dynamic-batch files (default 4; fixed-batch files use theirs)")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt", "torch"], default="auto", help="runner for FILE (default: from its type)")
+    p.add_argument("--provider", action="append", metavar="NAME", help="ONNX Runtime execution provider for FILE (cpu, cuda, tensorrt); repeat in order of preference. Default cpu")
+    p.add_argument("--mode", choices=["fixed", "threshold"], help="with a checkpoint alone: the mode to export and compare (default: its own)")
     return parser
 
 

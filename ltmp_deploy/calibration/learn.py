@@ -1,0 +1,227 @@
+"""Learning the thresholds: LTMP's budget loss with straight-through masks (LTMP_SPEC.md).
+
+Reference recipe: one epoch, plain SGD (no momentum, no weight decay), cosine schedule, batch
+128, label smoothing 0.1, ``lambda`` 10, ``tau`` 0.1, learning rate 5e-6 for the prune thresholds
+and 5e-3 for the merge thresholds, only the thresholds trainable, thresholds clamped to [0, 1]
+after every step. Loss: ``CE + lambda * (r_flops - r_target)^2`` with ``r_flops`` the fraction of
+the unpatched block FLOPs the masks keep.
+
+Runs under ``torchrun`` as DistributedDataParallel (gloo on CPU, nccl on GPUs); rank 0 writes
+the checkpoints. A checkpoint is written after every epoch, with a resume file beside it, so an
+interrupted run continues from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.files import atomic_output, ensure_writable
+from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+from ltmp_deploy.ltmp.flops import kept_flops_ratio
+from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+
+
+@dataclass
+class LearnConfig:
+    target: float  # fraction of the unpatched block FLOPs to keep, in (0, 1]
+    epochs: int = 1
+    batch_size: int = 128
+    lr_prune: float = 5e-6
+    lr_merge: float = 5e-3
+    lr_model: float = 1e-5  # only with finetune=True
+    lam: float = 10.0
+    tau: float = 0.1
+    label_smoothing: float = 0.1
+    finetune: bool = False  # train every weight too, not only the thresholds
+    seed: int = 0
+    workers: int = 0
+
+    def check(self) -> None:
+        if not 0.0 < self.target <= 1.0:
+            raise LTMPError(f"--target {self.target}: the fraction of FLOPs kept must lie in (0, 1]")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise LTMPError("--epochs and --batch-size must be at least 1")
+        if min(self.lr_prune, self.lr_merge, self.lr_model, self.tau) <= 0 or self.lam < 0:
+            raise LTMPError("learning rates and --tau must be positive, --lambda not negative")
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    flops_ratio: float
+    accuracy: float
+
+
+class _TrainStep(nn.Module):
+    """images -> (logits, kept FLOPs ratio): one module, so DDP sees the whole forward."""
+
+    def __init__(self, model: LTMPVisionTransformer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.forward_ltmp(images)
+        return out.logits, kept_flops_ratio(self.model, out.decisions)
+
+
+def _threshold_params(model: LTMPVisionTransformer) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    merge = [b.merge_masker.threshold for b in model.blocks]
+    prune = [b.prune_masker.threshold for b in model.blocks]
+    return merge, prune
+
+
+def _optimizer(model: LTMPVisionTransformer, cfg: LearnConfig) -> torch.optim.Optimizer:
+    merge, prune = _threshold_params(model)
+    ids = {id(p) for p in merge + prune}
+    for p in model.parameters():
+        p.requires_grad_(cfg.finetune or id(p) in ids)
+    groups = [{"params": merge, "lr": cfg.lr_merge}, {"params": prune, "lr": cfg.lr_prune}]
+    if cfg.finetune:
+        groups.append({"params": [p for p in model.parameters() if id(p) not in ids], "lr": cfg.lr_model})
+    return torch.optim.SGD(groups, momentum=0.0, weight_decay=0.0)
+
+
+def resume_path(output: Path) -> Path:
+    return output.with_name(output.name + ".resume.pt")
+
+
+def learn_thresholds(
+    model: LTMPVisionTransformer,
+    data: Dataset,
+    output: str | os.PathLike,
+    cfg: LearnConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[EpochStats]:
+    """Train the thresholds of ``model`` on ``data``; write ``output`` after every epoch."""
+    cfg.check()
+    output = ensure_writable(output)
+    if len(data) == 0:
+        raise LTMPError("the training data holds no images")
+    rank, world = _distributed()
+    torch.manual_seed(cfg.seed)
+    model.ltmp.tau = cfg.tau
+    model.ltmp_set_mode("train")
+    optimizer = _optimizer(model, cfg)
+    sampler = torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    order = torch.Generator()
+    loader = DataLoader(
+        data, batch_size=max(1, cfg.batch_size // world), shuffle=sampler is None, sampler=sampler,
+        num_workers=cfg.workers, drop_last=len(data) >= cfg.batch_size, generator=order,
+    )
+    total_steps = cfg.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+
+    start = 0
+    if resume and resume_path(output).is_file():
+        start = _load_resume(resume_path(output), model, optimizer, scheduler)
+    step = _TrainStep(model)
+    if world > 1:
+        step = nn.parallel.DistributedDataParallel(step)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    history = []
+    for epoch in range(start, cfg.epochs):
+        # The order of every epoch depends on the seed and the epoch only, so a resumed run
+        # sees exactly the batches an uninterrupted one would have.
+        order.manual_seed(cfg.seed + epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        sums = torch.zeros(4)  # loss, flops ratio, correct, seen
+        bar = tqdm(loader, desc=f"learn epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
+        for images, labels in bar:
+            logits, ratio = step(images)
+            loss = criterion(logits, labels) + cfg.lam * (ratio - cfg.target) ** 2
+            if not torch.isfinite(loss):
+                raise LTMPError(
+                    f"loss became {float(loss.detach())} in epoch {epoch + 1}: lower --lr-merge/--lr-prune or raise --tau; "
+                    f"the last good checkpoint is {output if epoch > start else 'not written yet'}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                for p in _threshold_params(model)[0] + _threshold_params(model)[1]:
+                    p.clamp_(0.0, 1.0)
+            sums += torch.tensor([float(loss.detach()) * len(labels), float(ratio.detach()) * len(labels), float((logits.argmax(-1) == labels).sum()), len(labels)])
+            bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}", flops=f"{sums[1] / sums[3]:.3f}", acc=f"{sums[2] / sums[3]:.3f}")
+        if world > 1:
+            dist.all_reduce(sums)
+        stats = EpochStats(epoch + 1, float(sums[0] / sums[3]), float(sums[1] / sums[3]), float(sums[2] / sums[3]))
+        history.append(stats)
+        if rank == 0:
+            _save_epoch(model, output, cfg, stats, optimizer, scheduler)
+            if progress:
+                print(f"epoch {stats.epoch}: loss {stats.loss:.4f}, FLOPs kept {stats.flops_ratio:.3f}, train accuracy {stats.accuracy:.3f}, checkpoint {output}")
+        if world > 1:
+            dist.barrier()
+    model.eval()
+    model.ltmp_set_mode("threshold")
+    return history
+
+
+def _save_epoch(model: LTMPVisionTransformer, output: Path, cfg: LearnConfig, stats: EpochStats, optimizer: Any, scheduler: Any) -> None:
+    """The checkpoint (threshold mode, ready to use) and the resume state, each written whole."""
+    model.ltmp_set_mode("threshold")
+    save_checkpoint(model, output, extra={"learn": {"config": asdict(cfg), "epoch": stats.epoch, "stats": asdict(stats)}})
+    model.ltmp_set_mode("train")
+    with atomic_output(resume_path(output)) as tmp:
+        torch.save({"epoch": stats.epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "model": model.state_dict()}, tmp)
+
+
+def _load_resume(path: Path, model: LTMPVisionTransformer, optimizer: Any, scheduler: Any) -> int:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except Exception as err:  # noqa: BLE001
+        raise LTMPError(f"{path}: cannot resume from this file ({err}); delete it to start over") from err
+    return int(state["epoch"])
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); starts the process group when run under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def evaluate(model: LTMPVisionTransformer, data: Dataset, batch_size: int = 256, progress: bool = False) -> tuple[float, float, list[Any]]:
+    """(accuracy, mean FLOPs ratio, decisions per batch) of the model in its current mode."""
+    from ltmp_deploy.ltmp.flops import image_flops, schedule_flops
+
+    model.eval()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    correct = seen = 0
+    ratios: list[float] = []
+    decisions = []
+    with torch.no_grad():
+        for images, labels in tqdm(loader, desc=f"evaluate {model.ltmp.mode}", disable=not progress, leave=False):
+            out = model.forward_ltmp(images)
+            correct += int((out.logits.argmax(-1) == labels).sum())
+            seen += len(labels)
+            if model.ltmp.mode == "fixed":
+                ratios += [schedule_flops(model, model.ltmp.schedule).ratio] * len(labels)
+            elif out.decisions:
+                ratios += [r.ratio for r in image_flops(model, out.decisions)]
+            else:
+                ratios += [1.0] * len(labels)
+            decisions.append(out.decisions)
+    return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), decisions

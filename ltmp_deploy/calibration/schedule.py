@@ -1,0 +1,143 @@
+"""Fixed-mode schedules from data (per-image counts of threshold mode) or from a FLOPs target,
+and the ToMe baseline: fixed-r merging alone, through the same code path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.ltmp.flops import model_dims, schedule_flops
+from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+from ltmp_deploy.ltmp.schedule import Schedule
+
+Statistic = Union[str, float]  # "mean", or a quantile in [0, 1]
+
+
+def per_image_counts(decisions: list[list[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(merges, keeps), each (images, blocks), from the decisions of evaluation batches."""
+    merges, keeps = [], []
+    for batch in decisions:
+        merges.append(torch.stack([(d.merge_dst >= 0).sum(1) for d in batch], 1).numpy())
+        keeps.append(torch.stack([d.n_out.round().long() for d in batch], 1).numpy())
+    return np.concatenate(merges), np.concatenate(keeps)
+
+
+def parse_statistic(text: str) -> Statistic:
+    """``mean``, or ``q0.9`` / ``0.9`` for a quantile of the per-image counts."""
+    if text == "mean":
+        return "mean"
+    try:
+        q = float(text[1:] if text.startswith("q") else text)
+    except ValueError:
+        q = -1.0
+    if not 0.0 <= q <= 1.0:
+        raise LTMPError(f"--statistic {text!r}: use 'mean' or a quantile such as q0.9")
+    return q
+
+
+def schedule_from_counts(model: LTMPVisionTransformer, merges: np.ndarray, keeps: np.ndarray, statistic: Statistic = "mean") -> Schedule:
+    """One ``(r_l, k_l)`` per block: the mean (or quantile) of the per-image counts, made feasible.
+
+    A quantile above 0.5 keeps more tokens than the typical image (safer accuracy, more FLOPs).
+    Counts are then clipped block by block to what the previous block leaves.
+    """
+    reduce = (lambda a: a.mean(0)) if statistic == "mean" else (lambda a: np.quantile(a, float(statistic), axis=0))
+    dims = model_dims(model)
+    # Quantiles of what each block removes, so that "keep more" means "remove less" throughout.
+    removed = np.concatenate([np.full((len(keeps), 1), dims.num_tokens), keeps[:, :-1]], 1) - keeps
+    q_merge = 1.0 - float(statistic) if statistic != "mean" else "mean"
+    r_target = reduce(merges) if statistic == "mean" else np.quantile(merges, q_merge, axis=0)
+    drop_target = reduce(removed) if statistic == "mean" else np.quantile(removed, q_merge, axis=0)
+    out_r, out_k, n = [], [], dims.num_tokens
+    for r, drop in zip(r_target, drop_target):
+        mergeable = (n + 1) // 2 - (dims.num_prefix + 1) // 2
+        r = int(min(max(round(float(r)), 0), mergeable))
+        k = int(min(max(n - round(float(drop)), dims.num_prefix), n - r))
+        out_r.append(r)
+        out_k.append(k)
+        n = k
+    schedule = Schedule(tuple(out_r), tuple(out_k))
+    schedule.validate(dims.depth, dims.num_tokens, dims.num_prefix)
+    return schedule
+
+
+def tome_schedule(model: LTMPVisionTransformer, flops_ratio: float) -> Schedule:
+    """ToMe's fixed-r merging (the same r every block, no pruning) closest to ``flops_ratio``."""
+    dims = model_dims(model)
+    best: Optional[tuple[float, Schedule]] = None
+    for r in range(0, dims.num_tokens // 2 + 1):
+        merges, keeps, n = [], [], dims.num_tokens
+        for _ in range(dims.depth):
+            mergeable = (n + 1) // 2 - (dims.num_prefix + 1) // 2
+            rr = min(r, mergeable)
+            merges.append(rr)
+            keeps.append(n - rr)
+            n -= rr
+        schedule = Schedule(tuple(merges), tuple(keeps))
+        gap = abs(schedule_flops(model, schedule).ratio - flops_ratio)
+        if best is None or gap < best[0]:
+            best = (gap, schedule)
+    assert best is not None
+    return best[1]
+
+
+@dataclass
+class CalibrationReport:
+    schedule: Schedule
+    statistic: str
+    threshold_accuracy: Optional[float]
+    threshold_flops: Optional[float]
+    fixed_accuracy: Optional[float]
+    fixed_flops: float
+
+    def summary(self) -> str:
+        lines = [f"schedule ({self.statistic}), (r, k) per block: {self.schedule.pairs()}"]
+        if self.threshold_accuracy is not None:
+            lines.append(f"threshold mode: accuracy {self.threshold_accuracy:.4f}, block FLOPs kept {self.threshold_flops:.3f}")
+        acc = f"accuracy {self.fixed_accuracy:.4f}, " if self.fixed_accuracy is not None else ""
+        lines.append(f"fixed mode:     {acc}block FLOPs kept {self.fixed_flops:.3f}")
+        return "\n".join(lines)
+
+
+def calibrate(
+    model: LTMPVisionTransformer,
+    calibration: Optional[Dataset],
+    *,
+    statistic: Statistic = "mean",
+    flops_target: Optional[float] = None,
+    evaluation: Optional[Dataset] = None,
+    progress: bool = True,
+) -> CalibrationReport:
+    """Derive the fixed-mode schedule and set it on ``model``; report both modes side by side.
+
+    From data: the per-image counts of threshold mode on ``calibration``. From a FLOPs target:
+    :func:`ltmp_deploy.ltmp.flops.schedule_for_flops`, no data needed. Accuracy is measured on
+    ``evaluation`` when given.
+    """
+    from ltmp_deploy.calibration.learn import evaluate
+    from ltmp_deploy.ltmp.flops import schedule_for_flops
+
+    thr_acc = thr_flops = None
+    if flops_target is not None:
+        if not 0.0 < flops_target <= 1.0:
+            raise LTMPError(f"--flops-target {flops_target}: the fraction of FLOPs kept must lie in (0, 1]")
+        schedule, label = schedule_for_flops(model, flops_target), f"flops target {flops_target}"
+    else:
+        if calibration is None or len(calibration) == 0:
+            raise LTMPError("calibration needs images (or --flops-target)")
+        model.ltmp_set_mode("threshold")
+        _, _, decisions = evaluate(model, calibration, progress=progress)
+        merges, keeps = per_image_counts(decisions)
+        schedule = schedule_from_counts(model, merges, keeps, statistic)
+        label = "mean" if statistic == "mean" else f"q{statistic}"
+    if evaluation is not None and flops_target is None:
+        thr_acc, thr_flops, _ = evaluate(model.ltmp_set_mode("threshold"), evaluation, progress=progress)
+    model.ltmp_set_mode("fixed", schedule)
+    fixed_acc = evaluate(model, evaluation, progress=progress)[0] if evaluation is not None else None
+    return CalibrationReport(schedule, label, thr_acc, thr_flops, fixed_acc, schedule_flops(model, schedule).ratio)
+
