@@ -1,0 +1,144 @@
+"""Calibration: schedules from per-image counts or a FLOPs target, the ToMe baseline, INT8 data."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+from conftest import tiny_vit
+from ltmp_deploy.calibration.int8 import read_calibration_data, write_calibration_data
+from ltmp_deploy.calibration.schedule import calibrate, parse_statistic, schedule_from_counts, tome_schedule
+from ltmp_deploy.cli import main
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint, save_checkpoint
+from ltmp_deploy.ltmp.flops import schedule_flops
+from ltmp_deploy.ltmp.patch import apply_patch
+
+
+def reducing_model():
+    model = apply_patch(tiny_vit())
+    n = model.ltmp_num_tokens
+    model.ltmp_set_thresholds([0.6, 0.5, 0.4], [0.6 / n, 0.8 / n, 1.0 / n])
+    return model
+
+
+def images(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 5, (n,), generator=g))
+
+
+def test_schedule_is_the_mean_of_the_per_image_counts():
+    model = reducing_model()  # 17 tokens
+    merges = np.array([[4, 2, 1], [6, 2, 1], [5, 2, 0]])
+    keeps = np.array([[10, 6, 4], [9, 5, 3], [11, 7, 5]])
+    schedule = schedule_from_counts(model, merges, keeps, "mean")
+    assert schedule.merges == (5, 2, 1) and schedule.keeps == (10, 6, 4)
+    generous = schedule_from_counts(model, merges, keeps, 0.9)
+    assert all(g >= m for g, m in zip(generous.keeps, schedule.keeps))
+    assert all(g <= m for g, m in zip(generous.merges, schedule.merges))
+
+
+def test_infeasible_means_are_clipped_to_what_each_block_receives():
+    model = reducing_model()
+    schedule = schedule_from_counts(model, np.array([[8, 8, 8]]), np.array([[3, 9, 9]]), "mean")
+    schedule.validate(3, 17, 1)
+    assert schedule.keeps[1] <= schedule.keeps[0]
+
+
+@pytest.mark.parametrize("text,expected", [("mean", "mean"), ("q0.9", 0.9), ("0.25", 0.25)])
+def test_statistic_parsing(text, expected):
+    assert parse_statistic(text) == expected
+
+
+def test_bad_statistic():
+    with pytest.raises(LTMPError, match="--statistic"):
+        parse_statistic("median-ish")
+
+
+def test_calibrated_fixed_mode_costs_what_threshold_mode_costs_on_average():
+    model = reducing_model()
+    report = calibrate(model, images(), evaluation=images(16, seed=1), progress=False)
+    assert model.ltmp.mode == "fixed" and model.ltmp.schedule == report.schedule
+    assert report.threshold_flops < 1.0
+    assert abs(report.fixed_flops - report.threshold_flops) < 0.1
+    assert 0.0 <= report.fixed_accuracy <= 1.0 and "fixed mode" in report.summary()
+
+
+def test_schedule_from_a_flops_target_needs_no_data():
+    model = reducing_model()
+    report = calibrate(model, None, flops_target=0.6, progress=False)
+    assert abs(report.fixed_flops - 0.6) < 0.05
+    with pytest.raises(LTMPError, match="--flops-target"):
+        calibrate(model, None, flops_target=1.5, progress=False)
+
+
+def test_tome_baseline_only_merges_at_the_asked_flops():
+    model = reducing_model()
+    schedule = tome_schedule(model, 0.7)
+    n = model.ltmp_num_tokens
+    for r, k in zip(schedule.merges, schedule.keeps):
+        assert k == n - r and r > 0, "ToMe prunes nothing: every block keeps what merging leaves"
+        n = k
+    assert abs(schedule_flops(model, schedule).ratio - 0.7) < 0.08
+
+
+def test_int8_calibration_data_in_every_layout(tmp_path):
+    batch = np.random.default_rng(0).standard_normal((10, 3, 32, 32)).astype(np.float32)
+    paths = write_calibration_data(batch, tmp_path / "calib", batch_size=4)
+    for layout in ("npy", "npz", "polygraphy"):
+        np.testing.assert_array_equal(read_calibration_data(paths[layout]), batch)
+    with np.load(paths["npz"]) as npz:
+        assert list(npz.keys()) == ["images"]  # ModelOpt: arrays named by graph input
+    from polygraphy.json import load_json
+
+    feeds = load_json(str(paths["polygraphy"]))
+    assert [f["images"].shape[0] for f in feeds] == [4, 4, 2]
+    with pytest.raises(LTMPError, match="NaN"):
+        write_calibration_data(np.full((2, 3, 4, 4), np.nan, np.float32), tmp_path / "bad")
+
+
+@pytest.fixture
+def digits_checkpoint(tmp_path):
+    model = create_model("vit_digits_32")
+    return save_checkpoint(model, tmp_path / "digits.safetensors")
+
+
+def test_cli_calibrate_writes_schedule_and_int8_data(tmp_path, digits_checkpoint, capsys):
+    out = tmp_path / "fixed.safetensors"
+    assert main(["calibrate", str(digits_checkpoint), "--data", "digits", "--int8-calib", str(tmp_path / "i8"), "--int8-images", "16", "-o", str(out)]) == 0
+    model = load_checkpoint(out)
+    assert model.ltmp.mode == "fixed" and model.ltmp.schedule is not None
+    assert read_calibration_data(tmp_path / "i8" / "calib.npy").shape == (16, 3, 32, 32)
+    assert "threshold mode: accuracy" in capsys.readouterr().out
+
+
+def make_folder(root, classes, per_class=2, corrupt=False):
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((40, 40, 3), 20 * i + c, np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    if corrupt:
+        (root / "c0" / "broken.png").write_bytes(b"\x89PNG not really")
+
+
+def test_cli_errors_for_bad_data(tmp_path, digits_checkpoint, capsys):
+    out = tmp_path / "o.safetensors"
+    (tmp_path / "empty").mkdir()
+    assert main(["calibrate", str(digits_checkpoint), "--data", str(tmp_path / "empty"), "-o", str(out)]) == 2
+    assert "no class subfolders" in capsys.readouterr().err
+    make_folder(tmp_path / "three", 3)
+    assert main(["calibrate", str(digits_checkpoint), "--data", str(tmp_path / "three"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "3 class folder(s)" in err and "10 classes" in err
+    assert main(["learn", str(digits_checkpoint), "--target", "1.5", "-o", str(out)]) == 2
+    assert "--target 1.5" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path, digits_checkpoint, capsys):
+    make_folder(tmp_path / "ten", 10, corrupt=True)
+    out = tmp_path / "o.safetensors"
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        assert main(["calibrate", str(digits_checkpoint), "--data", str(tmp_path / "ten"), "--no-evaluate", "-o", str(out)]) == 0
+    assert out.is_file()
