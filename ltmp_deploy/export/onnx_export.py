@@ -35,7 +35,9 @@ from ltmp_deploy.ltmp.checkpoint import load_checkpoint, metadata as model_metad
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, unpatched_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 
-DEFAULT_OPSET = {"fixed": 16, "threshold": 17}
+# "off" (the unpatched model) and "oracle" (same token counts, no reduction) export too: they
+# are the baselines benchmarks compare against, exported the same way.
+DEFAULT_OPSET = {"fixed": 16, "threshold": 17, "off": 16, "oracle": 16}
 MIN_OPSET = 13  # TopK with K as an input and Unsqueeze with axes as an input
 TWO_GB = 2**31
 
@@ -90,7 +92,7 @@ def export_onnx(
         model.ltmp_set_mode(mode)
     mode = model.ltmp.mode
     if mode not in DEFAULT_OPSET:
-        raise LTMPError(f"mode {mode!r} cannot be exported: choose fixed or threshold")
+        raise LTMPError(f"mode {mode!r} cannot be exported: choose fixed or threshold (off and oracle for baselines)")
     opset = opset if opset is not None else DEFAULT_OPSET[mode]
     if opset < MIN_OPSET:
         raise LTMPError(f"--opset {opset}: LTMP's TopK with a K input needs opset {MIN_OPSET} or newer")
@@ -117,7 +119,8 @@ def export_onnx(
 def _export(model: LTMPVisionTransformer, opset: int, batch: Optional[int], fp16: bool, images: torch.Tensor) -> onnx.ModelProto:
     """Trace with decisions always exported (validation compares them); drop them later if unasked."""
     wrapper = ExportWrapper(model, decisions=True)
-    names = ["logits", *decision_output_names(len(model.blocks))]
+    reducing = model.ltmp.mode in ("fixed", "threshold")
+    names = ["logits", *(decision_output_names(len(model.blocks)) if reducing else [])]
     example = images[: batch or 2]
     if fp16:
         wrapper, example = wrapper.half(), example.half()
@@ -159,9 +162,11 @@ def _drop_decision_outputs(graph: onnx.ModelProto) -> onnx.ModelProto:
 
 def _metadata(model: LTMPVisionTransformer, opset: int, fp16: bool, images: torch.Tensor) -> dict[str, Any]:
     base = {k: v for k, v in model_metadata(model).items() if k != "format"}  # "schema" says what this is
-    if model.ltmp.mode == "fixed":
-        patched = schedule_flops(model, model.ltmp.schedule)
-        flops_note = "fixed schedule"
+    if model.ltmp.mode in ("fixed", "oracle"):
+        patched = schedule_flops(model, model.ltmp.schedule, reduce=model.ltmp.mode == "fixed")
+        flops_note = f"{model.ltmp.mode} schedule"
+    elif model.ltmp.mode == "off":
+        patched, flops_note = unpatched_flops(model), "unpatched"
     else:
         with torch.no_grad():
             reports = image_flops(model, model.forward_ltmp(images).decisions)

@@ -1,0 +1,99 @@
+"""ONNX Runtime on CPU: LTMP fixed and threshold mode against the unpatched model and the oracle.
+
+All four graphs are exported the same way (TorchScript exporter, same opset, dynamic batch) and
+timed interleaved in one run, batch 1 and batch 8. The oracle is the same ViT whose blocks keep
+the first k_l tokens after attention, with no reduction operations: no merge/prune graph can beat
+it, so the gap between fixed mode and the oracle is the overhead of the reduction ops.
+
+Threshold mode is compared with fixed mode at the same mean FLOPs: thresholds are set (one
+scalar, bisected) so that threshold mode keeps about ``--target`` of the block FLOPs on the sample
+images, and the fixed schedule is calibrated from threshold mode's mean per-image counts there,
+exactly as ``ltmp-deploy calibrate`` does.
+
+    python benchmarks/bench_onnx.py --model deit_small_patch16_224 --target 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import timm
+import torch
+
+from ltmp_deploy.calibration.schedule import per_image_counts, schedule_from_counts
+from ltmp_deploy.export.onnx_export import export_onnx
+from ltmp_deploy.ltmp.flops import image_flops, schedule_flops
+from ltmp_deploy.ltmp.patch import apply_patch
+from ltmp_deploy.runtime.bench import interleaved, table
+
+
+def set_thresholds_for_target(model, images: torch.Tensor, target: float, merge_threshold: float) -> float:
+    """Bisect c in prune_threshold_l = c / n_l (n_l: tokens a block receives at the target) until
+    threshold mode keeps about ``target`` of the block FLOPs on ``images``; returns the FLOPs kept."""
+    from ltmp_deploy.ltmp.flops import schedule_for_flops
+
+    counts = [n for n, _ in schedule_for_flops(model, target).token_counts(model.ltmp_num_tokens)]
+    lo, hi, ratio = 0.0, 2.0, 1.0
+    for _ in range(12):
+        c = (lo + hi) / 2
+        model.ltmp_set_thresholds([merge_threshold] * len(counts), [c / n for n in counts])
+        model.ltmp_set_mode("threshold")
+        with torch.no_grad():
+            ratio = float(np.mean([r.ratio for r in image_flops(model, model.forward_ltmp(images).decisions)]))
+        lo, hi = (c, hi) if ratio > target else (lo, c)
+    return ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="deit_small_patch16_224")
+    parser.add_argument("--target", type=float, default=0.5, help="fraction of block FLOPs kept")
+    parser.add_argument("--merge-threshold", type=float, default=0.8)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    model = apply_patch(timm.create_model(args.model, pretrained=False).eval())
+    size = tuple(model.patch_embed.img_size)
+    images = torch.randn(8, 3, *size, generator=torch.Generator().manual_seed(0))
+    thr_ratio = set_thresholds_for_target(model, images, args.target, args.merge_threshold)
+    with torch.no_grad():
+        decisions = model.forward_ltmp(images).decisions
+    merges, keeps = per_image_counts([decisions])
+    ratios = [r.ratio for r in image_flops(model, decisions)]
+    typical = int(np.argmin(np.abs(np.array(ratios) - np.mean(ratios))))  # batch 1: the most typical image
+    schedule = schedule_from_counts(model, merges, keeps, "mean")
+    fixed_ratio = schedule_flops(model, schedule).ratio
+    print(f"model {args.model}, onnxruntime {ort.__version__}, {args.threads} threads, opset {args.opset}")
+    print(f"threshold mode keeps {thr_ratio:.3f} of block FLOPs (mean over 8 images); calibrated fixed schedule keeps {fixed_ratio:.3f}")
+    print(f"schedule (r, k): {schedule.pairs()}")
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ltmp-bench-"))
+    paths = {}
+    for name, mode in [("unpatched", "off"), ("oracle", "oracle"), ("ltmp-fixed", "fixed"), ("ltmp-threshold", "threshold")]:
+        model.ltmp_set_mode(mode, schedule if mode in ("fixed", "oracle") else None)
+        paths[name] = export_onnx(model, workdir / f"{name}.onnx", opset=args.opset, num_samples=2).path
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    for batch in (1, 8):
+        x = (images[typical : typical + 1] if batch == 1 else images).numpy()
+        variants = {k: (lambda s=s: s.run(None, {"images": x})) for k, s in sessions.items()}
+        timings = interleaved(variants, batch, rounds=args.rounds)
+        kept = ratios[typical] if batch == 1 else float(np.mean(ratios))
+        print(f"\nbatch {batch}: threshold mode keeps {kept:.3f} of block FLOPs on these images, fixed {fixed_ratio:.3f}")
+        print(table(timings, baselines=("unpatched", "oracle", "ltmp-fixed")))
+
+
+if __name__ == "__main__":
+    main()

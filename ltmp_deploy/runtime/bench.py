@@ -1,0 +1,55 @@
+"""Latency benchmarking: several variants timed interleaved, in one run, reported side by side.
+
+Interleaving (A, B, C, A, B, C, ...) spreads drift (thermal, other processes) over every variant
+alike, so ratios between variants stay meaningful on a busy or throttling machine. Numbers are
+measurements of this run; nothing here decides pass or fail. No torch: runs on a field device.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+
+@dataclass
+class Timing:
+    name: str
+    median_ms: float
+    p90_ms: float
+    runs: int
+    batch: int
+
+    @property
+    def throughput(self) -> float:
+        """Images per second at the median latency."""
+        return self.batch / (self.median_ms / 1e3)
+
+
+def interleaved(variants: Mapping[str, Callable[[], object]], batch: int, rounds: int = 20, warmup: int = 2) -> dict[str, Timing]:
+    """Time each zero-argument callable ``rounds`` times, interleaved, after ``warmup`` calls."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    out = {}
+    for name, values in samples.items():
+        ordered = sorted(values)
+        out[name] = Timing(name, statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], len(ordered), batch)
+    return out
+
+
+def table(timings: Mapping[str, Timing], baselines: tuple[str, ...] = ()) -> str:
+    """A readable table: median, p90, throughput, and the ratio to each baseline."""
+    head = f"{'variant':<16} {'median ms':>10} {'p90 ms':>9} {'img/s':>8}" + "".join(f" {'vs ' + b:>14}" for b in baselines)
+    lines = [head]
+    for t in timings.values():
+        ratios = "".join(f" {t.median_ms / timings[b].median_ms:>14.3f}" for b in baselines if b in timings)
+        lines.append(f"{t.name:<16} {t.median_ms:>10.2f} {t.p90_ms:>9.2f} {t.throughput:>8.1f}{ratios}")
+    return "\n".join(lines)
