@@ -93,3 +93,16 @@ def test_importance_ignores_padding_queries_and_keys():
     assert imp[0, 0] == INF
     torch.testing.assert_close(imp[0, 1:], torch.tensor([(0.25 + 0.6 + 0.1) / 3, (0.25 + 0.2 + 0.8) / 3, 0.0]))
     assert not math.isnan(float(imp.sum()))
+
+
+def test_a_block_left_with_only_the_class_token_still_runs():
+    tokens = Tokens(torch.randn(2, 1, 4), torch.ones(2, 1))
+    out, decision = merge_and_prune(tokens, torch.randn(2, 1, 3), torch.full((2, 1), INF), 1, threshold_plan(0.1, 0.5))
+    assert out.x.shape == (2, 1, 4) and decision.merge_dst.tolist() == [[-1], [-1]]
+
+
+def test_without_prefix_tokens_the_most_important_token_survives():
+    tokens, metric, imp = case()
+    imp[0, 0] = 0.02
+    out, decision = merge_and_prune(tokens, metric, imp, num_prefix=0, plan=threshold_plan(2.0, 10.0))
+    assert decision.kept.tolist() == [[2]] and decision.n_out.tolist() == [1]

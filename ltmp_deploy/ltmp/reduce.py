@@ -129,6 +129,9 @@ def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int) ->
         alive = valid > 0.5
         allowed = allowed & alive[:, ::2, None] & alive[:, 1::2, None].transpose(1, 2)
     sim = torch.where(allowed, sim, torch.full_like(sim, NEG_INF))
+    # A -inf column past the last destination: a block left with one token has no destination
+    # at all, and a reduction over an empty axis is an error in PyTorch and ONNX alike.
+    sim = torch.cat([sim, sim.new_full((sim.shape[0], sim.shape[1], 1), NEG_INF)], dim=-1)
     best, dst_idx = sim.max(dim=-1)
     return best, dst_idx
 
@@ -190,7 +193,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     imp_merged = torch.cat([imp_src, imp_dst], dim=1)
 
     orig, key = _layout_order_key(n, num_prefix, device)
-    idx, alive_out = _prune_order(imp_merged, alive, key, plan)
+    idx, alive_out = _prune_order(imp_merged, alive, key, plan, num_prefix)
 
     merged = merged.gather(1, idx[:, :, None].expand(-1, -1, merged.shape[-1]))
     x_sum, new_size = merged[..., :c], merged[..., c]
@@ -214,7 +217,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     return Tokens(new_x, new_size, alive_out, new_source), decision
 
 
-def _prune_order(imp: Tensor, alive: Tensor, key: Tensor, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
+def _prune_order(imp: Tensor, alive: Tensor, key: Tensor, plan: Plan, num_prefix: int) -> tuple[Tensor, Optional[Tensor]]:
     """Which merged-layout slots survive pruning, in output order; and their validity.
 
     Returns ``(idx, valid)``: (B, K) slots to gather, and (B, K) validity (None in fixed mode,
@@ -229,6 +232,9 @@ def _prune_order(imp: Tensor, alive: Tensor, key: Tensor, plan: Plan) -> tuple[T
 
     if plan.mode == "threshold":
         keep = (alive > 0.5) & (imp > plan.prune_threshold)
+        if num_prefix == 0:  # no class token to fall back on: the most important token stays
+            top = torch.where(alive > 0.5, imp, torch.full_like(imp, NEG_INF)).argmax(dim=1, keepdim=True)
+            keep = keep | (torch.arange(n, device=imp.device)[None, :] == top)
         keep_value = keep.to(imp.dtype)
     elif plan.mode == "train":
         keep_value = alive * straight_through(imp, plan.prune_threshold, plan.tau)
