@@ -15,10 +15,7 @@ import onnx
 import torch
 
 from ltmp_deploy.export.metadata import decision_output_names
-
-FP32_LOGIT_TOL = 1e-4
-FP16_LOGIT_TOL = 5e-2  # fp16 graphs: logits agree to about this much on ViT-sized logits
-FP16_TOP1 = 0.995
+from ltmp_deploy.export.tolerances import FP16_LOGIT_TOL, FP16_TOP1, FP32_LOGIT_TOL  # shared with runtime/validate.py
 
 
 @dataclass

@@ -1,0 +1,112 @@
+"""The toolkit's PyTorch model as a Polygraphy runner.
+
+Polygraphy's ``Comparator`` runs any list of runners on one data loader; this runner joins that
+contract (activate, infer, deactivate, input metadata) so PyTorch is compared with ONNX Runtime
+and TensorRT by the same machinery. It answers with the names the exported graph uses:
+``logits`` and, with ``decisions=True``, ``block{i}_kept`` and ``block{i}_merge_dst``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+from polygraphy.datatype import DataType
+
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.metadata import decision_output_names
+from ltmp_deploy.ltmp.checkpoint import load_checkpoint, metadata as model_metadata
+from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+
+INPUT_NAME = "images"
+
+
+class LTMPTorchRunner(BaseRunner):
+    """Runs a toolkit checkpoint (a path, loaded on activation) or an LTMP model in eager PyTorch.
+
+    ``mode``: run in this mode (fixed / threshold) rather than the checkpoint's own, e.g. the
+    mode a graph was exported in. ``decisions``: also return every block's token decisions.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike, LTMPVisionTransformer],
+        decisions: bool = True,
+        mode: Optional[str] = None,
+        name: Optional[str] = None,
+    ) -> None:
+        super().__init__(name=name, prefix="pytorch-runner")
+        self._model, self._decisions, self._mode = model, decisions, mode
+        self.model: Optional[LTMPVisionTransformer] = None
+
+    def activate_impl(self) -> None:
+        if isinstance(self._model, (str, os.PathLike)):
+            self.model = load_checkpoint(self._model, mode=self._mode)
+        else:
+            self.model = self._model
+            if self._mode is not None and self.model.ltmp.mode != self._mode:
+                self.model.ltmp_set_mode(self._mode)
+        self.model.eval()
+
+    @property
+    def input_name(self) -> str:
+        return INPUT_NAME
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        model = self._active()
+        return (int(model.patch_embed.proj.in_channels), *(int(s) for s in model.patch_embed.img_size))
+
+    @property
+    def output_names(self) -> list[str]:
+        names = ["logits"]
+        return names + decision_output_names(len(self._active().blocks)) if self._decisions else names
+
+    def metadata(self) -> dict[str, Any]:
+        """What an export of this model would carry, so a Session reads checkpoints like graphs."""
+        model = self._active()
+        meta = {k: v for k, v in model_metadata(model).items() if k != "format"}
+        meta.update(
+            precision="fp32", input_name=INPUT_NAME, input_shape=["batch", *self.image_shape],
+            num_blocks=len(model.blocks), num_prefix_tokens=int(model.num_prefix_tokens),
+            decision_outputs=decision_output_names(len(model.blocks)),
+        )
+        if isinstance(self._model, (str, os.PathLike)):
+            meta["checkpoint"] = Path(self._model).name
+        return meta
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return TensorMetadata().add(INPUT_NAME, dtype=DataType.FLOAT32, shape=(None, *self.image_shape))
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> "OrderedDict[str, np.ndarray]":
+        model = self._active()
+        images = feed_dict[INPUT_NAME]
+        x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.forward_ltmp(x.float())
+        self.inference_time = time.perf_counter() - start
+        result: OrderedDict[str, np.ndarray] = OrderedDict(logits=out.logits.numpy())
+        if self._decisions:
+            for i, d in enumerate(out.decisions):
+                result[f"block{i}_kept"] = d.kept.numpy()
+                result[f"block{i}_merge_dst"] = d.merge_dst.numpy()
+        return result
+
+    def deactivate_impl(self) -> None:
+        self.model = None
+
+    def _active(self) -> LTMPVisionTransformer:
+        if self.model is None:
+            raise LTMPError(f"{self.name}: activate the runner first")
+        return self.model
+
+
+__all__ = ["LTMPTorchRunner"]

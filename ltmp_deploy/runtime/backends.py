@@ -1,0 +1,235 @@
+"""The three backends behind :class:`~ltmp_deploy.runtime.session.Session`.
+
+Each opens one kind of file and answers the same few questions (input name, dtype and shape,
+allowed batch sizes, output names, metadata) and runs a checked batch to named outputs:
+
+- ``onnxruntime``: an ONNX graph, through Polygraphy's ``SessionFromOnnx`` loader, on the CPU
+  or with the CUDA and TensorRT execution providers that ``onnxruntime-gpu`` brings;
+- ``tensorrt``: an engine, through Polygraphy's ``EngineFromBytes`` and ``TrtRunner``;
+- ``torch``: a toolkit checkpoint, through the toolkit's own Polygraphy runner
+  (:mod:`ltmp_deploy.ltmp.runner`), imported only when asked for.
+
+Nothing here imports torch, timm or onnx at module level; each backend imports its library
+when it is opened and says what to pip install when that library is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.metadata import decode
+from ltmp_deploy.runtime.engine import ENGINE_SUFFIXES, batch_range, engine_runner, quiet_polygraphy
+
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+SUFFIX_BACKEND = {".onnx": "onnxruntime", ".safetensors": "torch", **{s: "tensorrt" for s in ENGINE_SUFFIXES}}
+# Execution providers in the order "auto" prefers them, when ONNX Runtime has them.
+AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+ORT_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA and TensorRT providers; the ltmp-deploy[gpu] extra), never both"
+TORCH_HINT = "pip install torch timm (the PyTorch backend runs toolkit checkpoints)"
+
+Provider = Union[str, tuple[str, dict[str, Any]]]
+
+
+def resolve_backend(path: Path, backend: str) -> str:
+    """The backend for ``path``: from its suffix for "auto", else checked against it."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise LTMPError(f"backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
+    natural = SUFFIX_BACKEND.get(path.suffix.lower())
+    if natural is None:
+        raise LTMPError(f"{path}: unknown file type {path.suffix or '(no suffix)'}; expected .onnx, .engine/.plan or a .safetensors checkpoint")
+    if backend in ("auto", natural):
+        return natural
+    advice = {
+        ("onnxruntime", "tensorrt"): "an engine runs only on TensorRT",
+        ("torch", "tensorrt"): "an engine runs only on TensorRT",
+        ("tensorrt", "onnxruntime"): "build an engine first with `ltmp-deploy build`, or use the onnxruntime backend with providers=['TensorrtExecutionProvider']",
+        ("torch", "onnxruntime"): "a graph runs on ONNX Runtime or, once built, TensorRT; open the checkpoint for the torch backend",
+        ("onnxruntime", "torch"): "export it first with `ltmp-deploy export`",
+        ("tensorrt", "torch"): "export it with `ltmp-deploy export`, then build with `ltmp-deploy build`",
+    }[(backend, natural)]
+    raise LTMPError(f"{path}: the {backend} backend cannot open a {path.suffix} file: {advice}")
+
+
+def require(module: str, path: Path, hint: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001  (ImportError, or a broken install's OSError)
+        raise LTMPError(f"{path}: needs {module}, which is not installed here ({type(err).__name__}); {hint}") from err
+
+
+class Backend:
+    """What a Session needs from a backend. Shapes use None for a dynamic dimension."""
+
+    name: str
+    path: Path
+    input_name: str
+    input_dtype: np.dtype
+    input_shape: tuple[Optional[int], ...]
+    output_names: list[str]
+    batch_range: tuple[int, Optional[int]]
+    metadata: dict[str, Any]
+    providers: Optional[list[str]] = None
+    sidecar: Optional[dict[str, Any]] = None
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def static_dims(shape: Sequence[Any]) -> tuple[Optional[int], ...]:
+    return tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape)
+
+
+def shape_batch_range(shape: tuple[Optional[int], ...]) -> tuple[int, Optional[int]]:
+    return (1, None) if not shape or shape[0] is None else (shape[0], shape[0])
+
+
+def choose_providers(ort: Any, requested: Optional[Sequence[Provider]], path: Path) -> list[Provider]:
+    """``requested`` (checked against what is installed), or the best available in AUTO_PROVIDERS order."""
+    available = list(ort.get_available_providers())
+    if requested is None:
+        return [p for p in AUTO_PROVIDERS if p in available] or available
+    chosen: list[Provider] = []
+    for item in requested:
+        name = item[0] if isinstance(item, tuple) else item
+        matches = [p for p in available if p == name] or [p for p in available if str(name).lower() in p.lower()]
+        if not matches:
+            hint = f"; {ORT_HINT}" if "CUDA" in str(name).upper() or "TENSORRT" in str(name).upper() else ""
+            raise LTMPError(f"{path}: ONNX Runtime execution provider {name!r} is not available here (available: {', '.join(available)}){hint}")
+        chosen.append((matches[0], item[1]) if isinstance(item, tuple) else matches[0])
+    return chosen
+
+
+def ort_session(path: Path, providers: Optional[Sequence[Provider]] = None) -> Any:
+    """An ONNX Runtime InferenceSession via Polygraphy's SessionFromOnnx, with one-line errors."""
+    ort = require("onnxruntime", path, ORT_HINT)
+    chosen = choose_providers(ort, providers, path)
+    if path.stat().st_size == 0:
+        raise LTMPError(f"{path}: empty file, not an ONNX graph")
+    from polygraphy.backend.onnxrt import SessionFromOnnx
+
+    try:
+        with quiet_polygraphy():
+            return SessionFromOnnx(str(path), providers=chosen)()
+    except Exception as err:  # noqa: BLE001  (ONNX Runtime raises InvalidProtobuf, Fail, RuntimeException...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LTMPError(f"{path}: not a loadable ONNX graph, it may be truncated or corrupt ({reason[:300]})") from err
+
+
+class OnnxruntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, providers: Optional[Sequence[Provider]] = None) -> None:
+        self.path = path
+        self.session = ort_session(path, providers)
+        self.providers = list(self.session.get_providers())
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise LTMPError(f"{path}: expected one image input, the graph has {len(inputs)}: {', '.join(i.name for i in inputs)}")
+        from polygraphy.datatype import DataType
+
+        self.input_name = inputs[0].name
+        self.input_dtype = np.dtype(DataType.to_dtype(DataType.from_dtype(inputs[0].type, "onnxruntime"), "numpy"))
+        self.input_shape = static_dims(inputs[0].shape)
+        self.batch_range = shape_batch_range(self.input_shape)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.metadata = decode(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            outputs = self.session.run(None, {self.input_name: batch})
+        except Exception as err:  # noqa: BLE001
+            raise LTMPError(f"{self.path}: ONNX Runtime failed on a batch of shape {batch.shape}: {str(err).strip().splitlines()[0][:300]}") from err
+        return dict(zip(self.output_names, outputs))
+
+    def close(self) -> None:
+        self.session = None
+
+
+class TensorrtBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, path: Path) -> None:
+        from polygraphy.datatype import DataType
+
+        self.path = path
+        self.runner, self.sidecar = engine_runner(path, name=f"tensorrt:{path.name}")
+        with quiet_polygraphy():
+            self.runner.activate()
+            meta = self.runner.get_input_metadata(use_numpy_dtypes=False)
+        if len(meta) != 1:
+            raise LTMPError(f"{path}: expected one image input, the engine has {len(meta)}: {', '.join(meta)}")
+        (self.input_name, (dtype, shape)), = meta.items()
+        self.input_dtype = np.dtype(DataType.to_dtype(DataType.from_dtype(dtype), "numpy"))
+        self.input_shape = static_dims(shape)
+        self.batch_range = batch_range(self.runner.engine, self.input_name, self.input_shape[0] if self.input_shape else None)
+        engine = self.runner.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.output_names = [n for n in names if n != self.input_name]
+        self.metadata = dict(self.sidecar.get("metadata") or {})
+        if self.sidecar.get("precision"):
+            self.metadata["engine_precision"] = self.sidecar["precision"]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            with quiet_polygraphy():
+                outputs = self.runner.infer({self.input_name: batch}, check_inputs=False)
+        except Exception as err:  # noqa: BLE001  (PolygraphyException or TensorRT's errors)
+            raise LTMPError(f"{self.path}: TensorRT failed on a batch of shape {batch.shape}: {str(err).strip().splitlines()[0][:300]}") from err
+        return {k: np.array(v, copy=True) for k, v in outputs.items()}  # the runner reuses its buffers
+
+    def close(self) -> None:
+        if getattr(self, "runner", None) is not None and self.runner.is_active:
+            with quiet_polygraphy():
+                self.runner.deactivate()
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, path: Path, mode: Optional[str] = None) -> None:
+        require("torch", path, TORCH_HINT)
+        require("timm", path, TORCH_HINT)
+        from ltmp_deploy.ltmp.runner import LTMPTorchRunner
+
+        self.path = path
+        self.runner = LTMPTorchRunner(path, decisions=True, mode=mode, name=f"torch:{path.name}")
+        with quiet_polygraphy():
+            self.runner.activate()
+        self.input_name = self.runner.input_name
+        self.input_dtype = np.dtype(np.float32)
+        self.input_shape = (None, *self.runner.image_shape)
+        self.batch_range = (1, None)
+        self.output_names = self.runner.output_names
+        self.metadata = self.runner.metadata()
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with quiet_polygraphy():
+            return dict(self.runner.infer({self.input_name: batch}, check_inputs=False))
+
+    def close(self) -> None:
+        if getattr(self, "runner", None) is not None and self.runner.is_active:
+            with quiet_polygraphy():
+                self.runner.deactivate()
+
+
+def open_backend(path: str | os.PathLike, backend: str = "auto", providers: Optional[Sequence[Provider]] = None) -> Backend:
+    path = Path(path)
+    if not path.is_file():
+        raise LTMPError(f"{path}: no such file")
+    name = resolve_backend(path, backend)
+    if providers is not None and name != "onnxruntime":
+        raise LTMPError(f"{path}: providers apply to the onnxruntime backend only, not {name}")
+    if name == "onnxruntime":
+        return OnnxruntimeBackend(path, providers)
+    if name == "tensorrt":
+        return TensorrtBackend(path)
+    return TorchBackend(path)

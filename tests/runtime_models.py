@@ -1,0 +1,65 @@
+"""Small exported models shared by test_runtime.py and test_validate.py, made once per process.
+
+A tiny ViT (32x32, patch 8, 3 blocks, 5 classes) with thresholds that merge and prune a varying
+amount, saved as a toolkit checkpoint and exported: each export takes seconds on 2 cores, so each
+file is built once (lru_cache) into one temporary folder and reused by every test.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from conftest import tiny_vit
+
+_FOLDER = Path(tempfile.mkdtemp(prefix="ltmp-runtime-tests-"))
+atexit.register(shutil.rmtree, _FOLDER, True)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Tests share 2 cores with other jobs; one torch thread is ~30x faster than two contending."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def tiny_ltmp(mode: str):
+    from ltmp_deploy.ltmp.flops import schedule_for_flops
+    from ltmp_deploy.ltmp.patch import apply_patch
+
+    model = apply_patch(tiny_vit())
+    n = model.ltmp_num_tokens
+    model.ltmp_set_thresholds([0.6, 0.5, 0.4], [0.6 / n, 0.8 / n, 1.0 / n])
+    if mode == "fixed":
+        model.ltmp_set_mode("fixed", schedule_for_flops(model, 0.5))
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def checkpoint(mode: str) -> Path:
+    from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+
+    return save_checkpoint(tiny_ltmp(mode), _FOLDER / f"{mode}.safetensors")
+
+
+@functools.lru_cache(maxsize=None)
+def exported(mode: str, batch: int | None = None, decisions: bool = True, fp16: bool = False) -> SimpleNamespace:
+    """Checkpoint and ONNX graph of the tiny model in ``mode``."""
+    from ltmp_deploy.export.onnx_export import export_onnx
+
+    ckpt = checkpoint(mode)
+    name = f"{mode}_b{batch or 'dyn'}{'_dec' if decisions else ''}{'_fp16' if fp16 else ''}.onnx"
+    with one_torch_thread():
+        onnx_path = export_onnx(ckpt, _FOLDER / name, batch=batch, decisions=decisions, fp16=fp16).path
+    return SimpleNamespace(checkpoint=ckpt, onnx=onnx_path, folder=_FOLDER)

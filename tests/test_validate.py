@@ -1,0 +1,168 @@
+"""``ltmp-deploy validate``: Polygraphy's Comparator over the PyTorch runner, ONNX Runtime and
+(where installed) TensorRT; passes clean graphs in both modes, fails tampered ones, gates CI."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from ltmp_deploy.cli import main
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.tolerances import FP16_LOGIT_TOL, FP32_LOGIT_TOL
+from ltmp_deploy.ltmp.runner import LTMPTorchRunner
+from ltmp_deploy.runtime.validate import validate
+from runtime_models import exported, one_torch_thread
+
+NO_TENSORRT = "TensorRT is not installed here (pip's tensorrt is a stub that downloads from NVIDIA)"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    with one_torch_thread():
+        yield
+
+
+def tamper(src, dst, node_name, scale):
+    """Scale the weight initializer feeding ``node_name`` (a late block's MatMul) by ``scale``."""
+    graph = onnx.load(str(src))
+    node = next(n for n in graph.graph.node if n.name == node_name)
+    inits = {i.name: i for i in graph.graph.initializer}
+    name = next(i for i in node.input if i in inits)
+    weight = numpy_helper.to_array(inits[name]).copy()
+    weight *= scale
+    inits[name].CopyFrom(numpy_helper.from_array(weight.astype(np.float32), name))
+    onnx.save(graph, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("mode", ["fixed", "threshold"])
+def test_clean_graph_passes_with_a_json_report(tmp_path, capsys, mode):
+    files = exported(mode)
+    report_path = tmp_path / "report.json"
+    code = main(["validate", str(files.onnx), "--against", str(files.checkpoint), "--json", str(report_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.startswith("PASS:") and "token decisions identical in all 3 blocks" in out
+    report = json.loads(report_path.read_text())
+    assert report["ok"] is True and report["mode"] == mode and report["precision"] == "fp32"
+    assert report["reference_backend"] == "torch" and report["images"] == 16
+    assert report["tolerances"] == {"logit_abs": FP32_LOGIT_TOL}
+    (c,) = report["comparisons"]
+    assert c["ok"] and c["backend"] == "onnxruntime" and c["max_abs_diff"] <= FP32_LOGIT_TOL
+    assert c["top1_agreement"] == 1.0 and c["decision_agreement"] == [1.0, 1.0, 1.0] and c["first_divergent_block"] is None
+    assert report["versions"]["polygraphy"] and report["versions"]["onnxruntime"]
+
+
+def test_tampered_mlp_weights_fail_on_the_logits(tmp_path, capsys):
+    files = exported("fixed")
+    bad = tamper(files.onnx, tmp_path / "tampered.onnx", "/blocks.2/mlp/fc2/MatMul", 1.01)
+    report_path = tmp_path / "report.json"
+    code = main(["validate", str(bad), "--against", str(files.checkpoint), "--json", str(report_path)])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert out.startswith("FAIL:") and "failed: max |logit diff|" in out
+    report = json.loads(report_path.read_text())
+    (c,) = report["comparisons"]
+    assert report["ok"] is False and c["max_abs_diff"] > FP32_LOGIT_TOL
+    assert c["decision_agreement"] == [1.0, 1.0, 1.0]  # the MLP comes after the block's decisions
+
+
+def test_tampered_attention_names_the_first_divergent_block(tmp_path):
+    files = exported("threshold")
+    bad = tamper(files.onnx, tmp_path / "tampered.onnx", "/blocks.2/qkv/MatMul", 0.5)
+    report = validate(bad, against=files.checkpoint)
+    (c,) = report.comparisons
+    assert not report.ok
+    assert c.decision_agreement[:2] == [1.0, 1.0] and c.decision_agreement[2] < 1.0
+    assert c.first_divergent_block == 2
+    assert "first divergence in block 2" in report.summary()
+    assert any("token decisions differ from block 2" in f for f in c.failures)
+
+
+def test_a_checkpoint_alone_is_exported_and_compared(capsys):
+    files = exported("threshold")  # a threshold checkpoint, compared in its own mode
+    code = main(["validate", str(files.checkpoint), "--images", "6", "--batch", "3"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "threshold mode" in out and "6 images in batches of 3" in out and "exported to a temporary ONNX graph" in out
+
+
+def test_against_is_required_for_a_graph(capsys):
+    code = main(["validate", str(exported("fixed").onnx)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--against is required" in err and len(err.strip().splitlines()) == 1
+
+
+def test_graph_against_its_own_onnx_reference_needs_no_torch_runner():
+    files = exported("fixed")
+    report = validate([files.onnx], against=files.onnx, images=5)
+    assert report.ok and report.reference_backend == "onnxruntime" and report.images == 8  # whole batches of 4
+    assert report.comparisons[0].max_abs_diff == 0.0
+
+
+def test_fixed_batch_graph_is_fed_its_own_batch():
+    files = exported("threshold", batch=2)
+    report = validate(files.onnx, against=files.checkpoint, images=5)
+    assert report.ok, report.summary()
+    assert report.batch_size == 2 and report.images == 6
+    with pytest.raises(LTMPError, match="takes batches of 2"):
+        validate(files.onnx, against=files.checkpoint, batch=3)
+
+
+def test_fp16_graph_is_judged_by_top1_and_the_fp16_tolerance():
+    files = exported("fixed", decisions=False, fp16=True)
+    report = validate(files.onnx, against=files.checkpoint)
+    assert report.ok, report.summary()
+    assert report.precision == "fp16" and report.tolerances == {"logit_abs": FP16_LOGIT_TOL, "top1": 0.995}
+    (c,) = report.comparisons
+    assert c.top1_agreement == 1.0 and c.decision_agreement is None
+    assert "not compared" in report.summary()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # Polygraphy's relative error on 0-valued indices
+def test_torch_runner_joins_polygraphys_contract():
+    """The runner answers with the graph's own output names, and Polygraphy's own comparison
+    (not ours) finds it equal to ONNX Runtime."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator
+
+    try:  # Polygraphy >= 0.53; CompareFunc.simple before
+        from polygraphy.comparator import SimpleCompareFunc as simple
+    except ImportError:
+        from polygraphy.comparator import CompareFunc
+
+        simple = CompareFunc.simple
+    from polygraphy.logger import G_LOGGER
+
+    files = exported("threshold")
+    graph_outputs = [o.name for o in onnx.load(str(files.onnx)).graph.output]
+    runner = LTMPTorchRunner(files.checkpoint, decisions=True)
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        with runner:
+            meta = runner.get_input_metadata(use_numpy_dtypes=False)
+            assert list(meta) == ["images"] and tuple(meta["images"].shape) == (None, 3, 32, 32)
+            out = runner.infer(OrderedDict(images=np.zeros((2, 3, 32, 32), np.float32)))
+            assert list(out) == graph_outputs
+        assert runner.model is None  # deactivated: weights released
+        feeds = [{"images": np.random.default_rng(i).standard_normal((3, 3, 32, 32)).astype(np.float32)} for i in range(2)]
+        results = Comparator.run([runner, OnnxrtRunner(SessionFromOnnx(str(files.onnx)))], data_loader=feeds)
+        accuracy = Comparator.compare_accuracy(results, compare_func=simple(atol=FP32_LOGIT_TOL, rtol=0.0))
+    assert bool(accuracy)
+
+
+def test_engine_is_validated_with_tensorrts_runner(tmp_path):
+    pytest.importorskip("tensorrt", reason=NO_TENSORRT)
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+    files = exported("fixed")
+    profile = Profile().add("images", (1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32))
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(bytes(EngineBytesFromNetwork(NetworkFromOnnxPath(str(files.onnx)), CreateConfig(profiles=[profile]))()))
+    report = validate([files.onnx, engine], against=files.checkpoint)
+    assert [c.backend for c in report.comparisons] == ["onnxruntime", "tensorrt"]
+    assert report.ok, report.summary()
