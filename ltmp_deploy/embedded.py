@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -178,7 +177,6 @@ def train_base(
         t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 1e-5 + (base_lr - 1e-5) * 0.5 * (1.0 + math.cos(math.pi * t))
 
-    started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
@@ -204,7 +202,6 @@ def train_base(
         finally:
             bar.close()
         accuracy = _accuracy(model, x_test, y_test)
-    seconds = time.perf_counter() - started
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     metadata = {
@@ -214,7 +211,6 @@ def train_base(
         "epochs": str(epochs),
         "seed": str(seed),
         "recipe_version": str(RECIPE_VERSION),
-        "train_seconds": f"{seconds:.1f}",
     }
     with atomic_output(out, suffix=".safetensors") as tmp:
         save_file(state, str(tmp), metadata=metadata)
