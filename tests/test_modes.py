@@ -125,3 +125,15 @@ def test_source_map_accounts_for_every_patch():
     np.testing.assert_allclose((src.sum(-1) * valid)[:, prefix:], (size * valid)[:, prefix:], atol=1e-5)
     assert float((src * valid[..., None]).sum(1).max()) <= 1.0 + 1e-5
     assert float(src[:, :prefix].abs().sum()) == 0.0
+
+
+def test_every_token_is_kept_merged_or_pruned_exactly_once():
+    model = reducing(apply_patch(tiny_vit("registers")))
+    with torch.no_grad():
+        out = model.forward_ltmp(images(5, seed=6))
+    total_pruned = 0
+    for d in out.decisions:
+        merged, pruned = d.merged().sum(1), d.pruned().sum(1)
+        torch.testing.assert_close((merged + pruned + d.n_out.long()).float(), d.n_in)
+        total_pruned += int(pruned.sum())
+    assert total_pruned > 0

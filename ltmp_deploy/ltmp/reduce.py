@@ -64,8 +64,22 @@ class Decision:
     merge_dst: Tensor  # (B, Ns) for source s (input position 2s): its destination's input position, or -1
     n_in: Tensor  # (B,) valid tokens entering the block
     n_out: Tensor  # (B,) valid tokens leaving it
+    length: int = 0  # tokens in the block's (padded) input
     soft_keep_in: Optional[Tensor] = None  # train: (B,) mean-mask token count entering (with gradients)
     soft_keep_out: Optional[Tensor] = None  # train: (B,) after merge and prune (with gradients)
+
+    def merged(self) -> Tensor:
+        """(B, length) True for every input token that merged into another."""
+        flags = torch.zeros(self.merge_dst.shape[0], 2 * self.merge_dst.shape[1], dtype=torch.bool, device=self.kept.device)
+        flags[:, 0::2] = self.merge_dst >= 0
+        return flags[:, : self.length]
+
+    def pruned(self) -> Tensor:
+        """(B, length) True for every real input token that neither stayed nor merged."""
+        pos = torch.arange(self.length, device=self.kept.device)
+        real = pos[None, :] < self.n_in.round()[:, None]
+        stayed = (self.kept[:, :, None] == pos).any(dim=1)
+        return real & ~stayed & ~self.merged()
 
 
 def straight_through(score: Tensor, threshold: Tensor, tau: float) -> Tensor:
@@ -210,6 +224,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
         merge_dst=merge_dst,
         n_in=alive_in.sum(dim=1),
         n_out=n_out,
+        length=n,
     )
     if plan.mode == "train":
         decision.soft_keep_in = alive_in.sum(dim=1)
