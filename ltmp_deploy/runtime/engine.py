@@ -101,10 +101,17 @@ def _flag(sidecar: dict[str, Any], key: str) -> bool:
     return bool(value) and str(value).lower() not in ("none", "false", "0")
 
 
+def _release(version: Any) -> str:
+    """major.minor.patch: trtexec's banner gives no build number, the Python bindings do."""
+    import re
+
+    return ".".join(re.findall(r"\d+", re.split(r"[-+~]", str(version))[0])[:3])
+
+
 def check_compatible(engine: str | os.PathLike, sidecar: dict[str, Any], trt_version: str, gpu: Optional[str]) -> None:
     """Refuse an engine whose sidecar names another TensorRT version or another GPU."""
     built_version = sidecar.get("tensorrt_version")
-    if built_version and str(built_version) != str(trt_version) and not _flag(sidecar, "version_compatible"):
+    if built_version and _release(built_version) != _release(trt_version) and not _flag(sidecar, "version_compatible"):
         raise LTMPError(
             f"{engine}: built with TensorRT {built_version}, but TensorRT {trt_version} is installed here; "
             f"an engine runs only on the TensorRT version that built it: {REBUILD}"
