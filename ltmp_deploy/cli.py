@@ -129,6 +129,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ltmp_deploy.errors import LTMPError
+    from ltmp_deploy.ltmp.visualize import render
+
+    model = _load_model(args.checkpoint)
+    if args.mode:
+        model.ltmp_set_mode(args.mode)
+    if args.image.startswith("digits:"):
+        from ltmp_deploy.data.digits import DigitsDataset, digits_arrays
+
+        index = int(args.image.split(":", 1)[1])
+        image = DigitsDataset("test")[index][0]
+        raw = digits_arrays("test", normalize=False)[0][index]
+        display = (np.transpose(raw, (1, 2, 0)) * 255).clip(0, 255).astype(np.uint8)
+    else:
+        from PIL import Image
+
+        from ltmp_deploy.data.folder import transform_for_model
+
+        try:
+            with Image.open(args.image) as im:
+                picture = im.convert("RGB")
+        except OSError as err:
+            raise LTMPError(f"{args.image}: not a readable image ({err})") from err
+        image = transform_for_model(model)(picture)
+        size = tuple(model.patch_embed.img_size)
+        display = np.asarray(picture.resize(size[::-1]))
+    print(f"wrote {render(model, image, display, args.output)}")
+    return 0
+
+
 def _load_model(spec: str):  # noqa: ANN202
     """A toolkit checkpoint, or a timm model name / description JSON patched fresh."""
     from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint
@@ -228,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=0.5, help="fraction of block FLOPs to keep")
     p.add_argument("--epochs", type=int, default=30, help="threshold-learning epochs on the digits train split")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per variant")
+
+    p = add("show", cmd_show, "Draw what the model threw away: per block, the pruned (dark red) and merged (coloured groups) patches over the image.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="toolkit checkpoint")
+    p.add_argument("image", metavar="IMAGE", help="an image file, or digits:N for image N of the embedded test split")
+    p.add_argument("--mode", choices=["threshold", "fixed"], help="default: the checkpoint's mode")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png")
 
     p = add("train-base", cmd_train_base, "Train the embedded default ViT on scikit-learn's digits (cached; a few minutes on CPU).")
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of the cache ($LTMP_DEPLOY_CACHE or ~/.cache/ltmp-deploy)")

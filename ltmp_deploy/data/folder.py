@@ -23,10 +23,22 @@ from torch.utils.data import Dataset
 from ltmp_deploy.errors import LTMPError
 
 
+def model_data_config(model: torch.nn.Module) -> dict:
+    """timm's preprocessing config of ``model``, at the input size its patch embedding takes.
+
+    A model built from a class and config carries timm's default 224 in its pretrained_cfg; the
+    size its weights were made for is the patch embedding's.
+    """
+    cfg = timm.data.resolve_data_config({}, model=model)
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None:
+        cfg["input_size"] = (embed.proj.in_channels, *embed.img_size)
+    return cfg
+
+
 def transform_for_model(model: torch.nn.Module) -> Callable[[Image.Image], torch.Tensor]:
     """timm's eval transform (resize, centre crop, normalise) from the model's pretrained config."""
-    cfg = timm.data.resolve_data_config({}, model=model)
-    return timm.data.create_transform(**cfg, is_training=False)
+    return timm.data.create_transform(**model_data_config(model), is_training=False)
 
 
 def _readable(path: Path) -> bool:

@@ -131,13 +131,10 @@ def _load_into(model: LTMPVisionTransformer, state: dict[str, torch.Tensor], pat
 
 def metadata(model: LTMPVisionTransformer) -> dict[str, Any]:
     """Everything needed to run the model the same way again (also what exports carry)."""
-    from timm.data import resolve_data_config
+    from ltmp_deploy.data.folder import model_data_config
 
     merge, prune = model.ltmp_thresholds()
-    data = resolve_data_config({}, model=model)
-    # A model built from a class and config has timm's default 224 in its pretrained_cfg;
-    # the size the weights were made for is the patch embedding's.
-    data["input_size"] = (model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
+    data = model_data_config(model)
     return {
         "format": FORMAT,
         "toolkit_version": __version__,

@@ -65,6 +65,7 @@ class Decision:
     n_in: Tensor  # (B,) valid tokens entering the block
     n_out: Tensor  # (B,) valid tokens leaving it
     length: int = 0  # tokens in the block's (padded) input
+    source: Optional[Tensor] = None  # (B, K, P) when tracked: the input patches of each output token
     soft_keep_in: Optional[Tensor] = None  # train: (B,) mean-mask token count entering (with gradients)
     soft_keep_out: Optional[Tensor] = None  # train: (B,) after merge and prune (with gradients)
 
@@ -225,6 +226,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
         n_in=alive_in.sum(dim=1),
         n_out=n_out,
         length=n,
+        source=new_source,
     )
     if plan.mode == "train":
         decision.soft_keep_in = alive_in.sum(dim=1)
