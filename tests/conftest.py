@@ -43,6 +43,20 @@ def tiny_vit(kind: str = "vit", seed: int = 0, **kwargs):
     return model
 
 
+def tiny_ltmp(mode: str = "threshold", kind: str = "vit"):
+    """A patched tiny ViT whose thresholds merge and prune a varying amount (fixed mode: a
+    schedule at half the block FLOPs)."""
+    from ltmp_deploy.ltmp.flops import schedule_for_flops
+    from ltmp_deploy.ltmp.patch import apply_patch
+
+    model = apply_patch(tiny_vit(kind))
+    n = model.ltmp_num_tokens
+    model.ltmp_set_thresholds([0.6, 0.5, 0.4], [0.6 / n, 0.8 / n, 1.0 / n])
+    if mode == "fixed":
+        model.ltmp_set_mode("fixed", schedule_for_flops(model, 0.5))
+    return model
+
+
 MODEL_KINDS = ["vit", "distilled", "registers", "avg", "layerscale"]
 
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from conftest import tiny_vit
+from conftest import tiny_ltmp
 
 _FOLDER = Path(tempfile.mkdtemp(prefix="ltmp-runtime-tests-"))
 atexit.register(shutil.rmtree, _FOLDER, True)
@@ -34,16 +34,6 @@ def one_torch_thread():
         torch.set_num_threads(before)
 
 
-def tiny_ltmp(mode: str):
-    from ltmp_deploy.ltmp.flops import schedule_for_flops
-    from ltmp_deploy.ltmp.patch import apply_patch
-
-    model = apply_patch(tiny_vit())
-    n = model.ltmp_num_tokens
-    model.ltmp_set_thresholds([0.6, 0.5, 0.4], [0.6 / n, 0.8 / n, 1.0 / n])
-    if mode == "fixed":
-        model.ltmp_set_mode("fixed", schedule_for_flops(model, 0.5))
-    return model
 
 
 @functools.lru_cache(maxsize=None)

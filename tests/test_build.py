@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import tiny_vit
+from conftest import tiny_ltmp
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.runtime import build as b
@@ -28,16 +28,6 @@ NO_TRT_REASON = "TensorRT is not installed here (pip's tensorrt is a stub that d
 HAVE_TRT = b.tensorrt_version() is not None
 
 
-def tiny_ltmp(mode: str):
-    from ltmp_deploy.ltmp.flops import schedule_for_flops
-    from ltmp_deploy.ltmp.patch import apply_patch
-
-    model = apply_patch(tiny_vit())
-    n = model.ltmp_num_tokens
-    model.ltmp_set_thresholds([0.6, 0.5, 0.4], [0.6 / n, 0.8 / n, 1.0 / n])
-    if mode == "fixed":
-        model.ltmp_set_mode("fixed", schedule_for_flops(model, 0.5))
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -6,21 +6,17 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from conftest import tiny_vit
+from conftest import tiny_ltmp
 from ltmp_deploy.calibration.int8 import read_calibration_data, write_calibration_data
 from ltmp_deploy.calibration.schedule import calibrate, parse_statistic, schedule_from_counts, tome_schedule
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint, save_checkpoint
 from ltmp_deploy.ltmp.flops import schedule_flops
-from ltmp_deploy.ltmp.patch import apply_patch
 
 
 def reducing_model():
-    model = apply_patch(tiny_vit())
-    n = model.ltmp_num_tokens
-    model.ltmp_set_thresholds([0.6, 0.5, 0.4], [0.6 / n, 0.8 / n, 1.0 / n])
-    return model
+    return tiny_ltmp()
 
 
 def images(n=24, seed=0):

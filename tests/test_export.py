@@ -8,7 +8,6 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from ltmp_deploy.cli import main
-from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import decision_output_names, read_metadata
 from ltmp_deploy.export.onnx_export import export_onnx
 from ltmp_deploy.export.trt_check import check_model

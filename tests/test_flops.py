@@ -1,6 +1,5 @@
 """Our FLOPs accounting against torch's own FlopCounterMode."""
 
-import pytest
 import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode

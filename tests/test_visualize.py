@@ -4,18 +4,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import tiny_vit
+from conftest import tiny_ltmp
 from ltmp_deploy.cli import main
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
-from ltmp_deploy.ltmp.patch import apply_patch
 from ltmp_deploy.ltmp.visualize import PANEL, render, token_maps
 
 
 def reducing():
-    model = apply_patch(tiny_vit())
-    n = model.ltmp_num_tokens
-    model.ltmp_set_thresholds([0.6, 0.5, 0.4], [0.6 / n, 0.8 / n, 1.0 / n])
-    return model
+    return tiny_ltmp()
 
 
 def test_every_patch_is_owned_by_a_surviving_token_or_pruned():

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from ltmp_deploy.errors import LTMPError
+
 SCHEMA = "ltmp-deploy-onnx/1"
 
 
@@ -35,6 +37,25 @@ def decode(props: Mapping[str, str]) -> dict[str, Any]:
         except ValueError:
             meta[k] = v  # a key someone else added by hand
     return meta
+
+
+def load_onnx(path: Any) -> Any:
+    """An onnx ModelProto from ``path`` (weights in external files left unread), or a one-line
+    LTMPError naming the file when it is missing, truncated, corrupt or not a graph."""
+    import os
+
+    import onnx
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise LTMPError(f"{path}: ONNX file does not exist")
+    try:
+        graph = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001  (protobuf raises several types on corrupt files)
+        raise LTMPError(f"{path}: cannot read ONNX file ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from exc
+    if not graph.graph.node and not graph.graph.input:
+        raise LTMPError(f"{path}: cannot read ONNX file (no graph in it: not an ONNX model?)")
+    return graph
 
 
 def write_metadata(graph: Any, meta: Mapping[str, Any]) -> None:

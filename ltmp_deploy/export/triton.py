@@ -25,7 +25,7 @@ from typing import Optional
 import onnx
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import read_metadata
+from ltmp_deploy.export.metadata import load_onnx, read_metadata
 from ltmp_deploy.files import atomic_output, write_text_atomic
 
 DEFAULT_MAX_BATCH = 8
@@ -74,12 +74,7 @@ def write_triton_repo(
     an engine already placed at ``<name>_trt/1/model.plan`` is kept. Each file is written whole.
     """
     src = Path(onnx_path)
-    if not src.is_file():
-        raise LTMPError(f"{src}: ONNX file does not exist")
-    try:
-        graph = onnx.load(str(src), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types on corrupt files
-        raise LTMPError(f"{src}: cannot read ONNX file ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from exc
+    graph = load_onnx(src)
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer):
         raise LTMPError(f"{src}: weights are in an external data file; a Triton repository needs a single model.onnx")
     model_name = _model_name(name if name is not None else src.stem)

@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.metadata import load_onnx
 
 #: The TensorRT versions a graph can be checked against (key -> what it means).
 TRT_TARGETS: dict[str, str] = {
@@ -343,19 +344,7 @@ def _check_scatter(op: str, attrs: dict, target: str) -> list[str]:
 
 
 def _load(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    path = os.fspath(model)
-    if not os.path.isfile(path):
-        raise LTMPError(f"ONNX file not found: {path}")
-    try:
-        loaded = onnx.load(path, load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises various types on corrupt files
-        msg = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise LTMPError(f"cannot read ONNX file {path}: {msg or type(exc).__name__}") from exc
-    if not loaded.graph.node and not loaded.graph.input:
-        raise LTMPError(f"cannot read ONNX file {path}: no graph in it (not an ONNX model?)")
-    return loaded
+    return model if isinstance(model, onnx.ModelProto) else load_onnx(model)
 
 
 def check_model(model: onnx.ModelProto | str | os.PathLike, target: str) -> CheckReport:

@@ -189,16 +189,11 @@ def inspect_graph(onnx_path: str | os.PathLike) -> GraphInfo:
     """Metadata, input shape, precision and hash of an exported graph (onnx only, no TensorRT)."""
     import onnx
 
-    from ltmp_deploy.export.metadata import read_metadata
+    from ltmp_deploy.export.metadata import load_onnx, read_metadata
     from ltmp_deploy.export.quantize import has_qdq
 
     path = Path(onnx_path)
-    if not path.is_file():
-        raise LTMPError(f"{path}: ONNX file does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types on corrupt files
-        raise LTMPError(f"{path}: cannot read ONNX file ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from exc
+    model = load_onnx(path)
     inits = {t.name for t in model.graph.initializer}
     inputs = {i.name: i for i in model.graph.input if i.name not in inits}
     if INPUT_NAME not in inputs:
