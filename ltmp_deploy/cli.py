@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "Run the whole job end to end on the embedded default (digits ViT): learn, calibrate, export, validate, check, benchmark.")
     p.add_argument("--workdir", default="ltmp-demo", help="folder for every artefact and report.json (default ./ltmp-demo)")
     p.add_argument("--target", type=float, default=0.5, help="fraction of block FLOPs to keep")
-    p.add_argument("--epochs", type=int, default=30, help="threshold-learning epochs on the digits train split")
+    p.add_argument("--epochs", type=int, default=8, help="threshold-learning epochs on the digits train split")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per variant")
 
     p = add("show", cmd_show, "Draw what the model threw away: per block, the pruned (dark red) and merged (coloured groups) patches over the image.")

@@ -174,6 +174,8 @@ def test_default_base_checkpoint_trains_once_and_caches(tmp_path, tiny_checkpoin
     assert first == second and first.parent == tmp_path / "cache" and len(calls) == 1
     explicit = embedded.default_base_checkpoint(tmp_path / "other")
     assert explicit.parent == tmp_path / "other" and len(calls) == 2
+    explicit.write_bytes(b"a stale or damaged cache file")  # not a checkpoint of this recipe
+    assert embedded.default_base_checkpoint(tmp_path / "other") == explicit and len(calls) == 3
     (tmp_path / "blocker").write_text("a file, not a folder")
     with pytest.raises(LTMPError, match="blocker"):
         embedded.default_base_checkpoint(tmp_path / "blocker" / "cache")
