@@ -41,7 +41,7 @@ def proportional_attention(attn: nn.Module, x: Tensor, size: Tensor, valid: Opti
 
     bias = size.log()
     if valid is not None and not soft:
-        bias = torch.where(valid > 0.5, bias, torch.full_like(bias, float("-inf")))
+        bias = torch.where(valid > 0.5, bias, float("-inf"))
     logits = (q * attn.scale) @ k.transpose(-2, -1) + bias[:, None, None, :]
     probs = logits.softmax(dim=-1)
     if valid is not None and soft:

@@ -123,7 +123,7 @@ def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> 
         received = (attn * valid[:, None, :, None]).sum(dim=(1, 2))
         imp = received / (valid.sum(dim=-1, keepdim=True) * heads)
     pos = torch.arange(imp.shape[1], device=imp.device)
-    return torch.where(pos < num_prefix, torch.full_like(imp, float("inf")), imp)
+    return torch.where(pos < num_prefix, float("inf"), imp)
 
 
 def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int) -> tuple[Tensor, Tensor]:
@@ -143,10 +143,10 @@ def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int) ->
     if valid is not None:
         alive = valid > 0.5
         allowed = allowed & alive[:, ::2, None] & alive[:, 1::2, None].transpose(1, 2)
-    sim = torch.where(allowed, sim, torch.full_like(sim, NEG_INF))
+    sim = torch.where(allowed, sim, NEG_INF)
     # A -inf column past the last destination: a block left with one token has no destination
     # at all, and a reduction over an empty axis is an error in PyTorch and ONNX alike.
-    sim = torch.cat([sim, sim.new_full((sim.shape[0], sim.shape[1], 1), NEG_INF)], dim=-1)
+    sim = torch.nn.functional.pad(sim, (0, 1), value=NEG_INF)
     best, dst_idx = sim.max(dim=-1)
     return best, dst_idx
 
@@ -198,7 +198,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
 
     # A destination is as important as the most important token merged into it.
     imp_src, imp_dst = imp[:, ::2], imp[:, 1::2]
-    incoming = torch.where(assign > 0.5, imp_src[:, :, None], torch.full_like(assign, NEG_INF))
+    incoming = torch.where(assign > 0.5, imp_src[:, :, None], NEG_INF)
     imp_dst = torch.maximum(imp_dst, incoming.max(dim=1).values)
 
     ones = torch.ones_like(size)
@@ -218,8 +218,8 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     n_out = alive_out.sum(dim=1) if alive_out is not None else torch.full((b,), idx.shape[1], device=device)
     kept = orig[idx]
     if alive_out is not None:
-        kept = torch.where(alive_out > 0.5, kept, torch.full_like(kept, -1))
-    merge_dst = torch.where(w > 0.5, 2 * dst_idx + 1, torch.full_like(dst_idx, -1))
+        kept = torch.where(alive_out > 0.5, kept, -1)
+    merge_dst = torch.where(w > 0.5, 2 * dst_idx + 1, -1)
     decision = Decision(
         kept=kept,
         merge_dst=merge_dst,
@@ -242,7 +242,7 @@ def _prune_order(imp: Tensor, alive: Tensor, key: Tensor, plan: Plan, num_prefix
     """
     n = imp.shape[1]
     if plan.mode == "fixed":
-        score = torch.where(alive > 0.5, imp, torch.full_like(imp, NEG_INF))
+        score = torch.where(alive > 0.5, imp, NEG_INF)
         chosen = top_indices(score, plan.k)  # the k most important live tokens...
         order = smallest_unique(key[chosen], plan.k)  # ...in output order
         return chosen.gather(1, order), None
@@ -250,7 +250,7 @@ def _prune_order(imp: Tensor, alive: Tensor, key: Tensor, plan: Plan, num_prefix
     if plan.mode == "threshold":
         keep = (alive > 0.5) & (imp > plan.prune_threshold)
         if num_prefix == 0:  # no class token to fall back on: the most important token stays
-            top = torch.where(alive > 0.5, imp, torch.full_like(imp, NEG_INF)).argmax(dim=1, keepdim=True)
+            top = torch.where(alive > 0.5, imp, NEG_INF).argmax(dim=1, keepdim=True)
             keep = keep | (torch.arange(n, device=imp.device)[None, :] == top)
         keep_value = keep.to(imp.dtype)
     elif plan.mode == "train":
