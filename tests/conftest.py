@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,6 +14,17 @@ GOLDEN = Path(__file__).parent / "golden"
 
 # Tests run on 2 cores; keep torch from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Tests share 2 cores with other jobs; one torch thread is much faster than two contending."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def tiny_vit(kind: str = "vit", seed: int = 0, **kwargs):

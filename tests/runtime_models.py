@@ -8,30 +8,17 @@ file is built once (lru_cache) into one temporary folder and reused by every tes
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import shutil
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
 
-from conftest import tiny_ltmp
+from conftest import one_torch_thread, tiny_ltmp
 
 _FOLDER = Path(tempfile.mkdtemp(prefix="ltmp-runtime-tests-"))
 atexit.register(shutil.rmtree, _FOLDER, True)
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Tests share 2 cores with other jobs; one torch thread is ~30x faster than two contending."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 

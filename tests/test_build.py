@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
-from conftest import tiny_ltmp
+from conftest import one_torch_thread, tiny_ltmp
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.runtime import build as b
@@ -37,9 +36,7 @@ def graphs(tmp_path_factory):
     from ltmp_deploy.export.quantize import quantize_int8
 
     folder = tmp_path_factory.mktemp("graphs")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # much faster than two threads contending on 2 cores
-    try:
+    with one_torch_thread():  # much faster than two threads contending on 2 cores
         fixed, threshold = tiny_ltmp("fixed"), tiny_ltmp("threshold")
         out = {
             "fixed": export_onnx(fixed, folder / "fixed.onnx").path,
@@ -47,8 +44,6 @@ def graphs(tmp_path_factory):
             "fixed_b2": export_onnx(fixed, folder / "fixed_b2.onnx", batch=2, validate=False).path,
             "fp16": export_onnx(fixed, folder / "fp16.onnx", fp16=True, validate=False).path,
         }
-    finally:
-        torch.set_num_threads(threads)
     calib = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
     np.save(folder / "calib.npy", calib)
     out["int8"] = quantize_int8(out["fixed"], folder / "int8.onnx", calib).path

@@ -13,6 +13,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
+from conftest import one_torch_thread
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
@@ -61,15 +63,11 @@ def setup(tmp_path_factory):
     from ltmp_deploy.ltmp.flops import schedule_for_flops
 
     folder = tmp_path_factory.mktemp("quantize")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # much faster than two threads contending on 2 cores
-    try:
+    with one_torch_thread():  # much faster than two threads contending on 2 cores
         model = probe_model()
         graphs = {"threshold": export_onnx(model, folder / "threshold.onnx").path}
         model.ltmp_set_mode("fixed", schedule_for_flops(model, 0.5))
         graphs["fixed"] = export_onnx(model, folder / "fixed.onnx").path
-    finally:
-        torch.set_num_threads(threads)
     calib = synthetic(64, 3)[0].numpy()
     np.save(folder / "calib.npy", calib)
     quantized = {mode: quantize_int8(path, folder / f"{mode}.int8.onnx", folder / "calib.npy") for mode, path in graphs.items()}
