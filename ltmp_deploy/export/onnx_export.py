@@ -201,13 +201,4 @@ def _save(graph: onnx.ModelProto, path: Path) -> None:
             os.replace(staged, tmp)
 
 
-def graph_summary(path: str | os.PathLike) -> dict[str, Any]:
-    """Op counts and outputs of an exported graph (for reports and the CLI)."""
-    graph = onnx.load(str(path), load_external_data=False)
-    ops: dict[str, int] = {}
-    for node in graph.graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    return {"ops": dict(sorted(ops.items())), "outputs": [o.name for o in graph.graph.output]}
-
-
-__all__ = ["ExportResult", "export_onnx", "graph_summary"]
+__all__ = ["ExportResult", "export_onnx"]

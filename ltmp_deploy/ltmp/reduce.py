@@ -201,8 +201,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     incoming = torch.where(assign > 0.5, imp_src[:, :, None], NEG_INF)
     imp_dst = torch.maximum(imp_dst, incoming.max(dim=1).values)
 
-    ones = torch.ones_like(size)
-    alive_in = ones if valid is None else valid
+    alive_in = torch.ones_like(size) if valid is None else valid
     alive = torch.cat([alive_in[:, ::2] * (1.0 - w), alive_in[:, 1::2]], dim=1)
     merged = torch.cat([src_payload, dst_payload], dim=1)
     imp_merged = torch.cat([imp_src, imp_dst], dim=1)
