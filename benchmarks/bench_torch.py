@@ -1,69 +1,347 @@
-"""PyTorch eager on CPU: LTMP fixed mode vs the unpatched model vs the oracle, interleaved.
+"""PyTorch (eager, optionally torch.compile) on CPU or CUDA: LTMP fixed and threshold mode against
+the unpatched model and the oracle, timed interleaved.
 
-The oracle is the same ViT whose blocks simply keep the first k_l tokens after attention (no
-reduction operations at all): no merge/prune implementation can beat it, so the gap between
-fixed mode and the oracle is the overhead of the reduction. Prints measured numbers from this one
-run; nothing here is asserted.
+For every model, dtype and batch, four variants of the same patched model (random weights) are
+timed interleaved (A, B, C, D, A, B, ...), so drift hits every variant alike:
+
+- ``unpatched``: mode off, timm's own blocks;
+- ``oracle``: the same ViT whose blocks simply keep the first k_l tokens after attention (no
+  reduction operations at all). No merge/prune implementation can beat it, so the gap between
+  fixed mode and the oracle is the overhead of the reduction;
+- ``ltmp-fixed``: fixed mode with ``schedule_for_flops(model, --target)`` (the oracle's schedule);
+- ``ltmp-threshold``: threshold mode, with thresholds bisected (``set_thresholds_for_target`` from
+  bench_onnx.py) so that it keeps about ``--target`` of the block FLOPs on 8 sample images, on
+  the same device and dtype as the timing. A batch pads to its largest per-image counts, so the
+  FLOPs it really spends are printed too ("padded").
+
+The FLOPs each variant keeps (block MACs over the unpatched block MACs) are printed above each
+table; the table gives median and p90 latency, images/s and the ratio to unpatched, oracle and
+ltmp-fixed. On CUDA every timed call ends in ``torch.cuda.synchronize()``; each variant is warmed
+up first; everything runs under ``torch.inference_mode()``. With ``--compile``, torch.compile'd
+copies of every variant are timed in the same interleaved rounds and reported in a second table
+against the compiled baselines (the first batch compiles static, the second recompiles with a
+dynamic batch that later batches share; threshold mode may recompile more, its token counts vary;
+a variant that fails to compile is reported in one line and left out). A batch
+that runs out of GPU memory is reported in one line and skipped. ``--json`` writes every result
+(one record per model/dtype/batch/variant) atomically, after each batch, so a run cut short
+keeps what it measured. Prints measured numbers from this one run; nothing here is asserted.
+
+CPU (the defaults: deit_small, batch 8, fp32):
 
     python benchmarks/bench_torch.py --model deit_small_patch16_224 --batch 8 --target 0.5
+    python benchmarks/bench_torch.py --model vit_tiny_patch16_224 --batch 1 8 --profile
+
+GPU (one H200: about two minutes eager; torch.compile takes minutes per model and dtype, as each
+of the 4 variants compiles at least twice, so give it fewer configurations):
+
+    python benchmarks/bench_torch.py --device cuda --model deit_small_patch16_224 vit_base_patch16_224 \\
+        --dtype fp32 fp16 --batch 1 8 64 256 --rounds 30 --json bench_torch_h200.json
+    python benchmarks/bench_torch.py --device cuda --model deit_small_patch16_224 --dtype fp16 \\
+        --batch 1 64 --rounds 30 --compile --json bench_torch_h200_compile.json
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import gc
+import importlib.util
+import json
+import platform
+import sys
 import time
+import types
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import timm
 import torch
 
-from ltmp_deploy.ltmp.flops import schedule_flops, schedule_for_flops
+from ltmp_deploy.files import ensure_writable, write_text_atomic
+from ltmp_deploy.ltmp.flops import block_macs, image_flops, model_dims, schedule_flops, schedule_for_flops
 from ltmp_deploy.ltmp.patch import apply_patch
+from ltmp_deploy.runtime.bench import Timing, interleaved, table
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+VARIANTS = {"unpatched": "off", "oracle": "oracle", "ltmp-fixed": "fixed", "ltmp-threshold": "threshold"}
+BASELINES = ("unpatched", "oracle", "ltmp-fixed")
+COMPILED = "+compile"
 
 
-def main() -> None:
+def load_bench_onnx() -> types.ModuleType:
+    """bench_onnx.py, loaded by path (benchmarks/ is not a package), for set_thresholds_for_target.
+
+    bench_onnx imports onnxruntime at module level but uses it only in its own main(); where
+    onnxruntime is not installed (a CUDA box with torch only), an empty placeholder stands in for
+    that one import.
+    """
+    path = Path(__file__).resolve().with_name("bench_onnx.py")
+    spec = importlib.util.spec_from_file_location("bench_onnx", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    placeholder = importlib.util.find_spec("onnxruntime") is None
+    if placeholder:
+        sys.modules["onnxruntime"] = types.ModuleType("onnxruntime")
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if placeholder:
+            sys.modules.pop("onnxruntime", None)
+    return module
+
+
+def environment(device: torch.device, threads: int) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        env.update(
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            gpu=torch.cuda.get_device_name(device),
+            capability=".".join(map(str, torch.cuda.get_device_capability(device))),
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        )
+    else:
+        env.update(threads=threads, cpu=platform.processor() or platform.machine())
+    return env
+
+
+def padded_ratio(model: Any, decisions: list) -> float:
+    """Block FLOPs of a threshold-mode batch over unpatched: every image at the batch's largest
+    counts, which is what a padded batch computes."""
+    dims = model_dims(model)
+    n = dims.num_tokens
+    kept = sum(block_macs(dims, int(d.n_in.max().round()), int(d.n_out.max().round())) for d in decisions)
+    return float(kept / (dims.depth * block_macs(dims, n, n)))
+
+
+def timed_call(model: Any, fn: Callable[[torch.Tensor], object], mode: str, schedule: Any, x: torch.Tensor, sync: bool) -> Callable[[], None]:
+    """A zero-argument call for ``interleaved``: switch the mode (already validated), run, and on
+    CUDA wait for the GPU, so the clock covers the work and not just the launches."""
+
+    def call() -> None:
+        model.ltmp.mode, model.ltmp.schedule = mode, schedule
+        fn(x)
+        if sync:
+            torch.cuda.synchronize()
+
+    return call
+
+
+def bench_batch(
+    model: Any,
+    compiled: Optional[Callable],
+    schedule: Any,
+    flops: dict[str, float],
+    batch: int,
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    note: Callable[[str], None],
+    compile_failed: set[str],
+) -> tuple[dict[str, Timing], dict[str, float]]:
+    """Time every variant (and compiled copies) at one batch; returns the timings and the FLOPs
+    ratio of each variant at this batch. Variants in ``compile_failed`` are not compiled again;
+    a variant whose compile fails here is added to it."""
+    size = tuple(model.patch_embed.img_size)
+    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    sync = device.type == "cuda"
+
+    flops = dict(flops)
+    model.ltmp_set_mode("threshold")
+    decisions = model.forward_ltmp(x).decisions
+    flops["ltmp-threshold"] = sum(r.ratio for r in image_flops(model, decisions)) / batch
+    flops["ltmp-threshold (padded)"] = padded_ratio(model, decisions)
+    del decisions
+
+    calls = {name: timed_call(model, model, mode, schedule, x, sync) for name, mode in VARIANTS.items()}
+    if compiled is not None:
+        for name, mode in VARIANTS.items():
+            if name in compile_failed:
+                continue
+            call = timed_call(model, compiled, mode, schedule, x, sync)
+            start = time.perf_counter()
+            try:
+                call()  # compiles (or recompiles for this batch) here, not in the timed rounds
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:  # one variant failing to compile never stops the run
+                note(f"torch.compile failed for {name} at batch {batch} (not tried again for this model and dtype): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+                compile_failed.add(name)
+                continue
+            print(f"  compiled {name} at batch {batch} in {time.perf_counter() - start:.1f} s", flush=True)
+            calls[name + COMPILED] = call
+    try:
+        timings = interleaved(calls, batch, rounds=args.rounds, warmup=args.warmup)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        if not any(k.endswith(COMPILED) for k in calls):
+            raise
+        note(f"a compiled variant failed while timed at batch {batch} ({type(exc).__name__}); timing eager only")
+        timings = interleaved({k: v for k, v in calls.items() if not k.endswith(COMPILED)}, batch, rounds=args.rounds, warmup=args.warmup)
+    return timings, flops
+
+
+def records_for(timings: dict[str, Timing], flops: dict[str, float], base: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for name, t in timings.items():
+        variant, compiled = (name[: -len(COMPILED)], True) if name.endswith(COMPILED) else (name, False)
+        suffix = COMPILED if compiled else ""
+        rec = {
+            **base,
+            "variant": variant,
+            "compiled": compiled,
+            "median_ms": t.median_ms,
+            "p90_ms": t.p90_ms,
+            "img_per_s": t.throughput,
+            "runs": t.runs,
+            "flops_ratio": flops[variant],
+        }
+        if variant == "ltmp-threshold":
+            rec["flops_ratio_padded"] = flops["ltmp-threshold (padded)"]
+        for b in BASELINES:  # compiled variants against the compiled baselines
+            ref = timings.get(b + suffix)
+            rec[f"vs_{b}"] = t.median_ms / ref.median_ms if ref is not None else None
+        if compiled:
+            rec["vs_eager"] = t.median_ms / timings[variant].median_ms
+        out.append(rec)
+    return out
+
+
+def profile(model: Any, schedule: Any, batch: int, device: torch.device, dtype: torch.dtype) -> None:
+    """Where fixed mode spends its time (one call, after a warm-up)."""
+    size = tuple(model.patch_embed.img_size)
+    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    model.ltmp_set_mode("fixed", schedule)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    model(x)
+    with torch.profiler.profile(activities=activities) as prof:
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    sort = "self_cpu_time_total"
+    if device.type == "cuda":  # renamed in torch 2.4
+        sort = "self_device_time_total" if events and hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    print(events.table(sort_by=sort, row_limit=15))
+
+
+def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="deit_small_patch16_224")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--model", nargs="+", default=["deit_small_patch16_224"], help="timm model names (random weights)")
+    parser.add_argument("--batch", nargs="+", type=int, default=[8])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", nargs="+", choices=tuple(DTYPES), default=["fp32"], help="model and input converted with .to(dtype)")
     parser.add_argument("--target", type=float, default=0.5, help="fraction of block FLOPs kept")
+    parser.add_argument("--merge-threshold", type=float, default=0.8, help="threshold mode's merge threshold (as bench_onnx.py)")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, help="untimed calls per variant before timing (default: 2 on CPU, 10 on CUDA)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd copies of every variant")
     parser.add_argument("--profile", action="store_true", help="also print where fixed mode spends its time")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, help="write every result here (atomically, after each batch)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.json is not None:
+        ensure_writable(args.json)  # fail now, not after the timing
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    if args.warmup is None:
+        args.warmup = 10 if device.type == "cuda" else 2
+    if args.compile:
+        torch._dynamo.config.recompile_limit = 64  # 4 modes x (static batch 1 + dynamic batch) per model
+        torch._dynamo.config.fail_on_recompile_limit_hit = True  # never time eager under a compiled name
 
-    model = apply_patch(timm.create_model(args.model, pretrained=False).eval())
-    schedule = schedule_for_flops(model, args.target)
-    flops = schedule_flops(model, schedule)
-    size = model.patch_embed.img_size
-    x = torch.randn(args.batch, 3, *size)
+    t0 = time.perf_counter()
+    set_thresholds_for_target = load_bench_onnx().set_thresholds_for_target
+    env = environment(device, args.threads)
+    print(", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
+    results: dict[str, Any] = {"environment": env, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": {}, "records": [], "notes": []}
 
-    variants = {"unpatched": ("off", None), "oracle": ("oracle", schedule), "ltmp-fixed": ("fixed", schedule)}
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    with torch.inference_mode():
-        for name, (mode, sched) in variants.items():  # warm-up
-            model.ltmp_set_mode(mode, sched)
-            model(x)
-        for _ in range(args.rounds):  # interleaved: drift hits every variant alike
-            for name, (mode, sched) in variants.items():
-                model.ltmp_set_mode(mode, sched)
+    def note(line: str) -> None:
+        print(line, flush=True)
+        results["notes"].append(line)
+
+    def save() -> None:
+        if args.json is not None:
+            write_text_atomic(args.json, json.dumps(results, indent=1) + "\n")
+
+    for name in args.model:
+        for dtype_name in args.dtype:
+            dtype = DTYPES[dtype_name]
+            torch.manual_seed(0)  # the same random weights for every dtype
+            model = apply_patch(timm.create_model(name, pretrained=False).eval()).to(device, dtype)
+            schedule = schedule_for_flops(model, args.target)
+            fixed = schedule_flops(model, schedule)
+            size = tuple(model.patch_embed.img_size)
+            images = torch.randn(8, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+            with torch.inference_mode():
                 start = time.perf_counter()
-                model(x)
-                times[name].append(time.perf_counter() - start)
+                thr_ratio = set_thresholds_for_target(model, images, args.target, args.merge_threshold)
+                bisect_s = time.perf_counter() - start
+            del images
+            merge, prune = model.ltmp_thresholds()
+            flops = {"unpatched": 1.0, "oracle": schedule_flops(model, schedule, reduce=False).ratio, "ltmp-fixed": fixed.ratio}
+            results["models"][f"{name}/{dtype_name}"] = {
+                "schedule": schedule.pairs(),
+                "fixed_flops": fixed.to_dict(),
+                "threshold_flops_ratio_8_images": thr_ratio,
+                "merge_thresholds": merge,
+                "prune_thresholds": prune,
+            }
+            print(f"\n=== {name}, {dtype_name}, {device}: schedule (r, k) per block {schedule.pairs()}", flush=True)
+            print(
+                f"block FLOPs kept: fixed/oracle {fixed.ratio:.3f} (reduction matmuls add {fixed.reduction / fixed.unpatched_blocks:.4f}); "
+                f"threshold {thr_ratio:.3f} on 8 images (bisected in {bisect_s:.1f} s)",
+                flush=True,
+            )
 
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    print(f"model {args.model}, batch {args.batch}, threads {args.threads}, torch {torch.__version__}")
-    print(f"schedule (r, k) per block: {schedule.pairs()}")
-    print(f"block FLOPs kept: {flops.ratio:.3f}; reduction matmuls add {flops.reduction / flops.unpatched_blocks:.4f} of the unpatched block FLOPs")
-    print(f"{'variant':<12} {'median ms':>10} {'vs unpatched':>13} {'vs oracle':>10}")
-    for k in variants:
-        print(f"{k:<12} {med[k]:>10.1f} {med[k] / med['unpatched']:>13.3f} {med[k] / med['oracle']:>10.3f}")
+            compiled, compile_failed = None, set()
+            if args.compile:
+                torch._dynamo.reset()
+                compiled = torch.compile(model)
 
-    if args.profile:
-        model.ltmp_set_mode("fixed", schedule)
-        with torch.inference_mode(), torch.profiler.profile() as prof:
-            model(x)
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+            for batch in args.batch:
+                base = {"model": name, "dtype": dtype_name, "device": str(device), "batch": batch}
+                try:
+                    with torch.inference_mode():
+                        timings, batch_flops = bench_batch(model, compiled, schedule, flops, batch, args, device, dtype, note, compile_failed)
+                except torch.cuda.OutOfMemoryError:
+                    note(f"{name} {dtype_name} batch {batch}: out of GPU memory, skipped")
+                    timings = None
+                if timings is None:
+                    gc.collect()  # the traceback is gone now: its tensors can be freed
+                    torch.cuda.empty_cache()
+                    continue
+                kept = ", ".join(f"{k} {v:.3f}" for k, v in batch_flops.items())
+                print(f"\n{name}, {dtype_name}, batch {batch} ({time.perf_counter() - t0:.0f} s into the run): block FLOPs kept: {kept}")
+                print(table({k: v for k, v in timings.items() if not k.endswith(COMPILED)}, baselines=BASELINES))
+                comp = {k[: -len(COMPILED)]: replace(v, name=k[: -len(COMPILED)]) for k, v in timings.items() if k.endswith(COMPILED)}
+                if comp:
+                    print("torch.compile, against the compiled baselines:")
+                    print(table(comp, baselines=BASELINES))
+                    print("compiled / eager median: " + ", ".join(f"{k} {v.median_ms / timings[k].median_ms:.3f}" for k, v in comp.items()))
+                sys.stdout.flush()
+                results["records"].extend(records_for(timings, batch_flops, base))
+                save()
+                if args.profile:
+                    with torch.inference_mode():
+                        profile(model, schedule, batch, device, dtype)
+            del model, compiled
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    save()
+    if args.json is not None:
+        print(f"\nwrote {args.json} ({len(results['records'])} records)")
+    print(f"done in {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
