@@ -21,7 +21,10 @@ up first; everything runs under ``torch.inference_mode()``. With ``--compile``, 
 copies of every variant are timed in the same interleaved rounds and reported in a second table
 against the compiled baselines (the first batch compiles static, the second recompiles with a
 dynamic batch that later batches share; threshold mode may recompile more, its token counts vary;
-a variant that fails to compile is reported in one line and left out). A batch
+a variant that fails to compile is reported in one line and left out). With ``--cuda-graph``
+(CUDA only), every variant is also captured once in a CUDA graph and replayed, which removes the
+per-op Python and launch cost; fixed mode captures (static shapes), threshold mode cannot (its
+padded length is read back to the host) and says so. A batch
 that runs out of GPU memory is reported in one line and skipped. ``--json`` writes every result
 (one record per model/dtype/batch/variant) atomically, after each batch, so a run cut short
 keeps what it measured. Prints measured numbers from this one run; nothing here is asserted.
@@ -35,7 +38,7 @@ GPU (one H200: about two minutes eager; torch.compile takes minutes per model an
 of the 4 variants compiles at least twice, so give it fewer configurations):
 
     python benchmarks/bench_torch.py --device cuda --model deit_small_patch16_224 vit_base_patch16_224 \\
-        --dtype fp32 fp16 --batch 1 8 64 256 --rounds 30 --json bench_torch_h200.json
+        --dtype fp32 fp16 --batch 1 8 64 256 --rounds 30 --cuda-graph --json bench_torch_h200.json
     python benchmarks/bench_torch.py --device cuda --model deit_small_patch16_224 --dtype fp16 \\
         --batch 1 64 --rounds 30 --compile --json bench_torch_h200_compile.json
 """
@@ -66,6 +69,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 VARIANTS = {"unpatched": "off", "oracle": "oracle", "ltmp-fixed": "fixed", "ltmp-threshold": "threshold"}
 BASELINES = ("unpatched", "oracle", "ltmp-fixed")
 COMPILED = "+compile"
+GRAPHED = "+graph"
+BACKENDS = {COMPILED: "torch.compile", GRAPHED: "CUDA graph"}  # suffix of a variant's name -> what runs it
 
 
 def load_bench_onnx() -> types.ModuleType:
@@ -132,6 +137,29 @@ def timed_call(model: Any, fn: Callable[[torch.Tensor], object], mode: str, sche
     return call
 
 
+def graphed_call(model: Any, mode: str, schedule: Any, x: torch.Tensor) -> Callable[[], None]:
+    """The variant captured once in a CUDA graph and replayed: no Python and no kernel launches
+    per call, which is how a fixed-shape model is served from PyTorch when launches dominate.
+    Capture fails for anything that reads a GPU value back on the host (threshold mode does)."""
+    model.ltmp.mode, model.ltmp.schedule = mode, schedule
+    static_x = x.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        for _ in range(3):
+            model(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(static_x)
+
+    def call() -> None:
+        graph.replay()
+        torch.cuda.synchronize()
+
+    return call
+
+
 def bench_batch(
     model: Any,
     compiled: Optional[Callable],
@@ -175,6 +203,12 @@ def bench_batch(
                 continue
             print(f"  compiled {name} at batch {batch} in {time.perf_counter() - start:.1f} s", flush=True)
             calls[name + COMPILED] = call
+    if args.cuda_graph:
+        for name, mode in VARIANTS.items():
+            try:
+                calls[name + GRAPHED] = graphed_call(model, mode, schedule, x)
+            except Exception as exc:  # threshold mode cannot be captured: its token counts are read back
+                note(f"CUDA graph capture failed for {name} at batch {batch}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
     try:
         timings = interleaved(calls, batch, rounds=args.rounds, warmup=args.warmup)
     except torch.cuda.OutOfMemoryError:
@@ -190,12 +224,13 @@ def bench_batch(
 def records_for(timings: dict[str, Timing], flops: dict[str, float], base: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name, t in timings.items():
-        variant, compiled = (name[: -len(COMPILED)], True) if name.endswith(COMPILED) else (name, False)
-        suffix = COMPILED if compiled else ""
+        suffix = next((sfx for sfx in BACKENDS if name.endswith(sfx)), "")
+        variant, compiled = name[: len(name) - len(suffix)], suffix == COMPILED
         rec = {
             **base,
             "variant": variant,
             "compiled": compiled,
+            "backend": BACKENDS.get(suffix, "eager"),
             "median_ms": t.median_ms,
             "p90_ms": t.p90_ms,
             "img_per_s": t.throughput,
@@ -204,10 +239,10 @@ def records_for(timings: dict[str, Timing], flops: dict[str, float], base: dict[
         }
         if variant == "ltmp-threshold":
             rec["flops_ratio_padded"] = flops["ltmp-threshold (padded)"]
-        for b in BASELINES:  # compiled variants against the compiled baselines
+        for b in BASELINES:  # compiled (graphed) variants against the compiled (graphed) baselines
             ref = timings.get(b + suffix)
             rec[f"vs_{b}"] = t.median_ms / ref.median_ms if ref is not None else None
-        if compiled:
+        if suffix:
             rec["vs_eager"] = t.median_ms / timings[variant].median_ms
         out.append(rec)
     return out
@@ -245,6 +280,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--warmup", type=int, help="untimed calls per variant before timing (default: 2 on CPU, 10 on CUDA)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd copies of every variant")
+    parser.add_argument("--cuda-graph", action="store_true", help="also time every variant captured in a CUDA graph (static shapes only: fixed mode, not threshold mode)")
     parser.add_argument("--profile", action="store_true", help="also print where fixed mode spends its time")
     parser.add_argument("--json", type=Path, help="write every result here (atomically, after each batch)")
     args = parser.parse_args(argv)
@@ -254,6 +290,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
+    if args.cuda_graph and device.type != "cuda":
+        parser.error("--cuda-graph needs --device cuda")
     if args.warmup is None:
         args.warmup = 10 if device.type == "cuda" else 2
     if args.compile:
@@ -323,12 +361,13 @@ def main(argv: Optional[list[str]] = None) -> None:
                     continue
                 kept = ", ".join(f"{k} {v:.3f}" for k, v in batch_flops.items())
                 print(f"\n{name}, {dtype_name}, batch {batch} ({time.perf_counter() - t0:.0f} s into the run): block FLOPs kept: {kept}")
-                print(table({k: v for k, v in timings.items() if not k.endswith(COMPILED)}, baselines=BASELINES))
-                comp = {k[: -len(COMPILED)]: replace(v, name=k[: -len(COMPILED)]) for k, v in timings.items() if k.endswith(COMPILED)}
-                if comp:
-                    print("torch.compile, against the compiled baselines:")
-                    print(table(comp, baselines=BASELINES))
-                    print("compiled / eager median: " + ", ".join(f"{k} {v.median_ms / timings[k].median_ms:.3f}" for k, v in comp.items()))
+                print(table({k: v for k, v in timings.items() if not any(k.endswith(sfx) for sfx in BACKENDS)}, baselines=BASELINES))
+                for sfx, backend in BACKENDS.items():
+                    comp = {k[: -len(sfx)]: replace(v, name=k[: -len(sfx)]) for k, v in timings.items() if k.endswith(sfx)}
+                    if comp:
+                        print(f"{backend}, against the same baselines under {backend}:")
+                        print(table(comp, baselines=BASELINES))
+                        print(f"{backend} / eager median: " + ", ".join(f"{k} {v.median_ms / timings[k].median_ms:.3f}" for k, v in comp.items()))
                 sys.stdout.flush()
                 results["records"].extend(records_for(timings, batch_flops, base))
                 save()

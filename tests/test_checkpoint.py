@@ -128,3 +128,17 @@ def test_models_built_from_a_class_round_trip(tmp_path, kind):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(load_checkpoint(path)(x), model(x))
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_private_one(tmp_path):
+    import os
+    import stat
+
+    from ltmp_deploy.files import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "out.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o644
