@@ -1,9 +1,13 @@
 """ONNX Runtime on CPU: LTMP fixed and threshold mode against the unpatched model and the oracle.
 
-All four graphs are exported the same way (TorchScript exporter, same opset, dynamic batch) and
-timed interleaved in one run, batch 1 and batch 8. The oracle is the same ViT whose blocks keep
-the first k_l tokens after attention, with no reduction operations: no merge/prune graph can beat
-it, so the gap between fixed mode and the oracle is the overhead of the reduction ops.
+All four graphs are exported the same way (TorchScript exporter, same opset), twice: with a
+dynamic batch axis, and pinned to the batch being timed (``--batch``); all eight are timed
+interleaved in one run, at batch 1 and at batch 8. Besides the ratio of medians, the ratio is
+taken round by round (``paired_ratio``), which cancels rounds that ran slow for every variant.
+
+The oracle is the same ViT whose blocks keep the first k_l tokens after attention, with no
+reduction operations: no merge/prune graph can beat it, so the gap between fixed mode and the
+oracle is the overhead of the reduction ops.
 
 Threshold mode is compared with fixed mode at the same mean FLOPs: thresholds are set (one
 scalar, bisected) so that threshold mode keeps about ``--target`` of the block FLOPs on the sample
@@ -19,6 +23,7 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import onnxruntime as ort
@@ -29,7 +34,7 @@ from ltmp_deploy.calibration.schedule import per_image_counts, schedule_from_cou
 from ltmp_deploy.export.onnx_export import export_onnx
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops
 from ltmp_deploy.ltmp.patch import apply_patch
-from ltmp_deploy.runtime.bench import interleaved, table
+from ltmp_deploy.runtime.bench import interleaved, paired_ratio, table
 
 
 def set_thresholds_for_target(model, images: torch.Tensor, target: float, merge_threshold: float) -> float:
@@ -78,22 +83,30 @@ def main() -> None:
     print(f"schedule (r, k): {schedule.pairs()}")
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ltmp-bench-"))
-    paths = {}
-    for name, mode in [("unpatched", "off"), ("oracle", "oracle"), ("ltmp-fixed", "fixed"), ("ltmp-threshold", "threshold")]:
-        model.ltmp_set_mode(mode, schedule if mode in ("fixed", "oracle") else None)
-        paths[name] = export_onnx(model, workdir / f"{name}.onnx", opset=args.opset, num_samples=2).path
-
+    modes = {"unpatched": "off", "oracle": "oracle", "ltmp-fixed": "fixed", "ltmp-threshold": "threshold"}
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
-    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+
+    def session(name: str, mode: str, batch: Optional[int]) -> ort.InferenceSession:
+        model.ltmp_set_mode(mode, schedule if mode in ("fixed", "oracle") else None)
+        path = workdir / f"{name}-{batch or 'dynamic'}.onnx"
+        export_onnx(model, path, opset=args.opset, batch=batch, num_samples=2)
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    dynamic = {name: session(name, mode, None) for name, mode in modes.items()}
     for batch in (1, 8):
         x = (images[typical : typical + 1] if batch == 1 else images).numpy()
-        variants = {k: (lambda s=s: s.run(None, {"images": x})) for k, s in sessions.items()}
+        static = {f"{name} b{batch}": session(name, mode, batch) for name, mode in modes.items()}
+        variants = {k: (lambda s=s: s.run(None, {"images": x})) for k, s in {**dynamic, **static}.items()}
         timings = interleaved(variants, batch, rounds=args.rounds)
         kept = ratios[typical] if batch == 1 else float(np.mean(ratios))
         print(f"\nbatch {batch}: threshold mode keeps {kept:.3f} of block FLOPs on these images, fixed {fixed_ratio:.3f}")
-        print(table(timings, baselines=("unpatched", "oracle", "ltmp-fixed")))
-
+        for label, suffix in (("dynamic batch axis", ""), (f"exported at batch {batch}", f" b{batch}")):
+            group = {k: timings[k + suffix] for k in modes}
+            print(f"{label}:\n{table(group, baselines=('unpatched', 'oracle', 'ltmp-fixed'))}")
+            for name, base in (("ltmp-fixed", "oracle"), ("ltmp-threshold", "ltmp-fixed")):
+                median, q1, q3 = paired_ratio(group[name], group[base])
+                print(f"  {name} / {base}, round by round: median {median:.3f} (quartiles {q1:.3f}-{q3:.3f})")
 
 if __name__ == "__main__":
     main()

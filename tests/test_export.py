@@ -45,6 +45,9 @@ def test_onnx_runtime_matches_pytorch_with_identical_decisions(tmp_path, mode, b
     path = tmp_path / "m.onnx"
     result = export_onnx(model, path, batch=batch, decisions=True)
     assert result.validation.ok and result.validation.decisions_identical
+    graph = onnx.load(str(path)).graph
+    assert [v.type.tensor_type.shape.dim[0].dim_value for v in [*graph.input, *graph.output]] == [batch] * (1 + len(graph.output))
+    assert result.metadata["input_shape"] == [batch, 3, 96, 96]
     images = torch.randn(batch, 3, 96, 96, generator=torch.Generator().manual_seed(batch + 10))  # unseen by the export
     got = run_onnx(path, images)
     with torch.no_grad():

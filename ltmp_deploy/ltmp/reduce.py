@@ -189,19 +189,21 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     # Merge: decide once, then apply one assignment matmul to features, sizes and sources alike.
     best, dst_idx = bipartite_match(metric, valid, num_prefix)
     w = merge_weights(best, plan)
-    assign = (dst_idx[:, :, None] == torch.arange(n // 2, device=device)).to(x.dtype) * w[:, :, None]
+    # (B, Nd, Ns): destination j receives source i. Built destination-major, as the merge
+    # matmul and the max below consume it, so no transpose is needed.
+    assign = (torch.arange(n // 2, device=device)[:, None] == dst_idx[:, None, :]).to(x.dtype) * w[:, None, :]
 
     carried = [x * size[..., None], size[..., None]]
     if tokens.source is not None:
         carried.append(tokens.source)
     payload = torch.cat(carried, dim=-1)
     src_payload, dst_payload = payload[:, ::2], payload[:, 1::2]
-    dst_payload = dst_payload + assign.transpose(1, 2) @ src_payload
+    dst_payload = dst_payload + assign @ src_payload
 
     # A destination is as important as the most important token merged into it.
     imp_src, imp_dst = imp[:, ::2], imp[:, 1::2]
-    incoming = torch.where(assign > 0.5, imp_src[:, :, None], NEG_INF)
-    imp_dst = torch.maximum(imp_dst, incoming.max(dim=1).values)
+    incoming = torch.where(assign > 0.5, imp_src[:, None, :], NEG_INF)
+    imp_dst = torch.maximum(imp_dst, incoming.max(dim=2).values)
 
     alive_in = torch.ones_like(size) if valid is None else valid
     merged = torch.cat([src_payload, dst_payload], dim=1)

@@ -20,6 +20,7 @@ class Timing:
     p90_ms: float
     runs: int
     batch: int
+    samples_ms: tuple[float, ...] = ()  # in round order, for paired comparisons
 
     @property
     def throughput(self) -> float:
@@ -41,7 +42,7 @@ def interleaved(variants: Mapping[str, Callable[[], object]], batch: int, rounds
     out = {}
     for name, values in samples.items():
         ordered = sorted(values)
-        out[name] = Timing(name, statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], len(ordered), batch)
+        out[name] = Timing(name, statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], len(ordered), batch, tuple(values))
     return out
 
 
@@ -53,3 +54,17 @@ def table(timings: Mapping[str, Timing], baselines: tuple[str, ...] = ()) -> str
         ratios = "".join(f" {t.median_ms / timings[b].median_ms:>14.3f}" for b in baselines if b in timings)
         lines.append(f"{t.name:<16} {t.median_ms:>10.2f} {t.p90_ms:>9.2f} {t.throughput:>8.1f}{ratios}")
     return "\n".join(lines)
+
+
+def paired_ratio(a: Timing, b: Timing) -> tuple[float, float, float]:
+    """Median and quartiles of a/b taken round by round (both timed in the same rounds).
+
+    On a shared or throttling machine whole rounds run slow together; the ratio within a round
+    cancels that, so it is steadier than the ratio of medians.
+    """
+    ratios = sorted(x / y for x, y in zip(a.samples_ms, b.samples_ms))
+    if not ratios:
+        raise ValueError(f"{a.name} and {b.name} carry no per-round samples")
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return statistics.median(ratios), quartiles[0], quartiles[2]
+
