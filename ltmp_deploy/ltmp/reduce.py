@@ -128,7 +128,7 @@ def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> 
     return torch.where(pos < num_prefix, float("inf"), imp)
 
 
-def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int) -> tuple[Tensor, Tensor]:
+def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int, guard: bool = True) -> tuple[Tensor, Tensor]:
     """Best destination (odd positions) for every source (even positions) by cosine similarity.
 
     Returns ``(best, dst)``: (B, Ns) similarity of each source's best destination (-inf where the
@@ -147,8 +147,10 @@ def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int) ->
         allowed = allowed & alive[:, ::2, None] & alive[:, 1::2, None].transpose(1, 2)
     sim = torch.where(allowed, sim, NEG_INF)
     # A -inf column past the last destination: a block left with one token has no destination
-    # at all, and a reduction over an empty axis is an error in PyTorch and ONNX alike.
-    sim = torch.nn.functional.pad(sim, (0, 1), value=NEG_INF)
+    # at all, and a reduction over an empty axis is an error in PyTorch and ONNX alike. Callers
+    # that know there is a destination (fixed mode: static token counts) leave it out.
+    if guard:
+        sim = torch.nn.functional.pad(sim, (0, 1), value=NEG_INF)
     best, dst_idx = sim.max(dim=-1)
     return best, dst_idx
 
@@ -187,7 +189,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     device = x.device
 
     # Merge: decide once, then apply one assignment matmul to features, sizes and sources alike.
-    best, dst_idx = bipartite_match(metric, valid, num_prefix)
+    best, dst_idx = bipartite_match(metric, valid, num_prefix, guard=not (plan.mode == "fixed" and n >= 2))
     w = merge_weights(best, plan)
     # (B, Nd, Ns): destination j receives source i. Built destination-major, as the merge
     # matmul and the max below consume it, so no transpose is needed.
