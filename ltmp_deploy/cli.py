@@ -58,13 +58,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_train_base(args: argparse.Namespace) -> int:
-    from ltmp_deploy.embedded import DEFAULT_EPOCHS, default_base_checkpoint, train_base
+    from ltmp_deploy.embedded import DEFAULT_EPOCHS, DEFAULT_SEED, default_base_checkpoint, train_base
 
     if args.output is None:
+        if args.seed is not None:
+            raise LTMPError("--seed needs -o OUT: the cache holds the model of the recipe's own seed")
         path = default_base_checkpoint()
         print(f"embedded base model: {path}")
     else:
-        path = train_base(args.output, epochs=args.epochs or DEFAULT_EPOCHS)
+        path = train_base(args.output, epochs=args.epochs or DEFAULT_EPOCHS, seed=DEFAULT_SEED if args.seed is None else args.seed)
         print(f"wrote {path}")
     return 0
 
@@ -244,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="toolkit checkpoint (.safetensors) from patch, learn or calibrate")
     p.add_argument("--mode", choices=["fixed", "threshold"], help="fixed: static token counts (all TensorRT versions); threshold: per-image adaptive (TensorRT >= 8.6, ONNX Runtime). Default: the checkpoint's mode")
     p.add_argument("--opset", type=int, help="ONNX opset (default 16 for fixed, which TensorRT 8.5 reads; 17 for threshold)")
-    p.add_argument("--batch", type=int, help="a fixed batch size (default: a dynamic batch axis)")
+    p.add_argument("--batch", type=int, help="a fixed batch size (default: a dynamic batch axis). For batch-1 serving on ONNX Runtime CPU, --batch 1 runs fixed mode ~8%% faster (DeiT-S, 2 threads)")
     p.add_argument("--fp16", action="store_true", help="an fp16 graph, for strongly typed TensorRT builds (TensorRT 11)")
     p.add_argument("--decisions", action="store_true", help="extra outputs with each block's kept and merged token indices, for debugging parity")
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
@@ -271,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train-base", cmd_train_base, "Train the embedded default ViT on scikit-learn's digits (cached; a few minutes on CPU).")
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of the cache ($LTMP_DEPLOY_CACHE or ~/.cache/ltmp-deploy)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="training seed, with -o (default: the recipe's, whose model the cache holds)")
 
     p = add("learn", cmd_learn, "Learn the merge and prune thresholds towards a FLOPs budget (LTMP's budget loss). Runs under torchrun for several processes.")
     p.add_argument("model", metavar="CHECKPOINT", help="toolkit checkpoint from 'patch' (or a previous 'learn')")

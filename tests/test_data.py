@@ -319,3 +319,12 @@ def test_runtime_preprocess_needs_no_torch_and_parses_as_python_310():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_train_base_seed_without_output_is_refused(capsys, monkeypatch, tmp_path):
+    from ltmp_deploy.cli import main
+
+    monkeypatch.setenv("LTMP_DEPLOY_CACHE", str(tmp_path))
+    assert main(["train-base", "--seed", "3"]) == 2
+    assert "--seed needs -o OUT" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
