@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import onnxruntime as ort
 import timm
 import torch
 
@@ -65,6 +64,8 @@ def main() -> None:
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
+    import onnxruntime as ort  # here, not at the top: bench_torch.py borrows set_thresholds_for_target where only torch is installed
+
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)

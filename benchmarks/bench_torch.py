@@ -74,24 +74,12 @@ BACKENDS = {COMPILED: "torch.compile", GRAPHED: "CUDA graph"}  # suffix of a var
 
 
 def load_bench_onnx() -> types.ModuleType:
-    """bench_onnx.py, loaded by path (benchmarks/ is not a package), for set_thresholds_for_target.
-
-    bench_onnx imports onnxruntime at module level but uses it only in its own main(); where
-    onnxruntime is not installed (a CUDA box with torch only), an empty placeholder stands in for
-    that one import.
-    """
+    """bench_onnx.py, loaded by path (benchmarks/ is not a package), for set_thresholds_for_target."""
     path = Path(__file__).resolve().with_name("bench_onnx.py")
     spec = importlib.util.spec_from_file_location("bench_onnx", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    placeholder = importlib.util.find_spec("onnxruntime") is None
-    if placeholder:
-        sys.modules["onnxruntime"] = types.ModuleType("onnxruntime")
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if placeholder:
-            sys.modules.pop("onnxruntime", None)
+    spec.loader.exec_module(module)
     return module
 
 
