@@ -128,109 +128,165 @@ def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> 
     return torch.where(pos < num_prefix, float("inf"), imp)
 
 
+def layout(num_prefix: int) -> tuple[slice, slice, slice]:
+    """Where the prefix, the sources and the destinations sit in a block's input.
+
+    Sources are the even positions, destinations the odd ones (LTMP_SPEC.md), minus the prefix:
+    the spec gives prefix rows and columns -inf similarity; slicing them out of the matching
+    computes the same thing without a mask over the similarity matrix.
+    """
+    first_src = num_prefix + num_prefix % 2
+    first_dst = num_prefix + 1 - num_prefix % 2
+    return slice(0, num_prefix), slice(first_src, None, 2), slice(first_dst, None, 2)
+
+
 def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int, guard: bool = True) -> tuple[Tensor, Tensor]:
-    """Best destination (odd positions) for every source (even positions) by cosine similarity.
+    """Best destination for every non-prefix source by cosine similarity (see :func:`layout`).
 
     Returns ``(best, dst)``: (B, Ns) similarity of each source's best destination (-inf where the
     source may not merge) and that destination's index among the destinations.
     """
+    _, src, dst = layout(num_prefix)
     metric = metric / metric.norm(dim=-1, keepdim=True)
-    src, dst = metric[:, ::2], metric[:, 1::2]
-    sim = src @ dst.transpose(1, 2)
-
-    n = metric.shape[1]
-    pos = torch.arange(n, device=metric.device)
-    src_ok, dst_ok = pos[::2] >= num_prefix, pos[1::2] >= num_prefix
-    allowed = src_ok[None, :, None] & dst_ok[None, None, :]
+    sim = metric[:, src] @ metric[:, dst].transpose(1, 2)
     if valid is not None:
         alive = valid > 0.5
-        allowed = allowed & alive[:, ::2, None] & alive[:, 1::2, None].transpose(1, 2)
-    sim = torch.where(allowed, sim, NEG_INF)
-    # A -inf column past the last destination: a block left with one token has no destination
-    # at all, and a reduction over an empty axis is an error in PyTorch and ONNX alike. Callers
-    # that know there is a destination (fixed mode: static token counts) leave it out.
+        sim = torch.where(alive[:, src, None] & alive[:, None, dst], sim, NEG_INF)
+    # A -inf column past the last destination: a block left with no destination at all would
+    # reduce over an empty axis, an error in PyTorch and ONNX alike. Callers that know there is
+    # a destination (fixed mode's token counts are static) leave it out.
     if guard:
         sim = torch.nn.functional.pad(sim, (0, 1), value=NEG_INF)
     best, dst_idx = sim.max(dim=-1)
     return best, dst_idx
 
 
-def merge_weights(best: Tensor, plan: Plan) -> Tensor:
-    """(B, Ns) 1 for every source that merges, 0 otherwise (straight-through in training)."""
+def merging_sources(best: Tensor, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
+    """Which sources merge: ``(w, chosen)``.
+
+    ``w`` (B, Ns) is 1 for every source that merges, 0 otherwise (straight-through in training).
+    ``chosen`` (B, r) lists the merging sources where their number is static (fixed mode): the
+    merge then works on those r rows alone instead of a dense (Nd x Ns) assignment, which at
+    N=197 costs ~1% of the block's FLOPs for r ~ 10. Elsewhere it is None: every source takes
+    part, weighted by ``w``.
+    """
     if plan.mode == "fixed":
         chosen = top_indices(best, plan.r)  # (B, r), distinct
-        ns = best.shape[1]
-        hit = chosen[:, :, None] == torch.arange(ns, device=best.device)
-        return hit.to(best.dtype).sum(dim=1)  # exactly 0 or 1: a sum exports shorter than any()
+        hit = chosen[:, :, None] == torch.arange(best.shape[1], device=best.device)
+        return hit.to(best.dtype).sum(dim=1), chosen  # exactly 0 or 1: a sum exports shorter than any()
     if plan.mode == "threshold":
-        return (best > plan.merge_threshold).to(best.dtype)
+        return (best > plan.merge_threshold).to(best.dtype), None
     if plan.mode == "train":
-        return straight_through(best, plan.merge_threshold, plan.tau)
+        return straight_through(best, plan.merge_threshold, plan.tau), None
     raise ValueError(f"no merging in mode {plan.mode!r}")
 
 
-def _layout_order_key(n: int, num_prefix: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Input position and order key of each slot of the merged layout [sources, destinations].
+class _GatherRowsND(torch.autograd.Function):
+    """Export spelling of :func:`take_rows`: one GatherND with ``batch_dims=1``."""
 
-    Order after merging (LTMP_SPEC.md): unmerged sources in their original order, then the
-    destinations in theirs. Prefix tokens are kept in front in their original order, so that a
-    distillation token at position 1 (a destination) stays where the head reads it.
+    @staticmethod
+    def forward(ctx, t: Tensor, idx: Tensor) -> Tensor:  # noqa: ANN001
+        return _take_rows(t, idx)
+
+    @staticmethod
+    def symbolic(g, t, idx):  # noqa: ANN001, ANN205  (torch.onnx graph values)
+        axes = g.op("Constant", value_t=torch.tensor([-1], dtype=torch.long))
+        return g.op("GatherND", t, g.op("Unsqueeze", idx, axes), batch_dims_i=1)
+
+
+def _take_rows(t: Tensor, idx: Tensor) -> Tensor:
+    b, n = t.shape[0], t.shape[1]
+    rows = idx + torch.arange(b, device=idx.device)[:, None] * n
+    return t.flatten(0, 1)[rows]
+
+
+def take_rows(t: Tensor, idx: Tensor) -> Tensor:
+    """``t[b, idx[b, j]]`` for every image: (B, N, ...) and (B, K) give (B, K, ...).
+
+    Whole rows are copied. ``gather`` would need the index expanded to the full (B, K, C) shape,
+    and ONNX Runtime's GatherElements then reads an int64 index per element (~4x slower at
+    N=197, C=384, measured). Eager PyTorch indexes the batch flattened into rows; exported graphs
+    use ONNX's GatherND with one batch dimension, which TensorRT imports from 8.2 on and which
+    needs none of the shape arithmetic the flattened form exports with. Same rows either way.
     """
-    pos = torch.arange(n, device=device)
-    orig = torch.cat([pos[::2], pos[1::2]])
-    key = torch.where(orig < num_prefix, orig - n, pos)
-    return orig, key.float()  # float: the key feeds a TopK (see smallest_unique)
+    if torch.onnx.is_in_onnx_export():
+        return _GatherRowsND.apply(t, idx)
+    return _take_rows(t, idx)
 
 
 def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan) -> tuple[Tokens, Decision]:
-    """One block's reduction: merge (size-weighted), then prune, then compact the tokens."""
+    """One block's reduction: merge (size-weighted), then prune, then compact the tokens.
+
+    The merged layout is [prefix, sources, destinations]: prefix tokens in front in their
+    original order (so that a distillation token, an odd position, stays where the head reads
+    it), then the sources and the destinations in their original orders, as LTMP_SPEC.md
+    orders them after merging. Slot order is output order, so pruning only sorts slot indices.
+    """
     x, size, valid = tokens.x, tokens.size, tokens.valid
-    b, n, c = x.shape
+    b, n, _ = x.shape
     device = x.device
+    prefix, src, dst = layout(num_prefix)
 
-    # Merge: decide once, then apply one assignment matmul to features, sizes and sources alike.
-    best, dst_idx = bipartite_match(metric, valid, num_prefix, guard=not (plan.mode == "fixed" and n >= 2))
-    w = merge_weights(best, plan)
-    # (B, Nd, Ns): destination j receives source i. Built destination-major, as the merge
+    # Merge: decide once, then apply one assignment matrix to features, sizes and sources alike.
+    # Reductions over sources or destinations get a -inf guard entry where either may be empty
+    # (threshold mode's token counts are only known at run time).
+    ns, nd = x[:, src].shape[1], x[:, dst].shape[1]
+    guard = plan.mode != "fixed" or min(ns, nd, plan.r) == 0
+    best, dst_idx = bipartite_match(metric, valid, num_prefix, guard=guard)
+    w, chosen = merging_sources(best, plan)
+
+    def merging(t: Tensor) -> Tensor:
+        """The rows of source tensor ``t`` (B, Ns, ...) that take part in the merge."""
+        if chosen is None:
+            return t
+        return take_rows(t, chosen) if t.dim() == 3 else t.gather(1, chosen)
+
+    # (B, Nd, M): destination j receives merging source i. Built destination-major, as the merge
     # matmul and the max below consume it, so no transpose is needed.
-    assign = (torch.arange(n // 2, device=device)[:, None] == dst_idx[:, None, :]).to(x.dtype) * w[:, None, :]
+    assign = (torch.arange(nd, device=device)[:, None] == merging(dst_idx)[:, None, :]).to(x.dtype)
+    if chosen is None:
+        assign = assign * w[:, None, :]
 
-    carried = [x * size[..., None], size[..., None]]
-    if tokens.source is not None:
-        carried.append(tokens.source)
-    payload = torch.cat(carried, dim=-1)
-    src_payload, dst_payload = payload[:, ::2], payload[:, 1::2]
-    dst_payload = dst_payload + assign @ src_payload
+    # Only destinations change. Their features are the size-weighted mean of what they absorb,
+    # computed on the destination rows alone: carrying x * size through the whole layout and
+    # dividing it back costs several passes over every token (LTMP_SPEC.md step 6, same value).
+    moved = assign * merging(size[:, src])[:, None, :]  # patches destination j takes from source i
+    size_dst = size[:, dst] + moved.sum(dim=-1)
+    x_dst = x[:, dst] * (size[:, dst] / size_dst)[..., None] + (moved / size_dst[..., None]) @ merging(x[:, src])
 
     # A destination is as important as the most important token merged into it.
-    imp_src, imp_dst = imp[:, ::2], imp[:, 1::2]
-    incoming = torch.where(assign > 0.5, imp_src[:, None, :], NEG_INF)
-    imp_dst = torch.maximum(imp_dst, incoming.max(dim=2).values)
+    imp_src = imp[:, src]
+    incoming = torch.where(assign > 0.5, merging(imp_src)[:, None, :], NEG_INF)
+    if guard:
+        incoming = torch.nn.functional.pad(incoming, (0, 1), value=NEG_INF)
+    imp_dst = torch.maximum(imp[:, dst], incoming.max(dim=2).values)
 
     alive_in = torch.ones_like(size) if valid is None else valid
-    merged = torch.cat([src_payload, dst_payload], dim=1)
     if plan.mode == "fixed":
         # Fixed mode never pads (valid is None), so only merged sources drop out: mark them in
         # the importance itself rather than build a validity vector that is all ones elsewhere.
         alive = None
-        imp_merged = torch.cat([torch.where(w > 0.5, NEG_INF, imp_src), imp_dst], dim=1)
+        imp_src = torch.where(w > 0.5, NEG_INF, imp_src)
     else:
-        alive = torch.cat([alive_in[:, ::2] * (1.0 - w), alive_in[:, 1::2]], dim=1)
-        imp_merged = torch.cat([imp_src, imp_dst], dim=1)
+        alive = _in_layout(alive_in[:, prefix], alive_in[:, src] * (1.0 - w), alive_in[:, dst])
+    idx, alive_out = _prune_order(_in_layout(imp[:, prefix], imp_src, imp_dst), alive, plan, num_prefix)
 
-    orig, key = _layout_order_key(n, num_prefix, device)
-    idx, alive_out = _prune_order(imp_merged, alive, key, plan, num_prefix)
+    new_x = take_rows(_in_layout(x[:, prefix], x[:, src], x_dst), idx)
+    new_size = _in_layout(size[:, prefix], size[:, src], size_dst).gather(1, idx)
+    new_source = None
+    if tokens.source is not None:
+        source_dst = tokens.source[:, dst] + assign @ merging(tokens.source[:, src])
+        new_source = take_rows(_in_layout(tokens.source[:, prefix], tokens.source[:, src], source_dst), idx)
 
-    merged = merged.gather(1, idx[:, :, None].expand(-1, -1, merged.shape[-1]))
-    x_sum, new_size = merged[..., :c], merged[..., c]
-    new_source = merged[..., c + 1:] if tokens.source is not None else None
-    new_x = x_sum / new_size[..., None]
-
-    n_out = alive_out.sum(dim=1) if alive_out is not None else torch.full((b,), idx.shape[1], device=device)
-    kept = orig[idx]
+    pos = torch.arange(n, device=device)
+    kept = torch.cat([pos[prefix], pos[src], pos[dst]])[idx]
+    n_out = torch.full((b,), idx.shape[1], device=device) if alive_out is None else alive_out.sum(dim=1)
     if alive_out is not None:
         kept = torch.where(alive_out > 0.5, kept, -1)
-    merge_dst = torch.where(w > 0.5, 2 * dst_idx + 1, -1)
+    # The decision speaks of every even position, prefix sources included (they never merge).
+    merge_dst = torch.where(w > 0.5, 2 * dst_idx + dst.start, -1)
+    if num_prefix:
+        merge_dst = torch.cat([dst_idx.new_full((b, (num_prefix + 1) // 2), -1), merge_dst], dim=1)
     decision = Decision(
         kept=kept,
         merge_dst=merge_dst,
@@ -245,18 +301,24 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     return Tokens(new_x, new_size, alive_out, new_source), decision
 
 
-def _prune_order(imp: Tensor, alive: Optional[Tensor], key: Tensor, plan: Plan, num_prefix: int) -> tuple[Tensor, Optional[Tensor]]:
+def _in_layout(prefix: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+    """The merged layout [prefix, sources, destinations] along the token axis."""
+    parts = [src, dst] if prefix.shape[1] == 0 else [prefix, src, dst]
+    return torch.cat(parts, dim=1)
+
+
+def _prune_order(imp: Tensor, alive: Optional[Tensor], plan: Plan, num_prefix: int) -> tuple[Tensor, Optional[Tensor]]:
     """Which merged-layout slots survive pruning, in output order; and their validity.
 
-    Returns ``(idx, valid)``: (B, K) slots to gather, and (B, K) validity (None in fixed mode,
-    where every output token is real). Fixed mode passes no ``alive``: its dead slots (merged
-    sources) already have importance -inf.
+    Slot order is output order (see :func:`merge_and_prune`), so survivors are only sorted by
+    slot. Returns ``(idx, valid)``: (B, K) slots to gather, and (B, K) validity (None in fixed
+    mode, where every output token is real). Fixed mode passes no ``alive``: its dead slots
+    (merged sources) already have importance -inf.
     """
     n = imp.shape[1]
     if plan.mode == "fixed":
         chosen = top_indices(imp, plan.k)  # the k most important live tokens...
-        order = smallest_unique(key[chosen], plan.k)  # ...in output order
-        return chosen.gather(1, order), None
+        return chosen.gather(1, smallest_unique(chosen, plan.k)), None  # ...in slot order
 
     if plan.mode == "threshold":
         keep = (alive > 0.5) & (imp > plan.prune_threshold)
@@ -270,12 +332,10 @@ def _prune_order(imp: Tensor, alive: Optional[Tensor], key: Tensor, plan: Plan, 
     else:
         raise ValueError(f"no pruning in mode {plan.mode!r}")
 
-    # Survivors first (in output order), then the dead; both slots and key stay unique.
-    order_key = torch.where(keep, key, key + 2 * n)
-    if plan.mode == "train":
-        count = n  # nothing is removed while learning; dead tokens only move to the end
-    else:
-        count = padded_length(keep)
+    # Survivors first (in slot order), then the dead: the key stays unique.
+    slot = torch.arange(n, device=imp.device)
+    order_key = torch.where(keep, slot, slot + n)
+    count = n if plan.mode == "train" else padded_length(keep)  # training removes nothing
     idx = smallest_unique(order_key, count)
     return idx, keep_value.gather(1, idx)
 
