@@ -88,6 +88,7 @@ def main() -> None:
         print(f"{name} schedule keeps {schedule_flops(model, sched).ratio:.3f}; (r, k) per block: {sched.pairs()}")
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ltmp-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     # name -> (mode, schedule); "-cal" variants use the calibrated schedule.
     variants = {
         "unpatched": ("off", None),

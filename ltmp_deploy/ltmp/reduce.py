@@ -243,9 +243,11 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
 
     # (B, Nd, M): destination j receives merging source i. Built destination-major, as the merge
     # matmul and the max below consume it, so no transpose is needed.
-    assign = (torch.arange(nd, device=device)[:, None] == merging(dst_idx)[:, None, :]).to(x.dtype)
+    hit = torch.arange(nd, device=device)[:, None] == merging(dst_idx)[:, None, :]
+    assign = hit.to(x.dtype)
     if chosen is None:
         assign = assign * w[:, None, :]
+        hit = assign > 0.5
 
     # Only destinations change. Their features are the size-weighted mean of what they absorb,
     # computed on the destination rows alone: carrying x * size through the whole layout and
@@ -256,7 +258,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
 
     # A destination is as important as the most important token merged into it.
     imp_src = imp[:, src]
-    incoming = torch.where(assign > 0.5, merging(imp_src)[:, None, :], NEG_INF)
+    incoming = torch.where(hit, merging(imp_src)[:, None, :], NEG_INF)
     if guard:
         incoming = torch.nn.functional.pad(incoming, (0, 1), value=NEG_INF)
     imp_dst = torch.maximum(imp[:, dst], incoming.max(dim=2).values)
@@ -265,8 +267,10 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     if plan.mode == "fixed":
         # Fixed mode never pads (valid is None), so only merged sources drop out: mark them in
         # the importance itself rather than build a validity vector that is all ones elsewhere.
+        # A plain scatter (no reduction, distinct indices) is one ScatterElements, which every
+        # TensorRT target imports.
         alive = None
-        imp_src = torch.where(w > 0.5, NEG_INF, imp_src)
+        imp_src = imp_src.scatter(1, chosen, NEG_INF)
     else:
         alive = _in_layout(alive_in[:, prefix], alive_in[:, src] * (1.0 - w), alive_in[:, dst])
     idx, alive_out = _prune_order(_in_layout(imp[:, prefix], imp_src, imp_dst), alive, plan, num_prefix)
