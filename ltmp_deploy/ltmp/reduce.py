@@ -105,7 +105,7 @@ def top_indices(score: Tensor, k: int) -> Tensor:
 def smallest_unique(key: Tensor, k: int | Tensor) -> Tensor:
     """Indices of the ``k`` smallest of distinct keys, in ascending order (a TopK in ONNX).
 
-    Keys are small integers (< 3N), exact in float32; TensorRT 8.5 has no integer TopK.
+    Keys are small integers (< 2N), exact in float32; TensorRT 8.5 has no integer TopK.
     """
     return torch.topk(key.float(), k, dim=-1, largest=False, sorted=True).indices
 
@@ -223,7 +223,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     orders them after merging. Slot order is output order, so pruning only sorts slot indices.
     """
     x, size, valid = tokens.x, tokens.size, tokens.valid
-    b, n, _ = x.shape
+    n = x.shape[1]
     device = x.device
     prefix, src, dst = layout(num_prefix)
 
@@ -282,27 +282,31 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
         source_dst = tokens.source[:, dst] + assign @ merging(tokens.source[:, src])
         new_source = take_rows(_in_layout(tokens.source[:, prefix], tokens.source[:, src], source_dst), idx)
 
+    decision = _decision(n, num_prefix, idx, alive_in, alive_out, w, dst_idx, plan)
+    decision.source = new_source
+    return Tokens(new_x, new_size, alive_out, new_source), decision
+
+
+def _decision(n: int, num_prefix: int, idx: Tensor, alive_in: Tensor, alive_out: Optional[Tensor],
+              w: Tensor, dst_idx: Tensor, plan: Plan) -> Decision:
+    """What the block did, in its input positions (read by parity checks and the visualizer;
+    exports drop it unless asked for decision outputs)."""
+    b, device = idx.shape[0], idx.device
+    prefix, src, dst = layout(num_prefix)
     pos = torch.arange(n, device=device)
     kept = torch.cat([pos[prefix], pos[src], pos[dst]])[idx]
     n_out = torch.full((b,), idx.shape[1], device=device) if alive_out is None else alive_out.sum(dim=1)
     if alive_out is not None:
         kept = torch.where(alive_out > 0.5, kept, -1)
-    # The decision speaks of every even position, prefix sources included (they never merge).
+    # Every even position has an entry, prefix sources included (they never merge).
     merge_dst = torch.where(w > 0.5, 2 * dst_idx + dst.start, -1)
     if num_prefix:
         merge_dst = torch.cat([dst_idx.new_full((b, (num_prefix + 1) // 2), -1), merge_dst], dim=1)
-    decision = Decision(
-        kept=kept,
-        merge_dst=merge_dst,
-        n_in=alive_in.sum(dim=1),
-        n_out=n_out,
-        length=n,
-        source=new_source,
-    )
+    decision = Decision(kept=kept, merge_dst=merge_dst, n_in=alive_in.sum(dim=1), n_out=n_out, length=n)
     if plan.mode == "train":
         decision.soft_keep_in = alive_in.sum(dim=1)
         decision.soft_keep_out = alive_out.sum(dim=1)
-    return Tokens(new_x, new_size, alive_out, new_source), decision
+    return decision
 
 
 def _in_layout(prefix: Tensor, src: Tensor, dst: Tensor) -> Tensor:
