@@ -15,14 +15,16 @@ def counted(model, x):
     return counter.get_total_flops()
 
 
-def test_vit_small_fixed_mode_matches_flop_counter_within_2_percent():
+def test_vit_small_fixed_mode_matches_flop_counter_within_half_a_percent():
     model = apply_patch(timm.create_model("vit_small_patch16_224", pretrained=False).eval())
     schedule = schedule_for_flops(model, 0.5)
     model.ltmp_set_mode("fixed", schedule)
     ours = schedule_flops(model, schedule)
     assert 0.45 <= ours.ratio <= 0.55
     theirs = counted(model, torch.randn(1, 3, 224, 224))
-    assert abs(2 * ours.total - theirs) / theirs <= 0.02, (2 * ours.total, theirs)
+    # Blocks, the reduction's matmuls, embedding and head: all of what the counter sees but the
+    # head-mean of the keys (H x N*D MACs per block).
+    assert abs(2 * ours.total - theirs) / theirs <= 0.005, (2 * ours.total, theirs)
 
     model.ltmp_set_mode("off")
     for blk in model.blocks:  # the counter does not see inside CPU fused attention: count the math path

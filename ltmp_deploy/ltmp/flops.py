@@ -12,7 +12,7 @@ The reduction's own matmuls (cosine similarity and the merge assignment) are rep
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -64,10 +64,13 @@ def block_macs(dims: Dims, n_in: Count, n_out: Count) -> Count:
     return attention + mlp
 
 
-def reduction_macs(dims: Dims, n_in: Count) -> Count:
-    """MACs of the merge/prune matmuls: source x destination similarity and the merge matmul."""
-    sources, dests = (n_in + 1) // 2, n_in // 2
-    return sources * dests * dims.head_dim + sources * dests * (dims.dim + 1)
+def reduction_macs(dims: Dims, n_in: Count, merging: Optional[Count] = None) -> Count:
+    """MACs of the merge/prune matmuls: the source x destination similarity, and the merge
+    matmul that moves the ``merging`` sources' features into the destinations (fixed mode: its
+    r; None: every source, as threshold mode's dense assignment does). Prefix tokens take no part."""
+    sources = (n_in + 1) // 2 - (dims.num_prefix + 1) // 2
+    dests = n_in // 2 - dims.num_prefix // 2
+    return sources * dests * dims.head_dim + dests * (sources if merging is None else merging) * dims.dim
 
 
 @dataclass(frozen=True)
@@ -95,11 +98,12 @@ class FlopsReport:
         return {**asdict(self), "total": self.total, "unpatched_total": self.unpatched_total, "ratio": self.ratio}
 
 
-def _report(dims: Dims, counts: list[tuple[Count, Count]], reduce: bool) -> FlopsReport:
+def _report(dims: Dims, counts: list[tuple[Count, Count]], reduce: bool, merges: Optional[Sequence[int]] = None) -> FlopsReport:
     n = dims.num_tokens
+    merging = merges if merges is not None else [None] * len(counts)
     return FlopsReport(
         blocks=float(sum(block_macs(dims, a, b) for a, b in counts)),
-        reduction=float(sum(reduction_macs(dims, a) for a, _ in counts)) if reduce else 0.0,
+        reduction=float(sum(reduction_macs(dims, a, r) for (a, _), r in zip(counts, merging))) if reduce else 0.0,
         embed_and_head=float(dims.num_patches * dims.patch_macs + dims.head_macs),
         unpatched_blocks=float(dims.depth * block_macs(dims, n, n)),
     )
@@ -113,7 +117,7 @@ def unpatched_flops(model: Any) -> FlopsReport:
 def schedule_flops(model: Any, schedule: Schedule, reduce: bool = True) -> FlopsReport:
     """Per-image MACs of fixed mode (``reduce=False``: the oracle, same counts, no reduction)."""
     dims = model_dims(model)
-    return _report(dims, schedule.token_counts(dims.num_tokens), reduce)
+    return _report(dims, schedule.token_counts(dims.num_tokens), reduce, schedule.merges)
 
 
 def image_flops(model: Any, decisions: list[Decision]) -> list[FlopsReport]:
