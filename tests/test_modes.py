@@ -137,3 +137,18 @@ def test_every_token_is_kept_merged_or_pruned_exactly_once():
         torch.testing.assert_close((merged + pruned + d.n_out.long()).float(), d.n_in)
         total_pruned += int(pruned.sum())
     assert total_pruned > 0
+
+
+@pytest.mark.parametrize("mode", ["threshold", "fixed"])
+def test_plain_forward_skips_the_decisions_and_gives_the_same_logits(mode):
+    model = reducing(apply_patch(tiny_vit()))
+    x = images(3)
+    with torch.no_grad():
+        recorded = model.forward_ltmp(x)
+        if mode == "fixed":
+            model.ltmp_set_mode("fixed", Schedule((2, 1, 1), (12, 9, 6)))
+            recorded = model.forward_ltmp(x)
+        bare = model.forward_ltmp(x, record=False)
+        logits = model(x)
+    assert len(recorded.decisions) == 3 and bare.decisions == []
+    assert torch.equal(bare.logits, recorded.logits) and torch.equal(logits, recorded.logits)

@@ -50,7 +50,7 @@ class ExportWrapper(torch.nn.Module):
         self.model, self.decisions = model, decisions
 
     def forward(self, images: torch.Tensor):  # noqa: ANN201  (a tuple of tensors)
-        out = self.model.forward_ltmp(images)
+        out = self.model.forward_ltmp(images, record=self.decisions)
         if not self.decisions:
             return out.logits
         extra = []

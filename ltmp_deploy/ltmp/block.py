@@ -62,7 +62,7 @@ class LTMPBlock(Block):
     merge_masker: Threshold
     prune_masker: Threshold
 
-    def forward(self, tokens: Tokens, plan: Plan, num_prefix: int) -> tuple[Tokens, Optional[Decision]]:  # type: ignore[override]
+    def forward(self, tokens: Tokens, plan: Plan, num_prefix: int, record: bool = True) -> tuple[Tokens, Optional[Decision]]:  # type: ignore[override]
         if plan.mode in ("off", "oracle"):
             # timm's own (fused) attention: the oracle is a plain ViT that sees fewer tokens.
             x = tokens.x + self.drop_path1(self.ls1(self.attn(self.norm1(tokens.x))))
@@ -75,7 +75,7 @@ class LTMPBlock(Block):
             out, probs, metric = proportional_attention(self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, soft)
             tokens = Tokens(tokens.x + self.drop_path1(self.ls1(out)), tokens.size, tokens.valid, tokens.source)
             imp = token_importance(probs, tokens.valid, num_prefix)
-            tokens, decision = merge_and_prune(tokens, metric, imp, num_prefix, plan)
+            tokens, decision = merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
 
         x = tokens.x + self.drop_path2(self.ls2(self.mlp(self.norm2(tokens.x))))
         return Tokens(x, tokens.size, tokens.valid, tokens.source), decision

@@ -88,8 +88,12 @@ class LTMPVisionTransformer(VisionTransformer):
             plans.append(Plan(mode, r, k, blk.merge_masker.threshold, blk.prune_masker.threshold, self.ltmp.tau))
         return plans
 
-    def forward_ltmp(self, x: Tensor, track_source: bool = False) -> LTMPOutput:
-        """Logits plus every block's decisions; with ``track_source``, the source map too."""
+    def forward_ltmp(self, x: Tensor, track_source: bool = False, record: bool = True) -> LTMPOutput:
+        """Logits plus every block's decisions; with ``track_source``, the source map too.
+
+        ``record=False`` skips building the decisions (``decisions`` comes back empty): the plain
+        ``forward`` does, as only the logits leave it.
+        """
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
         b, n, _ = x.shape
         source = None
@@ -102,7 +106,7 @@ class LTMPVisionTransformer(VisionTransformer):
 
         decisions = []
         for blk, plan in zip(self.blocks, self.ltmp_plans()):
-            tokens, decision = blk(tokens, plan, self.num_prefix_tokens)
+            tokens, decision = blk(tokens, plan, self.num_prefix_tokens, record)
             if decision is not None:
                 decisions.append(decision)
         logits = self._ltmp_head(self.norm(tokens.x), tokens.valid)
@@ -120,10 +124,10 @@ class LTMPVisionTransformer(VisionTransformer):
         return self.head(self.head_drop(self.fc_norm(pooled)))
 
     def forward_features(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # type: ignore[override]
-        return self.norm(self.forward_ltmp(x).tokens.x)
+        return self.norm(self.forward_ltmp(x, record=False).tokens.x)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # type: ignore[override]
-        return self.forward_ltmp(x).logits
+        return self.forward_ltmp(x, record=False).logits
 
 
 _PATCHED_CLASSES: dict[type, type] = {}

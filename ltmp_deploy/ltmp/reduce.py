@@ -195,32 +195,32 @@ class _GatherRowsND(torch.autograd.Function):
 
 
 def _take_rows(t: Tensor, idx: Tensor) -> Tensor:
-    b, n = t.shape[0], t.shape[1]
-    rows = idx + torch.arange(b, device=idx.device)[:, None] * n
-    return t.flatten(0, 1)[rows]
+    return t.gather(1, idx[:, :, None].expand(-1, -1, *t.shape[2:]))
 
 
 def take_rows(t: Tensor, idx: Tensor) -> Tensor:
     """``t[b, idx[b, j]]`` for every image: (B, N, ...) and (B, K) give (B, K, ...).
 
-    Whole rows are copied. ``gather`` would need the index expanded to the full (B, K, C) shape,
-    and ONNX Runtime's GatherElements then reads an int64 index per element (~4x slower at
-    N=197, C=384, measured). Eager PyTorch indexes the batch flattened into rows; exported graphs
-    use ONNX's GatherND with one batch dimension, which TensorRT imports from 8.2 on and which
-    needs none of the shape arithmetic the flattened form exports with. Same rows either way.
+    Eager PyTorch gathers with the index expanded over the row (a view: one kernel). Exported,
+    that is an Expand materialised in int64 and a GatherElements that reads an index per element,
+    ~4x slower in ONNX Runtime than copying whole rows (measured at N=197, C=384); so exports use
+    ONNX's GatherND with one batch dimension, which TensorRT imports from 8.2 on. Same rows
+    either way.
     """
     if torch.onnx.is_in_onnx_export():
         return _GatherRowsND.apply(t, idx)
     return _take_rows(t, idx)
 
 
-def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan) -> tuple[Tokens, Decision]:
+def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan, record: bool = True) -> tuple[Tokens, Optional[Decision]]:
     """One block's reduction: merge (size-weighted), then prune, then compact the tokens.
 
     The merged layout is [prefix, sources, destinations]: prefix tokens in front in their
     original order (so that a distillation token, an odd position, stays where the head reads
     it), then the sources and the destinations in their original orders, as LTMP_SPEC.md
     orders them after merging. Slot order is output order, so pruning only sorts slot indices.
+    With ``record`` False no :class:`Decision` is built (None): nothing reads it when only the
+    logits are wanted, and its bookkeeping is a dozen small kernels per block on a GPU.
     """
     x, size, valid = tokens.x, tokens.size, tokens.valid
     n = x.shape[1]
@@ -282,9 +282,12 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
         source_dst = tokens.source[:, dst] + assign @ merging(tokens.source[:, src])
         new_source = take_rows(_in_layout(tokens.source[:, prefix], tokens.source[:, src], source_dst), idx)
 
+    tokens = Tokens(new_x, new_size, alive_out, new_source)
+    if not record:
+        return tokens, None
     decision = _decision(n, num_prefix, idx, alive_in, alive_out, w, dst_idx, plan)
     decision.source = new_source
-    return Tokens(new_x, new_size, alive_out, new_source), decision
+    return tokens, decision
 
 
 def _decision(n: int, num_prefix: int, idx: Tensor, alive_in: Tensor, alive_out: Optional[Tensor],
