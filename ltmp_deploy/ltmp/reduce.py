@@ -161,19 +161,16 @@ def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int, gu
     return best, dst_idx
 
 
-def merging_sources(best: Tensor, plan: Plan) -> tuple[Tensor, Optional[Tensor]]:
-    """Which sources merge: ``(w, chosen)``.
+def merging_sources(best: Tensor, plan: Plan) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """Which sources merge: ``(w, chosen)``, one of them None.
 
-    ``w`` (B, Ns) is 1 for every source that merges, 0 otherwise (straight-through in training).
-    ``chosen`` (B, r) lists the merging sources where their number is static (fixed mode): the
-    merge then works on those r rows alone instead of a dense (Nd x Ns) assignment, which at
-    N=197 costs ~1% of the block's FLOPs for r ~ 10. Elsewhere it is None: every source takes
-    part, weighted by ``w``.
+    Where their number is static (fixed mode), ``chosen`` (B, r) lists the merging sources and the
+    merge works on those r rows alone, instead of a dense (Nd x Ns) assignment that costs ~1% of
+    the block's FLOPs at N=197 for r ~ 10. Elsewhere ``w`` (B, Ns) is 1 for every source that
+    merges and 0 otherwise (straight-through in training), and every source takes part, weighted.
     """
     if plan.mode == "fixed":
-        chosen = top_indices(best, plan.r)  # (B, r), distinct
-        hit = chosen[:, :, None] == torch.arange(best.shape[1], device=best.device)
-        return hit.to(best.dtype).sum(dim=1), chosen  # exactly 0 or 1: a sum exports shorter than any()
+        return None, top_indices(best, plan.r)  # (B, r), distinct
     if plan.mode == "threshold":
         return (best > plan.merge_threshold).to(best.dtype), None
     if plan.mode == "train":
@@ -265,7 +262,6 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
         incoming = torch.nn.functional.pad(incoming, (0, 1), value=NEG_INF)
     imp_dst = torch.maximum(imp[:, dst], incoming.max(dim=2).values)
 
-    alive_in = torch.ones_like(size) if valid is None else valid
     if plan.mode == "fixed":
         # Fixed mode never pads (valid is None), so only merged sources drop out: mark them in
         # the importance itself rather than build a validity vector that is all ones elsewhere.
@@ -274,6 +270,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
         alive = None
         imp_src = imp_src.scatter(1, chosen, NEG_INF)
     else:
+        alive_in = torch.ones_like(size) if valid is None else valid
         alive = _in_layout(alive_in[:, prefix], alive_in[:, src] * (1.0 - w), alive_in[:, dst])
     idx, alive_out = _prune_order(_in_layout(imp[:, prefix], imp_src, imp_dst), alive, plan, num_prefix)
 
@@ -287,16 +284,19 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     tokens = Tokens(new_x, new_size, alive_out, new_source)
     if not record:
         return tokens, None
-    decision = _decision(n, num_prefix, idx, alive_in, alive_out, w, dst_idx, plan)
+    decision = _decision(size, valid, num_prefix, idx, alive_out, w, chosen, dst_idx, plan)
     decision.source = new_source
     return tokens, decision
 
 
-def _decision(n: int, num_prefix: int, idx: Tensor, alive_in: Tensor, alive_out: Optional[Tensor],
-              w: Tensor, dst_idx: Tensor, plan: Plan) -> Decision:
+def _decision(size: Tensor, valid: Optional[Tensor], num_prefix: int, idx: Tensor, alive_out: Optional[Tensor],
+              w: Optional[Tensor], chosen: Optional[Tensor], dst_idx: Tensor, plan: Plan) -> Decision:
     """What the block did, in its input positions (read by parity checks and the visualizer;
     exports drop it unless asked for decision outputs)."""
-    b, device = idx.shape[0], idx.device
+    (b, n), device = size.shape, idx.device
+    alive_in = torch.ones_like(size) if valid is None else valid
+    if w is None:  # fixed mode: its chosen sources (a sum of one-hots exports shorter than any())
+        w = (chosen[:, :, None] == torch.arange(dst_idx.shape[1], device=device)).to(size.dtype).sum(dim=1)
     prefix, src, dst = layout(num_prefix)
     pos = torch.arange(n, device=device)
     kept = torch.cat([pos[prefix], pos[src], pos[dst]])[idx]
