@@ -255,6 +255,11 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     size_dst = size[:, dst] + moved.sum(dim=-1)
     x_dst = x[:, dst] * (size[:, dst] / size_dst)[..., None] + (moved / size_dst[..., None]) @ merging(x[:, src])
 
+    def laid_out(t: Tensor, t_dst: Tensor, t_src: Optional[Tensor] = None) -> Tensor:
+        """``t`` in the merged layout, with its destination rows (and source rows) replaced."""
+        parts = [t[:, src] if t_src is None else t_src, t_dst]
+        return torch.cat([t[:, prefix]] + parts if num_prefix else parts, dim=1)
+
     # A destination is as important as the most important token merged into it.
     imp_src = imp[:, src]
     incoming = torch.where(hit, merging(imp_src)[:, None, :], NEG_INF)
@@ -271,15 +276,15 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
         imp_src = imp_src.scatter(1, chosen, NEG_INF)
     else:
         alive_in = torch.ones_like(size) if valid is None else valid
-        alive = _in_layout(alive_in[:, prefix], alive_in[:, src] * (1.0 - w), alive_in[:, dst])
-    idx, alive_out = _prune_order(_in_layout(imp[:, prefix], imp_src, imp_dst), alive, plan, num_prefix)
+        alive = laid_out(alive_in, alive_in[:, dst], alive_in[:, src] * (1.0 - w))
+    idx, alive_out = _prune_order(laid_out(imp, imp_dst, imp_src), alive, plan, num_prefix)
 
-    new_x = take_rows(_in_layout(x[:, prefix], x[:, src], x_dst), idx)
-    new_size = _in_layout(size[:, prefix], size[:, src], size_dst).gather(1, idx)
+    new_x = take_rows(laid_out(x, x_dst), idx)
+    new_size = laid_out(size, size_dst).gather(1, idx)
     new_source = None
     if tokens.source is not None:
         source_dst = tokens.source[:, dst] + assign @ merging(tokens.source[:, src])
-        new_source = take_rows(_in_layout(tokens.source[:, prefix], tokens.source[:, src], source_dst), idx)
+        new_source = take_rows(laid_out(tokens.source, source_dst), idx)
 
     tokens = Tokens(new_x, new_size, alive_out, new_source)
     if not record:
@@ -312,12 +317,6 @@ def _decision(size: Tensor, valid: Optional[Tensor], num_prefix: int, idx: Tenso
         decision.soft_keep_in = alive_in.sum(dim=1)
         decision.soft_keep_out = alive_out.sum(dim=1)
     return decision
-
-
-def _in_layout(prefix: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-    """The merged layout [prefix, sources, destinations] along the token axis."""
-    parts = [src, dst] if prefix.shape[1] == 0 else [prefix, src, dst]
-    return torch.cat(parts, dim=1)
 
 
 def _prune_order(imp: Tensor, alive: Optional[Tensor], plan: Plan, num_prefix: int) -> tuple[Tensor, Optional[Tensor]]:
