@@ -256,6 +256,33 @@ def profile(model: Any, schedule: Any, batch: int, device: torch.device, dtype: 
     print(events.table(sort_by=sort, row_limit=15))
 
 
+
+# Dynamo's recompile settings have no public API. The limit was called cache_size_limit before
+# torch 2.6 and recompile_limit since; some builds (seen in a 2.14.1 wheel) do not expose it at all,
+# and reading a missing one raises AttributeError. Each is set only where this torch has it.
+_RECOMPILE_LIMIT_NAMES = ("recompile_limit", "cache_size_limit")
+_FAIL_ON_LIMIT_NAMES = ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
+
+
+def set_compile_limits(limit: int) -> list[str]:
+    """Allow ``limit`` recompiles per model and fail rather than silently run eager past it.
+
+    Returns notes for the settings this torch does not have, so a run says what it could not set.
+    """
+    config = getattr(getattr(torch, "_dynamo", None), "config", None)
+    notes = []
+    for names, value, why in (
+        (_RECOMPILE_LIMIT_NAMES, limit, "the default recompile limit applies"),
+        (_FAIL_ON_LIMIT_NAMES, True, "a variant past the limit may run eager under its compiled name"),
+    ):
+        name = next((n for n in names if config is not None and hasattr(config, n)), None)
+        if name is None:
+            notes.append(f"note: torch {torch.__version__} has no dynamo setting {names[0]}: {why}")
+        else:
+            setattr(config, name, value)
+    return notes
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", nargs="+", default=["deit_small_patch16_224"], help="timm model names (random weights)")
@@ -283,8 +310,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.warmup is None:
         args.warmup = 10 if device.type == "cuda" else 2
     if args.compile:
-        torch._dynamo.config.recompile_limit = 64  # 4 modes x (static batch 1 + dynamic batch) per model
-        torch._dynamo.config.fail_on_recompile_limit_hit = True  # never time eager under a compiled name
+        for line in set_compile_limits(64):  # 4 modes x (static batch 1 + dynamic batch) per model
+            print(line, flush=True)
 
     t0 = time.perf_counter()
     set_thresholds_for_target = load_bench_onnx().set_thresholds_for_target
@@ -332,7 +359,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
             compiled, compile_failed = None, set()
             if args.compile:
-                torch._dynamo.reset()
+                torch.compiler.reset()
                 compiled = torch.compile(model)
 
             for batch in args.batch:

@@ -13,6 +13,10 @@ from typing import Callable, Optional, Sequence
 
 from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.extras import explain_missing, require_full
+
+# Commands that patch, train or export a PyTorch model: the full toolkit, not the field runtime.
+FULL_COMMANDS = frozenset({"patch", "export", "train-base", "learn", "calibrate", "demo"})
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
@@ -342,7 +346,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command in FULL_COMMANDS:
+            require_full(f"ltmp-deploy {args.command}")
         return args.func(args)
+    except ModuleNotFoundError as err:
+        explained = explain_missing(err)
+        if explained is None:
+            raise
+        print(f"ltmp-deploy {args.command}: error: {explained}", file=sys.stderr)
+        return 2
     except LTMPError as err:
         print(f"ltmp-deploy {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,10 @@ def bench(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module.timm, "create_model", lambda name, pretrained=False: tiny_vit())
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", torch._dynamo.config.fail_on_recompile_limit_hit)
+    config = getattr(getattr(torch, "_dynamo", None), "config", None)
+    for name in (*module._RECOMPILE_LIMIT_NAMES, *module._FAIL_ON_LIMIT_NAMES):
+        if config is not None and hasattr(config, name):  # restored after the test, where this torch has it
+            monkeypatch.setattr(config, name, getattr(config, name))
     return module
 
 
@@ -105,3 +108,13 @@ def test_out_of_memory_skips_the_batch_and_goes_on(bench, tmp_path, monkeypatch)
     result = run(bench, tmp_path, "--batch", "1", "3", "2")
     assert sorted({r["batch"] for r in result["records"]}) == [1, 2]
     assert any("batch 3: out of GPU memory" in n for n in result["notes"])
+
+
+@pytest.mark.parametrize("present", [(), ("cache_size_limit", "fail_on_cache_limit_hit"), ("recompile_limit",)])
+def test_compile_limits_set_what_this_torch_has_and_say_what_it_lacks(bench, monkeypatch, present):
+    # Stands in for torch builds that name, or hide, dynamo's recompile settings differently.
+    config = types.SimpleNamespace(**{name: None for name in present})
+    monkeypatch.setattr(torch, "_dynamo", types.SimpleNamespace(config=config), raising=False)
+    notes = bench.set_compile_limits(64)
+    assert {k: v for k, v in vars(config).items()} == {n: 64 if "limit" in n and "hit" not in n else True for n in present}
+    assert len(notes) == 2 - len(present)
