@@ -21,19 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ltmp_deploy.errors import LTMPError
-
-
-def model_data_config(model: torch.nn.Module) -> dict:
-    """timm's preprocessing config of ``model``, at the input size its patch embedding takes.
-
-    A model built from a class and config carries timm's default 224 in its pretrained_cfg; the
-    size its weights were made for is the patch embedding's.
-    """
-    cfg = timm.data.resolve_data_config({}, model=model)
-    embed = getattr(model, "patch_embed", None)
-    if embed is not None:
-        cfg["input_size"] = (embed.proj.in_channels, *embed.img_size)
-    return cfg
+from ltmp_deploy.ltmp.data_config import model_data_config
 
 
 def transform_for_model(model: torch.nn.Module) -> Callable[[Image.Image], torch.Tensor]:

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output
+from ltmp_deploy.ltmp.data_config import model_data_config
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer, apply_patch
 from ltmp_deploy.ltmp.schedule import Schedule
 
@@ -131,8 +132,6 @@ def _load_into(model: LTMPVisionTransformer, state: dict[str, torch.Tensor], pat
 
 def metadata(model: LTMPVisionTransformer) -> dict[str, Any]:
     """Everything needed to run the model the same way again (also what exports carry)."""
-    from ltmp_deploy.data.folder import model_data_config
-
     merge, prune = model.ltmp_thresholds()
     data = model_data_config(model)
     return {
