@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,10 @@ TOOLKIT_PACKAGES = ("torch", "timm", "torchvision", "sklearn", "onnxscript", "on
 pytestmark = pytest.mark.slow
 
 
+def _not_sources(folder: str, names: list[str]) -> set[str]:
+    return {n for n in names if n in (".git", "build", "dist", "__pycache__", ".pytest_cache") or n.endswith(".egg-info")}
+
+
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kwargs)
@@ -34,9 +39,11 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 def field_env(tmp_path_factory) -> Path:
     """A fresh venv holding only the field install of this checkout."""
     root = tmp_path_factory.mktemp("field-venv")
+    # A copy of the sources: building from the checkout itself would leave build/ in it.
+    source = shutil.copytree(REPO, tmp_path_factory.mktemp("source") / "ltmp-deploy", ignore=_not_sources)
     venv.create(root, with_pip=True, clear=True)
     python = root / "bin" / "python"
-    done = _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{REPO}[{FIELD_EXTRA}]"])
+    done = _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{source}[{FIELD_EXTRA}]"])
     if done.returncode != 0 and ("Could not find a version" in done.stderr or "Network is unreachable" in done.stderr):
         pytest.skip(f"the package index is not reachable: {done.stderr.strip().splitlines()[-1]}")
     assert done.returncode == 0, done.stderr[-3000:]
