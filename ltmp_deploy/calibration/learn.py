@@ -100,39 +100,37 @@ def resume_path(output: Path) -> Path:
 def learn_thresholds(
     model: LTMPVisionTransformer,
     data: Dataset,
-    output: str | os.PathLike,
-    cfg: LearnConfig,
+    output: str | os.PathLike | None = None,
+    cfg: LearnConfig | None = None,
     *,
     resume: bool = False,
     progress: bool = True,
 ) -> list[EpochStats]:
-    """Train the thresholds of ``model`` on ``data``; write ``output`` after every epoch."""
+    """Train the thresholds of ``model`` on ``data``; write ``output`` (if given) after every epoch."""
+    if cfg is None:
+        raise LTMPError("learning needs a LearnConfig with at least its FLOPs target")
     cfg.check()
-    output = ensure_writable(output)
+    output = ensure_writable(output) if output is not None else None
     if len(data) == 0:
         raise LTMPError("the training data holds no images")
+    if resume and output is None:
+        raise LTMPError("resume needs the output checkpoint to resume from")
     rank, world = _distributed()
     torch.manual_seed(cfg.seed)
     model.ltmp.tau = cfg.tau
     model.ltmp_set_mode("train")
     optimizer = _optimizer(model, cfg)
-    sampler = torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
-    order = torch.Generator()
-    loader = DataLoader(
-        data, batch_size=max(1, cfg.batch_size // world), shuffle=sampler is None, sampler=sampler,
-        num_workers=cfg.workers, drop_last=len(data) >= cfg.batch_size, generator=order,
-    )
+    loader, sampler, order = _loader(data, cfg, rank, world)
     total_steps = cfg.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
-
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
     start = 0
     if resume and resume_path(output).is_file():
         start = _load_resume(resume_path(output), model, optimizer, scheduler)
     step = _TrainStep(model)
     if world > 1:
         step = nn.parallel.DistributedDataParallel(step)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
     history = []
     for epoch in range(start, cfg.epochs):
         # The order of every epoch depends on the seed and the epoch only, so a resumed run
@@ -140,39 +138,66 @@ def learn_thresholds(
         order.manual_seed(cfg.seed + epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        model.train()
-        sums = torch.zeros(4)  # loss, flops ratio, correct, seen
         bar = tqdm(loader, desc=f"learn epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
-        for images, labels in bar:
-            logits, ratio = step(images)
-            loss = criterion(logits, labels) + cfg.lam * (ratio - cfg.target) ** 2
-            if not torch.isfinite(loss):
-                raise LTMPError(
-                    f"loss became {float(loss.detach())} in epoch {epoch + 1}: lower --lr-merge/--lr-prune or raise --tau; "
-                    f"the last good checkpoint is {output if epoch > start else 'not written yet'}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                for p in _threshold_params(model)[0] + _threshold_params(model)[1]:
-                    p.clamp_(0.0, 1.0)
-            sums += torch.tensor([float(loss.detach()) * len(labels), float(ratio.detach()) * len(labels), float((logits.argmax(-1) == labels).sum()), len(labels)])
-            bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}", flops=f"{sums[1] / sums[3]:.3f}", acc=f"{sums[2] / sums[3]:.3f}")
+        sums = _train_epoch(model, step, bar, optimizer, scheduler, cfg, epoch, output if epoch > start else None)
         if world > 1:
             dist.all_reduce(sums)
         stats = EpochStats(epoch + 1, float(sums[0] / sums[3]), float(sums[1] / sums[3]), float(sums[2] / sums[3]))
         history.append(stats)
-        if rank == 0:
+        if rank == 0 and output is not None:
             _save_epoch(model, output, cfg, stats, optimizer, scheduler)
-            if progress:
-                print(f"epoch {stats.epoch}: loss {stats.loss:.4f}, FLOPs kept {stats.flops_ratio:.3f}, train accuracy {stats.accuracy:.3f}, checkpoint {output}")
+        if rank == 0 and progress:
+            print(f"epoch {stats.epoch}: loss {stats.loss:.4f}, FLOPs kept {stats.flops_ratio:.3f}, "
+                  f"train accuracy {stats.accuracy:.3f}" + (f", checkpoint {output}" if output else ""))
         if world > 1:
             dist.barrier()
     model.eval()
     model.ltmp_set_mode("threshold")
     return history
+
+
+def _loader(data: Dataset, cfg: LearnConfig, rank: int, world: int) -> tuple[DataLoader, Any, torch.Generator]:
+    """Batches of ``data``: each process takes its share of the global batch; the order is seeded."""
+    sampler = torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    order = torch.Generator()
+    loader = DataLoader(
+        data, batch_size=max(1, cfg.batch_size // world), shuffle=sampler is None, sampler=sampler,
+        num_workers=cfg.workers, drop_last=len(data) >= cfg.batch_size, generator=order,
+    )
+    return loader, sampler, order
+
+
+def _train_epoch(
+    model: LTMPVisionTransformer, step: nn.Module, batches: Any, optimizer: Any, scheduler: Any,
+    cfg: LearnConfig, epoch: int, last_good: Path | None,
+) -> torch.Tensor:
+    """One pass of the budget loss; returns the sums of (loss, FLOPs ratio, correct, seen)."""
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    merge, prune = _threshold_params(model)
+    model.train()
+    sums = torch.zeros(4)
+    for images, labels in batches:
+        logits, ratio = step(images)
+        loss = criterion(logits, labels) + cfg.lam * (ratio - cfg.target) ** 2
+        if not torch.isfinite(loss):
+            raise LTMPError(
+                f"loss became {float(loss.detach())} in epoch {epoch + 1}: lower --lr-merge/--lr-prune or raise "
+                f"--tau; the last good checkpoint is {last_good or 'not written yet'}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            for p in merge + prune:
+                p.clamp_(0.0, 1.0)
+        n = len(labels)
+        correct = float((logits.argmax(-1) == labels).sum())
+        sums += torch.tensor([float(loss.detach()) * n, float(ratio.detach()) * n, correct, n])
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{sums[0] / sums[3]:.3f}", flops=f"{sums[1] / sums[3]:.3f}",
+                                acc=f"{sums[2] / sums[3]:.3f}")
+    return sums
 
 
 def _save_epoch(model: LTMPVisionTransformer, output: Path, cfg: LearnConfig, stats: EpochStats, optimizer: Any, scheduler: Any) -> None:
