@@ -5,7 +5,7 @@ model (max |logit diff| ~3e-7 on the golden model in both modes), but only the T
 emits opset 16 (the dynamo exporter starts at 18), and opset 16 is what TensorRT 8.5 (JetPack
 5.1) needs: its parser reads opsets up to 17 and has no LayerNormalization op, which opset 17
 exports use. It is also about 15x faster to export. Threshold mode's data-dependent token counts
-come out as Shape(NonZero(...)) feeding TopK's K, as DESIGN.md asks.
+come out as Shape(NonZero(...)) feeding TopK's K (docs/arithmetic.md#batches-in-threshold-mode).
 
 After export: constant folding and dead-node removal with onnxslim (so every fixed-mode TopK K is
 an initializer, which TensorRT 8.5 requires), ONNX's full checker and shape inference, metadata,
