@@ -118,7 +118,7 @@ def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> 
     in a padded batch gets what it gets alone.
     """
     # Reduced one axis at a time, queries first: ONNX Runtime's CPU kernels reduce (B, H, N, N)
-    # over both axes at once ~5x slower (measured at N=197), and this sits in every block.
+    # over both axes at once several times slower, and this sits in every block.
     if valid is None:
         imp = attn.mean(dim=2).mean(dim=1)
     else:
@@ -202,11 +202,11 @@ def _take_rows(t: Tensor, idx: Tensor) -> Tensor:
 def take_rows(t: Tensor, idx: Tensor) -> Tensor:
     """``t[b, idx[b, j]]`` for every image: (B, N, ...) and (B, K) give (B, K, ...).
 
-    Whole rows are copied: eager PyTorch indexes the batch flattened into rows (2.8x faster on a
-    CPU than ``gather`` with the index expanded over the row, measured at B=8, N=197, C=384), and
-    exports use ONNX's GatherND with one batch dimension, which TensorRT imports from 8.2 on.
-    Exported, ``gather`` would be an Expand materialised in int64 and a GatherElements that reads
-    an index per element, ~4x slower in ONNX Runtime. Same rows either way.
+    Whole rows are copied: eager PyTorch indexes the batch flattened into rows (faster on a CPU
+    than ``gather`` with the index expanded over the row), and exports use ONNX's GatherND with
+    one batch dimension, which TensorRT imports from 8.2 on. Exported, ``gather`` would be an
+    Expand materialised in int64 and a GatherElements that reads an index per element, slower in
+    ONNX Runtime. Same rows either way.
     """
     if torch.onnx.is_in_onnx_export():
         return _GatherRowsND.apply(t, idx)
