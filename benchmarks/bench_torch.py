@@ -34,8 +34,8 @@ CPU (the defaults: deit_small, batch 8, fp32):
     python benchmarks/bench_torch.py --model deit_small_patch16_224 --batch 8 --target 0.5
     python benchmarks/bench_torch.py --model vit_tiny_patch16_224 --batch 1 8 --profile
 
-GPU (one H200: about two minutes eager; torch.compile takes minutes per model and dtype, as each
-of the 4 variants compiles at least twice, so give it fewer configurations):
+GPU (torch.compile takes minutes per model and dtype, as each of the 4 variants compiles at
+least twice, so give it fewer configurations):
 
     python benchmarks/bench_torch.py --device cuda --model deit_small_patch16_224 vit_base_patch16_224 \\
         --dtype fp32 fp16 --batch 1 8 64 256 --rounds 30 --cuda-graph --json bench_torch_h200.json

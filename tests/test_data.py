@@ -1,7 +1,7 @@
 """Datasets, preprocessing parity with timm, and the embedded default model (fast checks only).
 
-The full ``train_base`` run (about two minutes on 2 idle cores) is measured outside the tests;
-here it runs for one step to check the file it writes.
+The full ``train_base`` run is too long for the tests; here it runs for one step to check the
+file it writes.
 """
 
 from __future__ import annotations

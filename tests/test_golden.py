@@ -1,4 +1,4 @@
-"""Threshold mode reproduces the authors' own LTMP code (../shared/golden, copied to tests/golden)."""
+"""Threshold mode reproduces the authors' own LTMP code (tests/golden/README.md says how the vectors were made)."""
 
 import numpy as np
 import torch

@@ -1,4 +1,4 @@
-"""A hand-built case checked by value: the arithmetic of LTMP_SPEC.md, step by step."""
+"""A hand-built case checked by value: the arithmetic of docs/arithmetic.md, step by step."""
 
 import math
 

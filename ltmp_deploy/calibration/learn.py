@@ -1,4 +1,4 @@
-"""Learning the thresholds: LTMP's budget loss with straight-through masks (LTMP_SPEC.md).
+"""Learning the thresholds: LTMP's budget loss with straight-through masks (docs/arithmetic.md#training-the-thresholds).
 
 Reference recipe: one epoch, plain SGD (no momentum, no weight decay), cosine schedule, batch
 128, label smoothing 0.1, ``lambda`` 10, ``tau`` 0.1, learning rate 5e-6 for the prune thresholds

@@ -1,11 +1,11 @@
 """ONNX export of an LTMP model, in fixed or threshold mode, validated against PyTorch on the spot.
 
 Exporter: torch.onnx's TorchScript exporter (``dynamo=False``). Both exporters reproduce the
-model (max |logit diff| ~3e-7 on the golden model in both modes), but only the TorchScript one
-emits opset 16 (the dynamo exporter starts at 18), and opset 16 is what TensorRT 8.5 (JetPack
-5.1) needs: its parser reads opsets up to 17 and has no LayerNormalization op, which opset 17
-exports use. It is also about 15x faster to export. Threshold mode's data-dependent token counts
-come out as Shape(NonZero(...)) feeding TopK's K, as DESIGN.md asks.
+model, but only the TorchScript one emits opset 16 (the dynamo exporter starts at 18), and opset
+16 is what TensorRT 8.5 (JetPack 5.1) needs: its parser reads opsets up to 17 and has no
+LayerNormalization op, which opset 17 exports use. It also exports much faster. Threshold
+mode's data-dependent token counts come out as Shape(NonZero(...)) feeding TopK's K
+(docs/arithmetic.md#batches-in-threshold-mode).
 
 After export: constant folding and dead-node removal with onnxslim (so every fixed-mode TopK K is
 an initializer, which TensorRT 8.5 requires), ONNX's full checker and shape inference, metadata,
@@ -126,7 +126,7 @@ def _export(model: LTMPVisionTransformer, opset: int, batch: Optional[int], fp16
         wrapper, example = wrapper.half(), example.half()
     # Traced with a dynamic batch axis even when a fixed batch is asked for, then pinned: a
     # static trace lowers every Linear to Reshape+Gemm+Reshape, which ONNX Runtime's CPU kernels
-    # ran slower than the MatMul form (DeiT-S batch 1: the static oracle ~4% slower).
+    # run slower than the MatMul form.
     dynamic = {n: {0: "batch"} for n in ["images", *names]}
     buffer = io.BytesIO()
     try:

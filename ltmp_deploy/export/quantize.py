@@ -14,11 +14,9 @@ Which layers are quantized (decided from the graph, nothing hard-coded by name):
 2. The weight layers nearest to a token decision stay float: walking back from every decision op
    (TopK, NonZero, ArgMax/ArgMin, comparisons), the first weight layers met are the ``qkv``
    projections: their output is the queries and keys whose attention and similarity choose which
-   tokens merge and which are pruned. Quantizing them flips decisions (measured on the tiny model
-   of tests/test_quantize.py, fixed / threshold mode: top-1 agreement with fp32 0.94 / 0.965 with
-   them quantized, 0.975 / 0.98 with them float). The walk follows columns through
-   Slice/Concat/Gather, so that a size column carried next to the features (as earlier
-   exports of this toolkit did) does not make every layer look like a decision input.
+   tokens merge and which are pruned. Quantizing them flips decisions, and top-1 agreement with
+   fp32 drops with them. The walk follows columns through Slice/Concat/Gather, so that a size
+   column carried next to the features does not make every layer look like a decision input.
 3. The first layer (reads the raw image: the patch embedding) and the last (the classifier head)
    stay float, standard practice for post-training quantization; they are a tiny share of the
    FLOPs. ``keep_first_last=False`` quantizes them too.
@@ -229,8 +227,8 @@ Cols = Optional[tuple[int, int]]  # a range of the last axis a value depends on;
 class _Graph:
     """Value dependencies between tensors, precise enough to follow LTMP's carried columns.
 
-    Graphs may carry token sizes as one extra column next to the features (``[x * size, size]``,
-    as earlier exports of this toolkit did) and slice it out again after gathering; attention then reads
+    Graphs may carry token sizes as one extra column next to the features (``[x * size, size]``)
+    and slice it out again after gathering; attention then reads
     ``log(size)``. A plain walk would conclude that every layer feeding the features feeds the
     decisions. So the walk tracks which columns of the last axis matter through Slice, Concat,
     Gather and elementwise ops, and treats Shape/Size as reading shapes, not values. Any other op

@@ -4,7 +4,7 @@ Elementwise work (norms, softmax, GELU, masks) is not counted, which is what tor
 FlopCounterMode and fvcore count too; FLOPs = 2 x MACs when a number must match theirs.
 
 Block MACs with ``n`` tokens entering and ``n'`` leaving, width ``d``, attention width ``a``
-(``a = d`` for every ViT/DeiT) and MLP hidden width ``h`` (LTMP_SPEC.md):
+(``a = d`` for every ViT/DeiT) and MLP hidden width ``h`` (docs/arithmetic.md#flops-model):
 attention ``4*n*d*a + 2*n^2*a`` (qkv 3nda, logits n^2 a, A@V n^2 a, proj nda), MLP ``2*n'*d*h``.
 The reduction's own matmuls (cosine similarity and the merge assignment) are reported apart.
 """
@@ -131,7 +131,8 @@ def image_flops(model: Any, decisions: list[Decision]) -> list[FlopsReport]:
 def kept_flops_ratio(model: Any, decisions: list[Decision]) -> Tensor:
     """Differentiable fraction of the unpatched block MACs that the training masks keep.
 
-    From the batch-mean token counts entering and leaving each block (LTMP_SPEC.md's r_flops).
+    From the batch-mean token counts entering and leaving each block: ``r_flops`` of the budget loss
+    (docs/arithmetic.md#budget-loss).
     """
     dims = model_dims(model)
     n = dims.num_tokens

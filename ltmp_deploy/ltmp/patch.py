@@ -24,7 +24,7 @@ from ltmp_deploy.ltmp.schedule import Schedule
 
 MODES = ("off", "train", "threshold", "fixed", "oracle")
 POOLS = ("token", "avg")
-INITIAL_MERGE_THRESHOLD = 0.9  # LTMP_SPEC.md: thresholds start where nothing happens
+INITIAL_MERGE_THRESHOLD = 0.9  # the reference recipe's starting values (docs/arithmetic.md#training-the-thresholds)
 INITIAL_PRUNE_THRESHOLD = 0.0
 
 

@@ -12,7 +12,7 @@ A block's reduction is decided once (which sources merge where, which tokens sta
 order) and the decision is applied to every tensor that rides along: features, sizes, validity
 and the source map (as ToMe does with its ``merge`` closures).
 
-Modes differ only in how the two decisions are taken (see LTMP_SPEC.md):
+Modes differ only in how the two decisions are taken (docs/arithmetic.md#fixed-mode-and-threshold-mode):
 
 - ``fixed``: the ``r`` best-matching sources merge and the ``k`` most important tokens stay:
   static counts, so static shapes.
@@ -93,9 +93,10 @@ def straight_through(score: Tensor, threshold: Tensor, tau: float) -> Tensor:
 def top_indices(score: Tensor, k: int) -> Tensor:
     """Indices of the ``k`` largest entries along the last axis, ties to the lower index.
 
-    LTMP_SPEC.md breaks ties by lower index. ONNX's TopK promises exactly that, so exported
-    graphs use TopK; PyTorch's ``topk`` promises no order among equal values, so eager mode uses
-    a stable sort, which the TorchScript exporter cannot express. Same answer, two spellings.
+    LTMP breaks ties by lower index (docs/arithmetic.md#which-sources-merge). ONNX's TopK promises
+    exactly that, so exported graphs use TopK; PyTorch's ``topk`` promises no order among equal
+    values, so eager mode uses a stable sort, which the TorchScript exporter cannot express. Same
+    answer, two spellings.
     """
     if torch.onnx.is_in_onnx_export():
         return torch.topk(score, k, dim=-1, largest=True, sorted=True).indices
@@ -117,7 +118,7 @@ def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> 
     in a padded batch gets what it gets alone.
     """
     # Reduced one axis at a time, queries first: ONNX Runtime's CPU kernels reduce (B, H, N, N)
-    # over both axes at once ~5x slower (measured at N=197), and this sits in every block.
+    # over both axes at once several times slower, and this sits in every block.
     if valid is None:
         imp = attn.mean(dim=2).mean(dim=1)
     else:
@@ -131,9 +132,10 @@ def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> 
 def layout(num_prefix: int) -> tuple[slice, slice, slice]:
     """Where the prefix, the sources and the destinations sit in a block's input.
 
-    Sources are the even positions, destinations the odd ones (LTMP_SPEC.md), minus the prefix:
-    the spec gives prefix rows and columns -inf similarity; slicing them out of the matching
-    computes the same thing without a mask over the similarity matrix.
+    Sources are the even positions, destinations the odd ones, minus the prefix
+    (docs/arithmetic.md#sources-destinations-and-key-similarity): a prefix token may neither merge
+    nor receive a merge, and slicing the prefix out of the matching does that without a -inf mask
+    over the similarity matrix.
     """
     first_src = num_prefix + num_prefix % 2
     first_dst = num_prefix + 1 - num_prefix % 2
@@ -200,11 +202,11 @@ def _take_rows(t: Tensor, idx: Tensor) -> Tensor:
 def take_rows(t: Tensor, idx: Tensor) -> Tensor:
     """``t[b, idx[b, j]]`` for every image: (B, N, ...) and (B, K) give (B, K, ...).
 
-    Whole rows are copied: eager PyTorch indexes the batch flattened into rows (2.8x faster on a
-    CPU than ``gather`` with the index expanded over the row, measured at B=8, N=197, C=384), and
-    exports use ONNX's GatherND with one batch dimension, which TensorRT imports from 8.2 on.
-    Exported, ``gather`` would be an Expand materialised in int64 and a GatherElements that reads
-    an index per element, ~4x slower in ONNX Runtime. Same rows either way.
+    Whole rows are copied: eager PyTorch indexes the batch flattened into rows (faster on a CPU
+    than ``gather`` with the index expanded over the row), and exports use ONNX's GatherND with
+    one batch dimension, which TensorRT imports from 8.2 on. Exported, ``gather`` would be an
+    Expand materialised in int64 and a GatherElements that reads an index per element, slower in
+    ONNX Runtime. Same rows either way.
     """
     if torch.onnx.is_in_onnx_export():
         return _GatherRowsND.apply(t, idx)
@@ -216,8 +218,8 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
 
     The merged layout is [prefix, sources, destinations]: prefix tokens in front in their
     original order (so that a distillation token, an odd position, stays where the head reads
-    it), then the sources and the destinations in their original orders, as LTMP_SPEC.md
-    orders them after merging. Slot order is output order, so pruning only sorts slot indices.
+    it), then the sources and the destinations in their original orders
+    (docs/arithmetic.md#order-after-merging). Slot order is output order, so pruning only sorts slot indices.
     With ``record`` False no :class:`Decision` is built (None): nothing reads it when only the
     logits are wanted, and its bookkeeping is a dozen small kernels per block on a GPU.
     """
@@ -250,7 +252,8 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
 
     # Only destinations change. Their features are the size-weighted mean of what they absorb,
     # computed on the destination rows alone: carrying x * size through the whole layout and
-    # dividing it back costs several passes over every token (LTMP_SPEC.md step 6, same value).
+    # dividing it back costs several passes over every token, for the same value
+    # (docs/arithmetic.md#merging-size-weighted-means).
     moved = assign * merging(size[:, src])[:, None, :]  # patches destination j takes from source i
     size_dst = size[:, dst] + moved.sum(dim=-1)
     x_dst = x[:, dst] * (size[:, dst] / size_dst)[..., None] + (moved / size_dst[..., None]) @ merging(x[:, src])
@@ -356,8 +359,9 @@ def padded_length(keep: Tensor) -> int:
     """The largest kept count in the batch, as the shape of a NonZero output.
 
     Exporters turn this into a shape computation (Shape(NonZero(..))), which TensorRT treats
-    as a shape tensor, rather than a value reduced from data and cast (see DESIGN.md). In eager
-    PyTorch it is an ordinary int, read without ``.item()``.
+    as a shape tensor, rather than a value reduced from data and cast
+    (docs/arithmetic.md#batches-in-threshold-mode). In eager PyTorch it is an ordinary int, read
+    without ``.item()``.
     """
     counts = keep.sum(dim=1)  # (B,)
     slots = torch.arange(keep.shape[1], device=keep.device)
