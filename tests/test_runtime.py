@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.formats import ENGINE_MAGIC
 from ltmp_deploy.runtime import Session
 from ltmp_deploy.runtime.engine import check_compatible, read_sidecar
 from ltmp_deploy.runtime.session import topk
@@ -212,7 +213,7 @@ def test_engine_without_tensorrt_says_what_to_install(tmp_path):
     else:
         pytest.skip("TensorRT is installed here: the engine tests below run instead")
     engine = tmp_path / "m.engine"
-    engine.write_bytes(b"\0" * 64)
+    engine.write_bytes(ENGINE_MAGIC + b"\0" * 60)  # an engine's header: files are known by content
     with pytest.raises(LTMPError, match="not installed here.*install TensorRT") as err:
         Session(engine)
     assert str(engine) in one_line(err)

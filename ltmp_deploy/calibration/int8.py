@@ -20,6 +20,7 @@ import numpy as np
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output
+from ltmp_deploy.formats import FileKind, sniff
 
 INPUT_NAME = "images"
 
@@ -49,18 +50,19 @@ def write_calibration_data(images: np.ndarray, folder: str | os.PathLike, batch_
 
 
 def read_calibration_data(path: str | os.PathLike) -> np.ndarray:
-    """Images back from a ``.npy``, ``.npz`` (input ``images``) or Polygraphy JSON file."""
+    """Images back from a ``.npy``, ``.npz`` (input ``images``) or Polygraphy JSON file, by content."""
     path = Path(path)
     if not path.is_file():
         raise LTMPError(f"{path}: no such calibration file")
     try:
-        if path.suffix == ".npy":
-            return np.load(path)
-        if path.suffix == ".npz":
-            with np.load(path) as data:
-                return data[INPUT_NAME]
-        from polygraphy.json import load_json
+        if sniff(path) is FileKind.JSON:
+            from polygraphy.json import load_json
 
-        return np.concatenate([feed[INPUT_NAME] for feed in load_json(str(path))])
+            return np.concatenate([feed[INPUT_NAME] for feed in load_json(str(path))])
+        loaded = np.load(path, allow_pickle=False)  # .npy or .npz, told apart by numpy from the content
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                return loaded[INPUT_NAME]
+        return loaded
     except Exception as err:  # noqa: BLE001
         raise LTMPError(f"{path}: not a readable calibration file ({err})") from err

@@ -11,6 +11,7 @@ import json
 from typing import Any, Mapping
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.formats import FileKind, sniff
 
 SCHEMA = "ltmp-deploy-onnx/1"
 
@@ -49,6 +50,9 @@ def load_onnx(path: Any) -> Any:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise LTMPError(f"{path}: ONNX file does not exist")
+    kind = sniff(path)
+    if kind is not FileKind.ONNX:
+        raise LTMPError(f"{path}: cannot read ONNX file, it is {kind.human}")
     try:
         graph = onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001  (protobuf raises several types on corrupt files)

@@ -5,8 +5,10 @@ under the authors' names ``blocks.{i}.merge_masker.threshold``). Header metadata
 ``ltmp_deploy``: a JSON document with everything needed to run the model the same way again:
 the timm architecture, preprocessing, thresholds, schedule, mode and toolkit version.
 
-Authors' format: a timm ViT state dict plus the two thresholds per block, as ``.safetensors`` or
-a torch pickle (``.pth``/``.pt``, possibly nested under ``model`` or ``state_dict``).
+Authors' format: a timm ViT state dict plus the two thresholds per block, as safetensors or a
+torch checkpoint (zip or legacy pickle, possibly nested under ``model`` or ``state_dict``).
+
+Files are told apart by their content (:mod:`ltmp_deploy.formats`), whatever their names.
 """
 
 from __future__ import annotations
@@ -19,18 +21,19 @@ from typing import Any, Optional
 
 import timm
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output
+from ltmp_deploy.formats import (
+    CHECKPOINT_METADATA_KEY, SAFETENSORS_KINDS, STATE_DICT_KINDS, FileKind, expect, safetensors_metadata,
+)
 from ltmp_deploy.ltmp.data_config import model_data_config
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer, apply_patch
 from ltmp_deploy.ltmp.schedule import Schedule
 
 FORMAT = "ltmp-deploy-checkpoint"
-METADATA_KEY = "ltmp_deploy"
 THRESHOLD_SUFFIXES = (".merge_masker.threshold", ".prune_masker.threshold")
 
 
@@ -79,7 +82,8 @@ def create_model(
     """
     if isinstance(model, dict):
         architecture = model
-    elif str(model).endswith(".json"):
+    elif Path(model).is_file():
+        expect(model, FileKind.JSON, what="a model description JSON or a timm model name")
         architecture = architecture_from_file(model)
     else:
         architecture = {"timm_model": str(model), "kwargs": dict(kwargs)}
@@ -92,14 +96,16 @@ def create_model(
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file or a torch pickle; a clear error for anything else."""
+    """Tensors from a safetensors file or a torch checkpoint; a clear error for anything else."""
     path = Path(path)
-    if not path.is_file():
-        raise LTMPError(f"{path}: no such file")
+    kind = expect(path, *STATE_DICT_KINDS, what="a state dict (safetensors or a torch checkpoint)")
     try:
-        if path.suffix == ".safetensors":
+        if kind in SAFETENSORS_KINDS:
             return load_file(str(path))
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # A file object, not the name: torch.load (2.14.1) reads any path named *.safetensors as
+        # safetensors, whatever it holds, and this file is a torch checkpoint by its content.
+        with path.open("rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (torch.load raises many kinds for a bad file)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise LTMPError(f"{path}: not a readable checkpoint, it may be truncated or corrupt ({reason})") from err
@@ -153,7 +159,7 @@ def save_checkpoint(model: LTMPVisionTransformer, path: str | os.PathLike, extra
     _check_rebuildable(model)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_output(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        save_file(tensors, str(tmp), metadata={CHECKPOINT_METADATA_KEY: json.dumps(meta, sort_keys=True)})
     return Path(path)
 
 
@@ -173,16 +179,14 @@ def _check_rebuildable(model: LTMPVisionTransformer) -> None:
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata of a toolkit checkpoint, without loading the weights."""
     path = Path(path)
-    if not path.is_file():
-        raise LTMPError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-    except (SafetensorError, OSError) as err:
-        raise LTMPError(f"{path}: not a toolkit checkpoint, it may be truncated or corrupt ({err})") from err
-    if raw is None:
+    if expect(path, *SAFETENSORS_KINDS, what=FileKind.TOOLKIT_CHECKPOINT.human) is FileKind.SAFETENSORS:
         raise LTMPError(f"{path}: a safetensors file without ltmp-deploy metadata (pass it as --weights or --reference-checkpoint instead)")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(safetensors_metadata(path)[CHECKPOINT_METADATA_KEY])
+    except (TypeError, ValueError) as err:
+        raise LTMPError(f"{path}: its ltmp-deploy metadata is not readable JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise LTMPError(f"{path}: its ltmp-deploy metadata is not a JSON object")
     if meta.get("format") != FORMAT:
         raise LTMPError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
     return meta

@@ -1,7 +1,8 @@
 """The three backends behind :class:`~ltmp_deploy.runtime.session.Session`.
 
-Each opens one kind of file and answers the same few questions (input name, dtype and shape,
-allowed batch sizes, output names, metadata) and runs a checked batch to named outputs:
+Each opens one kind of file, told by its content (:mod:`ltmp_deploy.formats`), and answers the
+same few questions (input name, dtype and shape, allowed batch sizes, output names, metadata) and
+runs a checked batch to named outputs:
 
 - ``onnxruntime``: an ONNX graph, through Polygraphy's ``SessionFromOnnx`` loader, on the CPU
   or with the CUDA and TensorRT execution providers that ``onnxruntime-gpu`` brings;
@@ -24,10 +25,11 @@ import numpy as np
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import decode
-from ltmp_deploy.runtime.engine import ENGINE_SUFFIXES, batch_range, engine_runner, quiet_polygraphy
+from ltmp_deploy.formats import FileKind, expect, sniff
+from ltmp_deploy.runtime.engine import batch_range, engine_runner, quiet_polygraphy, sidecar_path
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
-SUFFIX_BACKEND = {".onnx": "onnxruntime", ".safetensors": "torch", **{s: "tensorrt" for s in ENGINE_SUFFIXES}}
+KIND_BACKEND = {FileKind.ONNX: "onnxruntime", FileKind.ENGINE: "tensorrt", FileKind.TOOLKIT_CHECKPOINT: "torch"}
 # Execution providers in the order "auto" prefers them, when ONNX Runtime has them.
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ORT_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA and TensorRT providers; the ltmp-deploy[gpu] extra), never both"
@@ -37,12 +39,20 @@ Provider = Union[str, tuple[str, dict[str, Any]]]
 
 
 def resolve_backend(path: Path, backend: str) -> str:
-    """The backend for ``path``: from its suffix for "auto", else checked against it."""
+    """The backend for ``path``: from its content for "auto", else checked against it.
+
+    An engine is known by its plan magic; a file of no known kind that has the sidecar
+    `ltmp-deploy build` writes is taken as an engine too, for TensorRT to judge, so an engine whose
+    header the magic does not cover still opens.
+    """
     if backend != "auto" and backend not in BACKENDS:
         raise LTMPError(f"backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
-    natural = SUFFIX_BACKEND.get(path.suffix.lower())
-    if natural is None:
-        raise LTMPError(f"{path}: unknown file type {path.suffix or '(no suffix)'}; expected .onnx, .engine/.plan or a .safetensors checkpoint")
+    kind = sniff(path)
+    if kind is FileKind.UNKNOWN and sidecar_path(path).is_file():
+        kind = FileKind.ENGINE
+    if kind not in KIND_BACKEND:
+        expect(path, *KIND_BACKEND)  # raises: says what the file is and which kinds a Session opens
+    natural = KIND_BACKEND[kind]
     if backend in ("auto", natural):
         return natural
     advice = {
@@ -53,7 +63,7 @@ def resolve_backend(path: Path, backend: str) -> str:
         ("onnxruntime", "torch"): "export it first with `ltmp-deploy export`",
         ("tensorrt", "torch"): "export it with `ltmp-deploy export`, then build with `ltmp-deploy build`",
     }[(backend, natural)]
-    raise LTMPError(f"{path}: the {backend} backend cannot open a {path.suffix} file: {advice}")
+    raise LTMPError(f"{path}: the {backend} backend cannot open {kind.human}: {advice}")
 
 
 def require(module: str, path: Path, hint: str) -> Any:
@@ -112,8 +122,6 @@ def ort_session(path: Path, providers: Optional[Sequence[Provider]] = None) -> A
     """An ONNX Runtime InferenceSession via Polygraphy's SessionFromOnnx, with one-line errors."""
     ort = require("onnxruntime", path, ORT_HINT)
     chosen = choose_providers(ort, providers, path)
-    if path.stat().st_size == 0:
-        raise LTMPError(f"{path}: empty file, not an ONNX graph")
     from polygraphy.backend.onnxrt import SessionFromOnnx
 
     try:

@@ -21,7 +21,6 @@ from typing import Any, Iterator, Optional
 
 from ltmp_deploy.errors import LTMPError
 
-ENGINE_SUFFIXES = (".engine", ".plan")
 REBUILD = "rebuild it with `ltmp-deploy build` on this device"
 TENSORRT_HINT = (
     "install TensorRT: JetPack ships it on a Jetson (python3-libnvinfer); elsewhere "
@@ -129,8 +128,6 @@ def load_engine(engine: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     sidecar = read_sidecar(path)
     check_compatible(path, sidecar, trt.__version__, current_gpu())
     data = path.read_bytes()
-    if not data:
-        raise LTMPError(f"{path}: empty engine file; {REBUILD}")
     from polygraphy.backend.trt import EngineFromBytes
 
     built = f" (its sidecar says TensorRT {sidecar['tensorrt_version']})" if sidecar.get("tensorrt_version") else ""

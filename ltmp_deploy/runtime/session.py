@@ -67,9 +67,9 @@ def _pad_cols(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class Session:
-    """Open ``path`` (.onnx, .engine/.plan, or a .safetensors checkpoint) on a backend.
+    """Open ``path`` (an ONNX graph, a TensorRT engine or a toolkit checkpoint) on a backend.
 
-    ``backend``: "auto" (from the file type), "onnxruntime", "tensorrt" or "torch".
+    ``backend``: "auto" (from the file's content, whatever its name), "onnxruntime", "tensorrt" or "torch".
     ``providers``: ONNX Runtime execution providers, in order (names, or (name, options));
     default: TensorRT, CUDA, CPU, those that are installed.
     """
