@@ -13,6 +13,8 @@ from typing import Any, Mapping
 from ltmp_deploy.errors import LTMPError
 
 SCHEMA = "ltmp-deploy-onnx/1"
+INPUT_NAME = "images"  # (batch, C, H, W) float images, normalised as ``data_config`` says
+OUTPUT_NAME = "logits"  # (batch, num_classes)
 
 
 def decision_output_names(num_blocks: int) -> list[str]:
