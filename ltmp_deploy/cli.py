@@ -99,7 +99,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ltmp_deploy.calibration.int8 import write_calibration_data
+    from ltmp_deploy.export.calibration_data import write_calibration_data
     from ltmp_deploy.calibration.schedule import calibrate, parse_statistic
     from ltmp_deploy.data.sources import dataset_for
     from ltmp_deploy.files import ensure_writable

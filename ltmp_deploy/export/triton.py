@@ -26,6 +26,7 @@ import onnx
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import load_onnx, read_metadata
+from ltmp_deploy.export.onnxgraph import dims, image_io
 from ltmp_deploy.files import atomic_output, write_text_atomic
 
 DEFAULT_MAX_BATCH = 8
@@ -135,26 +136,17 @@ def model_config(
 
 
 def _io(graph: onnx.ModelProto, path: Path) -> tuple[tuple[str, str, tuple], tuple[str, str, tuple]]:
-    """((name, Triton type, shape) of ``images``, same for ``logits``); None marks a dynamic dim."""
+    """((name, Triton type, shape) of the image input, same for the logits); None marks a dynamic dim."""
     def describe(vi: onnx.ValueInfoProto) -> tuple[str, str, tuple]:
         tt = vi.type.tensor_type
         if tt.elem_type not in _TRITON_TYPES:
             raise LTMPError(f"{path}: {vi.name} has element type {onnx.TensorProto.DataType.Name(tt.elem_type)}, "
                             "which this repository writer does not map to Triton")
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-        return vi.name, _TRITON_TYPES[tt.elem_type], shape
+        return vi.name, _TRITON_TYPES[tt.elem_type], dims(vi)
 
-    inits = {t.name for t in graph.graph.initializer}
-    inputs = {i.name: i for i in graph.graph.input if i.name not in inits}
-    outputs = {o.name: o for o in graph.graph.output}
-    if "images" not in inputs or "logits" not in outputs:
-        raise LTMPError(f"{path}: expected input 'images' and output 'logits' (an ltmp-deploy export), "
-                        f"found inputs {list(inputs)} and outputs {list(outputs)}")
-    images, logits = describe(inputs["images"]), describe(outputs["logits"])
-    if len(images[2]) != 4 or None in images[2][1:]:
-        raise LTMPError(f"{path}: 'images' must be (batch, C, H, W) with static C, H, W; got {images[2]}")
+    images, logits = (describe(vi) for vi in image_io(graph, str(path)))
     if len(logits[2]) != 2 or logits[2][1] is None:
-        raise LTMPError(f"{path}: 'logits' must be (batch, num_classes); got {logits[2]}")
+        raise LTMPError(f"{path}: '{logits[0]}' must be (batch, num_classes); got {logits[2]}")
     return images, logits
 
 
