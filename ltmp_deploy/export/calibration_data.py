@@ -30,6 +30,7 @@ from ltmp_deploy.files import atomic_output
 
 CalibrationLike = Union[np.ndarray, str, os.PathLike]
 FILES = {"npy": "calib.npy", "npz": "calib.npz", "polygraphy": "calib_polygraphy.json"}
+METHODS = ("minmax", "entropy", "percentile")  # ONNX Runtime's calibrators, as quantize_int8 names them
 _NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK"
 
 
@@ -121,7 +122,8 @@ def _read_feeds(path: Path) -> np.ndarray:
     try:
         feeds = load_json(str(path))
     except Exception as exc:  # noqa: BLE001 - JSON and Polygraphy's decoder raise several types
-        raise LTMPError(f"{path}: not readable Polygraphy JSON ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from exc
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise LTMPError(f"{path}: not readable Polygraphy JSON ({first})") from exc
     if not isinstance(feeds, list) or not feeds or not all(isinstance(f, dict) for f in feeds):
         raise LTMPError(f"{path}: expected a list of feed dicts (Polygraphy's --save-inputs format)")
     batches = []
@@ -134,4 +136,4 @@ def _read_feeds(path: Path) -> np.ndarray:
     return np.concatenate(batches)
 
 
-__all__ = ["FILES", "CalibrationLike", "read_calibration_data", "write_calibration_data"]
+__all__ = ["FILES", "METHODS", "CalibrationLike", "read_calibration_data", "write_calibration_data"]

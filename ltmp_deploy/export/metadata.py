@@ -54,7 +54,8 @@ def load_onnx(path: Any) -> Any:
     try:
         graph = onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001  (protobuf raises several types on corrupt files)
-        raise LTMPError(f"{path}: cannot read ONNX file ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from exc
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise LTMPError(f"{path}: cannot read ONNX file ({first})") from exc
     if not graph.graph.node and not graph.graph.input:
         raise LTMPError(f"{path}: cannot read ONNX file (no graph in it: not an ONNX model?)")
     return graph

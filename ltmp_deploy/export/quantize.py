@@ -47,12 +47,11 @@ import numpy as np
 import onnx
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.calibration_data import CalibrationLike, read_calibration_data
+from ltmp_deploy.export.calibration_data import METHODS, CalibrationLike, read_calibration_data
 from ltmp_deploy.export.metadata import INPUT_NAME, read_metadata, write_metadata
 from ltmp_deploy.export.onnxgraph import Graph, dims, image_io, load, node_name
 from ltmp_deploy.files import atomic_output, ensure_writable
 
-METHODS = ("minmax", "entropy", "percentile")
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 DECISION_OPS = {"TopK", "NonZero", "ArgMax", "ArgMin", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -109,20 +108,22 @@ def quantize_int8(
     if has_qdq(model):
         raise LTMPError(f"{src}: already has QuantizeLinear/DequantizeLinear nodes; quantize the float graph instead")
     image_input, _ = image_io(model, str(src))
-    if image_input.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+    dtype = image_input.type.tensor_type.elem_type
+    if dtype != onnx.TensorProto.FLOAT:
         raise LTMPError(f"{src}: INT8 quantization needs an fp32 graph (this one takes "
-                        f"{onnx.TensorProto.DataType.Name(image_input.type.tensor_type.elem_type)}); export without --fp16")
+                        f"{onnx.TensorProto.DataType.Name(dtype)}); export without --fp16")
     shape = dims(image_input)
     images = read_calibration_data(calibration, shape)
     mode = meta.get("mode")
     if method != "minmax" and mode == "threshold":
-        raise LTMPError(f"{src}: {method} calibration collects histograms that need the same tensor shapes in every batch, "
-                        "but a threshold-mode graph has data-dependent token counts: use minmax")
+        raise LTMPError(f"{src}: {method} calibration collects histograms that need the same tensor shapes in every "
+                        "batch, but a threshold-mode graph has data-dependent token counts: use minmax")
 
     fixed_batch = shape[0]
     if fixed_batch is not None:
         if images.shape[0] < fixed_batch:
-            raise LTMPError(f"{src}: the graph takes batches of exactly {fixed_batch}; got only {images.shape[0]} calibration images")
+            raise LTMPError(f"{src}: the graph takes batches of exactly {fixed_batch}; "
+                            f"got only {images.shape[0]} calibration images")
         batch = fixed_batch
     else:
         batch = batch_size or DEFAULT_BATCH
@@ -238,7 +239,8 @@ class _Reader:
 
 
 def _run_ort(src: Path, dst: Path, images: np.ndarray, batch: int, exact: bool, nodes: list[str], method: str) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
 
     reader_cls = type("CalibrationReader", (_Reader, CalibrationDataReader), {})
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -294,4 +296,4 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-__all__ = ["METHODS", "QuantizeResult", "has_qdq", "quantize_int8", "select_layers"]
+__all__ = ["QuantizeResult", "has_qdq", "quantize_int8", "select_layers"]

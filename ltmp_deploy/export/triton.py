@@ -56,7 +56,8 @@ class TritonRepo:
         return self.trt_model / "1" / "model.plan"
 
     def summary(self) -> str:
-        batching = f"dynamic batching up to {self.max_batch_size}" if self.max_batch_size else "fixed batch (no dynamic batching)"
+        batching = (f"dynamic batching up to {self.max_batch_size}" if self.max_batch_size
+                    else "fixed batch (no dynamic batching)")
         return (f"wrote Triton repository {self.root}: {self.onnx_model.name} (onnxruntime_onnx), "
                 f"{self.trt_model.name} (tensorrt_plan: build the engine to {self.plan_path}), {batching}")
 
@@ -97,11 +98,10 @@ def write_triton_repo(
     meta = read_metadata(graph)
     with atomic_output(onnx_dir / "1" / "model.onnx", suffix=".onnx") as tmp:
         tmp.write_bytes(src.read_bytes())
-    write_text_atomic(onnx_dir / "config.pbtxt",
-                      model_config(f"{model_name}_onnx", "onnxruntime_onnx", images, logits, batch, max_queue_delay_us, meta))
+    shared = (images, logits, batch, max_queue_delay_us, meta)
+    write_text_atomic(onnx_dir / "config.pbtxt", model_config(f"{model_name}_onnx", "onnxruntime_onnx", *shared))
     write_text_atomic(trt_dir / "config.pbtxt",
-                      model_config(f"{model_name}_trt", "tensorrt_plan", images, logits, batch, max_queue_delay_us, meta,
-                                   onnx_name=src.name))
+                      model_config(f"{model_name}_trt", "tensorrt_plan", *shared, onnx_name=src.name))
     return TritonRepo(root, onnx_dir, trt_dir, batch)
 
 
@@ -116,7 +116,8 @@ def model_config(
     onnx_name: Optional[str] = None,
 ) -> str:
     """The text of one ``config.pbtxt`` (protobuf text format of Triton's ModelConfig)."""
-    lines = [f"# Written by ltmp-deploy from an LTMP graph ({meta.get('mode', 'unknown')} mode, {meta.get('precision', 'fp32')})."]
+    mode, precision = meta.get("mode", "unknown"), meta.get("precision", "fp32")
+    lines = [f"# Written by ltmp-deploy from an LTMP graph ({mode} mode, {precision})."]
     if platform == "tensorrt_plan":
         cmd = f"ltmp-deploy build {onnx_name or 'MODEL.onnx'} --preset PRESET"
         if max_batch_size:
