@@ -107,6 +107,31 @@ def test_trtexec_banner_versions_and_unsupported_versions():
         normalize_trt_version("ten")
 
 
+def test_jetpack_7_versions_map_to_their_targets():
+    assert trt_key("10.13.3.9") == "10.13"  # JetPack 7.0/7.1 (Thor)
+    assert trt_key("10.16.2.10") == "10" and trt_key("v101600") == "10"  # JetPack 7.2
+
+
+def test_thor_builds_fp16_on_the_gpu_for_jetpack_7(graphs):
+    p = plan(graphs["fixed"], preset="thor")
+    assert (p.trt, p.precision, p.workspace_mib) == ("10.13", "fp16", 8192)
+    assert plan_build(graphs["fixed"], BuildOptions(preset="thor"), installed="10.16.2.10").trt == "10"
+    assert plan(graphs["threshold"], preset="thor").trt == "10.13"  # threshold mode too: 10.13 takes a runtime K
+    with pytest.raises(LTMPError, match="Jetson AGX Thor has no DLA"):
+        plan(graphs["fixed"], preset="thor", dla_core=0)
+    with pytest.raises(LTMPError, match="not a target of this preset"):
+        plan(graphs["fixed"], preset="thor", trt="10.3")
+
+
+@pytest.mark.parametrize("preset", ["orin-nx", "agx-orin"])
+def test_orin_dla_only_with_the_tensorrt_of_jetpack_5_and_6(graphs, preset):
+    for trt in ("8.5", "8.6", "10.3"):
+        assert plan(graphs["fixed"], preset=preset, trt=trt, dla_core=0).dla_core == 0
+    assert plan(graphs["fixed"], preset=preset, trt="10").trt == "10"  # JetPack 7.2's 10.16 builds for the GPU
+    with pytest.raises(LTMPError, match="TensorRT 10 does not run DLA on Jetson"):
+        plan(graphs["fixed"], preset=preset, trt="10", dla_core=0)
+
+
 # -- plans and trtexec lines -----------------------------------------------------------------
 
 
@@ -311,6 +336,21 @@ def test_cli_int8_quantizes_first_then_prints_the_line_for_the_qdq_graph(graphs,
     qdq = tmp_path / "e.int8.onnx"
     assert rc == 0 and qdq.is_file() and f"--onnx={qdq}" in captured.out and "--stronglyTyped" in captured.out
     assert "quantized to" in captured.err
+
+
+def test_cli_int8_reads_the_polygraphy_json_that_calibrate_writes(graphs, tmp_path, capsys):
+    from ltmp_deploy.export.calibration_data import write_calibration_data
+
+    images = np.random.default_rng(2).standard_normal((12, 3, 32, 32)).astype(np.float32)
+    feeds = write_calibration_data(images, tmp_path / "calib", batch_size=4)["polygraphy"]
+    rc = main(["build", str(graphs["fixed"]), "--preset", "agx-orin", "--precision", "int8", "--calibration",
+               str(feeds), "--print-trtexec", "-o", str(tmp_path / "e.plan")])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"--onnx={tmp_path / 'e.int8.onnx'}" in out
+    from ltmp_deploy.export.metadata import read_metadata
+    import onnx
+
+    assert read_metadata(onnx.load(str(tmp_path / "e.int8.onnx")))["quantization"]["calibration_images"] == 12
 
 
 def test_cli_refusals_are_one_line_with_exit_code_2(graphs, tmp_path, capsys):
