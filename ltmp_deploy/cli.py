@@ -187,7 +187,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ltmp_deploy.runtime.build import BuildOptions, build
+    from ltmp_deploy.runtime.build import build
+    from ltmp_deploy.runtime.plan import BuildOptions
 
     options = BuildOptions(
         preset=args.preset, precision=args.precision, trt=args.trt, min_batch=args.min_batch, opt_batch=args.opt_batch,

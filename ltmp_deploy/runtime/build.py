@@ -22,6 +22,7 @@ from typing import Any, Optional
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.calibration_data import CalibrationLike, read_calibration_data
 from ltmp_deploy.export.metadata import INPUT_NAME
+from ltmp_deploy.export.quantize import quantize_int8
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.runtime.engine import current_gpu, import_tensorrt, sidecar_path, tensorrt_version
 from ltmp_deploy.runtime.plan import BuildOptions, BuildPlan, GraphInfo, inspect_graph, plan_build
@@ -73,8 +74,6 @@ def build(onnx_path: str | os.PathLike, out: str | os.PathLike, options: BuildOp
     trt = None if print_trtexec else import_tensorrt(graph.path, NO_TENSORRT_ADVICE)
     quantized = None
     if quantize:
-        from ltmp_deploy.export.quantize import quantize_int8
-
         result = quantize_int8(graph.path, quantized_path(out), images, method=calibration_method, model=graph.model)
         quantized = result.path
         plan = plan_build(inspect_graph(result.path, result.model), options, installed=installed)
@@ -168,4 +167,4 @@ def _build(plan: BuildPlan, trt: Any) -> Any:
     return engine
 
 
-__all__ = ["BuildOptions", "BuildResult", "build", "build_engine", "quantized_path"]
+__all__ = ["BuildResult", "build", "build_engine", "quantized_path"]
