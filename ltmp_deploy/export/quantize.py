@@ -118,17 +118,7 @@ def quantize_int8(
         raise LTMPError(f"{src}: {method} calibration collects histograms that need the same tensor shapes in every "
                         "batch, but a threshold-mode graph has data-dependent token counts: use minmax")
 
-    fixed_batch = shape[0]
-    if fixed_batch is not None:
-        if images.shape[0] < fixed_batch:
-            raise LTMPError(f"{src}: the graph takes batches of exactly {fixed_batch}; "
-                            f"got only {images.shape[0]} calibration images")
-        batch = fixed_batch
-    else:
-        batch = batch_size or DEFAULT_BATCH
-        if batch < 1:
-            raise LTMPError(f"batch size {batch}: must be at least 1")
-
+    batch = _calibration_batch(src, shape[0], len(images), batch_size)
     quantize, kept = select_layers(model, keep_first_last=keep_first_last, keep_float=keep_float)
     if not quantize:
         raise LTMPError(f"{src}: no MatMul/Gemm/Conv layer is left to quantize")
@@ -136,7 +126,7 @@ def quantize_int8(
     out = Path(onnx_out)
     with tempfile.TemporaryDirectory(dir=out.parent if str(out.parent) else None) as work:
         staged = Path(work) / "quantized.onnx"
-        _run_ort(src, staged, images, batch, fixed_batch is not None, quantize, method)
+        _run_ort(src, staged, images, batch, shape[0] is not None, quantize, method)
         qmodel = onnx.load(str(staged))
     _restore_float_consumers(qmodel, set(quantize))
     meta.update(precision="int8", quantization={
@@ -146,13 +136,31 @@ def quantize_int8(
         "quantized_layers": len(quantize), "float_layers": kept,
     })
     write_metadata(qmodel, meta)
+    _write_checked(src, qmodel, out)
+    return QuantizeResult(out, method, int(images.shape[0]), quantize, kept, qmodel)
+
+
+def _calibration_batch(src: Path, fixed_batch: Optional[int], images: int, batch_size: Optional[int]) -> int:
+    """The batch the calibration runs at: the graph's own when it is fixed, else ``batch_size``."""
+    if fixed_batch is not None:
+        if images < fixed_batch:
+            raise LTMPError(f"{src}: the graph takes batches of exactly {fixed_batch}; "
+                            f"got only {images} calibration images")
+        return fixed_batch
+    batch = batch_size or DEFAULT_BATCH
+    if batch < 1:
+        raise LTMPError(f"batch size {batch}: must be at least 1")
+    return batch
+
+
+def _write_checked(src: Path, qmodel: onnx.ModelProto, out: Path) -> None:
+    """Write ``qmodel`` to ``out`` whole, once ONNX's full checker accepts it."""
     try:
         onnx.checker.check_model(qmodel, full_check=True)
     except Exception as exc:  # noqa: BLE001 - the checker raises several types
         raise LTMPError(f"{src}: the quantized graph fails ONNX's checker ({str(exc).splitlines()[0]})") from exc
     with atomic_output(out, suffix=".onnx") as tmp:
         tmp.write_bytes(qmodel.SerializeToString(deterministic=True))
-    return QuantizeResult(out, method, int(images.shape[0]), quantize, kept, qmodel)
 
 
 def select_layers(model: onnx.ModelProto, *, keep_first_last: bool = True,
