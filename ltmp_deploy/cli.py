@@ -103,7 +103,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ltmp_deploy.calibration.int8 import write_calibration_data
+    from ltmp_deploy.export.calibration_data import write_calibration_data
     from ltmp_deploy.calibration.schedule import calibrate, parse_statistic
     from ltmp_deploy.data.sources import dataset_for
     from ltmp_deploy.files import ensure_writable
@@ -197,33 +197,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ltmp_deploy.runtime import build as b
+    from ltmp_deploy.runtime.build import build
+    from ltmp_deploy.runtime.plan import BuildOptions
 
-    options = b.BuildOptions(
+    options = BuildOptions(
         preset=args.preset, precision=args.precision, trt=args.trt, min_batch=args.min_batch, opt_batch=args.opt_batch,
         max_batch=args.max_batch, dla_core=args.dla_core, workspace_mib=args.workspace, timing_cache=args.timing_cache,
         opt_level=args.opt_level, hardware_compat=args.hardware_compat, version_compatible=args.version_compatible,
         strongly_typed=True if args.strongly_typed else None,
     )
-    if args.sidecar_only:
-        print(f"wrote {b.record_trtexec_build(args.onnx, args.output, options, args.sidecar_only)}")
-        return 0
-    quantize = b.needs_quantization(args.onnx, options)
-    installed = None if args.print_trtexec else b.tensorrt_version()
-    b.plan_build(args.onnx, options, installed=installed, assume_int8=quantize)  # refuse bad combinations first
-    if quantize:
-        b.check_calibration(args.onnx, args.calibration)
-    if not args.print_trtexec:
-        b.require_tensorrt()
-    onnx_path = args.onnx
-    if quantize:
-        onnx_path = b.prepare_int8(args.onnx, args.output, args.calibration, args.calibration_method)
-        print(f"quantized to {onnx_path} (Q/DQ, {args.calibration_method} calibration)", file=sys.stderr)
+    result = build(args.onnx, args.output, options, calibration=args.calibration,
+                   calibration_method=args.calibration_method, print_trtexec=args.print_trtexec,
+                   built_by_trtexec=args.sidecar_only)
+    if result.quantized is not None:
+        print(f"quantized to {result.quantized} (Q/DQ, {args.calibration_method} calibration)", file=sys.stderr)
     if args.print_trtexec:
-        print(b.trtexec_command(b.plan_build(onnx_path, options), args.output))
-        return 0
-    engine = b.build_engine(onnx_path, args.output, **vars(options))
-    print(f"wrote {engine} and {b.sidecar_path(engine)}")
+        print(result.trtexec)
+    else:
+        print(f"wrote {result.engine} and {result.sidecar}" if args.sidecar_only is None else f"wrote {result.sidecar}")
     return 0
 
 
@@ -322,26 +313,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", action="append", metavar="NAME", help="ONNX Runtime execution provider for FILE (cpu, cuda, tensorrt); repeat in order of preference. Default cpu")
     p.add_argument("--mode", choices=["fixed", "threshold"], help="with a checkpoint alone: the mode to export and compare (default: its own)")
 
-    p = add("build", cmd_build, "Build a TensorRT engine (and ENGINE.json) for a target preset with Polygraphy's loaders; or print the equivalent trtexec command.")
+    from ltmp_deploy.export.calibration_data import METHODS
+    from ltmp_deploy.export.tolerances import PRECISIONS
+    from ltmp_deploy.runtime.presets import PRESETS, TRT_VERSIONS
+
+    p = add("build", cmd_build, "Build a TensorRT engine (and ENGINE.json) for a target preset with Polygraphy's loaders; "
+            "or print the equivalent trtexec command.")
     p.add_argument("onnx", metavar="OUT.onnx", help="graph from 'ltmp-deploy export'")
-    p.add_argument("--preset", required=True, choices=["orin-nano", "orin-nx", "agx-orin", "datacenter"], help="target: Jetson module (TensorRT of its JetPack, workspace for its memory, DLA) or datacenter GPU")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], help="default: fp16 on Jetson presets, else the graph's own (fp16 export, Q/DQ for int8)")
-    p.add_argument("--calibration", metavar="FILE.npy", help="int8 on a graph without Q/DQ nodes: preprocessed images (N, C, H, W) in .npy/.npz; the graph is quantized first to ENGINE_STEM.int8.onnx")
-    p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax", help="ONNX Runtime calibrator (default minmax; threshold-mode graphs take minmax only)")
-    p.add_argument("--trt", choices=["8.5", "8.6", "10.3", "10", "11"], help="target TensorRT version (default: the installed one, else the preset's first: JetPack 6.1/6.2's 10.3, datacenter 10)")
-    p.add_argument("--min-batch", type=int, metavar="N", help="optimization profile of a dynamic batch axis (default from the preset)")
+    p.add_argument("--preset", required=True, choices=list(PRESETS),
+                   help="target: Jetson module (TensorRT of its JetPack, workspace for its memory, DLA) or datacenter GPU")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="default: fp16 on Jetson presets, else the graph's own (fp16 export, Q/DQ for int8)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="int8 on a graph without Q/DQ nodes: preprocessed images (N, C, H, W) in .npy/.npz, or the "
+                   "Polygraphy JSON of 'calibrate --int8-calib'; the graph is quantized first to ENGINE_STEM.int8.onnx")
+    p.add_argument("--calibration-method", choices=METHODS, default=METHODS[0],
+                   help=f"ONNX Runtime calibrator (default {METHODS[0]}; threshold-mode graphs take {METHODS[0]} only)")
+    p.add_argument("--trt", choices=TRT_VERSIONS,
+                   help="target TensorRT version (default: the installed one, else the preset's first)")
+    p.add_argument("--min-batch", type=int, metavar="N",
+                   help="optimization profile of a dynamic batch axis (default from the preset)")
     p.add_argument("--opt-batch", type=int, metavar="N")
     p.add_argument("--max-batch", type=int, metavar="N")
-    p.add_argument("--dla-core", type=int, metavar="N", help="run on DLA core N with GPU fallback (orin-nx, agx-orin; fp16/int8, fixed mode, one batch size)")
+    p.add_argument("--dla-core", type=int, metavar="N", help="run on DLA core N with GPU fallback "
+                   "(orin-nx, agx-orin with JetPack 5.1-6.2; fp16/int8, fixed mode, one batch size)")
     p.add_argument("--workspace", type=int, metavar="MIB", help="builder workspace cap in MiB (default from the preset)")
     p.add_argument("--timing-cache", metavar="FILE", help="load and update this tactic timing cache (faster rebuilds)")
     p.add_argument("--opt-level", type=int, metavar="N", help="builder optimization level 0-5 (TensorRT >= 8.6; default 3)")
-    p.add_argument("--hardware-compat", action="store_true", help="datacenter: an engine that runs on any Ampere or newer GPU (ampere+)")
-    p.add_argument("--version-compatible", action="store_true", help="an engine later TensorRT versions can run (TensorRT >= 8.6)")
-    p.add_argument("--strongly-typed", action="store_true", help="TensorRT 10.x: strongly typed network (precision from the graph); always on for 11")
-    p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit (needs no TensorRT)")
-    p.add_argument("--sidecar-only", metavar="TRT_VERSION", help="ENGINE was built by trtexec from the printed command, with this TensorRT version (10.3.0 or trtexec's v100300): write only ENGINE.json")
-    p.add_argument("-o", "--output", required=True, metavar="ENGINE", help="engine to write (.plan or .engine); its sidecar goes to ENGINE.json")
+    p.add_argument("--hardware-compat", action="store_true",
+                   help="datacenter: an engine that runs on any Ampere or newer GPU (ampere+)")
+    p.add_argument("--version-compatible", action="store_true",
+                   help="an engine later TensorRT versions can run (TensorRT >= 8.6)")
+    p.add_argument("--strongly-typed", action="store_true",
+                   help="TensorRT 10.x: strongly typed network (precision from the graph); always on for 11")
+    p.add_argument("--print-trtexec", action="store_true",
+                   help="print the equivalent trtexec command and exit (needs no TensorRT)")
+    p.add_argument("--sidecar-only", metavar="TRT_VERSION", help="ENGINE was built by trtexec from the printed command, "
+                   "with this TensorRT version (10.3.0 or trtexec's v100300): write only ENGINE.json")
+    p.add_argument("-o", "--output", required=True, metavar="ENGINE",
+                   help="engine to write (.plan or .engine); its sidecar goes to ENGINE.json")
     return parser
 
 

@@ -14,10 +14,10 @@ records ENGINE.json with `--sidecar-only`. Then validates the engine with `ltmp-
 with trtexec.
 
 Options:
-  --preset P            orin-nano | orin-nx | agx-orin (default: read from /proc/device-tree/model)
+  --preset P            orin-nano | orin-nx | agx-orin | thor (default: read from /proc/device-tree/model)
   --precision X         fp16 (default) | fp32 | int8 | bf16 (TensorRT 10.3 / JetPack 6.1+)
-  --calibration FILE    int8 on a float graph: preprocessed images (.npy/.npz, N x C x H x W)
-  --dla-core N          run on DLA core N with GPU fallback (orin-nx, agx-orin; fixed-mode graphs)
+  --calibration FILE    int8 on a float graph: preprocessed images (.npy/.npz/Polygraphy JSON, N x C x H x W)
+  --dla-core N          run on DLA core N with GPU fallback (orin-nx, agx-orin, JetPack 5.1-6.2; fixed mode)
   --batch N             one batch size (min = opt = max)
   --min-batch N, --opt-batch N, --max-batch N
                         optimization profile of a dynamic batch axis (default from the preset)
@@ -90,6 +90,7 @@ if [ -z "$preset" ]; then
         *"AGX Orin"*) preset="agx-orin" ;;
         *"Orin NX"*) preset="orin-nx" ;;
         *"Orin Nano"*) preset="orin-nano" ;;
+        *"Thor"*) preset="thor" ;;
         *) die "cannot tell the Jetson module from /proc/device-tree/model ('$model'): pass --preset" ;;
     esac
     say "device: $model -> --preset $preset"

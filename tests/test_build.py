@@ -20,11 +20,16 @@ import pytest
 from conftest import one_torch_thread, tiny_ltmp
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.runtime import build as b
+from ltmp_deploy.export.trt_targets import normalize_trt_version, trt_key
+from ltmp_deploy.runtime import presets
+from ltmp_deploy.runtime.build import build_engine
+from ltmp_deploy.runtime.engine import read_sidecar, tensorrt_version
+from ltmp_deploy.runtime.plan import BuildOptions, plan_build
+from ltmp_deploy.runtime.trtexec import compose_sidecar, record_trtexec_build, trtexec_command
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TRT_REASON = "TensorRT is not installed here (pip's tensorrt is a stub that downloads from NVIDIA)"
-HAVE_TRT = b.tensorrt_version() is not None
+HAVE_TRT = tensorrt_version() is not None
 
 
 
@@ -52,32 +57,35 @@ def graphs(tmp_path_factory):
 
 
 def plan(graph, **kw):
-    return b.plan_build(graph, b.BuildOptions(**kw))
+    return plan_build(graph, BuildOptions(**kw))
 
 
 def line(graph, engine="m.plan", **kw):
-    return b.trtexec_command(plan(graph, **kw), engine, onnx_path="m.onnx")
+    return trtexec_command(plan(graph, **kw), engine, onnx_path="m.onnx")
 
 
 # -- presets ---------------------------------------------------------------------------------
 
 
 def test_presets_hold_the_facts_of_each_target():
-    p = b.PRESETS
-    assert set(p) == {"orin-nano", "orin-nx", "agx-orin", "datacenter"}
-    for name in ("orin-nano", "orin-nx", "agx-orin"):
+    p = presets.PRESETS
+    assert set(p) == {"orin-nano", "orin-nx", "agx-orin", "thor", "datacenter"}
+    for name in ("orin-nano", "orin-nx", "agx-orin", "thor"):
         assert p[name].jetson and p[name].default_precision == "fp16"
-        assert p[name].trt_versions == ("10.3", "8.6", "8.5")  # JetPack 6.1/6.2, 6.0, 5.1
-    # DLA: none on Orin Nano, two on NX 16 GB and AGX Orin
+    for name in ("orin-nano", "orin-nx", "agx-orin"):
+        assert p[name].trt_versions == ("10.3", "8.6", "8.5", "10")  # JetPack 6.1/6.2, 6.0, 5.1, 7.2 (10.16)
+    assert p["thor"].trt_versions == ("10.13", "10")  # JetPack 7.0/7.1, 7.2 (10.16)
+    # DLA: none on Orin Nano and Thor, two on NX 16 GB and AGX Orin
     assert (p["orin-nano"].dla_cores, p["orin-nx"].dla_cores, p["agx-orin"].dla_cores) == (0, 2, 2)
+    assert p["thor"].dla_cores == 0
     # the workspace fits the smallest module of each family (4, 8, 32 GB shared memory)
     assert p["orin-nano"].workspace_mib <= 4096 // 4
     assert p["orin-nx"].workspace_mib <= 8192 // 4
     assert p["agx-orin"].workspace_mib <= 32768 // 4
     assert p["datacenter"].trt_versions[0] == "10" and "11" in p["datacenter"].trt_versions
     assert p["datacenter"].workspace_mib is None and p["datacenter"].default_precision is None
-    assert all(set(x.trt_versions) <= set(b.TRT_VERSIONS) for x in p.values())
-    assert [row["name"] for row in b.presets_table()] == list(p)
+    assert all(set(x.trt_versions) <= set(presets.TRT_VERSIONS) for x in p.values())
+    assert [row["name"] for row in presets.presets_table()] == list(p)
 
 
 @pytest.mark.parametrize("version,key", [
@@ -85,18 +93,43 @@ def test_presets_hold_the_facts_of_each_target():
     ("v8502", "8.5"), ("v100300", "10.3"), ("v110100", "11"),
 ])
 def test_installed_versions_map_to_targets(version, key):
-    assert b.trt_key(version) == key
+    assert trt_key(version) == key
 
 
 def test_trtexec_banner_versions_and_unsupported_versions():
-    assert b.normalize_trt_version("v100300") == "10.3.0"
-    assert b.normalize_trt_version("v8502") == "8.5.2"
-    assert b.normalize_trt_version("10.3.0.30-1+cuda12.5") == "10.3.0.30"  # dpkg's spelling on JetPack
+    assert normalize_trt_version("v100300") == "10.3.0"
+    assert normalize_trt_version("v8502") == "8.5.2"
+    assert normalize_trt_version("10.3.0.30-1+cuda12.5") == "10.3.0.30"  # dpkg's spelling on JetPack
     for bad in ("9.2.0", "7.1.3", "8.4.1"):
         with pytest.raises(LTMPError, match="not a target"):
-            b.trt_key(bad)
+            trt_key(bad)
     with pytest.raises(LTMPError, match="expected something like"):
-        b.normalize_trt_version("ten")
+        normalize_trt_version("ten")
+
+
+def test_jetpack_7_versions_map_to_their_targets():
+    assert trt_key("10.13.3.9") == "10.13"  # JetPack 7.0/7.1 (Thor)
+    assert trt_key("10.16.2.10") == "10" and trt_key("v101600") == "10"  # JetPack 7.2
+
+
+def test_thor_builds_fp16_on_the_gpu_for_jetpack_7(graphs):
+    p = plan(graphs["fixed"], preset="thor")
+    assert (p.trt, p.precision, p.workspace_mib) == ("10.13", "fp16", 8192)
+    assert plan_build(graphs["fixed"], BuildOptions(preset="thor"), installed="10.16.2.10").trt == "10"
+    assert plan(graphs["threshold"], preset="thor").trt == "10.13"  # threshold mode too: 10.13 takes a runtime K
+    with pytest.raises(LTMPError, match="Jetson AGX Thor has no DLA"):
+        plan(graphs["fixed"], preset="thor", dla_core=0)
+    with pytest.raises(LTMPError, match="not a target of this preset"):
+        plan(graphs["fixed"], preset="thor", trt="10.3")
+
+
+@pytest.mark.parametrize("preset", ["orin-nx", "agx-orin"])
+def test_orin_dla_only_with_the_tensorrt_of_jetpack_5_and_6(graphs, preset):
+    for trt in ("8.5", "8.6", "10.3"):
+        assert plan(graphs["fixed"], preset=preset, trt=trt, dla_core=0).dla_core == 0
+    assert plan(graphs["fixed"], preset=preset, trt="10").trt == "10"  # JetPack 7.2's 10.16 builds for the GPU
+    with pytest.raises(LTMPError, match="TensorRT 10 does not run DLA on Jetson"):
+        plan(graphs["fixed"], preset=preset, trt="10", dla_core=0)
 
 
 # -- plans and trtexec lines -----------------------------------------------------------------
@@ -140,7 +173,7 @@ def test_datacenter_precision_becomes_flags_or_strong_typing(graphs, graph, kw, 
 def test_jetson_int8_builds_from_the_qdq_graph_on_every_jetpack(graphs, preset, trt):
     p = plan(graphs["int8"], preset=preset, trt=trt)
     assert p.precision == "int8"
-    cmd = b.trtexec_command(p, "e.plan").split()
+    cmd = trtexec_command(p, "e.plan").split()
     if trt == "10.3":
         assert "--stronglyTyped" in cmd and "--int8" not in cmd
     else:
@@ -168,7 +201,7 @@ def test_datacenter_options_and_custom_profile(graphs, tmp_path):
 def test_a_fixed_batch_graph_gets_no_shape_options(graphs):
     p = plan(graphs["fixed_b2"], preset="orin-nx")
     assert p.profile is None and p.shapes() == {k: [2, 3, 32, 32] for k in ("min", "opt", "max")}
-    assert "Shapes" not in b.trtexec_command(p, "e.plan")
+    assert "Shapes" not in trtexec_command(p, "e.plan")
     with pytest.raises(LTMPError, match="fixed batch of 2"):
         plan(graphs["fixed_b2"], preset="orin-nx", max_batch=4)
 
@@ -221,11 +254,11 @@ def test_combinations_that_cannot_work_are_refused(graphs, graph, kw, expected):
 
 
 def test_the_installed_tensorrt_decides_the_target(graphs):
-    assert b.plan_build(graphs["fixed"], b.BuildOptions(preset="orin-nx"), installed="8.6.2.3").trt == "8.6"
+    assert plan_build(graphs["fixed"], BuildOptions(preset="orin-nx"), installed="8.6.2.3").trt == "8.6"
     with pytest.raises(LTMPError, match="this machine has TensorRT 10.3.0.30"):
-        b.plan_build(graphs["fixed"], b.BuildOptions(preset="orin-nx", trt="8.5"), installed="10.3.0.30")
+        plan_build(graphs["fixed"], BuildOptions(preset="orin-nx", trt="8.5"), installed="10.3.0.30")
     with pytest.raises(LTMPError, match="not a target of this preset"):
-        b.plan_build(graphs["fixed"], b.BuildOptions(preset="agx-orin"), installed="11.1.0")
+        plan_build(graphs["fixed"], BuildOptions(preset="agx-orin"), installed="11.1.0")
 
 
 def test_unreadable_or_foreign_graphs_are_refused(tmp_path):
@@ -248,14 +281,14 @@ def test_sidecar_carries_version_gpu_profile_schedule_hash_metadata_and_trtexec(
 
     p = plan(graphs["fixed"], preset="agx-orin", precision="fp16", opt_batch=2, max_batch=8)
     engine = tmp_path / "m.plan"
-    doc = b.compose_sidecar(p, engine, tensorrt_version="10.3.0.30", gpu="Orin")
+    doc = compose_sidecar(p, engine, tensorrt_version="10.3.0.30", gpu="Orin")
     meta = read_metadata(onnx.load(str(graphs["fixed"])))
     assert doc["tensorrt_version"] == "10.3.0.30" and doc["tensorrt_target"] == "10.3"
     assert doc["gpu"] == {"name": "Orin"} and doc["preset"] == "agx-orin" and doc["precision"] == "fp16"
     assert doc["profiles"] == [{"input": "images", "min": [1, 3, 32, 32], "opt": [2, 3, 32, 32], "max": [8, 3, 32, 32]}]
     assert doc["mode"] == "fixed" and doc["schedule"] == meta["schedule"] and doc["metadata"] == meta
     assert doc["onnx_sha256"] == hashlib.sha256(graphs["fixed"].read_bytes()).hexdigest()
-    assert doc["trtexec"] == b.trtexec_command(p, engine) and doc["trtexec"].startswith("trtexec --onnx=")
+    assert doc["trtexec"] == trtexec_command(p, engine) and doc["trtexec"].startswith("trtexec --onnx=")
     assert doc["workspace_mib"] == 4096 and doc["builder_flags"] == ["fp16"] and doc["strongly_typed"] is False
     assert doc["hardware_compatibility"] is None and doc["version_compatible"] is False
     json.dumps(doc)  # plain JSON
@@ -264,24 +297,25 @@ def test_sidecar_carries_version_gpu_profile_schedule_hash_metadata_and_trtexec(
 def test_sidecar_for_a_trtexec_build_is_written_whole(graphs, tmp_path):
     engine = tmp_path / "m.plan"
     with pytest.raises(LTMPError, match="no engine there"):
-        b.record_trtexec_build(graphs["fixed"], engine, b.BuildOptions(preset="orin-nx"), "v100300")
+        record_trtexec_build(graphs["fixed"], engine, BuildOptions(preset="orin-nx"), "v100300")
     engine.write_bytes(b"engine bytes from trtexec")  # a stand-in file: only the sidecar is under test
-    side = b.record_trtexec_build(graphs["fixed"], engine, b.BuildOptions(preset="orin-nx"), "v100300")
+    side = record_trtexec_build(graphs["fixed"], engine, BuildOptions(preset="orin-nx"), "v100300")
     assert side == tmp_path / "m.plan.json"
     doc = json.loads(side.read_text())
     assert doc["tensorrt_version"] == "10.3.0" and doc["built_by"] == "trtexec" and doc["preset"] == "orin-nx"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.plan", "m.plan.json"]  # no temporary files left
     with pytest.raises(LTMPError, match="this machine has TensorRT 8.6.2"):  # the version trtexec reported rules
-        b.record_trtexec_build(graphs["fixed"], engine, b.BuildOptions(preset="orin-nx", trt="10.3"), "8.6.2")
+        record_trtexec_build(graphs["fixed"], engine, BuildOptions(preset="orin-nx", trt="10.3"), "8.6.2")
     side.unlink()
     rc = main(["build", str(graphs["fixed"]), "--preset", "orin-nx", "--sidecar-only", "10.3.0.30", "-o", str(engine)])
     assert rc == 0 and json.loads(side.read_text())["tensorrt_version"] == "10.3.0.30"
 
 
-def test_sidecar_is_where_the_runtime_looks_for_it():
-    from ltmp_deploy.runtime import engine as runtime_engine
-
-    assert b.sidecar_path("x/m.plan") == runtime_engine.sidecar_path("x/m.plan")
+def test_sidecar_is_where_the_runtime_looks_for_it(graphs, tmp_path):
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(b"engine bytes from trtexec")  # a stand-in file: only the sidecar is under test
+    side = record_trtexec_build(graphs["fixed"], engine, BuildOptions(preset="orin-nx"), "10.3.0")
+    assert read_sidecar(engine) == json.loads(side.read_text()) and read_sidecar(engine)["preset"] == "orin-nx"
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -302,6 +336,21 @@ def test_cli_int8_quantizes_first_then_prints_the_line_for_the_qdq_graph(graphs,
     qdq = tmp_path / "e.int8.onnx"
     assert rc == 0 and qdq.is_file() and f"--onnx={qdq}" in captured.out and "--stronglyTyped" in captured.out
     assert "quantized to" in captured.err
+
+
+def test_cli_int8_reads_the_polygraphy_json_that_calibrate_writes(graphs, tmp_path, capsys):
+    from ltmp_deploy.export.calibration_data import write_calibration_data
+
+    images = np.random.default_rng(2).standard_normal((12, 3, 32, 32)).astype(np.float32)
+    feeds = write_calibration_data(images, tmp_path / "calib", batch_size=4)["polygraphy"]
+    rc = main(["build", str(graphs["fixed"]), "--preset", "agx-orin", "--precision", "int8", "--calibration",
+               str(feeds), "--print-trtexec", "-o", str(tmp_path / "e.plan")])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"--onnx={tmp_path / 'e.int8.onnx'}" in out
+    from ltmp_deploy.export.metadata import read_metadata
+    import onnx
+
+    assert read_metadata(onnx.load(str(tmp_path / "e.int8.onnx")))["quantization"]["calibration_images"] == 12
 
 
 def test_cli_refusals_are_one_line_with_exit_code_2(graphs, tmp_path, capsys):
@@ -330,15 +379,15 @@ def test_cli_build_without_tensorrt_says_so_and_points_at_the_alternatives(graph
 def test_build_and_run_matches_onnx_runtime(graphs, tmp_path, graph, precision):
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    installed = b.trt_key(b.tensorrt_version())
+    installed = trt_key(tensorrt_version())
     if installed in ("8.5",) and graph == "threshold":
         pytest.skip("threshold mode needs TensorRT 8.6+")
     if installed == "11" and precision == "fp16":
         pytest.skip("TensorRT 11 takes fp16 from an fp16 graph")
-    engine = b.build_engine(graphs[graph], tmp_path / "m.plan", preset="datacenter", precision=precision,
+    engine = build_engine(graphs[graph], tmp_path / "m.plan", preset="datacenter", precision=precision,
                             min_batch=1, opt_batch=4, max_batch=8)
     doc = json.loads((tmp_path / "m.plan.json").read_text())
-    assert doc["tensorrt_version"] == b.tensorrt_version() and doc["precision"] == precision
+    assert doc["tensorrt_version"] == tensorrt_version() and doc["precision"] == precision
     images = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
     expected = ort.InferenceSession(str(graphs[graph]), providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
     with TrtRunner(EngineFromBytes(engine.read_bytes())) as runner:

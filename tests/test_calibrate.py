@@ -7,7 +7,7 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from conftest import tiny_ltmp
-from ltmp_deploy.calibration.int8 import read_calibration_data, write_calibration_data
+from ltmp_deploy.export.calibration_data import read_calibration_data, write_calibration_data
 from ltmp_deploy.calibration.schedule import calibrate, parse_statistic, schedule_from_counts, tome_schedule
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError

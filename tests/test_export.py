@@ -93,6 +93,23 @@ def test_tensorrt_targets_of_each_mode(tmp_path):
     assert not report.ok and any("K must be a constant" in f.reason for f in report.findings)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny", "deit_tiny_shaped"])
+def test_every_fixed_mode_export_is_clean_for_every_tensorrt_target(tmp_path, model):
+    from conftest import one_torch_thread, tiny_ltmp
+    from ltmp_deploy.export.trt_check import TRT_TARGETS
+
+    with one_torch_thread():
+        fixed = tiny_ltmp("fixed") if model == "tiny" else deit_tiny_shaped("fixed")
+        graphs = {"dynamic batch": export_onnx(fixed, tmp_path / "d.onnx", validate=False).path,
+                  "batch 2": export_onnx(fixed, tmp_path / "b.onnx", batch=2, validate=False).path,
+                  "fp16": export_onnx(fixed, tmp_path / "h.onnx", fp16=True, validate=False).path}
+    for kind, path in graphs.items():
+        for target in TRT_TARGETS:
+            report = check_model(path, target)
+            assert report.ok, f"{model}, {kind}: " + report.summary()
+
+
 def test_metadata_round_trip(tmp_path):
     model = deit_tiny_shaped("fixed")
     path = export_onnx(model, tmp_path / "m.onnx", validate=False).path

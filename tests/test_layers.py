@@ -6,7 +6,7 @@ The layers, lowest first (the README's layout section draws the same):
     base         errors, files, formats, extras          the standard library and numpy
     ltmp/        the model: merge/prune, patching         torch, timm
     data/        datasets for the model                   + scikit-learn
-    calibration/ learning thresholds, schedules, INT8
+    calibration/ learning thresholds, fixed schedules, the ToMe baseline
     export/      ONNX export and its PyTorch parity; the torch-free graph tools the runtime shares
     runtime/     Session, engines, predict, inspect       numpy, Pillow, ONNX Runtime, TensorRT only
     top          cli, demo, embedded, bench, report, the front door
@@ -24,7 +24,9 @@ LAYERS = ["base", "ltmp", "data", "calibration", "export", "runtime", "top"]
 BASE = {"errors", "files", "formats", "extras"}
 # Installed on a Jetson without the toolkit: these and whatever they import must stay torch-free.
 FIELD_PACKAGES = ("runtime",)
-FIELD_EXPORT_MODULES = {"metadata", "tolerances", "trt_check", "quantize", "triton", "onnxgraph", "compare"}
+FIELD_EXPORT_MODULES = {
+    "metadata", "tolerances", "trt_check", "trt_targets", "quantize", "calibration_data", "triton", "onnxgraph", "compare",
+}
 TOOLKIT_ONLY = {"torch", "timm", "torchvision", "sklearn", "onnxscript", "onnxslim", "safetensors", "matplotlib"}
 
 

@@ -20,7 +20,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import read_metadata
-from ltmp_deploy.export.quantize import has_qdq, load_calibration, quantize_int8, select_layers
+from ltmp_deploy.export.calibration_data import read_calibration_data
+from ltmp_deploy.export.quantize import has_qdq, quantize_int8, select_layers
 from ltmp_deploy.export.trt_check import check_model
 
 SIZE, CLASSES = 96, 10
@@ -156,8 +157,8 @@ def test_calibration_files_and_their_mistakes(setup, tmp_path):
     np.savez(tmp_path / "single.npz", calib)
     np.savez(tmp_path / "two.npz", a=calib, b=calib)
     for name in ("named.npz", "single.npz"):
-        np.testing.assert_array_equal(load_calibration(tmp_path / name, shape), calib)
-    np.testing.assert_array_equal(load_calibration(calib.astype(np.float64), shape), calib)
+        np.testing.assert_array_equal(read_calibration_data(tmp_path / name, shape), calib)
+    np.testing.assert_array_equal(read_calibration_data(calib.astype(np.float64), shape), calib)
     cases = [
         (tmp_path / "two.npz", "name the calibration array 'images'"),
         (tmp_path / "missing.npy", "does not exist"),
@@ -172,7 +173,7 @@ def test_calibration_files_and_their_mistakes(setup, tmp_path):
     cases.append((tmp_path / "garbage.npy", "not a NumPy"))
     for value, expected in cases:
         with pytest.raises(LTMPError, match=expected):
-            load_calibration(value, shape)
+            read_calibration_data(value, shape)
 
 
 def test_graphs_that_cannot_be_quantized_are_refused_and_nothing_is_written(setup, tmp_path):

@@ -243,3 +243,25 @@ def test_unknown_target_raises_listing_valid_ones(tmp_path):
     onnx.save(m, path)
     with pytest.raises(LTMPError, match="ok.onnx"):
         check_model(path, "7")
+
+
+def test_k_computed_by_any_op_from_constants_is_folded():
+    # ReduceMax over an initializer: constants alone decide K, so the 8.5 parser only needs it folded.
+    m = _topk([helper.make_node("ReduceMax", ["ks"], ["k"], name="rmax", keepdims=1)],
+              inits=[numpy_helper.from_array(np.array([3, 16, 7], np.int64), "ks")])
+    reasons = _reasons(check_model(m, "8.5"), "TopK")
+    assert reasons and "fold constants" in reasons[0], reasons
+    assert check_model(m, "8.6").ok
+
+
+def test_tensorrt_10_13_sits_between_10_3_and_the_newest_10():
+    # Opset 24 came after 10.13; STFT arrived in 10.5, Attention in 10.14 (onnx-tensorrt Changelog.md).
+    relu24 = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [_vi("x")], [_vi("y")], opset=24)
+    assert not check_model(relu24, "10.13").ok and check_model(relu24, "10").ok
+    stft = _model([helper.make_node("STFT", ["x", "step"], ["y"], name="stft")], [_vi("x", shape=(1, 64, 1))],
+                  [_vi("y", shape=(1, None, None, 2))], [numpy_helper.from_array(np.array(16, np.int64), "step")])
+    assert _reasons(check_model(stft, "10.3"), "STFT") and check_model(stft, "10.13").ok
+    attention = _model([helper.make_node("Attention", ["q", "k", "v"], ["y"], name="attn")],
+                       [_vi(n, shape=(1, 2, 4, 8)) for n in "qkv"], [_vi("y", shape=(1, 2, 4, 8))], opset=23)
+    assert _reasons(check_model(attention, "10.13"), "Attention") and check_model(attention, "10").ok
+    assert "JetPack 7.0" in check_model(relu24, "10.13").summary()

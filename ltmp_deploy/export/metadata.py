@@ -14,6 +14,8 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.formats import FileKind, sniff
 
 SCHEMA = "ltmp-deploy-onnx/1"
+INPUT_NAME = "images"  # (batch, C, H, W) float images, normalised as ``data_config`` says
+OUTPUT_NAME = "logits"  # (batch, num_classes)
 
 
 def decision_output_names(num_blocks: int) -> list[str]:
@@ -56,7 +58,8 @@ def load_onnx(path: Any) -> Any:
     try:
         graph = onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001  (protobuf raises several types on corrupt files)
-        raise LTMPError(f"{path}: cannot read ONNX file ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from exc
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise LTMPError(f"{path}: cannot read ONNX file ({first})") from exc
     if not graph.graph.node and not graph.graph.input:
         raise LTMPError(f"{path}: cannot read ONNX file (no graph in it: not an ONNX model?)")
     return graph

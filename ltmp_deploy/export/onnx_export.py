@@ -28,7 +28,7 @@ import torch
 
 from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import decision_output_names, write_metadata
+from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names, write_metadata
 from ltmp_deploy.export.validate import ValidationReport, compare_with_torch, sample_images
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint, metadata as model_metadata
@@ -120,21 +120,21 @@ def _export(model: LTMPVisionTransformer, opset: int, batch: Optional[int], fp16
     """Trace with decisions always exported (validation compares them); drop them later if unasked."""
     wrapper = ExportWrapper(model, decisions=True)
     reducing = model.ltmp.mode in ("fixed", "threshold")
-    names = ["logits", *(decision_output_names(len(model.blocks)) if reducing else [])]
+    names = [OUTPUT_NAME, *(decision_output_names(len(model.blocks)) if reducing else [])]
     example = images[:2]  # two images: a batch-1 trace could fold the batch axis into broadcasts
     if fp16:
         wrapper, example = wrapper.half(), example.half()
     # Traced with a dynamic batch axis even when a fixed batch is asked for, then pinned: a
     # static trace lowers every Linear to Reshape+Gemm+Reshape, which ONNX Runtime's CPU kernels
     # run slower than the MatMul form.
-    dynamic = {n: {0: "batch"} for n in ["images", *names]}
+    dynamic = {n: {0: "batch"} for n in [INPUT_NAME, *names]}
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about data-dependent shapes are expected
             torch.onnx.export(
                 wrapper, (example,), buffer, dynamo=False, opset_version=opset,
-                input_names=["images"], output_names=names, dynamic_axes=dynamic, do_constant_folding=True,
+                input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic, do_constant_folding=True,
             )
     except Exception as err:  # noqa: BLE001  (the exporter raises many kinds)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -167,7 +167,7 @@ def _simplify(graph: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _drop_decision_outputs(graph: onnx.ModelProto) -> onnx.ModelProto:
-    keep = [o for o in graph.graph.output if o.name == "logits"]
+    keep = [o for o in graph.graph.output if o.name == OUTPUT_NAME]
     del graph.graph.output[:]
     graph.graph.output.extend(keep)
     return _simplify(graph)
@@ -190,7 +190,7 @@ def _metadata(model: LTMPVisionTransformer, opset: int, fp16: bool, images: torc
         "toolkit_version": __version__,
         "opset": opset,
         "precision": "fp16" if fp16 else "fp32",
-        "input_name": "images",
+        "input_name": INPUT_NAME,
         "input_shape": [batch or "batch", *base["data_config"]["input_size"]],
         "num_prefix_tokens": int(model.num_prefix_tokens),
         "num_blocks": len(model.blocks),

@@ -15,8 +15,8 @@ Which layers are quantized (decided from the graph, nothing hard-coded by name):
    (TopK, NonZero, ArgMax/ArgMin, comparisons), the first weight layers met are the ``qkv``
    projections: their output is the queries and keys whose attention and similarity choose which
    tokens merge and which are pruned. Quantizing them flips decisions, and top-1 agreement with
-   fp32 drops with them. The walk follows columns through Slice/Concat/Gather, so that a size
-   column carried next to the features does not make every layer look like a decision input.
+   fp32 drops with them. The walk follows every value input; Shape and Size read only shapes, so
+   they end it.
 3. The first layer (reads the raw image: the patch embedding) and the last (the classifier head)
    stay float, standard practice for post-training quantization; they are a tiny share of the
    FLOPs. ``keep_first_last=False`` quantizes them too.
@@ -25,6 +25,9 @@ So the TopK/Gather/score paths are computed in float from float inputs, and a fi
 sure no float consumer reads a dequantized activation.
 
     result = quantize_int8("model.onnx", "model.int8.onnx", calibration="calib.npy")
+
+Calibration files are read by :func:`ltmp_deploy.export.calibration_data.read_calibration_data`
+(``.npy``, ``.npz`` or the Polygraphy JSON that ``ltmp-deploy calibrate --int8-calib`` writes).
 """
 
 from __future__ import annotations
@@ -37,18 +40,17 @@ import tempfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import read_metadata, write_metadata
+from ltmp_deploy.export.calibration_data import METHODS, CalibrationLike, read_calibration_data
+from ltmp_deploy.export.metadata import INPUT_NAME, read_metadata, write_metadata
+from ltmp_deploy.export.onnxgraph import Graph, dims, image_io, load, node_name
 from ltmp_deploy.files import atomic_output, ensure_writable
 
-CalibrationLike = Union[np.ndarray, str, os.PathLike]
-
-METHODS = ("minmax", "entropy", "percentile")
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 DECISION_OPS = {"TopK", "NonZero", "ArgMax", "ArgMin", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -65,6 +67,7 @@ class QuantizeResult:
     calibration_images: int
     quantized: list[str] = field(default_factory=list)  # node names with int8 inputs
     kept_float: dict[str, str] = field(default_factory=dict)  # MatMul/Gemm/Conv left float -> why
+    model: Optional[onnx.ModelProto] = field(default=None, repr=False)  # what was written to ``path``
 
     def summary(self) -> str:
         return (f"{self.path}: {len(self.quantized)} layers int8, {len(self.kept_float)} MatMul/Gemm/Conv kept float, "
@@ -76,51 +79,6 @@ def has_qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type in QDQ_OPS for n in model.graph.node)
 
 
-def load_calibration(calibration: CalibrationLike, input_shape: Sequence[Optional[int]], where: str = "calibration") -> np.ndarray:
-    """Calibration images as float32 (N, C, H, W), checked against the graph's input shape.
-
-    ``calibration``: an array, a ``.npy`` file, or a ``.npz`` file with an ``images`` array (or a
-    single array). Images must be preprocessed the way the model expects (normalised floats).
-    """
-    if isinstance(calibration, (str, os.PathLike)):
-        path = Path(calibration)
-        where = str(path)
-        if not path.is_file():
-            raise LTMPError(f"{path}: calibration file does not exist")
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise LTMPError(f"{path}: not a NumPy .npy/.npz file ({exc})") from exc
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                keys = list(loaded.files)
-                if "images" in keys:
-                    array = loaded["images"]
-                elif len(keys) == 1:
-                    array = loaded[keys[0]]
-                else:
-                    raise LTMPError(f"{path}: .npz holds {keys}; name the calibration array 'images'")
-        else:
-            array = loaded
-    elif isinstance(calibration, np.ndarray):
-        array = calibration
-    else:
-        raise LTMPError(f"{where}: expected a NumPy array or a .npy/.npz path, got {type(calibration).__name__}")
-
-    if array.dtype.kind != "f":
-        raise LTMPError(f"{where}: calibration images must be preprocessed floats (normalised like the model's "
-                        f"data_config), got dtype {array.dtype}")
-    expected = tuple(input_shape[1:])
-    if array.ndim != 4 or any(e is not None and e != a for e, a in zip(expected, array.shape[1:])):
-        want = "x".join("?" if e is None else str(e) for e in expected)
-        raise LTMPError(f"{where}: calibration images must have shape (N, {want.replace('x', ', ')}), got {tuple(array.shape)}")
-    if array.shape[0] == 0:
-        raise LTMPError(f"{where}: no calibration images (N = 0)")
-    if not np.isfinite(array).all():
-        raise LTMPError(f"{where}: calibration images contain NaN or infinite values")
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
 def quantize_int8(
     onnx_in: str | os.PathLike,
     onnx_out: str | os.PathLike,
@@ -130,43 +88,37 @@ def quantize_int8(
     batch_size: Optional[int] = None,
     keep_first_last: bool = True,
     keep_float: Sequence[str] = (),
+    model: Optional[onnx.ModelProto] = None,
 ) -> QuantizeResult:
     """Write ``onnx_out``: ``onnx_in`` with Q/DQ nodes (see the module docstring for which layers).
 
     ``method``: ``minmax``, ``entropy`` or ``percentile`` (ONNX Runtime's calibrators; the
     histogram ones need one tensor shape for all batches, which threshold-mode graphs do not
-    have). ``keep_float``: extra node names to leave in float. The metadata is kept, with
-    ``precision`` set to ``int8`` and a ``quantization`` record added. Raises LTMPError.
+    have). ``keep_float``: extra node names to leave in float. ``model``: ``onnx_in`` already
+    loaded, so it is not read again. The metadata is kept, with ``precision`` set to ``int8``
+    and a ``quantization`` record added. Raises LTMPError.
     """
     src = Path(onnx_in)
     ensure_writable(onnx_out)
     if method not in METHODS:
         raise LTMPError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}")
-    model = _load(src)
+    model = load(src) if model is None else model
     meta = read_metadata(model)
     if has_qdq(model):
         raise LTMPError(f"{src}: already has QuantizeLinear/DequantizeLinear nodes; quantize the float graph instead")
-    image_input = _image_input(model, src)
-    if image_input.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+    image_input, _ = image_io(model, str(src))
+    dtype = image_input.type.tensor_type.elem_type
+    if dtype != onnx.TensorProto.FLOAT:
         raise LTMPError(f"{src}: INT8 quantization needs an fp32 graph (this one takes "
-                        f"{onnx.TensorProto.DataType.Name(image_input.type.tensor_type.elem_type)}); export without --fp16")
-    shape = [d.dim_value if d.HasField("dim_value") else None for d in image_input.type.tensor_type.shape.dim]
-    images = load_calibration(calibration, shape)
+                        f"{onnx.TensorProto.DataType.Name(dtype)}); export without --fp16")
+    shape = dims(image_input)
+    images = read_calibration_data(calibration, shape)
     mode = meta.get("mode")
     if method != "minmax" and mode == "threshold":
-        raise LTMPError(f"{src}: {method} calibration collects histograms that need the same tensor shapes in every batch, "
-                        "but a threshold-mode graph has data-dependent token counts: use minmax")
+        raise LTMPError(f"{src}: {method} calibration collects histograms that need the same tensor shapes in every "
+                        "batch, but a threshold-mode graph has data-dependent token counts: use minmax")
 
-    fixed_batch = shape[0]
-    if fixed_batch is not None:
-        if images.shape[0] < fixed_batch:
-            raise LTMPError(f"{src}: the graph takes batches of exactly {fixed_batch}; got only {images.shape[0]} calibration images")
-        batch = fixed_batch
-    else:
-        batch = batch_size or DEFAULT_BATCH
-        if batch < 1:
-            raise LTMPError(f"batch size {batch}: must be at least 1")
-
+    batch = _calibration_batch(src, shape[0], len(images), batch_size)
     quantize, kept = select_layers(model, keep_first_last=keep_first_last, keep_float=keep_float)
     if not quantize:
         raise LTMPError(f"{src}: no MatMul/Gemm/Conv layer is left to quantize")
@@ -174,7 +126,7 @@ def quantize_int8(
     out = Path(onnx_out)
     with tempfile.TemporaryDirectory(dir=out.parent if str(out.parent) else None) as work:
         staged = Path(work) / "quantized.onnx"
-        _run_ort(src, staged, images, batch, image_input.name, quantize, method)
+        _run_ort(src, staged, images, batch, shape[0] is not None, quantize, method)
         qmodel = onnx.load(str(staged))
     _restore_float_consumers(qmodel, set(quantize))
     meta.update(precision="int8", quantization={
@@ -184,29 +136,47 @@ def quantize_int8(
         "quantized_layers": len(quantize), "float_layers": kept,
     })
     write_metadata(qmodel, meta)
+    _write_checked(src, qmodel, out)
+    return QuantizeResult(out, method, int(images.shape[0]), quantize, kept, qmodel)
+
+
+def _calibration_batch(src: Path, fixed_batch: Optional[int], images: int, batch_size: Optional[int]) -> int:
+    """The batch the calibration runs at: the graph's own when it is fixed, else ``batch_size``."""
+    if fixed_batch is not None:
+        if images < fixed_batch:
+            raise LTMPError(f"{src}: the graph takes batches of exactly {fixed_batch}; "
+                            f"got only {images} calibration images")
+        return fixed_batch
+    batch = batch_size or DEFAULT_BATCH
+    if batch < 1:
+        raise LTMPError(f"batch size {batch}: must be at least 1")
+    return batch
+
+
+def _write_checked(src: Path, qmodel: onnx.ModelProto, out: Path) -> None:
+    """Write ``qmodel`` to ``out`` whole, once ONNX's full checker accepts it."""
     try:
         onnx.checker.check_model(qmodel, full_check=True)
     except Exception as exc:  # noqa: BLE001 - the checker raises several types
         raise LTMPError(f"{src}: the quantized graph fails ONNX's checker ({str(exc).splitlines()[0]})") from exc
     with atomic_output(out, suffix=".onnx") as tmp:
         tmp.write_bytes(qmodel.SerializeToString(deterministic=True))
-    return QuantizeResult(out, method, int(images.shape[0]), quantize, kept)
 
 
-def select_layers(model: onnx.ModelProto, *, keep_first_last: bool = True, keep_float: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+def select_layers(model: onnx.ModelProto, *, keep_first_last: bool = True,
+                  keep_float: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
     """(names to quantize, {name kept float: reason}) for the MatMul/Gemm/Conv nodes of ``model``."""
-    g = _Graph(model)
-    decision_inputs = [(i, None) for n in g.nodes if n.op_type in DECISION_OPS for i in n.input if i]
-    near_decisions = g.weight_layers_upstream(decision_inputs)
-    first = g.weight_layers_downstream([i.name for i in model.graph.input if i.name not in g.weights])
-    last = g.weight_layers_upstream([(o.name, None) for o in model.graph.output])
+    g = Graph(model)
+    near_decisions = _weight_layers_upstream(g, [i for n in g.nodes if n.op_type in DECISION_OPS for i in n.input])
+    first = _weight_layers_downstream(g, [i.name for i in model.graph.input if i.name not in g.weights])
+    last = _weight_layers_upstream(g, [o.name for o in model.graph.output])
 
     quantize, kept = [], {}
     for n in g.nodes:
         if n.op_type not in WEIGHT_OPS:
             continue
-        name = _name(n)
-        if not g.is_weight_layer(n):
+        name = node_name(n)
+        if not _is_weight_layer(g, n):
             kept[name] = "product of two activations (attention, similarity or merge assignment)"
         elif name in keep_float:
             kept[name] = "asked to stay float"
@@ -221,156 +191,42 @@ def select_layers(model: onnx.ModelProto, *, keep_first_last: bool = True, keep_
     return quantize, kept
 
 
-Cols = Optional[tuple[int, int]]  # a range of the last axis a value depends on; None: all of it
+def _is_weight_layer(g: Graph, n: onnx.NodeProto) -> bool:
+    return n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in g.weights
 
 
-class _Graph:
-    """Value dependencies between tensors, precise enough to follow LTMP's carried columns.
-
-    Graphs may carry token sizes as one extra column next to the features (``[x * size, size]``)
-    and slice it out again after gathering; attention then reads
-    ``log(size)``. A plain walk would conclude that every layer feeding the features feeds the
-    decisions. So the walk tracks which columns of the last axis matter through Slice, Concat,
-    Gather and elementwise ops, and treats Shape/Size as reading shapes, not values. Any other op
-    depends on all of its inputs.
-    """
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        graph = model.graph
-        self.nodes = list(graph.node)
-        self.inits = {t.name: t for t in graph.initializer}
-        self.weights = set(self.inits) | {o for n in self.nodes if n.op_type == "Constant" for o in n.output}
-        self.producer = {o: n for n in self.nodes for o in n.output if o}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in self.nodes:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model).graph
-        except Exception:  # noqa: BLE001 - no shapes: the walk stays conservative
-            inferred = graph
-        self.shapes: dict[str, tuple] = {}
-        for vi in [*inferred.input, *inferred.output, *inferred.value_info]:
-            tt = vi.type.tensor_type
-            if tt.HasField("shape"):
-                self.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-        for t in graph.initializer:
-            self.shapes[t.name] = tuple(t.dims)
-
-    def is_weight_layer(self, n: onnx.NodeProto) -> bool:
-        return n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in self.weights
-
-    def weight_layers_downstream(self, start: Sequence[str]) -> set[str]:
-        found, seen, queue = set(), set(), deque(start)
-        while queue:
-            tensor = queue.popleft()
-            if tensor in seen:
-                continue
-            seen.add(tensor)
-            for n in self.consumers.get(tensor, []):
-                if self.is_weight_layer(n):
-                    found.add(_name(n))
-                else:
-                    queue.extend(n.output)
-        return found
-
-    def weight_layers_upstream(self, start: Sequence[tuple[str, Cols]]) -> set[str]:
-        """Weight layers met first walking up from ``start`` (tensor, columns) along value dependencies."""
-        found: set[str] = set()
-        seen: set[tuple[str, Cols]] = set()
-        queue = deque(start)
-        while queue:
-            tensor, cols = queue.popleft()
-            if (tensor, cols) in seen or tensor in self.weights:
-                continue
-            seen.add((tensor, cols))
-            node = self.producer.get(tensor)
-            if node is None or node.op_type in SHAPE_OPS:
-                continue
-            if self.is_weight_layer(node):
-                found.add(_name(node))
-                continue
-            queue.extend(self._inputs(node, tensor, cols))
-        return found
-
-    def _inputs(self, node: onnx.NodeProto, out: str, cols: Cols) -> list[tuple[str, Cols]]:
-        """The inputs of ``node`` (and their columns) that columns ``cols`` of ``out`` depend on."""
-        op = node.op_type
-        rank = len(self.shapes.get(out, ()))
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        everything = [(i, None) for i in node.input if i]
-        if op == "Slice":
-            axes = self._const(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-            steps = self._const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
-            starts, ends = self._const(node.input[1]), self._const(node.input[2])
-            width = self._last(node.input[0])
-            if starts is None or ends is None or rank == 0:
-                return everything
-            axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in axes]
-            if rank - 1 not in axes:  # slices other axes: the columns pass through
-                return [(node.input[0], cols)]
-            k = axes.index(rank - 1)
-            if width is None or (steps is not None and int(steps[k]) != 1):
-                return everything
-            lo = min(max(int(starts[k]) + (width if starts[k] < 0 else 0), 0), width)
-            hi = min(max(int(ends[k]) + (width if ends[k] < 0 else 0), 0), width)
-            sub = (lo, hi) if cols is None else (lo + cols[0], lo + cols[1])
-            return [(node.input[0], sub)]
-        if op == "Concat":
-            axis = int(attrs.get("axis", 0)) % rank if rank else -1
-            if axis != rank - 1:
-                return [(i, cols) for i in node.input if i]
-            widths = [self._last(i) for i in node.input]
-            if cols is None or None in widths:
-                return everything
-            picked, offset = [], 0
-            for name, w in zip(node.input, widths):
-                lo, hi = max(cols[0], offset), min(cols[1], offset + w)
-                if lo < hi:
-                    picked.append((name, (lo - offset, hi - offset)))
-                offset += w
-            return picked
-        if op == "Gather":  # out[..., j] = data[..., idx[j]] on the last axis; other axes keep the columns
-            data_rank = len(self.shapes.get(node.input[0], ()))
-            if data_rank == 0:
-                return everything
-            if int(attrs.get("axis", 0)) % data_rank == data_rank - 1:
-                idx, width = self._const(node.input[1]), self._last(node.input[0])
-                if idx is None or width is None or idx.size == 0:
-                    return everything
-                idx = np.where(idx < 0, idx + width, idx)
-                return [(node.input[0], (int(idx.min()), int(idx.max()) + 1))]
-            return everything if cols is None else [(node.input[0], cols), (node.input[1], None)]
-        if cols is None:
-            return everything
-        if op == "GatherElements" and int(attrs.get("axis", 0)) % max(rank, 1) != rank - 1:
-            return [(node.input[0], cols), (node.input[1], None)]
-        if op == "MatMul":  # columns of A @ B come from the same columns of B, and all of A
-            return [(node.input[0], None), (node.input[1], cols)]
-        if op in _ELEMENTWISE:
-            width = self._last(out)
-            return [(i, cols if self._last(i) == width and len(self.shapes.get(i, ())) == rank else None)
-                    for i in node.input if i]
-        return everything
-
-    def _last(self, name: str) -> Optional[int]:
-        shape = self.shapes.get(name)
-        return shape[-1] if shape else None
-
-    def _const(self, name: str) -> Optional[np.ndarray]:
-        if name in self.inits:
-            return onnx.numpy_helper.to_array(self.inits[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value":
-                    return onnx.numpy_helper.to_array(a.t)
-        return None
+def _weight_layers_downstream(g: Graph, start: Sequence[str]) -> set[str]:
+    """Weight layers met first walking down from the tensors ``start``."""
+    found, seen, queue = set(), set(), deque(start)
+    while queue:
+        tensor = queue.popleft()
+        if tensor in seen:
+            continue
+        seen.add(tensor)
+        for n in g.consumers.get(tensor, []):
+            if _is_weight_layer(g, n):
+                found.add(node_name(n))
+            else:
+                queue.extend(n.output)
+    return found
 
 
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Where", "Cast", "Log", "Exp", "Sqrt", "Reciprocal", "Neg",
-                "Abs", "Relu", "Sigmoid", "Tanh", "Erf", "Max", "Min", "Clip", "Identity", "Not", "And", "Or",
-                "Equal", "Floor", "Ceil", "Round", "Sign", "IsNaN", "IsInf"}
+def _weight_layers_upstream(g: Graph, start: Sequence[str]) -> set[str]:
+    """Weight layers met first walking up from the tensors ``start`` along value dependencies."""
+    found, seen, queue = set(), set(), deque(t for t in start if t)
+    while queue:
+        tensor = queue.popleft()
+        if tensor in seen or tensor in g.weights:
+            continue
+        seen.add(tensor)
+        node = g.producer.get(tensor)
+        if node is None or node.op_type in SHAPE_OPS:
+            continue
+        if _is_weight_layer(g, node):
+            found.add(node_name(node))
+        else:
+            queue.extend(i for i in node.input if i)
+    return found
 
 
 class _Reader:
@@ -389,17 +245,17 @@ class _Reader:
         pass
 
 
-def _run_ort(src: Path, dst: Path, images: np.ndarray, batch: int, input_name: str, nodes: list[str], method: str) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+def _run_ort(src: Path, dst: Path, images: np.ndarray, batch: int, exact: bool, nodes: list[str], method: str) -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
 
     reader_cls = type("CalibrationReader", (_Reader, CalibrationDataReader), {})
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
-    exact = _fixed_batch(onnx.load(str(src), load_external_data=False)) is not None
     with _quiet():
         try:
             quantize_static(
-                str(src), str(dst), reader_cls(input_name, images, batch, exact),
+                str(src), str(dst), reader_cls(INPUT_NAME, images, batch, exact),
                 quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=calibrate, op_types_to_quantize=list(WEIGHT_OPS), nodes_to_quantize=nodes,
@@ -417,7 +273,7 @@ def _restore_float_consumers(model: onnx.ModelProto, quantized: set[str]) -> Non
     nodes = list(model.graph.node)
     producer = {o: n for n in nodes for o in n.output if o}
     for n in nodes:
-        if n.op_type in QDQ_OPS or _name(n) in quantized:
+        if n.op_type in QDQ_OPS or node_name(n) in quantized:
             continue
         for k, name in enumerate(n.input):
             dq = producer.get(name)
@@ -441,37 +297,10 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _load(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise LTMPError(f"{path}: ONNX file does not exist")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types on corrupt files
-        raise LTMPError(f"{path}: cannot read ONNX file ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from exc
-
-
-def _image_input(model: onnx.ModelProto, path: Path) -> onnx.ValueInfoProto:
-    inits = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1 or len(inputs[0].type.tensor_type.shape.dim) != 4:
-        raise LTMPError(f"{path}: expected one image input (N, C, H, W), found {[i.name for i in inputs]}")
-    return inputs[0]
-
-
-def _fixed_batch(model: onnx.ModelProto) -> Optional[int]:
-    inits = {t.name for t in model.graph.initializer}
-    dim = next(i for i in model.graph.input if i.name not in inits).type.tensor_type.shape.dim[0]
-    return dim.dim_value if dim.HasField("dim_value") else None
-
-
-def _name(node: onnx.NodeProto) -> str:
-    return node.name or node.output[0]
-
-
 def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
 
 
-__all__ = ["METHODS", "QuantizeResult", "has_qdq", "load_calibration", "quantize_int8", "select_layers"]
+__all__ = ["QuantizeResult", "has_qdq", "quantize_int8", "select_layers"]

@@ -26,6 +26,7 @@ import onnx
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import load_onnx, read_metadata
+from ltmp_deploy.export.onnxgraph import dims, image_io
 from ltmp_deploy.files import atomic_output, write_text_atomic
 
 DEFAULT_MAX_BATCH = 8
@@ -55,7 +56,8 @@ class TritonRepo:
         return self.trt_model / "1" / "model.plan"
 
     def summary(self) -> str:
-        batching = f"dynamic batching up to {self.max_batch_size}" if self.max_batch_size else "fixed batch (no dynamic batching)"
+        batching = (f"dynamic batching up to {self.max_batch_size}" if self.max_batch_size
+                    else "fixed batch (no dynamic batching)")
         return (f"wrote Triton repository {self.root}: {self.onnx_model.name} (onnxruntime_onnx), "
                 f"{self.trt_model.name} (tensorrt_plan: build the engine to {self.plan_path}), {batching}")
 
@@ -96,11 +98,10 @@ def write_triton_repo(
     meta = read_metadata(graph)
     with atomic_output(onnx_dir / "1" / "model.onnx", suffix=".onnx") as tmp:
         tmp.write_bytes(src.read_bytes())
-    write_text_atomic(onnx_dir / "config.pbtxt",
-                      model_config(f"{model_name}_onnx", "onnxruntime_onnx", images, logits, batch, max_queue_delay_us, meta))
+    shared = (images, logits, batch, max_queue_delay_us, meta)
+    write_text_atomic(onnx_dir / "config.pbtxt", model_config(f"{model_name}_onnx", "onnxruntime_onnx", *shared))
     write_text_atomic(trt_dir / "config.pbtxt",
-                      model_config(f"{model_name}_trt", "tensorrt_plan", images, logits, batch, max_queue_delay_us, meta,
-                                   onnx_name=src.name))
+                      model_config(f"{model_name}_trt", "tensorrt_plan", *shared, onnx_name=src.name))
     return TritonRepo(root, onnx_dir, trt_dir, batch)
 
 
@@ -115,7 +116,8 @@ def model_config(
     onnx_name: Optional[str] = None,
 ) -> str:
     """The text of one ``config.pbtxt`` (protobuf text format of Triton's ModelConfig)."""
-    lines = [f"# Written by ltmp-deploy from an LTMP graph ({meta.get('mode', 'unknown')} mode, {meta.get('precision', 'fp32')})."]
+    mode, precision = meta.get("mode", "unknown"), meta.get("precision", "fp32")
+    lines = [f"# Written by ltmp-deploy from an LTMP graph ({mode} mode, {precision})."]
     if platform == "tensorrt_plan":
         cmd = f"ltmp-deploy build {onnx_name or 'MODEL.onnx'} --preset PRESET"
         if max_batch_size:
@@ -135,26 +137,17 @@ def model_config(
 
 
 def _io(graph: onnx.ModelProto, path: Path) -> tuple[tuple[str, str, tuple], tuple[str, str, tuple]]:
-    """((name, Triton type, shape) of ``images``, same for ``logits``); None marks a dynamic dim."""
+    """((name, Triton type, shape) of the image input, same for the logits); None marks a dynamic dim."""
     def describe(vi: onnx.ValueInfoProto) -> tuple[str, str, tuple]:
         tt = vi.type.tensor_type
         if tt.elem_type not in _TRITON_TYPES:
             raise LTMPError(f"{path}: {vi.name} has element type {onnx.TensorProto.DataType.Name(tt.elem_type)}, "
                             "which this repository writer does not map to Triton")
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-        return vi.name, _TRITON_TYPES[tt.elem_type], shape
+        return vi.name, _TRITON_TYPES[tt.elem_type], dims(vi)
 
-    inits = {t.name for t in graph.graph.initializer}
-    inputs = {i.name: i for i in graph.graph.input if i.name not in inits}
-    outputs = {o.name: o for o in graph.graph.output}
-    if "images" not in inputs or "logits" not in outputs:
-        raise LTMPError(f"{path}: expected input 'images' and output 'logits' (an ltmp-deploy export), "
-                        f"found inputs {list(inputs)} and outputs {list(outputs)}")
-    images, logits = describe(inputs["images"]), describe(outputs["logits"])
-    if len(images[2]) != 4 or None in images[2][1:]:
-        raise LTMPError(f"{path}: 'images' must be (batch, C, H, W) with static C, H, W; got {images[2]}")
+    images, logits = (describe(vi) for vi in image_io(graph, str(path)))
     if len(logits[2]) != 2 or logits[2][1] is None:
-        raise LTMPError(f"{path}: 'logits' must be (batch, num_classes); got {logits[2]}")
+        raise LTMPError(f"{path}: '{logits[0]}' must be (batch, num_classes); got {logits[2]}")
     return images, logits
 
 

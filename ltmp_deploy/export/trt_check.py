@@ -2,8 +2,9 @@
 
 No TensorRT is needed: the rules below are a table of facts from onnx-tensorrt's
 ``docs/operators.md`` support matrix and ``docs/Changelog.md`` for each release, NVIDIA's
-TensorRT release notes, and the parser's importer source. Pure ``onnx`` + ``numpy``; runs on
-Python 3.10 (JetPack 6), never imports torch.
+TensorRT release notes, and the parser's importer source. The graph is read through
+:class:`ltmp_deploy.export.onnxgraph.Graph` (shapes, weights, constant values). Pure ``onnx`` +
+``numpy``; runs on Python 3.10 (JetPack 6), never imports torch.
 
     report = check_model("model.onnx", "8.5")
     if not report.ok:
@@ -17,27 +18,21 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import load_onnx
+from ltmp_deploy.export.onnxgraph import Graph, ModelLike, load, node_name
+from ltmp_deploy.export.trt_targets import TRT_TARGETS
 
-#: The TensorRT versions a graph can be checked against (key -> what it means).
-TRT_TARGETS: dict[str, str] = {
-    "8.5": "TensorRT 8.5 (JetPack 5.1)",
-    "8.6": "TensorRT 8.6",
-    "10.3": "TensorRT 10.3 (JetPack 6.x)",
-    "10": "TensorRT 10.x (current 10.15)",
-    "11": "TensorRT 11.x (strongly typed: no FP16/INT8 flags, precision comes from the graph)",
-}
 _ORDER = list(TRT_TARGETS)  # oldest first; "an op supported from X" means X and every later target
 
 # ai.onnx opset range the parser documents. 8.5 and 8.6: "up to Opset 17" (operators.md on the
 # release/8.5-GA and 8.6 branches); older opsets down to 7 are imported (TensorRT developer
 # guide). 10.0: "inclusive range of opset 9 to opset 20" (no 10.3 matrix found: 10.0's range is
-# used, see the report). 10.15: 9..24. 11.x: max 25 (NVIDIA "ONNX Opset Guide"; opset 25 came
-# with 11.5, github.com/onnx/onnx-tensorrt/releases/tag/release%2F11.5-GA).
-_OPSET_RANGE = {"8.5": (7, 17), "8.6": (7, 17), "10.3": (9, 20), "10": (9, 24), "11": (9, 25)}
+# used). 10.13: the ONNX 1.18 submodule (since 10.11, Changelog.md) defines opset 23; opset 24
+# came with ONNX 1.19, after 10.13 GA. 10.15: 9..24. 11.x: max 25 (NVIDIA "ONNX Opset Guide";
+# opset 25 came with 11.5, github.com/onnx/onnx-tensorrt/releases/tag/release%2F11.5-GA).
+_OPSET_RANGE = {"8.5": (7, 17), "8.6": (7, 17), "10.3": (9, 20), "10.13": (9, 23), "10": (9, 24), "11": (9, 25)}
 
 # ONNX element types the parser can import at all (onnx2trt convertDtype). DOUBLE is cast down
 # to FLOAT and, before 9.0, INT64 down to INT32, clamping values: both import, so neither is
@@ -46,7 +41,7 @@ _T = TensorProto
 _BASE_TYPES = {_T.FLOAT, _T.DOUBLE, _T.FLOAT16, _T.INT8, _T.UINT8, _T.BOOL, _T.INT32, _T.INT64}
 _TYPES = {"8.5": _BASE_TYPES, "8.6": _BASE_TYPES,
           "10.3": _BASE_TYPES | {_T.BFLOAT16, _T.FLOAT8E4M3FN, _T.INT4}}
-_TYPES["10"] = _TYPES["11"] = _TYPES["10.3"] | {_T.FLOAT4E2M1}
+_TYPES["10.13"] = _TYPES["10"] = _TYPES["11"] = _TYPES["10.3"] | {_T.FLOAT4E2M1}
 
 # First target whose parser imports the op (operators.md "Y" rows, Changelog.md "Added support").
 _OPS_FROM = {
@@ -66,8 +61,10 @@ _OPS_FROM = {
         TopK Transpose Trilu Unsqueeze Upsample Where Xor""",  # NonZero: new in 8.5 GA
     "8.6": "LayerNormalization GroupNormalization IsInf",  # 8.6 EA; 8.5 matrix: LayerNorm "N"
     "10.3": "CastLike Hardmax Gelu DeformConv",  # 9.2 matrix; Gelu: opset 20, 10.0+ (see report)
-    "10": """BlackmanWindow HammingWindow HannWindow STFT Mish Attention RMSNormalization
-        RotaryEmbedding TensorScatter""",  # 10.4, 10.5, 10.14, 10.15 changelog / matrix
+    "10.13": "BlackmanWindow HammingWindow HannWindow STFT",  # 10.4, 10.5 (Changelog.md)
+    # Attention: 10.14; RMSNormalization, RotaryEmbedding, TensorScatter: 10.15 (Changelog.md);
+    # Mish: in the 10.15 matrix, release it arrived in not found, so held to the newest.
+    "10": "Mish Attention RMSNormalization RotaryEmbedding TensorScatter",
     "11": "Swish DFT",  # 11.0 and 11.2 release notes
 }
 _SUPPORTED_FROM = {op: t for t, ops in _OPS_FROM.items() for op in ops.split()}
@@ -99,9 +96,8 @@ TOPK_MAX_K = 3840  # "K input must be less than 3840" (operators.md, TopK row)
 # input came in 8.6 EA; BF16 in 9.0.
 _TOPK_TYPES = {"8.5": {_T.FLOAT, _T.FLOAT16, _T.DOUBLE}}
 _TOPK_TYPES["8.6"] = _TOPK_TYPES["8.5"] | {_T.INT32, _T.INT64}
-_TOPK_TYPES["10.3"] = _TOPK_TYPES["10"] = _TOPK_TYPES["11"] = _TOPK_TYPES["8.6"] | {_T.BFLOAT16}
-_FOLDABLE = {"Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Gather",
-             "Add", "Sub", "Mul", "Div", "Min", "Max"}
+for _target in _ORDER[2:]:
+    _TOPK_TYPES[_target] = _TOPK_TYPES["8.6"] | {_T.BFLOAT16}
 
 
 @dataclass
@@ -145,102 +141,7 @@ def _supports(target: str, first: str) -> bool:
     return _ORDER.index(target) >= _ORDER.index(first)
 
 
-class _Graph:
-    """Lookups over one model: producers, initializers, inferred types/shapes, constant folding."""
-
-    def __init__(self, model: onnx.ModelProto, opset: int) -> None:
-        self.model, self.opset = model, opset
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self.nodes = list(_walk(model.graph))
-        self.producer = {o: n for n in self.nodes for o in n.output if o}
-        self.types: dict[str, int] = {}
-        self.shapes: dict[str, tuple] = {}
-        try:
-            inferred = onnx.shape_inference.infer_shapes(model).graph
-        except Exception:  # noqa: BLE001 - custom ops etc.: rules that need types just skip
-            inferred = model.graph
-        for vi in [*inferred.input, *inferred.output, *inferred.value_info]:
-            tt = vi.type.tensor_type
-            self.types[vi.name] = tt.elem_type
-            if tt.HasField("shape"):
-                self.shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
-                                             for d in tt.shape.dim)
-        for t in model.graph.initializer:
-            self.types[t.name], self.shapes[t.name] = t.data_type, tuple(t.dims)
-        self._memo: dict[str, np.ndarray | None] = {}
-
-    def is_weights(self, name: str) -> bool:
-        """What the parser itself sees as weights: an initializer or a Constant node output."""
-        return name in self.inits or getattr(self.producer.get(name), "op_type", "") == "Constant"
-
-    def value(self, name: str, depth: int = 0) -> np.ndarray | None:
-        """The value of ``name`` if it folds from constants (and static shapes), else None."""
-        if name not in self._memo:
-            self._memo[name] = None if depth > 32 else self._fold(name, depth)
-        return self._memo[name]
-
-    def _fold(self, name: str, depth: int) -> np.ndarray | None:
-        try:
-            if name in self.inits:
-                return numpy_helper.to_array(self.inits[name])
-            node = self.producer.get(name)
-            if node is None:
-                return None
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            if node.op_type == "Constant":
-                if "value" in attrs:
-                    return numpy_helper.to_array(attrs["value"])
-                key = next((k for k in attrs if k.startswith("value_")), None)
-                return None if key is None else np.array(attrs[key])
-            if node.op_type == "Shape":
-                shape = self.shapes.get(node.input[0])
-                if shape is None or None in shape:
-                    return None
-                return np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))], np.int64)
-            if node.op_type not in _FOLDABLE:
-                return None
-            xs = [self.value(i, depth + 1) for i in node.input if i]
-            if any(x is None for x in xs):
-                return None
-            return _apply(node.op_type, xs, attrs)
-        except Exception:  # noqa: BLE001 - unreadable or external data: value unknown
-            return None
-
-
-def _apply(op: str, xs: list[np.ndarray], attrs: dict) -> np.ndarray:
-    """Evaluate the few cheap ops (_FOLDABLE) that compute constants in exported graphs."""
-    axes = tuple(xs[1].tolist()) if len(xs) > 1 else tuple(attrs.get("axes", ()))
-    if op == "Cast":
-        return xs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
-    if op == "Reshape":
-        return xs[0].reshape([d or xs[0].shape[i] for i, d in enumerate(xs[1].tolist())])
-    if op == "Squeeze":
-        return np.squeeze(xs[0], axis=axes or None)
-    if op == "Unsqueeze":
-        return np.expand_dims(xs[0], axes)
-    if op == "Concat":
-        return np.concatenate(xs, axis=attrs.get("axis", 0))
-    if op == "Gather":
-        return np.take(xs[0], xs[1], axis=attrs.get("axis", 0))
-    fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Min": np.minimum,
-          "Max": np.maximum, "Div": np.floor_divide if xs[0].dtype.kind in "iu" else np.divide}
-    return fn[op](*xs[:2]) if op in fn else xs[0]  # Identity
-
-
-def _walk(graph: onnx.GraphProto):
-    """Every node, including those in If/Loop/Scan bodies."""
-    for node in graph.node:
-        yield node
-        for a in node.attribute:
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                yield from _walk(g)
-
-
-def _name(node: onnx.NodeProto) -> str:
-    return node.name or (node.output[0] if node.output else "<unnamed>")
-
-
-def _check_graph(g: _Graph, target: str) -> list[Finding]:
+def _check_graph(g: Graph, target: str) -> list[Finding]:
     """Model-level rules: opset range and the element types of inputs, outputs and constants."""
     lo, hi = _OPSET_RANGE[target]
     out = []
@@ -251,12 +152,12 @@ def _check_graph(g: _Graph, target: str) -> list[Finding]:
     tensors = [(vi.name, vi.type.tensor_type.elem_type, "<input>") for vi in g.model.graph.input]
     tensors += [(vi.name, vi.type.tensor_type.elem_type, "<output>") for vi in g.model.graph.output]
     tensors += [(t.name, t.data_type, "<initializer>") for t in g.model.graph.initializer]
-    for node in (n for n in g.nodes if n.domain in ("", "ai.onnx")):
+    for node in (n for n in g.all_nodes if n.domain in ("", "ai.onnx")):
         for a in node.attribute:  # Constant / ConstantOfShape values, Cast / EyeLike / Random* types
             if a.type == onnx.AttributeProto.TENSOR:
-                tensors.append((_name(node), a.t.data_type, node.op_type))
+                tensors.append((node_name(node), a.t.data_type, node.op_type))
             if a.name in ("to", "dtype") and a.type == onnx.AttributeProto.INT:
-                tensors.append((_name(node), a.i, node.op_type))
+                tensors.append((node_name(node), a.i, node.op_type))
     for name, dtype, kind in tensors:
         if dtype in TensorProto.DataType.values() and dtype and dtype not in allowed:
             out.append(Finding(name, kind, f"element type {TensorProto.DataType.Name(dtype)} "
@@ -264,7 +165,7 @@ def _check_graph(g: _Graph, target: str) -> list[Finding]:
     return out
 
 
-def _check_node(g: _Graph, node: onnx.NodeProto, target: str) -> list[str]:
+def _check_node(g: Graph, node: onnx.NodeProto, target: str) -> list[str]:
     """Node-level rules; returns the reasons (empty when the node imports)."""
     op, domain = node.op_type, node.domain or ""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -294,11 +195,11 @@ def _check_node(g: _Graph, node: onnx.NodeProto, target: str) -> list[str]:
         idx, what, targets = _CONST_INPUTS[op]
         name = node.input[idx] if len(node.input) > idx else ""
         if name and target in targets and not g.is_weights(name):
-            if target in _STRICT and g.value(name) is not None:
+            if target in _STRICT and g.constant_value(name) is not None:
                 reasons.append(f"{what} is computed from constants but TensorRT {target} wants an "
                                "initializer: fold constants first (polygraphy surgeon sanitize "
                                "--fold-constants)")
-            elif g.value(name) is None:
+            elif g.constant_value(name) is None:
                 reasons.append(f"{what} must be a constant for TensorRT {target}, here it is "
                                "computed at run time")
     if op == "TopK":
@@ -308,12 +209,12 @@ def _check_node(g: _Graph, node: onnx.NodeProto, target: str) -> list[str]:
     return reasons
 
 
-def _check_topk(g: _Graph, node: onnx.NodeProto, attrs: dict, target: str) -> list[str]:
+def _check_topk(g: Graph, node: onnx.NodeProto, attrs: dict, target: str) -> list[str]:
     reasons = []
-    k = g.value(node.input[1]) if len(node.input) > 1 else np.array(attrs.get("k", 1))
+    k = g.constant_value(node.input[1]) if len(node.input) > 1 else np.array(attrs.get("k", 1))
     if k is not None and k.size == 1 and int(k.reshape(-1)[0]) >= TOPK_MAX_K:
         reasons.append(f"K = {int(k.reshape(-1)[0])}: TensorRT needs K < {TOPK_MAX_K}")
-    if attrs.get("sorted", 1) == 0 and target in ("10", "11"):
+    if attrs.get("sorted", 1) == 0 and _supports(target, "10.13"):
         reasons.append("sorted=0: the parser requires sorted=1 (operators.md, TensorRT 10.x)")
     dtype = g.types.get(node.input[0], 0)
     if dtype and dtype not in _TOPK_TYPES[target]:
@@ -343,11 +244,7 @@ def _check_scatter(op: str, attrs: dict, target: str) -> list[str]:
     return []
 
 
-def _load(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
-    return model if isinstance(model, onnx.ModelProto) else load_onnx(model)
-
-
-def check_model(model: onnx.ModelProto | str | os.PathLike, target: str) -> CheckReport:
+def check_model(model: ModelLike, target: str) -> CheckReport:
     """Check ``model`` (a ModelProto or a path) against TensorRT ``target`` (a key of TRT_TARGETS).
 
     Raises :class:`LTMPError` for a missing or unreadable file and for an unknown target.
@@ -356,10 +253,8 @@ def check_model(model: onnx.ModelProto | str | os.PathLike, target: str) -> Chec
         where = "" if isinstance(model, onnx.ModelProto) else f"{os.fspath(model)}: "
         raise LTMPError(f"{where}unknown TensorRT target {target!r}; valid targets: "
                         + ", ".join(TRT_TARGETS))
-    proto = _load(model)
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    g = _Graph(proto, opset)
+    g = Graph(load(model))
     findings = _check_graph(g, target)
-    for node in g.nodes:
-        findings += [Finding(_name(node), node.op_type, r) for r in _check_node(g, node, target)]
-    return CheckReport(target=target, opset=opset, findings=findings)
+    for node in g.all_nodes:
+        findings += [Finding(node_name(node), node.op_type, r) for r in _check_node(g, node, target)]
+    return CheckReport(target=target, opset=g.opset, findings=findings)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.trt_targets import normalize_trt_version
 
 REBUILD = "rebuild it with `ltmp-deploy build` on this device"
 TENSORRT_HINT = (
@@ -37,16 +38,25 @@ def quiet_polygraphy() -> Iterator[None]:
         yield
 
 
-def import_tensorrt(path: str | os.PathLike) -> Any:
-    """The ``tensorrt`` module, or an LTMPError naming ``path`` and saying what to install."""
+def import_tensorrt(path: str | os.PathLike, advice: str = TENSORRT_HINT) -> Any:
+    """The ``tensorrt`` module, or an LTMPError naming ``path`` (what needs it) and giving ``advice``."""
     try:
         import tensorrt
     except Exception as err:  # noqa: BLE001  (ImportError, or OSError from missing libnvinfer)
-        raise LTMPError(f"{path}: needs the TensorRT backend, which is not installed here ({type(err).__name__}); {TENSORRT_HINT}") from err
+        raise LTMPError(f"{path}: TensorRT is not installed here ({type(err).__name__}); {advice}") from err
     return tensorrt
 
 
+def tensorrt_version() -> Optional[str]:
+    """The installed TensorRT version, or None when ``import tensorrt`` fails."""
+    try:
+        return str(import_tensorrt("tensorrt").__version__)
+    except LTMPError:
+        return None
+
+
 def sidecar_path(engine: str | os.PathLike) -> Path:
+    """``ENGINE.json`` next to ``ENGINE``: written by ``ltmp-deploy build``, read before loading."""
     return Path(f"{os.fspath(engine)}.json")
 
 
@@ -102,9 +112,10 @@ def _flag(sidecar: dict[str, Any], key: str) -> bool:
 
 def _release(version: Any) -> str:
     """major.minor.patch: trtexec's banner gives no build number, the Python bindings do."""
-    import re
-
-    return ".".join(re.findall(r"\d+", re.split(r"[-+~]", str(version))[0])[:3])
+    try:
+        return ".".join(normalize_trt_version(str(version)).split(".")[:3])
+    except LTMPError:  # a sidecar edited by hand: compare the text as it is
+        return str(version)
 
 
 def check_compatible(engine: str | os.PathLike, sidecar: dict[str, Any], trt_version: str, gpu: Optional[str]) -> None:

@@ -1,0 +1,321 @@
+"""Planning a TensorRT build, without TensorRT: the options checked against the preset, the
+graph and the target TensorRT version.
+
+    plan = plan_build("model.onnx", BuildOptions(preset="agx-orin", precision="fp16"))
+
+The preset gives the target TensorRT version, a workspace that fits the module's memory, DLA
+cores and batch profiles; the requested precision is matched with what the graph carries (an
+fp16 export, Q/DQ nodes for INT8) and with what the TensorRT version can do, and the graph is
+checked against that version's ONNX parser (:mod:`ltmp_deploy.export.trt_check`). Combinations
+that cannot work are refused with the reason.
+
+Precision, by TensorRT version:
+
+- 8.5 / 8.6 (JetPack 5.1 / 6.0): weakly typed, builder flags ``fp16`` / ``int8`` (the latter
+  for a Q/DQ graph); no BF16 (TensorRT 9.0+), no strongly typed networks.
+- 10.x (JetPack 6.1/6.2 ship 10.3, JetPack 7.0/7.1 10.13, JetPack 7.2 10.16): strongly typed
+  when the graph carries the precision (fp16 export, Q/DQ graph), else the builder flags;
+  ``strongly_typed`` overrides.
+- 11.x: always strongly typed, no precision flags: the graph must carry the precision.
+
+DLA (``dla_core``) takes fp16 or int8, one static shape, fixed mode, and a TensorRT that has it
+on Jetson (:data:`ltmp_deploy.runtime.presets.DLA_TRT_VERSIONS`).
+
+The ONNX file is read and hashed once (:func:`inspect_graph`); the plan carries the loaded graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import onnx
+
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.metadata import read_metadata
+from ltmp_deploy.export.onnxgraph import dims, image_io, load
+from ltmp_deploy.export.quantize import has_qdq
+from ltmp_deploy.export.tolerances import PRECISIONS
+from ltmp_deploy.export.trt_check import check_model
+from ltmp_deploy.export.trt_targets import trt_key
+from ltmp_deploy.files import ensure_writable
+from ltmp_deploy.runtime.presets import DLA_TRT_VERSIONS, JETPACK, PRESETS, TRT_VERSIONS, Preset
+
+MAX_OPT_LEVEL = 5
+
+
+@dataclass
+class BuildOptions:
+    """What the user asks for; :func:`plan_build` checks it and fills in the preset's defaults."""
+
+    preset: str = "datacenter"
+    precision: Optional[str] = None  # fp32 | fp16 | bf16 | int8; None: the preset's default
+    trt: Optional[str] = None  # target TensorRT version (a TRT_VERSIONS key); None: installed / preset default
+    min_batch: Optional[int] = None
+    opt_batch: Optional[int] = None
+    max_batch: Optional[int] = None
+    dla_core: Optional[int] = None
+    workspace_mib: Optional[int] = None
+    timing_cache: Optional[str] = None
+    opt_level: Optional[int] = None
+    hardware_compat: bool = False
+    version_compatible: bool = False
+    strongly_typed: Optional[bool] = None  # None: chosen from the TensorRT version and the graph
+
+
+@dataclass
+class GraphInfo:
+    """What the builder needs to know about the ONNX graph, read once by :func:`inspect_graph`."""
+
+    path: Path
+    sha256: str
+    metadata: dict[str, Any]
+    input_shape: tuple[Optional[int], ...]  # (batch or None, C, H, W)
+    precision: str  # what the graph carries: fp32 | fp16 | bf16 | int8 (Q/DQ)
+    model: Optional[onnx.ModelProto] = field(default=None, repr=False, compare=False)
+
+    @property
+    def mode(self) -> Optional[str]:
+        return self.metadata.get("mode")
+
+
+@dataclass
+class BuildPlan:
+    """A checked build: everything the builder, trtexec and the sidecar need."""
+
+    graph: GraphInfo
+    preset: Preset
+    trt: str
+    precision: str
+    strongly_typed: bool
+    flags: list[str]  # weakly typed builder precision flags: fp16 / int8 / bf16
+    profile: Optional[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]  # None: static input
+    workspace_mib: Optional[int]
+    dla_core: Optional[int]
+    opt_level: Optional[int]
+    hardware_compat: bool
+    version_compatible: bool
+    timing_cache: Optional[str]
+    notes: list[str] = field(default_factory=list)
+
+    def shapes(self) -> dict[str, list[int]]:
+        """min/opt/max input shapes (all equal for a static input)."""
+        if self.profile is None:
+            static = [int(d) for d in self.graph.input_shape]  # type: ignore[arg-type]
+            return {"min": static, "opt": static, "max": static}
+        return {k: list(s) for k, s in zip(("min", "opt", "max"), self.profile)}
+
+
+GraphLike = Union[GraphInfo, str, os.PathLike]
+
+
+def inspect_graph(onnx_path: str | os.PathLike, model: Optional[onnx.ModelProto] = None) -> GraphInfo:
+    """Metadata, input shape, precision and hash of an exported graph (onnx only, no TensorRT).
+
+    ``model``: the graph at ``onnx_path`` already loaded (a quantizer's output), so it is not read again.
+    """
+    path = Path(onnx_path)
+    model = load(path) if model is None else model
+    images, _ = image_io(model, str(path))
+    shape, dtype = dims(images), images.type.tensor_type.elem_type
+    types, t = [i.data_type for i in model.graph.initializer] + [dtype], onnx.TensorProto
+    if has_qdq(model):
+        precision = "int8"
+    elif t.BFLOAT16 in types:
+        precision = "bf16"
+    elif dtype == t.FLOAT16 or types.count(t.FLOAT16) > types.count(t.FLOAT):
+        precision = "fp16"
+    else:
+        precision = "fp32"
+    return GraphInfo(path, _sha256(path), read_metadata(model), shape, precision, model)
+
+
+def plan_build(graph: GraphLike, options: BuildOptions, *, installed: Optional[str] = None,
+               assume_int8: bool = False) -> BuildPlan:
+    """Check ``options`` against the preset, the graph and the TensorRT version; raise LTMPError.
+
+    ``graph``: a :class:`GraphInfo` or the path of an exported graph. ``installed``: the
+    TensorRT version on this machine (None when there is none: the preset's default target is
+    used unless ``options.trt`` names one). ``assume_int8``: plan as if the graph already had
+    its Q/DQ nodes (checks before quantizing).
+    """
+    graph = graph if isinstance(graph, GraphInfo) else inspect_graph(graph)
+    if assume_int8 and graph.precision == "fp32":
+        graph = replace(graph, precision="int8")
+    preset = _preset(options.preset)
+    trt = _target(preset, options.trt, installed)
+    where = f"{graph.path} (--preset {preset.name}, TensorRT {trt})"
+    notes: list[str] = []
+
+    precision = options.precision
+    if precision is None:
+        precision = graph.precision if graph.precision != "fp32" else (preset.default_precision or "fp32")
+    if precision not in PRECISIONS:
+        raise LTMPError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    _check_precision(where, graph, precision, trt)
+
+    dla = options.dla_core
+    if dla is not None:
+        _check_dla(where, preset, graph, precision, dla, trt)
+    profile = _profile(where, preset, graph, options, dla)
+    strongly_typed = _typing(where, graph, precision, trt, options.strongly_typed, dla)
+    flags = [] if strongly_typed or precision == "fp32" else [precision]
+    if dla is not None and precision == "int8" and not strongly_typed:
+        flags.append("fp16")  # DLA runs the layers without Q/DQ in fp16 (or falls back to the GPU)
+    if precision == "int8" and not strongly_typed and trt.startswith("10"):
+        notes.append("INT8 through the builder flag is deprecated in TensorRT 10.x; strongly typed builds avoid it")
+    workspace = _check_options(where, preset, options, trt)
+    _check_parser(graph, trt, preset)
+    return BuildPlan(graph, preset, trt, precision, strongly_typed, flags, profile, workspace, dla, options.opt_level,
+                     options.hardware_compat, options.version_compatible, options.timing_cache, notes)
+
+
+def _check_options(where: str, preset: Preset, options: BuildOptions, trt: str) -> Optional[int]:
+    """The builder options that do not touch precision; returns the workspace cap in MiB."""
+    workspace = options.workspace_mib if options.workspace_mib is not None else preset.workspace_mib
+    if workspace is not None and workspace < 1:
+        raise LTMPError(f"--workspace {workspace}: must be at least 1 MiB")
+    if options.opt_level is not None:
+        if not 0 <= options.opt_level <= MAX_OPT_LEVEL:
+            raise LTMPError(f"--opt-level {options.opt_level}: TensorRT's builder optimization levels are "
+                            f"0 to {MAX_OPT_LEVEL}")
+        if trt == "8.5":
+            raise LTMPError(f"{where}: --opt-level needs TensorRT 8.6 or newer")
+    if options.hardware_compat:
+        if preset.jetson:
+            raise LTMPError(f"{where}: --hardware-compat is not supported for Jetson (JetPack) engines; "
+                            "build on each device type instead")
+        if trt == "8.5":
+            raise LTMPError(f"{where}: --hardware-compat needs TensorRT 8.6 or newer")
+    if options.version_compatible and trt == "8.5":
+        raise LTMPError(f"{where}: --version-compatible needs TensorRT 8.6 or newer")
+    if options.timing_cache is not None:
+        ensure_writable(options.timing_cache)
+    return workspace
+
+
+def _preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise LTMPError(f"--preset {name}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _target(preset: Preset, asked: Optional[str], installed: Optional[str]) -> str:
+    if asked is not None and asked not in TRT_VERSIONS:
+        raise LTMPError(f"--trt {asked}: choose one of {', '.join(TRT_VERSIONS)}")
+    if installed is not None:
+        have = trt_key(installed)
+        if asked is not None and asked != have:
+            raise LTMPError(f"--trt {asked}: this machine has TensorRT {installed}; an engine is built by the "
+                            f"installed TensorRT, so build where TensorRT {asked} is installed or drop --trt")
+        asked = have
+    target = asked or preset.trt_versions[0]
+    if target not in preset.trt_versions:
+        extra = f" ({JETPACK})" if preset.jetson else ""
+        raise LTMPError(f"--preset {preset.name}: TensorRT {target} is not a target of this preset; "
+                        f"it takes {', '.join(preset.trt_versions)}{extra}")
+    return target
+
+
+def _check_precision(where: str, graph: GraphInfo, precision: str, trt: str) -> None:
+    carried = graph.precision
+    if carried == "int8" and precision != "int8":
+        raise LTMPError(f"{where}: the graph has Q/DQ nodes (explicit INT8); build it with --precision int8")
+    if precision == "int8" and carried != "int8":
+        raise LTMPError(f"{where}: --precision int8 needs Q/DQ nodes in the graph: pass --calibration FILE.npy "
+                        "(the build quantizes first) or run ltmp_deploy.export.quantize.quantize_int8")
+    if carried in ("fp16", "bf16") and precision != carried:
+        raise LTMPError(f"{where}: the graph is {carried}; build it with --precision {carried}, "
+                        f"or export a float32 graph for --precision {precision}")
+    if precision == "bf16" and trt in ("8.5", "8.6"):
+        raise LTMPError(f"{where}: BF16 needs TensorRT 9.0 or newer; use --precision fp16")
+    if trt == "11" and precision in ("fp16", "bf16") and carried != precision:
+        fix = "export with --fp16" if precision == "fp16" else "convert the graph to bf16 (NVIDIA ModelOpt AutoCast)"
+        raise LTMPError(f"{where}: TensorRT 11 has no {precision.upper()} builder flag (networks are strongly typed): "
+                        f"{fix} and build that graph")
+
+
+def _check_dla(where: str, preset: Preset, graph: GraphInfo, precision: str, dla: int, trt: str) -> None:
+    if preset.dla_cores == 0:
+        raise LTMPError(f"{where}: --dla-core {dla}: {preset.description} has no DLA")
+    if not 0 <= dla < preset.dla_cores:
+        raise LTMPError(f"{where}: --dla-core {dla}: {preset.description} has DLA cores 0..{preset.dla_cores - 1}")
+    if trt not in DLA_TRT_VERSIONS:
+        raise LTMPError(f"{where}: --dla-core {dla}: TensorRT {trt} does not run DLA on Jetson (TensorRT 10.7 was "
+                        f"the last 10.x release with DLA); build for the GPU, or for TensorRT {DLA_TRT_VERSIONS[-1]} "
+                        "(JetPack 6)")
+    if precision not in ("fp16", "int8"):
+        raise LTMPError(f"{where}: DLA runs FP16 or INT8 only; use --precision fp16 or int8 with --dla-core")
+    if graph.mode == "threshold":
+        raise LTMPError(f"{where}: a threshold-mode graph has data-dependent token counts and DLA takes static shapes "
+                        "only: export fixed mode for DLA, or build without --dla-core")
+
+
+def _profile(where: str, preset: Preset, graph: GraphInfo, options: BuildOptions, dla: Optional[int]):  # noqa: ANN202
+    asked = (options.min_batch, options.opt_batch, options.max_batch)
+    for flag, value in zip(("--min-batch", "--opt-batch", "--max-batch"), asked):
+        if value is not None and value < 1:
+            raise LTMPError(f"{flag} {value}: must be at least 1")
+    fixed = graph.input_shape[0]
+    if fixed is not None:
+        if any(v is not None and v != fixed for v in asked):
+            raise LTMPError(f"{where}: the graph has a fixed batch of {fixed}; drop the batch options or export with a "
+                            "dynamic batch axis (no --batch)")
+        return None
+    mn, opt, mx = asked
+    if dla is not None:
+        size = opt or mx or mn or 1
+        mn, opt, mx = mn or size, opt or size, mx or size
+        if not mn == opt == mx:
+            raise LTMPError(f"{where}: DLA takes static shapes only: give one batch size "
+                            f"(--min-batch = --opt-batch = --max-batch), not {mn}/{opt}/{mx}")
+    else:
+        mn = mn or min(preset.batch[0], opt or preset.batch[0], mx or preset.batch[0])
+        mx = mx or max(preset.batch[2], opt or 0, mn)
+        opt = opt or min(max(preset.batch[1], mn), mx)
+    if not mn <= opt <= mx:
+        raise LTMPError(f"batch profile {mn}/{opt}/{mx}: needs --min-batch <= --opt-batch <= --max-batch")
+    chw = tuple(int(d) for d in graph.input_shape[1:])  # type: ignore[arg-type]
+    return (mn, *chw), (opt, *chw), (mx, *chw)
+
+
+def _typing(where: str, graph: GraphInfo, precision: str, trt: str, asked: Optional[bool], dla: Optional[int]) -> bool:
+    if trt == "11":
+        if asked is False:
+            raise LTMPError(f"{where}: TensorRT 11 builds strongly typed networks only")
+        return True
+    if trt in ("8.5", "8.6"):
+        if asked:
+            raise LTMPError(f"{where}: strongly typed networks need TensorRT 10 (JetPack 6.1+) or newer")
+        return False
+    if asked is not None:
+        if asked and precision != graph.precision:
+            raise LTMPError(f"{where}: a strongly typed build takes its precision from the graph, which is "
+                            f"{graph.precision}, not {precision}")
+        return asked
+    return dla is None and precision != "fp32" and precision == graph.precision
+
+
+def _check_parser(graph: GraphInfo, trt: str, preset: Preset) -> None:
+    report = check_model(graph.model if graph.model is not None else graph.path, trt)
+    if report.ok:
+        return
+    why = ""
+    if graph.mode == "threshold" and trt == "8.5":
+        why = (" (a threshold-mode graph needs TensorRT 8.6 or newer: its TopK K is computed at run time; "
+               "export fixed mode for this target)")
+    raise LTMPError(f"{graph.path}: the TensorRT {trt} parser (--preset {preset.name}) would reject this graph{why}:\n"
+                    + report.summary())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
