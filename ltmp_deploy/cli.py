@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from ltmp_deploy import __version__
+from ltmp_deploy.cli_field import cmd_inspect, cmd_predict, cmd_show
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.extras import explain_missing, require_full
 
@@ -135,39 +136,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ltmp_deploy.errors import LTMPError
-    from ltmp_deploy.ltmp.visualize import render
-
-    model = _load_model(args.checkpoint)
-    if args.mode:
-        model.ltmp_set_mode(args.mode)
-    if args.image.startswith("digits:"):
-        from ltmp_deploy.data.digits import DigitsDataset, digits_arrays
-
-        index = int(args.image.split(":", 1)[1])
-        image = DigitsDataset("test")[index][0]
-        raw = digits_arrays("test", normalize=False)[0][index]
-        display = (np.transpose(raw, (1, 2, 0)) * 255).clip(0, 255).astype(np.uint8)
-    else:
-        from PIL import Image
-
-        from ltmp_deploy.data.folder import transform_for_model
-
-        try:
-            with Image.open(args.image) as im:
-                picture = im.convert("RGB")
-        except OSError as err:
-            raise LTMPError(f"{args.image}: not a readable image ({err})") from err
-        image = transform_for_model(model)(picture)
-        size = tuple(model.patch_embed.img_size)
-        display = np.asarray(picture.resize(size[::-1]))
-    print(f"wrote {render(model, image, display, args.output)}")
-    return 0
-
-
 def _load_model(spec: str):  # noqa: ANN202
     """A toolkit checkpoint or a model description JSON (by content, whatever the name), or a timm
     model name patched fresh; a file that is neither is refused rather than looked up as a name."""
@@ -222,6 +190,15 @@ def _fmt(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
+class _ExampleFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual, but prints a command's example (its epilog) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ltmp-deploy",
@@ -231,8 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str,
+            example: Optional[str] = None) -> argparse.ArgumentParser:
+        epilog = "example:\n" + "".join(f"  {line}\n" for line in example.splitlines()) if example else None
+        p = sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=_ExampleFormatter)
         p.set_defaults(func=func)
         return p
 
@@ -249,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset (default 16 for fixed, which TensorRT 8.5 reads; 17 for threshold)")
     p.add_argument("--batch", type=int, help="a fixed batch size (default: a dynamic batch axis). Pinning lets the shape computations fold, which pays at small batches")
     p.add_argument("--fp16", action="store_true", help="an fp16 graph, for strongly typed TensorRT builds (TensorRT 11)")
-    p.add_argument("--decisions", action="store_true", help="extra outputs with each block's kept and merged token indices, for debugging parity")
+    p.add_argument("--decisions", action="store_true", help="extra outputs with each block's kept and merged token "
+                   "indices: for audit logs and token pictures (predict --log-decisions, show) and parity debugging")
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
     p.add_argument("--triton-repo", metavar="DIR", help="also write a Triton Inference Server model repository here: NAME_onnx (onnxruntime) and NAME_trt (tensorrt_plan; build its engine on the server GPU)")
     p.add_argument("--triton-max-batch", type=int, default=8, metavar="N", help="max_batch_size of the Triton models, with dynamic batching (default 8)")
@@ -265,11 +245,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=8, help="threshold-learning epochs on the digits train split")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per variant")
 
-    p = add("show", cmd_show, "Draw what the model threw away: per block, the pruned (dark red) and merged (coloured groups) patches over the image.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="toolkit checkpoint")
-    p.add_argument("image", metavar="IMAGE", help="an image file, or digits:N for image N of the embedded test split")
-    p.add_argument("--mode", choices=["threshold", "fixed"], help="default: the checkpoint's mode")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    p = add("show", cmd_show,
+            "Draw what the model threw away, per image a grid over the blocks: pruned patches greyed, merged patches "
+            "outlined in their group's colour; from a checkpoint, an ONNX file or engine exported with --decisions, "
+            "or an audit log.",
+            "ltmp-deploy show model.onnx cat.jpg -o cat.png\n"
+            "ltmp-deploy show audit.jsonl --image cat.jpg --image 7 -o pictures/")
+    p.add_argument("source", metavar="SOURCE", help="a toolkit checkpoint (PyTorch), an ONNX file or engine exported "
+                   "with --decisions (no torch needed), or an audit log from predict --log-decisions")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="with a model: image files, or digits:N for image N of "
+                   "the embedded test split (checkpoints only)")
+    p.add_argument("--image", action="append", metavar="NAME", help="with an audit log: a logged image (its path as "
+                   "logged, its file name, or a line index from 0); repeat for several")
+    p.add_argument("--mode", choices=["threshold", "fixed"], help="a checkpoint's mode (default: the checkpoint's own)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the PNG to write; a folder for several images (one PNG each)")
+
+    p = add("predict", cmd_predict,
+            "Classify image files and folders with an ONNX file or an engine (no torch needed): top-k per image, "
+            "with an optional audit log of every block's token decisions.",
+            "ltmp-deploy predict model.onnx photos/ -k 3 --log-decisions audit.jsonl")
+    p.add_argument("file", metavar="FILE", help="an ONNX file or a TensorRT engine (.engine/.plan with ENGINE.json)")
+    p.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="image files, or folders searched recursively for images (recognised by content)")
+    p.add_argument("-k", type=int, default=5, help="classes per image, best first (default 5)")
+    p.add_argument("--batch", type=int, metavar="N", help="images per run (default: a pinned batch's size, else 8)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout instead of a table")
+    p.add_argument("--log-decisions", metavar="AUDIT.jsonl", help="one JSON line per image with every block's kept "
+                   "count, pruned patches and merged groups (needs an export with --decisions); the file appears "
+                   "whole when the run ends, and not at all if it fails")
+    p.add_argument("--provider", action="append", metavar="NAME", help="ONNX Runtime execution provider, repeated in "
+                   "order of preference (default: the best installed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    p = add("inspect", cmd_inspect,
+            "Say what a checkpoint, an ONNX file or an engine holds: model, mode, schedule, thresholds, FLOPs kept, "
+            "precision, opset, inputs and outputs; an engine's TensorRT version and GPU.",
+            "ltmp-deploy inspect model.plan --json")
+    p.add_argument("file", metavar="FILE",
+                   help="a toolkit checkpoint (.safetensors), an ONNX file, or an engine with its ENGINE.json")
+    p.add_argument("--json", action="store_true", help="everything as one JSON object")
 
     p = add("train-base", cmd_train_base, "Train the embedded default ViT on scikit-learn's digits (cached; a few minutes on CPU).")
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of the cache ($LTMP_DEPLOY_CACHE or ~/.cache/ltmp-deploy)")
@@ -374,6 +389,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LTMPError as err:
         print(f"ltmp-deploy {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"ltmp-deploy {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -193,6 +193,7 @@ def _metadata(model: LTMPVisionTransformer, opset: int, fp16: bool, images: torc
         "input_name": INPUT_NAME,
         "input_shape": [batch or "batch", *base["data_config"]["input_size"]],
         "num_prefix_tokens": int(model.num_prefix_tokens),
+        "patch_grid": [int(g) for g in model.patch_embed.grid_size],  # rows, columns: how decisions map to the image
         "num_blocks": len(model.blocks),
         "decision_outputs": decision_output_names(len(model.blocks)),
         "block_macs": {"unpatched": unpatched_flops(model).unpatched_blocks, "patched": patched.blocks, "reduction": patched.reduction, "basis": flops_note},

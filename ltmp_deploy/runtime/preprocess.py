@@ -127,6 +127,12 @@ def _one(img: Image.Image, cfg: Mapping[str, Any]) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
+def model_view(image: ImageLike, cfg: Mapping[str, Any]) -> np.ndarray:
+    """The picture the model sees, resized and cropped as :func:`preprocess` does but not
+    normalised: (H, W, 3) uint8, what token pictures are drawn over."""
+    return np.ascontiguousarray(_one(_open(image, 0), cfg).transpose(1, 2, 0))
+
+
 def preprocess(images: ImageLike | Sequence[ImageLike], cfg: Mapping[str, Any]) -> np.ndarray:
     """Images -> float32 (N, 3, H, W), as timm's eval transform for ``cfg`` would produce them.
 

@@ -1,0 +1,224 @@
+"""The field commands of ``ltmp-deploy``: predict, show and inspect.
+
+Thin layers over ``ltmp_deploy.runtime``: none of them imports torch unless it is handed a
+checkpoint (``show`` draws a checkpoint's decisions with PyTorch), so they run on a device with
+the field install only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from ltmp_deploy.errors import LTMPError
+
+DIGITS = "digits:"  # show's name for image N of the embedded digits test split
+Picture = Any  # (picture the model saw, per-block PatchMaps, patch grid)
+
+
+# -- predict ------------------------------------------------------------------------------------
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ltmp_deploy.runtime.audit import AuditLog
+    from ltmp_deploy.runtime.predict import image_files, predict_files
+    from ltmp_deploy.runtime.session import Session
+
+    with Session(args.file, providers=args.provider) as session:
+        log = AuditLog(args.log_decisions, session) if args.log_decisions else None
+        try:
+            images = image_files(args.images)
+            rows = predict_files(session, images, k=args.k, batch=args.batch, log=log, progress=not args.no_progress)
+            if args.json:
+                _print_json(rows)
+            else:
+                _print_table(rows, images)
+        except BaseException:
+            if log is not None:
+                log.discard()
+            raise
+        if log is not None:
+            print(f"wrote {log.close()}: {log.count} lines", file=sys.stderr)
+    return 0
+
+
+def _print_json(rows: Iterator[Any]) -> None:
+    for p in rows:
+        print(json.dumps({"image": p.image, "topk": p.topk}), flush=True)
+
+
+def _print_table(rows: Iterator[Any], images: Sequence[Path]) -> None:
+    width = min(60, max(len("image"), *(len(os.fspath(i)) for i in images)))
+    header = None
+    for p in rows:
+        cells = [f"{e['label'] if e['label'] is not None else e['class']} {e['prob']:.3f}" for e in p.topk]
+        if header is None:
+            header = f"{'image':<{width}}  " + "  ".join(f"{'top-' + str(j + 1):<16}" for j in range(len(cells)))
+            print(header.rstrip())
+        print((f"{p.image:<{width}}  " + "  ".join(f"{c:<16}" for c in cells)).rstrip(), flush=True)
+
+
+# -- show ---------------------------------------------------------------------------------------
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ltmp_deploy.runtime.visualize import draw, save_png
+
+    kind = _show_kind(args.source)
+    if kind != "checkpoint" and args.mode:
+        raise LTMPError(f"--mode: applies to a checkpoint; {args.source} decided its mode when it was made")
+    if kind == "log":
+        if args.images:
+            raise LTMPError(
+                f"{args.source}: an audit log draws the images it logged; "
+                f"choose them with --image, not {args.images[0]}"
+            )
+        if not args.image:
+            raise LTMPError(f"{args.source}: choose the logged images to draw with --image NAME or --image INDEX")
+        pictures = _from_log(args.source, args.image)
+        names = args.image
+    else:
+        if args.image:
+            raise LTMPError("--image: picks images of an audit log; give image files after the model instead")
+        if not args.images:
+            raise LTMPError(f"{args.source}: give at least one image to draw")
+        pictures = (
+            _from_runtime(args.source, args.images)
+            if kind == "runtime"
+            else _from_checkpoint(args.source, args.images, args.mode)
+        )
+        names = args.images
+    for out, (picture, maps, grid) in zip(_outputs(args.output, names), pictures):
+        print(f"wrote {save_png(draw(picture, maps, grid), out)}")
+    return 0
+
+
+def _show_kind(source: str) -> str:
+    """What ``source`` is: "log", "runtime" (an exported graph or engine) or "checkpoint" (for PyTorch)."""
+    from ltmp_deploy.runtime.audit import SCHEMA
+    from ltmp_deploy.runtime.engine import ENGINE_SUFFIXES
+
+    path = Path(source)
+    if path.suffix.lower() in (".onnx", *ENGINE_SUFFIXES):
+        return "runtime"
+    if path.suffix.lower() == ".jsonl":
+        return "log"
+    if path.is_file() and path.suffix.lower() == ".json":
+        with path.open("rb") as f:
+            if f'"schema":"{SCHEMA}"'.encode() in f.readline():
+                return "log"
+    return "checkpoint"
+
+
+def _outputs(output: str, names: Sequence[str]) -> list[Path]:
+    """``output`` itself for one image; for several, a file per image in the folder ``output``."""
+    target = Path(output)
+    if len(names) == 1 and not target.is_dir():
+        return [target]
+    if target.exists() and not target.is_dir():
+        raise LTMPError(f"-o {output}: {len(names)} images need a folder to write into, and this is a file")
+    target.mkdir(parents=True, exist_ok=True)
+    outs, seen = [], set()
+    for name in names:
+        stem = Path(name.replace(":", "-")).stem or "image"
+        out, n = target / f"{stem}.png", 1
+        while out in seen:
+            n += 1
+            out = target / f"{stem}-{n}.png"
+        seen.add(out)
+        outs.append(out)
+    return outs
+
+
+def _from_log(path: str, wanted: Sequence[str]) -> Iterator[Picture]:
+    from ltmp_deploy.files import sha256
+    from ltmp_deploy.runtime.audit import entry_maps, select
+    from ltmp_deploy.runtime.preprocess import model_view
+
+    for entry in select(path, wanted):
+        image = entry.get("image")
+        where = f"{path}: image {image!r}"
+        if not image or not os.path.isfile(image):
+            raise LTMPError(f"{where}: not found here (run show from the folder predict ran in)")
+        if entry.get("image_sha256") and sha256(image) != entry["image_sha256"]:
+            raise LTMPError(
+                f"{where}: the file changed since it was logged (its sha256 differs); the log no longer describes it"
+            )
+        grid, maps = entry_maps(entry, where)
+        yield model_view(image, entry["input"]["data_config"]), maps, grid
+
+
+def _from_runtime(path: str, images: Sequence[str]) -> Iterator[Picture]:
+    from ltmp_deploy.runtime.audit import NO_DECISIONS
+    from ltmp_deploy.runtime.preprocess import model_view
+    from ltmp_deploy.runtime.session import Session
+    from ltmp_deploy.runtime.sources import image_maps, patch_grid
+
+    with Session(path) as session:
+        if not session.has_decisions:
+            raise LTMPError(f"{path}: {NO_DECISIONS.replace('to log', 'to draw')}")
+        meta = session.metadata
+        grid = patch_grid(meta, path)
+        for image in images:
+            if image.startswith(DIGITS):
+                raise LTMPError(
+                    f"{image}: the embedded digits need the toolkit; save the digit as a PNG to draw it from {path}"
+                )
+            result = session.predict([image], k=1)
+            maps = image_maps(result.decisions, 0, int(meta["num_prefix_tokens"]), grid[0] * grid[1])
+            yield model_view(image, meta["data_config"]), maps, grid
+
+
+def _from_checkpoint(spec: str, images: Sequence[str], mode: Optional[str]) -> Iterator[Picture]:
+    try:
+        import torch
+    except ImportError as err:
+        raise LTMPError(
+            f"{spec}: drawing from a checkpoint needs PyTorch (pip install torch timm); "
+            "an ONNX file exported with --decisions draws without it"
+        ) from err
+
+    from ltmp_deploy.cli import _load_model
+    from ltmp_deploy.data.folder import model_data_config
+    from ltmp_deploy.ltmp.visualize import token_maps
+    from ltmp_deploy.runtime.preprocess import model_view, preprocess
+    from ltmp_deploy.runtime.sources import PatchMap
+
+    model = _load_model(spec)
+    if mode:
+        model.ltmp_set_mode(mode)
+    cfg, grid = model_data_config(model), tuple(model.patch_embed.grid_size)
+    for image in images:
+        picture = _digit(image) if image.startswith(DIGITS) else image
+        tokens = token_maps(model, torch.from_numpy(preprocess(picture, cfg))[0])
+        maps = [PatchMap(m["block"], m["kept"], m["owner"].astype("int64")) for m in tokens]
+        yield model_view(picture, cfg), maps, grid
+
+
+def _digit(name: str) -> Any:
+    """Image N of the embedded digits test split, as its 8x8 grey picture."""
+    from ltmp_deploy.data.digits import raw_images
+
+    pictures, _ = raw_images("test")
+    index = name[len(DIGITS) :]
+    if not index.isdigit() or int(index) >= len(pictures):
+        raise LTMPError(f"{name}: the digits test split has images {DIGITS}0 to {DIGITS}{len(pictures) - 1}")
+    return pictures[int(index)]
+
+
+# -- inspect ------------------------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ltmp_deploy.runtime.inspection import inspect_file, summary
+
+    info = inspect_file(args.file)
+    print(json.dumps(info, indent=2) if args.json else summary(info))
+    return 0
+
+
+__all__ = ["cmd_inspect", "cmd_predict", "cmd_show"]

@@ -1,0 +1,254 @@
+"""What a model file holds: a checkpoint, an ONNX graph or a TensorRT engine, without running it.
+
+    info = inspect_file("model.onnx")   # a JSON-able dict
+    print(summary(info))
+
+Checkpoints are read from their safetensors header alone (an 8-byte little-endian length, then
+that many bytes of JSON), so neither torch nor safetensors is needed; graphs through onnx without
+their external weights; engines from their ``ENGINE.json`` sidecar, so TensorRT is not needed.
+Every kind reports the same model fields (architecture, mode, schedule, thresholds, FLOPs kept)
+from the metadata the toolkit wrote, and its own: tensors for a checkpoint, opset and inputs and
+outputs for a graph, TensorRT version, GPU and profiles for an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.files import sha256
+from ltmp_deploy.runtime.engine import ENGINE_SUFFIXES, read_sidecar, sidecar_path
+
+CHECKPOINT_KEY = "ltmp_deploy"  # the header metadata key toolkit checkpoints keep their JSON under
+THRESHOLD_SUFFIXES = (".merge_masker.threshold", ".prune_masker.threshold")
+MAX_HEADER = 100 << 20  # safetensors' own limit on the header length
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a safetensors file, checked against the file's length."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= length <= MAX_HEADER:
+            raise LTMPError(f"{path}: not a safetensors file (no header length in its first 8 bytes)")
+        if length > size - 8:
+            raise LTMPError(
+                f"{path}: truncated: its header alone should take {length} bytes, "
+                f"the file holds {size - 8} after the length"
+            )
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as err:
+            raise LTMPError(f"{path}: not a safetensors file, or a corrupt one (header is not JSON: {err})") from err
+    if not isinstance(header, dict):
+        raise LTMPError(f"{path}: corrupt safetensors header (not a JSON object)")
+    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    if max(ends, default=0) > size - 8 - length:
+        raise LTMPError(
+            f"{path}: truncated: its header describes {max(ends)} bytes of tensors, the file holds {size - 8 - length}"
+        )
+    return header
+
+
+def _is_safetensors(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= MAX_HEADER
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """ "checkpoint", "onnx" or "engine", from the content for checkpoints, else the suffix."""
+    path = Path(path)
+    if not path.is_file():
+        raise LTMPError(f"{path}: no such file")
+    if _is_safetensors(path):
+        return "checkpoint"
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        return "engine"
+    raise LTMPError(
+        f"{path}: not a toolkit checkpoint (.safetensors), an ONNX graph (.onnx) or an engine (.engine/.plan)"
+    )
+
+
+def _model(meta: Mapping[str, Any]) -> dict[str, Any]:
+    arch = meta.get("architecture") or {}
+    macs = meta.get("block_macs") or {}
+    ratio = macs["patched"] / macs["unpatched"] if macs.get("unpatched") else None
+    return {
+        "model": arch.get("timm_model") or arch.get("timm_class"),
+        "architecture": arch or None,
+        "num_classes": meta.get("num_classes"),
+        "input_size": (meta.get("data_config") or {}).get("input_size"),
+        "mode": meta.get("mode"),
+        "schedule": meta.get("schedule"),
+        "thresholds": meta.get("thresholds"),
+        "flops_kept": ratio,
+        "flops_basis": macs.get("basis"),
+        "toolkit_version": meta.get("toolkit_version"),
+    }
+
+
+def _checkpoint(path: Path) -> dict[str, Any]:
+    header = safetensors_header(path)
+    raw = (header.get("__metadata__") or {}).get(CHECKPOINT_KEY)
+    if raw is None:
+        raise LTMPError(f"{path}: a safetensors file without ltmp-deploy metadata: weights, not a toolkit checkpoint")
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise LTMPError(f"{path}: corrupt ltmp-deploy metadata in its header ({err})") from err
+    tensors = {k: t for k, t in header.items() if k != "__metadata__"}
+    weights = [t for k, t in tensors.items() if not k.endswith(THRESHOLD_SUFFIXES)]
+    return {
+        **_model(meta),
+        "num_blocks": sum(k.endswith(THRESHOLD_SUFFIXES[0]) for k in tensors),
+        "tensors": len(tensors),
+        "parameters": sum(math.prod(t["shape"]) for t in weights),
+        "dtypes": sorted({t["dtype"] for t in weights}),
+    }
+
+
+def _values(values: Any) -> list[dict[str, Any]]:
+    import onnx
+
+    out = []
+    for v in values:
+        tt = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name, "shape": dims})
+    return out
+
+
+def _graph(path: Path) -> dict[str, Any]:
+    from ltmp_deploy.export.metadata import load_onnx
+    from ltmp_deploy.runtime.build import inspect_graph
+
+    info = inspect_graph(path)  # the builder's reading: metadata, hash and the precision the graph carries
+    graph = load_onnx(path)
+    inits = {t.name for t in graph.graph.initializer}
+    outputs = _values(graph.graph.output)
+    return {
+        **_model(info.metadata),
+        "sha256": info.sha256,
+        "num_blocks": info.metadata.get("num_blocks"),
+        "precision": info.precision,
+        "opset": next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None),
+        "ir_version": graph.ir_version,
+        "producer": f"{graph.producer_name} {graph.producer_version}".strip() or None,
+        "nodes": len(graph.graph.node),
+        "inputs": _values(i for i in graph.graph.input if i.name not in inits),
+        "outputs": outputs,
+        "decision_outputs": any(o["name"].endswith("_kept") for o in outputs),
+    }
+
+
+def _engine(path: Path) -> dict[str, Any]:
+    side = read_sidecar(path)
+    if not side:
+        return {
+            "sidecar": None,
+            "note": f"no sidecar {sidecar_path(path).name}: an engine built by hand, nothing known",
+        }
+    meta = side.get("metadata") or {}
+    gpu = side.get("gpu")
+    return {
+        **_model(meta),
+        "num_blocks": meta.get("num_blocks"),
+        "precision": side.get("precision"),
+        "opset": meta.get("opset"),
+        "tensorrt_version": side.get("tensorrt_version"),
+        "tensorrt_target": side.get("tensorrt_target"),
+        "gpu": gpu.get("name") if isinstance(gpu, dict) else gpu,
+        "preset": side.get("preset"),
+        "strongly_typed": side.get("strongly_typed"),
+        "profiles": side.get("profiles"),
+        "dla_core": side.get("dla_core"),
+        "hardware_compatibility": side.get("hardware_compatibility"),
+        "version_compatible": side.get("version_compatible"),
+        "built_by": side.get("built_by"),
+        "onnx": side.get("onnx"),
+        "onnx_sha256": side.get("onnx_sha256"),
+        "sidecar": sidecar_path(path).name,
+    }
+
+
+def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything ``path`` says about itself, as a JSON-able dict (keys: see :func:`summary`)."""
+    path = Path(path)
+    kind = file_kind(path)
+    body = {"checkpoint": _checkpoint, "onnx": _graph, "engine": _engine}[kind](path)
+    return {
+        "file": os.fspath(path),
+        "kind": kind,
+        "bytes": path.stat().st_size,
+        "sha256": body.pop("sha256", None) or sha256(path),
+        **body,
+    }
+
+
+def _fmt(values: Optional[list[float]]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]" if values is not None else "-"
+
+
+def _tensors(values: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{v['name']} {v['dtype']}[{', '.join(str(d) for d in v['shape'])}]" for v in values)
+
+
+def summary(info: Mapping[str, Any]) -> str:
+    """``inspect_file``'s answer for people: one fact per line, those the file has."""
+    kinds = {"checkpoint": "toolkit checkpoint", "onnx": "ONNX graph", "engine": "TensorRT engine"}
+    lines = [f"{info['file']}: {kinds[info['kind']]}, {info['bytes']:,} bytes, sha256 {info['sha256']}"]
+
+    def add(label: str, value: Any) -> None:
+        if value not in (None, "", []):
+            lines.append(f"  {label + ':':<18}{value}")
+
+    size = "x".join(str(d) for d in info.get("input_size") or [])
+    add("model", " ".join(str(p) for p in (info.get("model"), f"({size})" if size else None) if p))
+    add("classes", info.get("num_classes"))
+    add("blocks", info.get("num_blocks"))
+    add("mode", info.get("mode"))
+    if info.get("schedule"):
+        add("schedule (r, k)", " ".join(f"{r},{k}" for r, k in info["schedule"]))
+    thresholds = info.get("thresholds") or {}
+    add("merge thresholds", thresholds.get("merge") and _fmt(thresholds["merge"]))
+    add("prune thresholds", thresholds.get("prune") and _fmt(thresholds["prune"]))
+    if info.get("flops_kept") is not None:
+        add("block FLOPs kept", f"{info['flops_kept']:.3f} of unpatched ({info.get('flops_basis')})")
+    add(
+        "parameters",
+        info.get("parameters") and f"{info['parameters']:,} in {info['tensors']} tensors ({', '.join(info['dtypes'])})",
+    )
+    add("precision", info.get("precision"))
+    add("opset", info.get("opset"))
+    add("inputs", info.get("inputs") and _tensors(info["inputs"]))
+    add("outputs", info.get("outputs") and _tensors(info["outputs"]))
+    if info["kind"] == "onnx":
+        add(
+            "decision outputs",
+            "yes" if info["decision_outputs"] else "no (export with --decisions to log or draw decisions)",
+        )
+    add(
+        "TensorRT",
+        info.get("tensorrt_version") and f"{info['tensorrt_version']} (target {info.get('tensorrt_target')})",
+    )
+    add("GPU", info.get("gpu"))
+    add("preset", info.get("preset"))
+    for p in info.get("profiles") or []:
+        add(f"profile {p.get('input')}", ", ".join(f"{k} {v}" for k, v in p.items() if k != "input"))
+    add("built from", info.get("onnx") and f"{info['onnx']} (sha256 {info.get('onnx_sha256')})")
+    add("built by", info.get("built_by"))
+    add("note", info.get("note"))
+    add("toolkit", info.get("toolkit_version"))
+    return "\n".join(lines)
+
+
+__all__ = ["file_kind", "inspect_file", "safetensors_header", "summary"]

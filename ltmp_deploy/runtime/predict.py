@@ -1,0 +1,126 @@
+"""Predicting image files: folders walked, images sniffed, batches streamed, answers as they come.
+
+    with Session("model.onnx") as s:
+        for p in predict_files(s, image_files(["photos/"]), k=3):
+            print(p.image, p.topk)
+
+However many images there are, only one batch is read, run and logged at a time, so memory stays
+flat over a long run. Which files are images is decided by Pillow from their content, not their
+names.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Sequence, TypeVar
+
+from PIL import Image
+from tqdm import tqdm
+
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.runtime.audit import AuditLog, class_labels, image_name, topk_entries
+from ltmp_deploy.runtime.preprocess import ImageLike
+from ltmp_deploy.runtime.session import Session
+
+DEFAULT_BATCH = 8  # for files that take any batch size
+T = TypeVar("T")
+
+
+def is_image(path: str | os.PathLike) -> bool:
+    """Whether Pillow recognises the file as an image (from its header; nothing is decoded)."""
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # noqa: BLE001  (Pillow raises many types for what it cannot read)
+        return False
+
+
+def image_files(items: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files from files (each must be an image) and folders (walked recursively in sorted
+    order, keeping the images and skipping hidden entries and other files)."""
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found += _walk(path)
+        elif path.is_file():
+            if not is_image(path):
+                raise LTMPError(f"{path}: not an image Pillow can read")
+            found.append(path)
+        else:
+            raise LTMPError(f"{path}: no such file or folder")
+    if not found:
+        raise LTMPError(f"{', '.join(os.fspath(i) for i in items) or 'IMAGES'}: no images found")
+    return found
+
+
+def _walk(folder: Path) -> list[Path]:
+    images = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        images += [Path(root, f) for f in sorted(files) if not f.startswith(".") and is_image(Path(root, f))]
+    return images
+
+
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), drawn lazily from ``items``."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def batch_size(session: Session, asked: Optional[int] = None) -> int:
+    """The batch to run: the file's pinned batch, or ``asked`` (default 8) within its range."""
+    low, high = session.batch_range
+    if low == high:
+        if asked not in (None, low):
+            raise LTMPError(f"--batch {asked}: {session.path} takes batches of exactly {low}; leave --batch out")
+        return low
+    if asked is None:
+        return max(low, min(DEFAULT_BATCH, high or DEFAULT_BATCH))
+    if asked < low or (high is not None and asked > high):
+        allowed = f"{low} to {high}" if high is not None else f"{low} or more"
+        raise LTMPError(f"--batch {asked}: {session.path} takes batches of {allowed}")
+    return asked
+
+
+@dataclass
+class Prediction:
+    image: Optional[str]  # the file, as given
+    topk: list[dict[str, Any]]  # [{"class", "label", "prob"}], best first
+
+
+def predict_files(
+    session: Session,
+    images: Iterable[ImageLike],
+    k: int = 5,
+    batch: Optional[int] = None,
+    log: Optional[AuditLog] = None,
+    progress: bool = False,
+) -> Iterator[Prediction]:
+    """Run ``images`` through ``session`` a batch at a time, writing each batch to ``log`` if given;
+    ``progress``: a progress bar on stderr."""
+    if k < 1:
+        raise LTMPError(f"-k {k}: must be at least 1")
+    step = batch_size(session, batch)
+    labels = class_labels(session.metadata)
+    total = len(images) if isinstance(images, Sequence) else None
+    with tqdm(total=total, unit="image", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+        for chunk in batches(images, step):
+            result = session.predict(chunk, k=k)
+            if log is not None:
+                log.write(chunk, result)
+            for i, image in enumerate(chunk):
+                yield Prediction(image_name(image), topk_entries(result.topk_indices[i], result.topk_probs[i], labels))
+            bar.update(len(chunk))
+
+
+__all__ = ["DEFAULT_BATCH", "Prediction", "batch_size", "batches", "image_files", "is_image", "predict_files"]
