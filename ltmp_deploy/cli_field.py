@@ -98,16 +98,18 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _show_kind(source: str) -> str:
-    """What ``source`` is: "log", "runtime" (an exported graph or engine) or "checkpoint" (for PyTorch)."""
+    """What ``source`` is, from its content: "log", "runtime" (an exported graph or engine) or "checkpoint"."""
+    from ltmp_deploy.formats import FileKind
     from ltmp_deploy.runtime.audit import SCHEMA
-    from ltmp_deploy.runtime.engine import ENGINE_SUFFIXES
+    from ltmp_deploy.runtime.engine import model_file_kind
 
     path = Path(source)
-    if path.suffix.lower() in (".onnx", *ENGINE_SUFFIXES):
+    if not path.is_file():
+        return "checkpoint"  # a model name, or a missing file the checkpoint loader names
+    kind = model_file_kind(path)
+    if kind in (FileKind.ONNX, FileKind.ENGINE):
         return "runtime"
-    if path.suffix.lower() == ".jsonl":
-        return "log"
-    if path.is_file() and path.suffix.lower() == ".json":
+    if kind is FileKind.JSON:
         with path.open("rb") as f:
             if f'"schema":"{SCHEMA}"'.encode() in f.readline():
                 return "log"

@@ -33,6 +33,8 @@ from typing import BinaryIO, Optional
 from ltmp_deploy.errors import LTMPError
 
 CHECKPOINT_METADATA_KEY = "ltmp_deploy"
+# Toolkit checkpoints keep each block's two thresholds under the authors' names.
+THRESHOLD_SUFFIXES = (".merge_masker.threshold", ".prune_masker.threshold")
 # The safetensors format caps its header at 100 MB; a length beyond it, or beyond the file, is
 # damage, and nothing is read past the first bytes.
 SAFETENSORS_HEADER_LIMIT = 100_000_000
@@ -90,12 +92,36 @@ def expect(path: str | os.PathLike, *kinds: FileKind, what: Optional[str] = None
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``__metadata__`` string map of a safetensors file (empty when it has none)."""
-    path = Path(path)
-    expect(path, *SAFETENSORS_KINDS, what="a safetensors file")
-    with path.open("rb") as f:
-        header, _ = _safetensors_header(f, path.stat().st_size)
-    meta = (header or {}).get("__metadata__")
+    meta = safetensors_header(path).get("__metadata__")
     return dict(meta) if isinstance(meta, dict) else {}
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a safetensors file, checked against the file's length."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= length <= SAFETENSORS_HEADER_LIMIT:
+            raise LTMPError(f"{path}: not a safetensors file (no header length in its first 8 bytes)")
+        if length > size - 8:
+            raise LTMPError(
+                f"{path}: truncated: its header alone should take {length} bytes, "
+                f"the file holds {size - 8} after the length"
+            )
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as err:
+            raise LTMPError(f"{path}: not a safetensors file, or a corrupt one (header is not JSON: {err})") from err
+    if not isinstance(header, dict):
+        raise LTMPError(f"{path}: corrupt safetensors header (not a JSON object)")
+    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    if max(ends, default=0) > size - 8 - length:
+        raise LTMPError(
+            f"{path}: truncated: its header describes {max(ends)} bytes of tensors, the file holds {size - 8 - length}"
+        )
+    return header
 
 
 def _sniff(path: Path) -> tuple[FileKind, str]:

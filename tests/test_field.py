@@ -285,8 +285,8 @@ def test_inspect_refuses_what_it_cannot_read_in_one_line(tmp_path, capsys):
         ("short.safetensors", "truncated"),
         ("cut.safetensors", "truncated"),
         ("weights.safetensors", "without ltmp-deploy metadata"),
-        ("x.txt", "not a toolkit checkpoint"),
-        ("bad.onnx", "cannot read ONNX file"),
+        ("x.txt", "an unknown file type"),
+        ("bad.onnx", "expected a toolkit checkpoint"),
         ("missing.onnx", "no such file"),
     ]
     for name, says in cases:

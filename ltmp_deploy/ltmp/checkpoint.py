@@ -27,14 +27,13 @@ from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output
 from ltmp_deploy.formats import (
-    CHECKPOINT_METADATA_KEY, SAFETENSORS_KINDS, STATE_DICT_KINDS, FileKind, expect, safetensors_metadata,
+    CHECKPOINT_METADATA_KEY, SAFETENSORS_KINDS, THRESHOLD_SUFFIXES, STATE_DICT_KINDS, FileKind, expect, safetensors_metadata,
 )
 from ltmp_deploy.ltmp.data_config import model_data_config
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer, apply_patch
 from ltmp_deploy.ltmp.schedule import Schedule
 
 FORMAT = "ltmp-deploy-checkpoint"
-THRESHOLD_SUFFIXES = (".merge_masker.threshold", ".prune_masker.threshold")
 
 
 def build_model(architecture: dict[str, Any]) -> torch.nn.Module:

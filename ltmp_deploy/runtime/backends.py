@@ -25,8 +25,8 @@ import numpy as np
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import decode
-from ltmp_deploy.formats import FileKind, expect, sniff
-from ltmp_deploy.runtime.engine import batch_range, engine_runner, quiet_polygraphy, sidecar_path
+from ltmp_deploy.formats import FileKind, expect
+from ltmp_deploy.runtime.engine import batch_range, engine_runner, model_file_kind, quiet_polygraphy
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 KIND_BACKEND = {FileKind.ONNX: "onnxruntime", FileKind.ENGINE: "tensorrt", FileKind.TOOLKIT_CHECKPOINT: "torch"}
@@ -39,17 +39,10 @@ Provider = Union[str, tuple[str, dict[str, Any]]]
 
 
 def resolve_backend(path: Path, backend: str) -> str:
-    """The backend for ``path``: from its content for "auto", else checked against it.
-
-    An engine is known by its plan magic; a file of no known kind that has the sidecar
-    `ltmp-deploy build` writes is taken as an engine too, for TensorRT to judge, so an engine whose
-    header the magic does not cover still opens.
-    """
+    """The backend for ``path``: from its content (:func:`model_file_kind`) for "auto", else checked against it."""
     if backend != "auto" and backend not in BACKENDS:
         raise LTMPError(f"backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
-    kind = sniff(path)
-    if kind is FileKind.UNKNOWN and sidecar_path(path).is_file():
-        kind = FileKind.ENGINE
+    kind = model_file_kind(path)
     if kind not in KIND_BACKEND:
         expect(path, *KIND_BACKEND)  # raises: says what the file is and which kinds a Session opens
     natural = KIND_BACKEND[kind]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.formats import FileKind, sniff
 from ltmp_deploy.export.trt_targets import normalize_trt_version
 
 REBUILD = "rebuild it with `ltmp-deploy build` on this device"
@@ -58,6 +59,16 @@ def tensorrt_version() -> Optional[str]:
 def sidecar_path(engine: str | os.PathLike) -> Path:
     """``ENGINE.json`` next to ``ENGINE``: written by ``ltmp-deploy build``, read before loading."""
     return Path(f"{os.fspath(engine)}.json")
+
+
+def model_file_kind(path: str | os.PathLike) -> FileKind:
+    """The kind of a model file. An engine is known by its plan magic; a file of no known kind that has
+    the sidecar `ltmp-deploy build` writes is taken as an engine too, for TensorRT to judge, so an engine
+    whose header the magic does not cover still opens."""
+    kind = sniff(path)
+    if kind is FileKind.UNKNOWN and sidecar_path(path).is_file():
+        return FileKind.ENGINE
+    return kind
 
 
 def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:

@@ -21,61 +21,20 @@ from typing import Any, Mapping, Optional
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import sha256
-from ltmp_deploy.runtime.engine import ENGINE_SUFFIXES, read_sidecar, sidecar_path
+from ltmp_deploy.formats import (
+    CHECKPOINT_METADATA_KEY, THRESHOLD_SUFFIXES, FileKind, expect, safetensors_header,
+)
+from ltmp_deploy.runtime.engine import model_file_kind, read_sidecar, sidecar_path
 
-CHECKPOINT_KEY = "ltmp_deploy"  # the header metadata key toolkit checkpoints keep their JSON under
-THRESHOLD_SUFFIXES = (".merge_masker.threshold", ".prune_masker.threshold")
-MAX_HEADER = 100 << 20  # safetensors' own limit on the header length
-
-
-def safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON header of a safetensors file, checked against the file's length."""
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if not 2 <= length <= MAX_HEADER:
-            raise LTMPError(f"{path}: not a safetensors file (no header length in its first 8 bytes)")
-        if length > size - 8:
-            raise LTMPError(
-                f"{path}: truncated: its header alone should take {length} bytes, "
-                f"the file holds {size - 8} after the length"
-            )
-        try:
-            header = json.loads(f.read(length))
-        except ValueError as err:
-            raise LTMPError(f"{path}: not a safetensors file, or a corrupt one (header is not JSON: {err})") from err
-    if not isinstance(header, dict):
-        raise LTMPError(f"{path}: corrupt safetensors header (not a JSON object)")
-    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
-    if max(ends, default=0) > size - 8 - length:
-        raise LTMPError(
-            f"{path}: truncated: its header describes {max(ends)} bytes of tensors, the file holds {size - 8 - length}"
-        )
-    return header
-
-
-def _is_safetensors(path: Path) -> bool:
-    with path.open("rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= MAX_HEADER
 
 
 def file_kind(path: str | os.PathLike) -> str:
-    """ "checkpoint", "onnx" or "engine", from the content for checkpoints, else the suffix."""
+    """ "checkpoint", "onnx" or "engine", from the file's content."""
     path = Path(path)
-    if not path.is_file():
-        raise LTMPError(f"{path}: no such file")
-    if _is_safetensors(path):
-        return "checkpoint"
-    if path.suffix.lower() == ".onnx":
-        return "onnx"
-    if path.suffix.lower() in ENGINE_SUFFIXES:
-        return "engine"
-    raise LTMPError(
-        f"{path}: not a toolkit checkpoint (.safetensors), an ONNX graph (.onnx) or an engine (.engine/.plan)"
-    )
+    kind = model_file_kind(path)
+    if kind not in (FileKind.TOOLKIT_CHECKPOINT, FileKind.SAFETENSORS, FileKind.ONNX, FileKind.ENGINE):
+        expect(path, FileKind.TOOLKIT_CHECKPOINT, FileKind.ONNX, FileKind.ENGINE)  # raises, naming what it is
+    return {FileKind.ONNX: "onnx", FileKind.ENGINE: "engine"}.get(kind, "checkpoint")
 
 
 def _model(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,7 +57,7 @@ def _model(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def _checkpoint(path: Path) -> dict[str, Any]:
     header = safetensors_header(path)
-    raw = (header.get("__metadata__") or {}).get(CHECKPOINT_KEY)
+    raw = (header.get("__metadata__") or {}).get(CHECKPOINT_METADATA_KEY)
     if raw is None:
         raise LTMPError(f"{path}: a safetensors file without ltmp-deploy metadata: weights, not a toolkit checkpoint")
     try:
