@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.tolerances import FP16_LOGIT_TOL, FP32_LOGIT_TOL
-from ltmp_deploy.ltmp.runner import LTMPTorchRunner
+from ltmp_deploy.export.runner import LTMPTorchRunner
 from ltmp_deploy.runtime.validate import validate
 from runtime_models import exported, one_torch_thread
 

@@ -33,7 +33,7 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.tolerances import LOGIT_TOL, LOW_PRECISION_TOP1, PRECISIONS
 from ltmp_deploy.files import ensure_writable, write_text_atomic
 from ltmp_deploy.export.metadata import decode
-from ltmp_deploy.runtime.backends import TORCH_HINT, Provider, ort_session, require, resolve_backend, shape_batch_range, static_dims
+from ltmp_deploy.runtime.backends import FULL_HINT, Provider, ort_session, require, resolve_backend, shape_batch_range, static_dims
 from ltmp_deploy.runtime.engine import batch_range, engine_runner, quiet_polygraphy
 
 DEFAULT_IMAGES = 16
@@ -189,9 +189,9 @@ def _trt_target(path: Path) -> _Target:
 
 
 def _torch_target(path: Path, mode: Optional[str]) -> _Target:
-    require("torch", path, TORCH_HINT)
+    require("torch", path, FULL_HINT)
     from ltmp_deploy.ltmp.checkpoint import read_metadata
-    from ltmp_deploy.ltmp.runner import LTMPTorchRunner
+    from ltmp_deploy.export.runner import LTMPTorchRunner
 
     meta = read_metadata(path)  # the header only: the weights load when Comparator activates the runner
     runner = LTMPTorchRunner(path, decisions=True, mode=mode, name=f"pytorch {path.name}")
@@ -210,7 +210,7 @@ def _target(path: Path, backend: str, providers: Optional[Sequence[Provider]], m
 
 def _export_for(checkpoint: Path, mode: Optional[str], folder: str) -> Path:
     """An ONNX graph of ``checkpoint`` with decision outputs, to compare a checkpoint on its own."""
-    require("torch", checkpoint, TORCH_HINT)
+    require("torch", checkpoint, FULL_HINT)
     from ltmp_deploy.export.onnx_export import export_onnx
 
     out = Path(folder) / f"{checkpoint.stem}.onnx"
