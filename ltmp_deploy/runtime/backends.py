@@ -204,7 +204,8 @@ def plugin_backend(name: str, path: Path) -> Backend:
     """The backend ``name`` from the ``ltmp_deploy.backends`` entry point group, opened on ``path``."""
     found = list(importlib.metadata.entry_points(group=PLUGIN_GROUP, name=name))
     if not found:
-        raise LTMPError(f"{path}: the {name} backend is not installed here; {FULL_HINT}")
+        missing = f"no {PLUGIN_GROUP} entry point {name!r}"
+        raise LTMPError(f"{path}: the {name} backend is not installed here ({missing}); {FULL_HINT}")
     try:
         backend = found[0].load()
     except Exception as err:  # noqa: BLE001  (ImportError for torch or timm, or a broken install's OSError)
