@@ -152,12 +152,31 @@ def _load_model(spec: str):  # noqa: ANN202
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ltmp_deploy.runtime.validate import validate
+    """A checkpoint in play means PyTorch as the reference (the full toolkit); else ONNX Runtime."""
+    from pathlib import Path
 
-    report = validate(
-        args.files, args.against, images=args.images, batch=args.batch, backend=args.backend,
-        providers=args.provider, mode=args.mode, json_path=args.json,
-    )
+    from ltmp_deploy.runtime.backends import FULL_HINT, require, resolve_backend
+    from ltmp_deploy.runtime.validate import open_target, validate
+
+    def checkpoint(path: Optional[str]) -> bool:
+        return path is not None and resolve_backend(Path(path), "auto") == "torch"
+
+    alone = args.against is None and len(args.files) == 1 and checkpoint(args.files[0])
+    common = {"batch": args.batch, "json_path": args.json}
+    if args.images is not None:
+        common["images"] = args.images
+    if alone or checkpoint(args.against):
+        reference = args.files[0] if alone else args.against
+        require("torch", Path(reference), FULL_HINT)
+        from ltmp_deploy.export.validate import validate_checkpoint
+
+        def open_file(path: Path):  # noqa: ANN202  (a comparison Target)
+            return open_target(path, args.backend, args.provider)
+
+        files = [] if alone else args.files
+        report = validate_checkpoint(reference, files, mode=args.mode, open_file=open_file, **common)
+    else:
+        report = validate(args.files, args.against, backend=args.backend, providers=args.provider, **common)
     print(report.summary())
     if args.json:
         print(f"wrote {args.json}")
@@ -322,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help=".onnx graph(s) and/or .engine/.plan file(s); or one checkpoint alone, exported on the fly")
     p.add_argument("--against", metavar="CHECKPOINT", help="the reference: the toolkit checkpoint FILE came from (PyTorch), or for an engine its source .onnx (ONNX Runtime, no torch needed)")
     p.add_argument("--json", metavar="REPORT", help="write the full report as JSON here")
-    p.add_argument("--images", type=int, default=16, help="sample images (default 16; the embedded digits model gets real digits)")
+    p.add_argument(
+        "--images", type=int,
+        help="sample images (default 16; against a checkpoint, the embedded digits model gets real digits)",
+    )
     p.add_argument("--batch", type=int, help="batch size for dynamic-batch files (default 4; fixed-batch files use theirs)")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt", "torch"], default="auto", help="runner for FILE (default: from its type)")
     p.add_argument("--provider", action="append", metavar="NAME", help="ONNX Runtime execution provider for FILE (cpu, cuda, tensorrt); repeat in order of preference. Default cpu")

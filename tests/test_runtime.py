@@ -277,7 +277,7 @@ def test_runtime_runs_an_onnx_file_end_to_end_without_torch_or_timm(tmp_path):
         try:
             Session({str(files.checkpoint)!r})
         except LTMPError as err:
-            assert "pip install torch timm" in str(err), err
+            assert 'pip install "ltmp-deploy[full' in str(err) and len(str(err).splitlines()) == 1, err
         else:
             raise AssertionError("a checkpoint opened without torch")
         leaked = [m for m in ("torch", "timm", "onnx") if sys.modules.get(m) is not None]
@@ -285,6 +285,16 @@ def test_runtime_runs_an_onnx_file_end_to_end_without_torch_or_timm(tmp_path):
         print("ok")
     """)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout + done.stderr
+
+
+def test_validating_against_a_checkpoint_without_torch_says_what_to_pip_install():
+    files = exported("fixed")
+    done = run_python(f"""
+        from ltmp_deploy.cli import main
+        print("exit", main(["validate", {str(files.onnx)!r}, "--against", {str(files.checkpoint)!r}]))
+    """)
+    assert "exit 2" in done.stdout and 'pip install "ltmp-deploy[full' in done.stderr, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_missing_onnxruntime_says_what_to_pip_install():

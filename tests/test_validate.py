@@ -1,5 +1,6 @@
-"""``ltmp-deploy validate``: Polygraphy's Comparator over the PyTorch runner, ONNX Runtime and
-(where installed) TensorRT; passes clean graphs in both modes, fails tampered ones, gates CI."""
+"""``ltmp-deploy validate`` and the check after export: one comparator (Polygraphy's Comparator
+over the PyTorch runner, ONNX Runtime and, where installed, TensorRT) and one set of gates;
+passes clean graphs in both modes, fails tampered ones, gates CI."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from onnx import numpy_helper
 
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.metadata import read_metadata as onnx_metadata
+from ltmp_deploy.export.onnx_export import export_onnx
+from ltmp_deploy.export.runner import LTMPTorchRunner
 from ltmp_deploy.export.tolerances import FP16_LOGIT_TOL, FP32_LOGIT_TOL
-from ltmp_deploy.ltmp.runner import LTMPTorchRunner
-from ltmp_deploy.runtime.validate import validate
-from runtime_models import exported, one_torch_thread
+from ltmp_deploy.export.validate import compare_with_torch, sample_images, validate_checkpoint
+from ltmp_deploy.runtime.validate import open_target, validate
+from conftest import tiny_ltmp
+from runtime_models import checkpoint, exported, one_torch_thread
 
 NO_TENSORRT = "TensorRT is not installed here (pip's tensorrt is a stub that downloads from NVIDIA)"
 
@@ -75,7 +80,7 @@ def test_tampered_mlp_weights_fail_on_the_logits(tmp_path, capsys):
 def test_tampered_attention_names_the_first_divergent_block(tmp_path):
     files = exported("threshold")
     bad = tamper(files.onnx, tmp_path / "tampered.onnx", "/blocks.2/qkv/MatMul", 0.5)
-    report = validate(bad, against=files.checkpoint)
+    report = validate_checkpoint(files.checkpoint, bad)
     (c,) = report.comparisons
     assert not report.ok
     assert c.decision_agreement[:2] == [1.0, 1.0] and c.decision_agreement[2] < 1.0
@@ -107,16 +112,16 @@ def test_graph_against_its_own_onnx_reference_needs_no_torch_runner():
 
 def test_fixed_batch_graph_is_fed_its_own_batch():
     files = exported("threshold", batch=2)
-    report = validate(files.onnx, against=files.checkpoint, images=5)
+    report = validate_checkpoint(files.checkpoint, files.onnx, images=5)
     assert report.ok, report.summary()
     assert report.batch_size == 2 and report.images == 6
     with pytest.raises(LTMPError, match="takes batches of 2"):
-        validate(files.onnx, against=files.checkpoint, batch=3)
+        validate_checkpoint(files.checkpoint, files.onnx, batch=3)
 
 
 def test_fp16_graph_is_judged_by_top1_and_the_fp16_tolerance():
     files = exported("fixed", decisions=False, fp16=True)
-    report = validate(files.onnx, against=files.checkpoint)
+    report = validate_checkpoint(files.checkpoint, files.onnx)
     assert report.ok, report.summary()
     assert report.precision == "fp16" and report.tolerances == {"logit_abs": FP16_LOGIT_TOL, "top1": 0.995}
     (c,) = report.comparisons
@@ -155,6 +160,62 @@ def test_torch_runner_joins_polygraphys_contract():
     assert bool(accuracy)
 
 
+def shift_logits(graph, offset):
+    """A copy of ``graph`` with ``offset`` added to every logit: top-1 and decisions untouched."""
+    shifted = onnx.ModelProto()
+    shifted.CopyFrom(graph)
+    elem = next(o for o in shifted.graph.output if o.name == "logits").type.tensor_type.elem_type
+    for node in shifted.graph.node:
+        node.output[:] = ["logits_unshifted" if o == "logits" else o for o in node.output]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    shifted.graph.initializer.append(numpy_helper.from_array(np.array(offset, dtype=dtype), "logit_offset"))
+    shifted.graph.node.append(onnx.helper.make_node("Add", ["logits_unshifted", "logit_offset"], ["logits"]))
+    return shifted
+
+
+def test_check_after_export_holds_fp16_logits_to_the_fp16_tolerance():
+    """Top-1 agreement alone does not pass an fp16 graph: its logits must stay within FP16_LOGIT_TOL."""
+    files = exported("fixed", decisions=False, fp16=True)
+    graph = onnx.load(str(files.onnx))
+    model = tiny_ltmp("fixed")  # what the checkpoint holds
+    images, _ = sample_images(onnx_metadata(graph), 8)
+    within = compare_with_torch(shift_logits(graph, FP16_LOGIT_TOL / 4), model, images)
+    assert within.ok and within.precision == "fp16", within.summary()
+    beyond = compare_with_torch(shift_logits(graph, 2 * FP16_LOGIT_TOL), model, images)
+    (c,) = beyond.comparisons
+    assert not beyond.ok and c.top1_agreement == 1.0 and c.max_abs_diff > FP16_LOGIT_TOL
+    assert c.failures == [f"max |logit diff| {c.max_abs_diff:.3g} > {FP16_LOGIT_TOL:g}"]
+
+
+def test_check_after_export_and_validate_give_the_same_report(tmp_path):
+    ckpt = checkpoint("threshold")
+    result = export_onnx(ckpt, tmp_path / "t.onnx", decisions=True)
+    after_export = result.validation
+    later = validate_checkpoint(ckpt, result.path, images=after_export.images, batch=after_export.batch_size)
+
+    json_path = tmp_path / "cli.json"
+    code = main(["validate", str(result.path), "--against", str(ckpt), "--images", "8", "--batch", "8",
+                 "--json", str(json_path)])
+    from_cli = json.loads(json_path.read_text())
+
+    def verdict(doc):
+        doc = json.loads(json.dumps(doc))
+        del doc["reference"]  # the runner's name: the model in memory, then the checkpoint file
+        return doc
+
+    assert after_export.ok and after_export.images == 8 and after_export.data == "seeded random images"
+    assert verdict(after_export.to_dict()) == verdict(later.to_dict()) == verdict(from_cli) and code == 0
+
+
+def test_validation_without_torch_takes_your_own_pictures_and_refuses_a_checkpoint():
+    files = exported("fixed")
+    pictures = [np.random.default_rng(i).integers(0, 256, (40, 30, 3), dtype=np.uint8) for i in range(3)]
+    report = validate([files.onnx], against=files.onnx, images=pictures, batch=2)
+    assert report.ok and report.data == "your images" and report.images == 4  # the last batch filled up
+    with pytest.raises(LTMPError, match="a checkpoint is the PyTorch reference"):
+        validate(files.onnx, against=files.checkpoint)
+
+
 def test_engine_is_validated_with_tensorrts_runner(tmp_path):
     pytest.importorskip("tensorrt", reason=NO_TENSORRT)
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
@@ -163,6 +224,6 @@ def test_engine_is_validated_with_tensorrts_runner(tmp_path):
     profile = Profile().add("images", (1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32))
     engine = tmp_path / "m.engine"
     engine.write_bytes(bytes(EngineBytesFromNetwork(NetworkFromOnnxPath(str(files.onnx)), CreateConfig(profiles=[profile]))()))
-    report = validate([files.onnx, engine], against=files.checkpoint)
+    report = validate_checkpoint(files.checkpoint, [files.onnx, engine], open_file=open_target)
     assert [c.backend for c in report.comparisons] == ["onnxruntime", "tensorrt"]
     assert report.ok, report.summary()

@@ -28,8 +28,9 @@ import torch
 
 from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.compare import ParityReport
 from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names, write_metadata
-from ltmp_deploy.export.validate import ValidationReport, compare_with_torch, sample_images
+from ltmp_deploy.export.validate import compare_with_torch, sample_images
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint, metadata as model_metadata
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, unpatched_flops
@@ -63,7 +64,7 @@ class ExportWrapper(torch.nn.Module):
 class ExportResult:
     path: Path
     metadata: dict[str, Any]
-    validation: Optional[ValidationReport] = None
+    validation: Optional[ParityReport] = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -99,14 +100,16 @@ def export_onnx(
     if batch is not None and batch < 1:
         raise LTMPError(f"--batch {batch}: must be at least 1")
 
-    images = sample_images(model, max(num_samples, batch or 0, 2))
+    pictures, data = sample_images(model_metadata(model), max(num_samples, batch or 0, 2))
+    images = torch.from_numpy(pictures)
     graph = _export(model, opset, batch, fp16, images)
     meta = _metadata(model, opset, fp16, images, batch)
     write_metadata(graph, meta)
 
     report = None
     if validate:
-        report = compare_with_torch(graph, model, images if batch is None else images[:batch], fp16)
+        checked = images if batch is None else images[:batch]
+        report = compare_with_torch(graph, model, checked, fp16, file=str(output), data=data)
         if not report.ok:
             raise LTMPError(f"{output}: exported graph does not match PyTorch, nothing written:\n{report.summary()}")
     if not decisions:

@@ -1,23 +1,38 @@
-"""Parity tolerances: how close a backend must answer to PyTorch, by precision.
+"""Parity gates: how close a backend must answer to its reference, by precision.
 
-Shared by the check right after export (``export/validate.py``) and by ``ltmp-deploy validate``
-(``runtime/validate.py``), so this module imports nothing: the runtime side has no torch.
+The one set of gates for every parity check: the check right after export and ``ltmp-deploy
+validate`` both judge through :mod:`ltmp_deploy.export.compare`, on a device with torch or
+without it, so this module imports nothing heavy.
 
-- fp32: every logit within :data:`FP32_LOGIT_TOL` of PyTorch and identical token decisions.
+- fp32: every logit within :data:`FP32_LOGIT_TOL` of the reference and identical token
+  decisions in every block.
 - fp16, bf16, int8: top-1 agreement on at least :data:`LOW_PRECISION_TOP1` of the images, and
   every logit within the precision's entry of :data:`LOGIT_TOL` (absolute, on ViT-sized logits
-  of magnitude ~10). Token decisions are reported but may legitimately differ where a score sits
-  near a threshold.
+  of magnitude ~10). Token decisions are reported but not gated: a score that sits near a
+  threshold may legitimately flip.
 """
 
 from __future__ import annotations
 
+from ltmp_deploy.errors import LTMPError
+
 FP32_LOGIT_TOL = 1e-4
 FP16_LOGIT_TOL = 5e-2  # fp16 graphs: logits agree to about this much on ViT-sized logits
-FP16_TOP1 = 0.995
-LOW_PRECISION_TOP1 = FP16_TOP1
+LOW_PRECISION_TOP1 = 0.995
 
 # bf16 keeps 8 bits of mantissa (fp16: 11), so ~8x fp16's rounding; int8 (Q/DQ, per-tensor
 # activations) is coarser still: its logits are only held to a loose bound, top-1 is the gate.
 LOGIT_TOL = {"fp32": FP32_LOGIT_TOL, "fp16": FP16_LOGIT_TOL, "bf16": 4e-1, "int8": 1.0}
 PRECISIONS = tuple(LOGIT_TOL)
+
+
+def gates(precision: str) -> dict[str, float]:
+    """The bounds a backend of ``precision`` is held to: ``logit_abs`` always, ``top1`` below fp32."""
+    if precision not in LOGIT_TOL:
+        raise LTMPError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    return {"logit_abs": LOGIT_TOL[precision], **({} if decisions_gated(precision) else {"top1": LOW_PRECISION_TOP1})}
+
+
+def decisions_gated(precision: str) -> bool:
+    """Whether token decisions must be identical: only in fp32, where no score flips by rounding."""
+    return precision == "fp32"

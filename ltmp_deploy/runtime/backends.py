@@ -7,16 +7,19 @@ runs a checked batch to named outputs:
 - ``onnxruntime``: an ONNX graph, through Polygraphy's ``SessionFromOnnx`` loader, on the CPU
   or with the CUDA and TensorRT execution providers that ``onnxruntime-gpu`` brings;
 - ``tensorrt``: an engine, through Polygraphy's ``EngineFromBytes`` and ``TrtRunner``;
-- ``torch``: a toolkit checkpoint, through the toolkit's own Polygraphy runner
-  (:mod:`ltmp_deploy.ltmp.runner`), imported only when asked for.
+- ``torch``: a toolkit checkpoint, through the toolkit's own Polygraphy runner. It lives with
+  the PyTorch side of the toolkit (``ltmp_deploy.export.runner``), and this package finds it
+  through the ``ltmp_deploy.backends`` entry point group, never by importing it: the field
+  install has no torch.
 
-Nothing here imports torch, timm or onnx at module level; each backend imports its library
-when it is opened and says what to pip install when that library is missing.
+Nothing here imports torch, timm or onnx; each backend imports its library when it is opened
+and says what to pip install when that library is missing.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -33,7 +36,8 @@ KIND_BACKEND = {FileKind.ONNX: "onnxruntime", FileKind.ENGINE: "tensorrt", FileK
 # Execution providers in the order "auto" prefers them, when ONNX Runtime has them.
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ORT_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA and TensorRT providers; the ltmp-deploy[gpu] extra), never both"
-TORCH_HINT = "pip install torch timm (the PyTorch backend runs toolkit checkpoints)"
+FULL_HINT = 'pip install "ltmp-deploy[full]" (the full toolkit: PyTorch, timm and export, which checkpoints need)'
+PLUGIN_GROUP = "ltmp_deploy.backends"
 
 Provider = Union[str, tuple[str, dict[str, Any]]]
 
@@ -67,7 +71,11 @@ def require(module: str, path: Path, hint: str) -> Any:
 
 
 class Backend:
-    """What a Session needs from a backend. Shapes use None for a dynamic dimension."""
+    """What a Session needs from a backend. Shapes use None for a dynamic dimension.
+
+    A backend from the ``ltmp_deploy.backends`` entry point group answers the same attributes
+    without subclassing this class (it is imported where this package may not import from).
+    """
 
     name: str
     path: Path
@@ -193,33 +201,18 @@ class TensorrtBackend(Backend):
                 self.runner.deactivate()
 
 
-class TorchBackend(Backend):
-    name = "torch"
-
-    def __init__(self, path: Path, mode: Optional[str] = None) -> None:
-        require("torch", path, TORCH_HINT)
-        require("timm", path, TORCH_HINT)
-        from ltmp_deploy.ltmp.runner import LTMPTorchRunner
-
-        self.path = path
-        self.runner = LTMPTorchRunner(path, decisions=True, mode=mode, name=f"torch:{path.name}")
-        with quiet_polygraphy():
-            self.runner.activate()
-        self.input_name = self.runner.input_name
-        self.input_dtype = np.dtype(np.float32)
-        self.input_shape = (None, *self.runner.image_shape)
-        self.batch_range = (1, None)
-        self.output_names = self.runner.output_names
-        self.metadata = self.runner.metadata()
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        with quiet_polygraphy():
-            return dict(self.runner.infer({self.input_name: batch}, check_inputs=False))
-
-    def close(self) -> None:
-        if getattr(self, "runner", None) is not None and self.runner.is_active:
-            with quiet_polygraphy():
-                self.runner.deactivate()
+def plugin_backend(name: str, path: Path) -> Backend:
+    """The backend ``name`` from the ``ltmp_deploy.backends`` entry point group, opened on ``path``."""
+    found = list(importlib.metadata.entry_points(group=PLUGIN_GROUP, name=name))
+    if not found:
+        missing = f"no {PLUGIN_GROUP} entry point {name!r}"
+        raise LTMPError(f"{path}: the {name} backend is not installed here ({missing}); {FULL_HINT}")
+    try:
+        backend = found[0].load()
+    except Exception as err:  # noqa: BLE001  (ImportError for torch or timm, or a broken install's OSError)
+        missing = getattr(err, "name", None) or type(err).__name__
+        raise LTMPError(f"{path}: the {name} backend needs {missing}, not installed here; {FULL_HINT}") from err
+    return backend(path)
 
 
 def open_backend(path: str | os.PathLike, backend: str = "auto", providers: Optional[Sequence[Provider]] = None) -> Backend:
@@ -233,4 +226,4 @@ def open_backend(path: str | os.PathLike, backend: str = "auto", providers: Opti
         return OnnxruntimeBackend(path, providers)
     if name == "tensorrt":
         return TensorrtBackend(path)
-    return TorchBackend(path)
+    return plugin_backend(name, path)

@@ -13,7 +13,8 @@ preprocessed batch and checks it (shape, dtype, NaN) before any backend sees it;
 takes images of any count and splits them into batches the file allows.
 
 This module imports neither torch nor timm: a Jetson needs numpy, Pillow and TensorRT or ONNX
-Runtime only. The torch backend is imported when a checkpoint is opened.
+Runtime only. A checkpoint opens on the PyTorch backend of the full toolkit, which the runtime
+finds through the ``ltmp_deploy.backends`` entry point group.
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
-"""The toolkit's PyTorch model as a Polygraphy runner.
+"""The toolkit's PyTorch model as a Polygraphy runner, and as the Session's PyTorch backend.
 
 Polygraphy's ``Comparator`` runs any list of runners on one data loader; this runner joins that
 contract (activate, infer, deactivate, input metadata) so PyTorch is compared with ONNX Runtime
 and TensorRT by the same machinery. It answers with the names the exported graph uses:
 ``logits`` and, with ``decisions=True``, ``block{i}_kept`` and ``block{i}_merge_dst``.
+
+:class:`TorchBackend` opens a checkpoint for :class:`ltmp_deploy.runtime.Session`. The runtime
+never imports it by name (it runs where torch is not installed): it finds it through the
+``ltmp_deploy.backends`` entry point group that ``pyproject.toml`` declares.
 """
 
 from __future__ import annotations
@@ -109,4 +113,30 @@ class LTMPTorchRunner(BaseRunner):
         return self.model
 
 
-__all__ = ["LTMPTorchRunner"]
+class TorchBackend:
+    """A toolkit checkpoint behind a Session: what ``ltmp_deploy.runtime.backends.Backend`` lists."""
+
+    name = "torch"
+    providers: Optional[list[str]] = None
+    sidecar: Optional[dict[str, Any]] = None
+
+    def __init__(self, path: Path, mode: Optional[str] = None) -> None:
+        self.path = Path(path)
+        self.runner = LTMPTorchRunner(self.path, decisions=True, mode=mode, name=f"torch:{self.path.name}")
+        self.runner.activate()
+        self.input_name = self.runner.input_name
+        self.input_dtype = np.dtype(np.float32)
+        self.input_shape: tuple[Optional[int], ...] = (None, *self.runner.image_shape)
+        self.batch_range: tuple[int, Optional[int]] = (1, None)
+        self.output_names = self.runner.output_names
+        self.metadata = self.runner.metadata()
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(self.runner.infer({self.input_name: batch}, check_inputs=False))
+
+    def close(self) -> None:
+        if getattr(self, "runner", None) is not None and self.runner.is_active:
+            self.runner.deactivate()
+
+
+__all__ = ["LTMPTorchRunner", "TorchBackend"]
