@@ -155,7 +155,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """A checkpoint in play means PyTorch as the reference (the full toolkit); else ONNX Runtime."""
     from pathlib import Path
 
-    from ltmp_deploy.runtime.backends import FULL_HINT, require, resolve_backend
+    from ltmp_deploy.extras import FULL
+    from ltmp_deploy.runtime.backends import require, resolve_backend
     from ltmp_deploy.runtime.validate import open_target, validate
 
     def checkpoint(path: Optional[str]) -> bool:
@@ -167,7 +168,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         common["images"] = args.images
     if alone or checkpoint(args.against):
         reference = args.files[0] if alone else args.against
-        require("torch", Path(reference), FULL_HINT)
+        require("torch", Path(reference), FULL)
         from ltmp_deploy.export.validate import validate_checkpoint
 
         def open_file(path: Path):  # noqa: ANN202  (a comparison Target)

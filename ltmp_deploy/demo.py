@@ -123,6 +123,7 @@ def run_demo(workdir: str | os.PathLike = "ltmp-demo", *, target: float = DEMO_T
 def _latency(report: DemoReport, test: Any, rounds: int) -> dict[str, dict[str, float]]:
     import onnxruntime as ort
 
+    from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME
     from ltmp_deploy.runtime.bench import interleaved, table
 
     sessions = {
@@ -133,7 +134,7 @@ def _latency(report: DemoReport, test: Any, rounds: int) -> dict[str, dict[str, 
     out: dict[str, dict[str, float]] = {}
     for batch in (1, 8):
         x = images[:batch]
-        timings = interleaved({k: (lambda s=s: s.run(["logits"], {"images": x})) for k, s in sessions.items()}, batch, rounds=rounds)
+        timings = interleaved({k: (lambda s=s: s.run([OUTPUT_NAME], {INPUT_NAME: x})) for k, s in sessions.items()}, batch, rounds=rounds)
         print(f"batch {batch}:\n{table(timings, baselines=('unpatched',))}")
         out[f"batch{batch}"] = {k: t.median_ms for k, t in timings.items()}
     return out

@@ -28,7 +28,7 @@ import os
 import struct
 import zipfile
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import Any, BinaryIO, Optional
 
 from ltmp_deploy.errors import LTMPError
 

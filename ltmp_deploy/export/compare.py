@@ -27,6 +27,7 @@ import numpy as np
 
 from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME
 from ltmp_deploy.export.tolerances import decisions_gated, gates
 from ltmp_deploy.files import ensure_writable, write_text_atomic
 
@@ -225,7 +226,7 @@ def run_parity(
         except LTMPError as err:
             raise LTMPError(f"{t.file}: {err} (from its metadata)") from err
     _unique_names([reference, *targets])
-    input_name = targets[0].metadata.get("input_name", "images")
+    input_name = targets[0].metadata.get("input_name", INPUT_NAME)
     results = _run([reference.runner, *(t.runner for t in targets)], [{input_name: b} for b in batches])
     comparisons = [_judge(results, reference, i + 1, t) for i, t in enumerate(targets)]
     low = sorted({t.precision for t in targets if not decisions_gated(t.precision)})
@@ -243,15 +244,15 @@ def _judge(results: Any, reference: Target, index: int, target: Target) -> Compa
     """One target's outputs against the reference's: Polygraphy on the logits, then top-1 and decisions."""
     ref = [dict(it) for it in results[reference.runner.name]]
     got = [dict(it) for it in results[target.runner.name]]
-    ref_logits = np.concatenate([np.asarray(r["logits"], dtype=np.float64) for r in ref])
-    logits = np.concatenate([np.asarray(g["logits"], dtype=np.float64) for g in got])
+    ref_logits = np.concatenate([np.asarray(r[OUTPUT_NAME], dtype=np.float64) for r in ref])
+    logits = np.concatenate([np.asarray(g[OUTPUT_NAME], dtype=np.float64) for g in got])
     if logits.shape != ref_logits.shape:
         raise LTMPError(
             f"{target.file}: logits of shape {logits.shape}, the reference gives {ref_logits.shape}: not the same model"
         )
     bounds = gates(target.precision)
     per_batch = _logit_accuracy(results, index, bounds["logit_abs"])
-    sizes = np.array([len(g["logits"]) for g in got], dtype=np.float64)
+    sizes = np.array([len(g[OUTPUT_NAME]) for g in got], dtype=np.float64)
     c = Comparison(
         runner=target.runner.name, backend=target.backend, file=target.file, precision=target.precision,
         max_abs_diff=max(float(r.max_absdiff) for r in per_batch),
@@ -284,14 +285,14 @@ def _logit_accuracy(results: Any, index: int, atol: float) -> list[Any]:
         simple = CompareFunc.simple
 
     def logits_only(name: str, _index: int, _result: Any) -> Optional[list[str]]:
-        return [name] if name == "logits" else None
+        return [name] if name == OUTPUT_NAME else None
 
     func = simple(atol=atol, rtol=0.0, check_error_stat="max", find_output_func=logits_only)
-    with _polygraphy_quiet(critical=True):  # the report says what failed
+    with quiet_polygraphy(critical=True):  # the report says what failed
         accuracy = Comparator.compare_accuracy(results, comparisons=[(0, index)], compare_func=func)
     pairs = accuracy if hasattr(accuracy, "keys") else accuracy[0]  # one AccuracyResult per compare function
     (iterations,) = pairs.values()
-    return [it["logits"] for it in iterations]
+    return [it[OUTPUT_NAME] for it in iterations]
 
 
 def _strip(row: np.ndarray) -> np.ndarray:
@@ -331,7 +332,7 @@ def _unique_names(targets: Sequence[Target]) -> None:
 
 
 @contextlib.contextmanager
-def _polygraphy_quiet(critical: bool = False) -> Iterator[None]:
+def quiet_polygraphy(critical: bool = False) -> Iterator[None]:
     """Polygraphy logs progress at INFO (and each failed comparison at ERROR); keep what we need."""
     from polygraphy.logger import G_LOGGER
 
@@ -344,7 +345,7 @@ def _run(runners: list[Any], loader: list[dict[str, np.ndarray]]) -> Any:
     from polygraphy.exception import PolygraphyException
 
     try:
-        with _polygraphy_quiet():
+        with quiet_polygraphy():
             return Comparator.run(runners, data_loader=loader)
     except LTMPError:
         raise

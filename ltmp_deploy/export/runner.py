@@ -25,11 +25,10 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import decision_output_names
+from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint, metadata as model_metadata
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 
-INPUT_NAME = "images"
 
 
 class LTMPTorchRunner(BaseRunner):
@@ -70,7 +69,7 @@ class LTMPTorchRunner(BaseRunner):
 
     @property
     def output_names(self) -> list[str]:
-        names = ["logits"]
+        names = [OUTPUT_NAME]
         return names + decision_output_names(len(self._active().blocks)) if self._decisions else names
 
     def metadata(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.extras import FULL
 from ltmp_deploy.export.metadata import decode
 from ltmp_deploy.formats import FileKind, expect
 from ltmp_deploy.runtime.engine import batch_range, engine_runner, model_file_kind, quiet_polygraphy
@@ -36,7 +37,6 @@ KIND_BACKEND = {FileKind.ONNX: "onnxruntime", FileKind.ENGINE: "tensorrt", FileK
 # Execution providers in the order "auto" prefers them, when ONNX Runtime has them.
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ORT_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA and TensorRT providers; the ltmp-deploy[gpu] extra), never both"
-FULL_HINT = 'pip install "ltmp-deploy[full]" (the full toolkit: PyTorch, timm and export, which checkpoints need)'
 PLUGIN_GROUP = "ltmp_deploy.backends"
 
 Provider = Union[str, tuple[str, dict[str, Any]]]
@@ -206,12 +206,12 @@ def plugin_backend(name: str, path: Path) -> Backend:
     found = list(importlib.metadata.entry_points(group=PLUGIN_GROUP, name=name))
     if not found:
         missing = f"no {PLUGIN_GROUP} entry point {name!r}"
-        raise LTMPError(f"{path}: the {name} backend is not installed here ({missing}); {FULL_HINT}")
+        raise LTMPError(f"{path}: the {name} backend is not installed here ({missing}); {FULL}")
     try:
         backend = found[0].load()
     except Exception as err:  # noqa: BLE001  (ImportError for torch or timm, or a broken install's OSError)
         missing = getattr(err, "name", None) or type(err).__name__
-        raise LTMPError(f"{path}: the {name} backend needs {missing}, not installed here; {FULL_HINT}") from err
+        raise LTMPError(f"{path}: the {name} backend needs {missing}, not installed here; {FULL}") from err
     return backend(path)
 
 

@@ -12,14 +12,14 @@ TensorRT and Polygraphy's TensorRT backend are imported only when an engine is o
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.compare import quiet_polygraphy
 from ltmp_deploy.formats import FileKind, sniff
 from ltmp_deploy.export.trt_targets import normalize_trt_version
 
@@ -28,15 +28,6 @@ TENSORRT_HINT = (
     "install TensorRT: JetPack ships it on a Jetson (python3-libnvinfer); elsewhere "
     "`pip install tensorrt` from NVIDIA's index (the ltmp-deploy[tensorrt] extra)"
 )
-
-
-@contextlib.contextmanager
-def quiet_polygraphy() -> Iterator[None]:
-    """Polygraphy logs progress at INFO; keep only its errors while we drive it."""
-    from polygraphy.logger import G_LOGGER
-
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        yield
 
 
 def import_tensorrt(path: str | os.PathLike, advice: str = TENSORRT_HINT) -> Any:

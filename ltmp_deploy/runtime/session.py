@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.metadata import OUTPUT_NAME
 from ltmp_deploy.runtime.backends import Backend, Provider, open_backend
 from ltmp_deploy.runtime.preprocess import ImageLike, preprocess
 
@@ -142,9 +143,9 @@ class Session:
         """Run one preprocessed batch (N, C, H, W) of the input's dtype; N within batch_range."""
         self._check(batch)
         outputs = self._open().run(batch)
-        if "logits" not in outputs:
+        if OUTPUT_NAME not in outputs:
             raise LTMPError(f"{self.path}: has no 'logits' output (outputs: {', '.join(outputs)})")
-        logits = np.asarray(outputs["logits"], dtype=np.float32)
+        logits = np.asarray(outputs[OUTPUT_NAME], dtype=np.float32)
         indices, probs = topk(logits, k)
         decisions = None
         blocks = sorted({int(n[len("block"):-len("_kept")]) for n in outputs if n.startswith("block") and n.endswith("_kept")})
