@@ -3,7 +3,11 @@
 The front door, loaded lazily so that ``import ltmp_deploy`` (and the runtime on a field device)
 never pulls in torch:
 
-    from ltmp_deploy import create_model, load_checkpoint, export_onnx, Session
+    import ltmp_deploy as ld
+    model = ld.create_model("deit_small_patch16_224", weights="deit_small.safetensors")
+    ld.calibrate(model, flops_target=0.5); ld.export(model, "fixed.onnx")
+
+(``ltmp_deploy.api`` explains each call.)
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# Name -> module: the whole job (create or load, learn, calibrate, export, validate, build, run).
 _LAZY = {
     "create_model": "ltmp_deploy.ltmp.checkpoint",
-    "load_checkpoint": "ltmp_deploy.ltmp.checkpoint",
+    "load": "ltmp_deploy.api",
     "save_checkpoint": "ltmp_deploy.ltmp.checkpoint",
-    "apply_patch": "ltmp_deploy.ltmp.patch",
-    "learn_thresholds": "ltmp_deploy.calibration.learn",
-    "calibrate": "ltmp_deploy.calibration.schedule",
-    "export_onnx": "ltmp_deploy.export.onnx_export",
+    "learn": "ltmp_deploy.api",
+    "calibrate": "ltmp_deploy.api",
+    "export": "ltmp_deploy.api",
+    "validate": "ltmp_deploy.api",
+    "build": "ltmp_deploy.api",
     "Session": "ltmp_deploy.runtime.session",
+    "LTMPError": "ltmp_deploy.errors",
 }
 
 
@@ -32,3 +39,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = sorted(_LAZY)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -1,0 +1,119 @@
+"""The whole job in a few calls, the way ``timm.create_model`` and ToMe's one-call patch work:
+
+    import ltmp_deploy as ld
+
+    model = ld.create_model("deit_small_patch16_224", weights="deit_small.safetensors")
+    ld.learn(model, "/data/imagenet", target=0.5)             # writes nothing unless output= is given
+    ld.calibrate(model, flops_target=0.5)                     # a fixed schedule, no data needed
+    ld.export(model, "fixed.onnx", mode="fixed")              # validated against PyTorch on the spot
+    ld.validate("fixed.onnx", against="fixed.safetensors")    # or an engine against its ONNX
+    ld.build("fixed.onnx", "fixed.engine", preset="orin-nx")  # where TensorRT is installed
+    with ld.Session("fixed.onnx") as session:
+        print(session.predict(["cat.jpg"]))
+
+Each call is the library function the CLI uses; see their own docs for every option.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence, Union
+
+from ltmp_deploy.errors import LTMPError
+
+PathLike = Union[str, os.PathLike]
+
+
+def load(path: PathLike, mode: Optional[str] = None) -> Any:
+    """A toolkit checkpoint, rebuilt as the patched timm model (in its saved mode unless told)."""
+    from ltmp_deploy.ltmp.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, mode=mode)
+
+
+def learn(model: Any, data: Any = "digits", *, target: float, output: Optional[PathLike] = None,
+          progress: bool = True, **options: Any) -> list:
+    """Learn the thresholds of ``model`` towards ``target`` (fraction of block FLOPs kept).
+
+    ``data``: a torch Dataset, ``"digits"`` (the embedded set) or an image folder. ``options``:
+    any :class:`~ltmp_deploy.calibration.learn.LearnConfig` field (epochs, lr_merge, ...).
+    ``output``: a checkpoint written after every epoch; None keeps the result in ``model`` only.
+    """
+    from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
+
+    try:
+        cfg = LearnConfig(target=target, **options)
+    except TypeError as err:
+        raise LTMPError(f"learn: {err}") from err
+    return learn_thresholds(model, _dataset(data, model, "train"), output, cfg, progress=progress)
+
+
+def calibrate(model: Any, data: Any = None, *, flops_target: Optional[float] = None, statistic: str = "mean",
+              evaluate_on: Any = None, progress: bool = True) -> Any:
+    """Give ``model`` a fixed schedule: from threshold-mode counts on ``data``, or from ``flops_target``.
+
+    Returns the :class:`~ltmp_deploy.calibration.schedule.CalibrationReport`; ``model`` is left in
+    fixed mode. ``evaluate_on``: data to measure both modes' accuracy on.
+    """
+    from ltmp_deploy.calibration.schedule import calibrate as calibrate_schedule, parse_statistic
+
+    if data is None and flops_target is None:
+        raise LTMPError("calibrate: give data to count tokens on, or a flops_target")
+    calibration = _dataset(data, model, "val") if data is not None and flops_target is None else None
+    evaluation = _dataset(evaluate_on, model, "test") if evaluate_on is not None else None
+    return calibrate_schedule(model, calibration, statistic=parse_statistic(statistic), flops_target=flops_target,
+                              evaluation=evaluation, progress=progress)
+
+
+def export(model: Any, output: PathLike, **options: Any) -> Any:
+    """Export a model or checkpoint to ONNX, validated against PyTorch (see ``export_onnx``)."""
+    from ltmp_deploy.export.onnx_export import export_onnx
+
+    return export_onnx(model, output, **options)
+
+
+def validate(files: Union[PathLike, Sequence[PathLike]], against: Optional[PathLike] = None, **options: Any) -> Any:
+    """Parity of graphs or engines against a checkpoint (PyTorch) or an ONNX file (ONNX Runtime).
+
+    Returns the :class:`~ltmp_deploy.export.compare.ParityReport`; ``report.ok`` is the verdict.
+    """
+    from ltmp_deploy.formats import STATE_DICT_KINDS, sniff
+
+    listed = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    reference = against if against is not None else (listed[0] if len(listed) == 1 else None)
+    if reference is not None and os.path.isfile(reference) and sniff(reference) in STATE_DICT_KINDS:
+        from ltmp_deploy.export.validate import validate_checkpoint
+        from ltmp_deploy.runtime.validate import open_target
+
+        rest = [f for f in listed if os.fspath(f) != os.fspath(reference)]
+        return validate_checkpoint(reference, rest, open_file=open_target, **options)
+    from ltmp_deploy.runtime.validate import validate as validate_files
+
+    return validate_files(listed, against, **options)
+
+
+def build(onnx_path: PathLike, output: PathLike, *, preset: str = "datacenter", **options: Any) -> Any:
+    """A TensorRT engine and its sidecar for ``preset`` (needs TensorRT; see ``runtime.build.build``).
+
+    ``options``: :class:`~ltmp_deploy.runtime.plan.BuildOptions` fields, plus ``calibration`` and
+    ``calibration_method`` for INT8 and ``print_trtexec`` for the equivalent trtexec line only.
+    """
+    from dataclasses import fields
+
+    from ltmp_deploy.runtime.build import build as build_engine
+    from ltmp_deploy.runtime.plan import BuildOptions
+
+    names = {f.name for f in fields(BuildOptions)}
+    try:
+        plan = BuildOptions(preset=preset, **{k: v for k, v in options.items() if k in names})
+    except TypeError as err:
+        raise LTMPError(f"build: {err}") from err
+    return build_engine(onnx_path, output, plan, **{k: v for k, v in options.items() if k not in names})
+
+
+def _dataset(data: Any, model: Any, split: str) -> Any:
+    if isinstance(data, (str, os.PathLike)):
+        from ltmp_deploy.data.sources import dataset_for
+
+        return dataset_for(os.fspath(data), model, split)
+    return data
