@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional, Sequence
 
 
 @dataclass
@@ -27,9 +27,27 @@ class Timing:
         """Images per second at the median latency."""
         return self.batch / (self.median_ms / 1e3)
 
+    def percentile_ms(self, q: float) -> float:
+        """The ``q`` quantile (0..1) of the per-round samples; ``percentile`` says which sample."""
+        if not self.samples_ms:
+            raise ValueError(f"{self.name} carries no per-round samples")
+        return percentile(self.samples_ms, q)
 
-def interleaved(variants: Mapping[str, Callable[[], object]], batch: int, rounds: int = 20, warmup: int = 2) -> dict[str, Timing]:
-    """Time each zero-argument callable ``rounds`` times, interleaved, after ``warmup`` calls."""
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The sample at rank ``int(q * n)`` of the sorted samples (the largest for ranks past the end):
+    always a measured value, never an interpolation. With fewer than 1/(1-q) samples it is the
+    slowest run."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def interleaved(
+    variants: Mapping[str, Callable[[], object]], batch: int, rounds: int = 20, warmup: int = 2,
+    on_round: Optional[Callable[[], None]] = None,
+) -> dict[str, Timing]:
+    """Time each zero-argument callable ``rounds`` times, interleaved, after ``warmup`` calls.
+    ``on_round`` is called after each round, outside the timed calls (a progress bar)."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
@@ -39,11 +57,9 @@ def interleaved(variants: Mapping[str, Callable[[], object]], batch: int, rounds
             start = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, values in samples.items():
-        ordered = sorted(values)
-        out[name] = Timing(name, statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], len(ordered), batch, tuple(values))
-    return out
+        if on_round is not None:
+            on_round()
+    return {name: Timing(name, statistics.median(v), percentile(v, 0.9), len(v), batch, tuple(v)) for name, v in samples.items()}
 
 
 def table(timings: Mapping[str, Timing], baselines: tuple[str, ...] = ()) -> str:
