@@ -60,7 +60,7 @@ import torch
 
 from ltmp_deploy.calibration.thresholds import thresholds_for_flops
 from ltmp_deploy.files import ensure_writable, write_text_atomic
-from ltmp_deploy.ltmp.flops import block_macs, image_flops, model_dims, schedule_flops, schedule_for_flops
+from ltmp_deploy.ltmp.flops import image_flops, padded_flops_ratio, schedule_flops, schedule_for_flops
 from ltmp_deploy.ltmp.patch import apply_patch
 from ltmp_deploy.runtime.bench import Timing, interleaved, table
 
@@ -90,15 +90,6 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     else:
         env.update(threads=threads, cpu=platform.processor() or platform.machine())
     return env
-
-
-def padded_ratio(model: Any, decisions: list) -> float:
-    """Block FLOPs of a threshold-mode batch over unpatched: every image at the batch's largest
-    counts, which is what a padded batch computes."""
-    dims = model_dims(model)
-    n = dims.num_tokens
-    kept = sum(block_macs(dims, int(d.n_in.max().round()), int(d.n_out.max().round())) for d in decisions)
-    return float(kept / (dims.depth * block_macs(dims, n, n)))
 
 
 def timed_call(model: Any, fn: Callable[[torch.Tensor], object], mode: str, schedule: Any, x: torch.Tensor, sync: bool) -> Callable[[], None]:
@@ -160,7 +151,7 @@ def bench_batch(
     model.ltmp_set_mode("threshold")
     decisions = model.forward_ltmp(x).decisions
     flops["ltmp-threshold"] = sum(r.ratio for r in image_flops(model, decisions)) / batch
-    flops["ltmp-threshold (padded)"] = padded_ratio(model, decisions)
+    flops["ltmp-threshold (padded)"] = padded_flops_ratio(model, decisions)
     del decisions
 
     calls = {name: timed_call(model, model, mode, schedule, x, sync) for name, mode in VARIANTS.items()}

@@ -81,9 +81,16 @@ def paired_ratio(a: Timing, b: Timing) -> tuple[float, float, float]:
     On a shared or throttling machine whole rounds run slow together; the ratio within a round
     cancels that, so it is steadier than the ratio of medians.
     """
-    ratios = sorted(x / y for x, y in zip(a.samples_ms, b.samples_ms))
-    if not ratios:
+    if not a.samples_ms or not b.samples_ms:
         raise ValueError(f"{a.name} and {b.name} carry no per-round samples")
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return statistics.median(ratios), quartiles[0], quartiles[2]
+    return paired_samples(a.samples_ms, b.samples_ms)
 
+
+def paired_samples(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """:func:`paired_ratio` of two lists of per-round samples."""
+    ratios = sorted(x / y for x, y in zip(a, b))
+    if not ratios:
+        raise ValueError("paired ratio of empty samples")
+    # "inclusive": quartiles between measured ratios (the default extrapolates past them on few rounds)
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
+    return statistics.median(ratios), quartiles[0], quartiles[2]
