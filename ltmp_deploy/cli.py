@@ -266,46 +266,80 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ltmp_deploy import cli_bench  # light: the subcommands import their libraries when run
 
-    p = add("bench", cli_bench.cmd_bench, "Time unpatched, oracle, LTMP fixed and threshold, and ToMe at equal FLOPs over batch sizes on PyTorch, ONNX Runtime and CUDA/TensorRT where present; write JSON, CSV, Markdown and plots.")
+    p = add("bench", cli_bench.cmd_bench,
+            "Time unpatched, oracle, LTMP fixed and threshold, and ToMe at equal FLOPs over batch sizes on PyTorch, "
+            "ONNX Runtime and CUDA/TensorRT where present; write JSON, CSV, Markdown and plots.")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("example (random-weight DeiT-Tiny, ONNX Runtime and PyTorch on the CPU, one thread):\n"
-                "  ltmp-deploy bench deit_tiny_patch16_224 --backends onnxruntime-cpu torch-cpu --threads 1 -o bench-deit-tiny")
-    p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="toolkit checkpoint (.safetensors), or a timm model name / description JSON patched fresh (random weights unless --weights); default: the embedded base model")
+                "  ltmp-deploy bench deit_tiny_patch16_224 --backends onnxruntime-cpu torch-cpu --threads 1 "
+                "-o bench-deit-tiny")
+    p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
+                   help="toolkit checkpoint (.safetensors), or a timm model name / description JSON patched fresh "
+                   "(random weights unless --weights); default: the embedded base model")
     p.add_argument("--weights", metavar="FILE", help="timm weights for a model name")
-    p.add_argument("--targets", type=float, nargs="*", default=[0.9, 0.75, 0.5], metavar="F", help="fractions of block FLOPs for LTMP fixed, its oracle and ToMe (default 0.9 0.75 0.5)")
-    p.add_argument("--threshold-target", type=float, default=0.5, metavar="F", help="threshold mode's thresholds are bisected to keep this fraction of block FLOPs on sample images (default 0.5)")
+    p.add_argument("--targets", type=float, nargs="*", default=[0.9, 0.75, 0.5], metavar="F",
+                   help="fractions of block FLOPs for LTMP fixed, its oracle and ToMe (default 0.9 0.75 0.5)")
+    p.add_argument("--threshold-target", type=float, default=0.5, metavar="F",
+                   help="threshold mode's thresholds are bisected to keep this fraction of block FLOPs on sample "
+                   "images (default 0.5)")
     p.add_argument("--no-threshold", action="store_true", help="leave threshold mode out")
-    p.add_argument("--from-checkpoint", action="store_true", help="also time the checkpoint's own schedule (ltmp-fixed@calibrated, its oracle, ToMe at its FLOPs) and its own thresholds (ltmp-threshold@learned) instead of bisected ones")
+    p.add_argument("--from-checkpoint", action="store_true",
+                   help="also time the checkpoint's own schedule (ltmp-fixed@calibrated, its oracle, ToMe at its "
+                   "FLOPs) and its own thresholds (ltmp-threshold@learned) instead of bisected ones")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], metavar="N", help="batch sizes (default 1 8 32)")
-    p.add_argument("--backends", nargs="+", default=["torch-cpu", "onnxruntime-cpu", "torch-cuda", "onnxruntime-cuda", "tensorrt"], metavar="NAME", help="any of torch-cpu onnxruntime-cpu torch-cuda onnxruntime-cuda tensorrt (default all; those missing here are skipped with the reason)")
-    p.add_argument("--rounds", type=int, default=20, help="timed rounds: every variant once per round, interleaved (default 20)")
+    p.add_argument("--backends", nargs="+", metavar="NAME",
+                   default=["torch-cpu", "onnxruntime-cpu", "torch-cuda", "onnxruntime-cuda", "tensorrt"],
+                   help="any of torch-cpu onnxruntime-cpu torch-cuda onnxruntime-cuda tensorrt (default all; those "
+                   "missing here are skipped with the reason)")
+    p.add_argument("--rounds", type=int, default=20,
+                   help="timed rounds: every variant once per round, interleaved (default 20)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first (default 2)")
-    p.add_argument("--threads", type=int, help="CPU threads for PyTorch and ONNX Runtime (default: every core this process may use)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset of every exported graph (default 17, which threshold mode needs)")
-    p.add_argument("--merge-threshold", type=float, default=0.8, help="threshold mode's merge threshold when its thresholds are bisected")
-    p.add_argument("--workdir", metavar="DIR", help="keep the exported graphs (and engines) here (default: a temporary folder)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for PyTorch and ONNX Runtime (default: every core this process may use)")
+    p.add_argument("--opset", type=int, default=17,
+                   help="ONNX opset of every exported graph (default 17, which threshold mode needs)")
+    p.add_argument("--merge-threshold", type=float, default=0.8,
+                   help="threshold mode's merge threshold when its thresholds are bisected")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="keep the exported graphs (and engines) here (default: a temporary folder)")
     p.add_argument("--note", metavar="TEXT", help="a line for the results' header, e.g. how busy the machine was")
-    p.add_argument("--results-md", metavar="FILE", help="also write the Markdown results page here, linking to the files in -o (e.g. benchmarks/RESULTS.md)")
-    p.add_argument("-o", "--output-dir", default="ltmp-bench", metavar="DIR", help="bench.json, bench.csv, bench_samples.csv, bench.md and the plots (default ./ltmp-bench)")
+    p.add_argument("--results-md", metavar="FILE",
+                   help="also write the Markdown results page here, linking to the files in -o "
+                   "(e.g. benchmarks/RESULTS.md)")
+    p.add_argument("-o", "--output-dir", default="ltmp-bench", metavar="DIR",
+                   help="bench.json, bench.csv, bench_samples.csv, bench.md and the plots (default ./ltmp-bench)")
 
-    p = add("estimate", cli_bench.cmd_estimate, "Turn a bench result into images/s, cost per million images and the saving against the unpatched model, per variant, backend and batch size.")
+    p = add("estimate", cli_bench.cmd_estimate,
+            "Turn a bench result into images/s, cost per million images and the saving against the unpatched "
+            "model, per variant, backend and batch size.")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "example:\n  ltmp-deploy estimate ltmp-bench/bench.json --price-per-hour 2.50 --images-per-day 5000000"
     p.add_argument("bench", metavar="BENCH.json", help="bench.json from `ltmp-deploy bench`")
-    p.add_argument("--price-per-hour", type=float, required=True, metavar="P", help="what one machine of the benchmarked kind costs per hour (costs come out in the same unit)")
-    p.add_argument("--images-per-day", type=float, metavar="N", help="also the machine-hours, cost and saving per day for this many images")
+    p.add_argument("--price-per-hour", type=float, required=True, metavar="P",
+                   help="what one machine of the benchmarked kind costs per hour (costs come out in its unit)")
+    p.add_argument("--images-per-day", type=float, metavar="N",
+                   help="also the machine-hours, cost and saving per day for this many images")
     p.add_argument("--json", metavar="OUT", help="write the estimate as JSON here ('-': to stdout instead of the table)")
 
-    p = add("report", cli_bench.cmd_report, "Write report.md and a self-contained report.html from bench and accuracy results: headline, accuracy and latency against FLOPs, tokens per block, token grids.")
+    p = add("report", cli_bench.cmd_report,
+            "Write report.md and a self-contained report.html from bench and accuracy results: headline, accuracy "
+            "and latency against FLOPs, tokens per block, token grids.")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("example:\n  ltmp-deploy report --bench ltmp-bench/bench.json --accuracy accuracy.json "
                 "--grid digit0.png digit1.png -o report")
     p.add_argument("--bench", metavar="BENCH.json", help="bench.json from `ltmp-deploy bench`")
-    p.add_argument("--accuracy", metavar="ACCURACY.json", help="an accuracy result (schema ltmp-deploy-accuracy/1: per-variant accuracy and FLOPs, tokens per block)")
-    p.add_argument("--grid", nargs="+", metavar="PNG", help="token-visualization grids to show (e.g. from `ltmp-deploy show`)")
-    p.add_argument("--headline", metavar="VARIANT", help="the variant the headline is about, e.g. ltmp-fixed@0.5 (default: the accuracy result's, else the LTMP fixed-mode variant keeping the fewest FLOPs)")
-    p.add_argument("--backend", metavar="NAME", help="the backend whose latency the headline quotes (default onnxruntime-cpu when measured)")
-    p.add_argument("-o", "--output-dir", default="ltmp-report", metavar="DIR", help="folder for report.md, report.html and the figures (default ./ltmp-report)")
+    p.add_argument("--accuracy", metavar="ACCURACY.json",
+                   help="an accuracy result (schema ltmp-deploy-accuracy/1: per-variant accuracy and FLOPs, tokens "
+                   "per block)")
+    p.add_argument("--grid", nargs="+", metavar="PNG",
+                   help="token-visualization grids to show (e.g. from `ltmp-deploy show`)")
+    p.add_argument("--headline", metavar="VARIANT",
+                   help="the variant the headline is about, e.g. ltmp-fixed@0.5 (default: the accuracy result's, "
+                   "else the LTMP fixed-mode variant keeping the fewest FLOPs)")
+    p.add_argument("--backend", metavar="NAME",
+                   help="the backend whose latency the headline quotes (default onnxruntime-cpu when measured)")
+    p.add_argument("-o", "--output-dir", default="ltmp-report", metavar="DIR",
+                   help="folder for report.md, report.html and the figures (default ./ltmp-report)")
 
     p = add("show", cmd_show, "Draw what the model threw away: per block, the pruned (dark red) and merged (coloured groups) patches over the image.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="toolkit checkpoint")

@@ -20,8 +20,16 @@ def _bench_command(args: argparse.Namespace) -> str:
     parts += ["--targets", *map(str, args.targets)]
     parts += ["--no-threshold"] if args.no_threshold else ["--threshold-target", str(args.threshold_target)]
     parts += ["--from-checkpoint"] if args.from_checkpoint else []
-    parts += ["--batch", *map(str, args.batch), "--backends", *args.backends, "--rounds", str(args.rounds),
-              "--warmup", str(args.warmup)]
+    parts += [
+        "--batch",
+        *map(str, args.batch),
+        "--backends",
+        *args.backends,
+        "--rounds",
+        str(args.rounds),
+        "--warmup",
+        str(args.warmup),
+    ]
     parts += ["--threads", str(args.threads)] if args.threads else []
     parts += ["--opset", str(args.opset), "--merge-threshold", str(args.merge_threshold)]
     parts += (["--results-md", args.results_md] if args.results_md else []) + ["-o", args.output_dir]
@@ -36,11 +44,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     prepare_output(args.output_dir, args.results_md)  # fail now, not after the timing
     config = BenchConfig(
-        checkpoint=args.checkpoint, weights=args.weights, targets=tuple(args.targets),
-        threshold_target=None if args.no_threshold else args.threshold_target, from_checkpoint=args.from_checkpoint,
-        batches=tuple(args.batch), backends=tuple(args.backends), rounds=args.rounds, warmup=args.warmup,
-        threads=args.threads, opset=args.opset, merge_threshold=args.merge_threshold, workdir=args.workdir,
-        note=args.note or "", command=_bench_command(args),
+        checkpoint=args.checkpoint,
+        weights=args.weights,
+        targets=tuple(args.targets),
+        threshold_target=None if args.no_threshold else args.threshold_target,
+        from_checkpoint=args.from_checkpoint,
+        batches=tuple(args.batch),
+        backends=tuple(args.backends),
+        rounds=args.rounds,
+        warmup=args.warmup,
+        threads=args.threads,
+        opset=args.opset,
+        merge_threshold=args.merge_threshold,
+        workdir=args.workdir,
+        note=args.note or "",
+        command=_bench_command(args),
     )
     doc = run_bench(config)
     for skip in doc["skipped"]:
@@ -74,8 +92,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ltmp_deploy.report.document import write_report
 
-    files = write_report(args.output_dir, args.bench, args.accuracy, args.grid or (), variant=args.headline,
-                         backend=args.backend)
+    files = write_report(
+        args.output_dir, args.bench, args.accuracy, args.grid or (), variant=args.headline, backend=args.backend
+    )
     print("\n".join(files.headline.lines()))
     print(f"wrote {files.markdown} and {files.html}")
     return 0

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ltmp_deploy.runtime.bench_results import FIXED, ORACLE, THRESHOLD, TOME, UNPATCHED, backends, batches
 
@@ -40,8 +41,9 @@ def _colour(kind: str, shade: float = 0.75) -> Any:
     return "black" if kind == UNPATCHED else colormaps[STYLE[kind][0]](shade)
 
 
-def latency_vs_flops(doc: dict[str, Any], only_backends: Optional[Sequence[str]] = None,
-                     only_batches: Optional[Sequence[int]] = None) -> bytes:
+def latency_vs_flops(
+    doc: dict[str, Any], only_backends: Sequence[str] | None = None, only_batches: Sequence[int] | None = None
+) -> bytes:
     """Median latency against the block FLOPs kept, one panel per backend and batch size, with the
     ideal line (latency proportional to FLOPs, from the unpatched model) and the oracle."""
     rows = [b for b in backends(doc) if only_backends is None or b in only_backends]
@@ -59,9 +61,17 @@ def latency_vs_flops(doc: dict[str, Any], only_backends: Optional[Sequence[str]]
                 points = sorted((r["flops_ratio"], r["p50_ms"]) for r in recs if r["kind"] == kind)
                 if points:
                     _, marker, style, text = STYLE[kind]
-                    ax.plot(*zip(*points), marker=marker, linestyle=style, color=_colour(kind), label=text,
-                            markersize=9 if kind == UNPATCHED else 6)
-            ax.set(title=f"{backend}, batch {batch}", xlabel="block FLOPs kept", ylabel="latency p50 (ms)", xlim=(0, 1.05))
+                    ax.plot(
+                        *zip(*points),
+                        marker=marker,
+                        linestyle=style,
+                        color=_colour(kind),
+                        label=text,
+                        markersize=9 if kind == UNPATCHED else 6,
+                    )
+            ax.set(
+                title=f"{backend}, batch {batch}", xlabel="block FLOPs kept", ylabel="latency p50 (ms)", xlim=(0, 1.05)
+            )
             ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3)
     _legend_below(fig, axes)
@@ -85,15 +95,23 @@ def throughput_vs_batch(doc: dict[str, Any]) -> bytes:
     axes = fig.subplots(1, len(rows), squeeze=False)[0]
     for ax, backend in zip(axes, rows):
         for name in names:
-            points = sorted((r["batch"], r["throughput_img_s"]) for r in doc["records"]
-                            if r["backend"] == backend and r["variant"] == name)
+            points = sorted(
+                (r["batch"], r["throughput_img_s"])
+                for r in doc["records"]
+                if r["backend"] == backend and r["variant"] == name
+            )
             if not points:
                 continue
             variant = doc["variants"][name]
             kind = variant["kind"]
             shade = 0.95 - 0.55 * float(variant["flops_ratio"])  # fewer FLOPs kept, darker
-            ax.plot(*zip(*points), marker=STYLE[kind][1], linestyle="-" if kind != UNPATCHED else "--",
-                    color=_colour(kind, shade), label=name)
+            ax.plot(
+                *zip(*points),
+                marker=STYLE[kind][1],
+                linestyle="-" if kind != UNPATCHED else "--",
+                color=_colour(kind, shade),
+                label=name,
+            )
         ax.set(title=backend, xlabel="batch size", ylabel="images/s (at p50 latency)")
         ax.set_xscale("log", base=2)
         ax.set_xticks(batches(doc), [str(b) for b in batches(doc)])
@@ -108,13 +126,25 @@ def accuracy_vs_flops(acc: dict[str, Any]) -> bytes:
     fig = _figure(5.5, 4.0)
     ax = fig.subplots()
     for kind in (FIXED, THRESHOLD, TOME, ORACLE, UNPATCHED):
-        rows = sorted((v["flops_ratio"], 100 * v["accuracy"], 100 * (v.get("accuracy_std") or 0.0))
-                      for v in acc["variants"] if v["method"] == kind)
+        rows = sorted(
+            (v["flops_ratio"], 100 * v["accuracy"], 100 * (v.get("accuracy_std") or 0.0))
+            for v in acc["variants"]
+            if v["method"] == kind
+        )
         if rows:
             x, y, err = zip(*rows)
             _, marker, _, text = STYLE[kind]
-            ax.errorbar(x, y, yerr=err, marker=marker, linestyle="none" if kind == UNPATCHED else "-",
-                        color=_colour(kind), label=text, capsize=3, markersize=9 if kind == UNPATCHED else 6)
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                marker=marker,
+                linestyle="none" if kind == UNPATCHED else "-",
+                color=_colour(kind),
+                label=text,
+                capsize=3,
+                markersize=9 if kind == UNPATCHED else 6,
+            )
     ax.set(xlabel="block FLOPs kept", ylabel="accuracy (%)", title=f"accuracy on {acc['dataset']['name']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -125,10 +155,13 @@ def tokens_per_block(acc: dict[str, Any]) -> bytes:
     """Tokens leaving each block, mean over images with the spread (q10-q90 when given, else +-1 std)."""
     fig = _figure(5.5, 4.0)
     ax = fig.subplots()
-    for i, (name, t) in enumerate(acc["tokens_per_block"].items()):
+    for name, t in acc["tokens_per_block"].items():
         blocks = list(range(len(t["mean"])))
-        lower, upper = (t["q10"], t["q90"]) if "q10" in t and "q90" in t else (
-            [m - s for m, s in zip(t["mean"], t["std"])], [m + s for m, s in zip(t["mean"], t["std"])])
+        lower, upper = (
+            (t["q10"], t["q90"])
+            if "q10" in t and "q90" in t
+            else ([m - s for m, s in zip(t["mean"], t["std"])], [m + s for m, s in zip(t["mean"], t["std"])])
+        )
         line = ax.plot(blocks, t["mean"], marker="o", label=name)[0]
         ax.fill_between(blocks, lower, upper, color=line.get_color(), alpha=0.2)
     if acc.get("tokens"):

@@ -7,14 +7,13 @@ import csv
 import json
 import re
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bench_runs import BATCHES, NOTE, ROUNDS, VARIANTS, tiny_bench, tiny_bench_doc, tiny_checkpoint
 from PIL import Image
 
-from bench_runs import BACKENDS, BATCHES, NOTE, ROUNDS, VARIANTS, tiny_bench, tiny_bench_doc, tiny_checkpoint
 from ltmp_deploy.cli import main
 from ltmp_deploy.runtime.bench_results import RECORD_FIELDS, SCHEMA
 
@@ -25,12 +24,14 @@ MEASURED = ("torch-cpu", "onnxruntime-cpu")
 def test_files_are_whole_and_hold_every_measurement():
     folder = tiny_bench() / "out"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["bench.json", "bench.csv", "bench_samples.csv", "bench.md", "latency_vs_flops.png", "throughput_vs_batch.png"])
+        ["bench.json", "bench.csv", "bench_samples.csv", "bench.md", "latency_vs_flops.png", "throughput_vs_batch.png"]
+    )
     doc = tiny_bench_doc()
     assert doc["schema"] == SCHEMA and doc["note"] == NOTE and doc["command"].startswith("ltmp-deploy bench ")
     assert set(doc["variants"]) == VARIANTS
     assert {(r["backend"], r["batch"], r["variant"]) for r in doc["records"]} == {
-        (b, n, v) for b in MEASURED for n in BATCHES for v in VARIANTS}
+        (b, n, v) for b in MEASURED for n in BATCHES for v in VARIANTS
+    }
     assert len(doc["records"]) == len(MEASURED) * len(BATCHES) * len(VARIANTS)
     assert doc["skipped"] == [{"backend": "torch-cuda", "reason": doc["skipped"][0]["reason"]}]
     assert "CUDA" in doc["skipped"][0]["reason"]
@@ -84,7 +85,9 @@ def test_every_statistic_follows_from_the_timed_calls():
         assert len(s) == r["runs"] == ROUNDS and all(x > 0 for x in s)
         assert r["p50_ms"] == statistics.median(s)
         assert r["p90_ms"] == ordered[min(len(s) - 1, int(0.9 * len(s)))] and r["p99_ms"] == ordered[-1]
-        assert r["min_ms"] == ordered[0] and r["max_ms"] == ordered[-1] and r["mean_ms"] == pytest.approx(sum(s) / len(s))
+        assert (
+            r["min_ms"] == ordered[0] and r["max_ms"] == ordered[-1] and r["mean_ms"] == pytest.approx(sum(s) / len(s))
+        )
         assert r["throughput_img_s"] == pytest.approx(r["batch"] * 1000 / r["p50_ms"])
         for ref, key in (("unpatched", "vs_unpatched"), (r["oracle"], "vs_oracle")):
             if ref is None:
@@ -107,7 +110,7 @@ def test_flops_follow_from_the_model_and_the_images_timed():
     doc = tiny_bench_doc()
     model = load_checkpoint(tiny_bench() / "tiny5.safetensors")
     variants = doc["variants"]
-    for name, v in variants.items():
+    for v in variants.values():
         if v["mode"] in ("fixed", "oracle"):
             schedule = Schedule.from_pairs(v["schedule"])
             assert v["flops_ratio"] == schedule_flops(model, schedule, reduce=v["mode"] == "fixed").ratio
@@ -162,10 +165,27 @@ def test_from_checkpoint_times_its_schedule_and_thresholds(tmp_path):
     model.ltmp_set_thresholds([0.6, 0.5, 0.4], [0.6 / n, 0.8 / n, 1.0 / n])
     model.ltmp_set_mode("fixed", schedule_for_flops(model, 0.6))
     path = save_checkpoint(model, tmp_path / "calibrated.safetensors")
-    doc = run_bench(BenchConfig(checkpoint=str(path), targets=(), threshold_target=None, from_checkpoint=True,
-                                batches=(1,), backends=("torch-cpu",), rounds=1, warmup=0, threads=1, progress=False))
-    assert set(doc["variants"]) == {"unpatched", "oracle@calibrated", "ltmp-fixed@calibrated", "tome@calibrated",
-                                    "ltmp-threshold@learned"}
+    doc = run_bench(
+        BenchConfig(
+            checkpoint=str(path),
+            targets=(),
+            threshold_target=None,
+            from_checkpoint=True,
+            batches=(1,),
+            backends=("torch-cpu",),
+            rounds=1,
+            warmup=0,
+            threads=1,
+            progress=False,
+        )
+    )
+    assert set(doc["variants"]) == {
+        "unpatched",
+        "oracle@calibrated",
+        "ltmp-fixed@calibrated",
+        "tome@calibrated",
+        "ltmp-threshold@learned",
+    }
     assert doc["variants"]["ltmp-fixed@calibrated"]["schedule"] == model.ltmp.schedule.pairs()
     assert doc["variants"]["ltmp-threshold@learned"]["thresholds"]["merge"] == pytest.approx([0.6, 0.5, 0.4])
     assert doc["variants"]["ltmp-threshold@learned"]["oracle"] == "oracle@calibrated"

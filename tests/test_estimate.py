@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from bench_runs import VARIANTS, tiny_bench, tiny_bench_doc
+
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.runtime.estimate import SCHEMA, estimate, estimate_file
@@ -34,7 +34,11 @@ def test_cost_and_saving_follow_from_the_samples():
         assert row.images_per_s == pytest.approx(rec["batch"] / median_s)
         # 3.6 per hour is 0.001 per second: a million images cost 1000 * (seconds per image)
         assert row.cost_per_million == pytest.approx(1000 * median_s / rec["batch"])
-        base = next(r for r in doc["records"] if (r["backend"], r["batch"], r["variant"]) == (rec["backend"], rec["batch"], "unpatched"))
+        base = next(
+            r
+            for r in doc["records"]
+            if (r["backend"], r["batch"], r["variant"]) == (rec["backend"], rec["batch"], "unpatched")
+        )
         ratios = sorted(a / b for a, b in zip(rec["samples_ms"], base["samples_ms"]))
         assert row.saving == pytest.approx(1 - statistics.median(ratios))
         assert 1 - ratios[-1] - 1e-12 <= row.saving_low <= row.saving <= row.saving_high <= 1 - ratios[0] + 1e-12
@@ -58,7 +62,11 @@ def test_table_and_json(capsys, tmp_path):
     assert all(v in table for v in VARIANTS)
     assert main(["estimate", str(bench_path()), "--price-per-hour", "2.5", "--json", "-"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["schema"] == SCHEMA and doc["price_per_hour"] == 2.5 and len(doc["rows"]) == len(tiny_bench_doc()["records"])
+    assert (
+        doc["schema"] == SCHEMA
+        and doc["price_per_hour"] == 2.5
+        and len(doc["rows"]) == len(tiny_bench_doc()["records"])
+    )
     out = tmp_path / "cost.json"
     assert main(["estimate", str(bench_path()), "--price-per-hour", "2.5", "--json", str(out)]) == 0
     assert json.loads(out.read_text()) == doc
@@ -94,9 +102,11 @@ def test_refuses_what_is_not_a_measured_bench_result(capsys, tmp_path):
 
 
 def test_estimate_runs_without_torch():
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['matplotlib'] = None\n"
-            "from ltmp_deploy.cli import main\n"
-            f"sys.exit(main(['estimate', {str(bench_path())!r}, '--price-per-hour', '1']))")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['matplotlib'] = None\n"
+        "from ltmp_deploy.cli import main\n"
+        f"sys.exit(main(['estimate', {str(bench_path())!r}, '--price-per-hour', '1']))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
     assert "unpatched" in done.stdout

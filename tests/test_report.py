@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from bench_runs import tiny_bench, tiny_bench_doc, tiny_checkpoint
 from conftest import one_torch_thread
+
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.report import accuracy_document, tokens_summary, variant_entry, write_accuracy, write_report
@@ -51,8 +51,10 @@ def tiny_accuracy(tmp_path: Path) -> tuple[dict, list[Path]]:
             ratios = np.array([r.ratio for r in image_flops(model, out.decisions)])
         else:  # static token counts: every image keeps the variant's FLOPs
             ratios = np.full(len(images), v["flops_ratio"])
-        runs = [{"seed": s, "accuracy": float(right[part].mean()), "flops_ratio": float(np.mean(ratios[part]))}
-                for s, part in enumerate((slice(0, 32), slice(32, 64)))]
+        runs = [
+            {"seed": s, "accuracy": float(right[part].mean()), "flops_ratio": float(np.mean(ratios[part]))}
+            for s, part in enumerate((slice(0, 32), slice(32, 64)))
+        ]
         entries.append(variant_entry(v["kind"], v["label"], runs))
         if v["mode"] == "threshold":
             tokens[name] = tokens_summary(per_image_counts([out.decisions])[1])
@@ -60,8 +62,14 @@ def tiny_accuracy(tmp_path: Path) -> tuple[dict, list[Path]]:
     for i in range(2):
         display = (np.random.default_rng(i).random((32, 32, 3)) * 255).astype(np.uint8)
         grids.append(render(model, images[i], display, tmp_path / f"grid{i}.png"))
-    doc = accuracy_document("vit_tiny_patch16_224", {"name": "agreement with the unpatched model", "split": "random",
-                            "images": 64}, entries, tokens=model.ltmp_num_tokens, tokens_per_block=tokens, headline=HEADLINE)
+    doc = accuracy_document(
+        "vit_tiny_patch16_224",
+        {"name": "agreement with the unpatched model", "split": "random", "images": 64},
+        entries,
+        tokens=model.ltmp_num_tokens,
+        tokens_per_block=tokens,
+        headline=HEADLINE,
+    )
     return doc, grids
 
 
@@ -92,8 +100,17 @@ def test_files_are_whole_and_carry_the_headline(report):
     files, acc = report
     assert read_accuracy(files.markdown.parent.parent / "accuracy.json") == acc
     names = sorted(p.name for p in files.markdown.parent.iterdir())
-    assert names == sorted(["report.md", "report.html", "report_accuracy_vs_flops.png", "report_latency_vs_flops.png",
-                            "report_tokens_per_block.png", "report_grid_1.png", "report_grid_2.png"])
+    assert names == sorted(
+        [
+            "report.md",
+            "report.html",
+            "report_accuracy_vs_flops.png",
+            "report_latency_vs_flops.png",
+            "report_tokens_per_block.png",
+            "report_grid_1.png",
+            "report_grid_2.png",
+        ]
+    )
     md = files.markdown.read_text()
     page = files.html.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
@@ -120,7 +137,9 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium; .ci/install-chromium.sh)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium; .ci/install-chromium.sh)"
+)
 def test_every_image_decodes_in_headless_chromium(report, tmp_path):
     files, acc = report
     page = files.html.read_text()
@@ -128,10 +147,23 @@ def test_every_image_decodes_in_headless_chromium(report, tmp_path):
     probe = tmp_path / "probe.html"  # the report plus a check that writes its verdict into the page
     probe.write_text(page.replace("</body>", CHECK + "</body>"))
     done = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     dom = html.unescape(done.stdout)
     assert f"images decoded: {count}/{count}" in dom, done.stderr[-2000:]
@@ -169,14 +201,28 @@ def test_refusals(capsys, tmp_path):
     assert "--backend tensorrt" in refusal(capsys, "--bench", bench, "--backend", "tensorrt", *out)
     assert not (tmp_path / "r" / "report.html").exists()
     with pytest.raises(LTMPError, match="accuracy must be a fraction"):
-        accuracy_document("m", {"name": "d"}, [{"name": "unpatched", "method": "unpatched", "accuracy": 98, "flops_ratio": 1}])
+        accuracy_document(
+            "m", {"name": "d"}, [{"name": "unpatched", "method": "unpatched", "accuracy": 98, "flops_ratio": 1}]
+        )
 
 
 def test_cli_report(capsys, tmp_path, report):
     files, acc = report
     acc_path = files.markdown.parent.parent / "accuracy.json"
-    assert main(["report", "--bench", str(tiny_bench() / "out" / "bench.json"), "--accuracy", str(acc_path),
-                 "-o", str(tmp_path / "r")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--bench",
+                str(tiny_bench() / "out" / "bench.json"),
+                "--accuracy",
+                str(acc_path),
+                "-o",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     for line in expected_headline(acc):
         assert line in printed
@@ -205,12 +251,18 @@ def test_the_demo_report_hook(tmp_path):
         report.rows["ltmp-fixed"] = {"accuracy": cal.fixed_accuracy, "flops": cal.fixed_flops}
         report.files["fixed"] = str(save_checkpoint(model, tmp_path / "fixed.safetensors"))
         tome = tome_schedule(model, cal.fixed_flops)
-        report.rows["tome-fixed-r"] = {"accuracy": evaluate(model.ltmp_set_mode("fixed", tome), test)[0],
-                                       "flops": schedule_flops(model, tome).ratio}
+        report.rows["tome-fixed-r"] = {
+            "accuracy": evaluate(model.ltmp_set_mode("fixed", tome), test)[0],
+            "flops": schedule_flops(model, tome).ratio,
+        }
         files = write_demo_report(report, rounds=1, progress=False)
     acc = read_accuracy(tmp_path / "accuracy.json")
-    assert {v["name"] for v in acc["variants"]} == {"unpatched", "ltmp-threshold@learned", "ltmp-fixed@calibrated",
-                                                    "tome@calibrated"}
+    assert {v["name"] for v in acc["variants"]} == {
+        "unpatched",
+        "ltmp-threshold@learned",
+        "ltmp-fixed@calibrated",
+        "tome@calibrated",
+    }
     assert acc["tokens_per_block"]["ltmp-threshold@learned"]["images"] == len(test)
     assert files.headline.variant == "ltmp-fixed@calibrated" and files.headline.backend == "onnxruntime-cpu"
     assert files.headline.flops_saved == pytest.approx(1 - cal.fixed_flops)

@@ -6,7 +6,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"BenchConfig": "ltmp_deploy.bench.run", "run_bench": "ltmp_deploy.bench.run", "write_bench": "ltmp_deploy.bench.write"}
+_LAZY = {
+    "BenchConfig": "ltmp_deploy.bench.run",
+    "run_bench": "ltmp_deploy.bench.run",
+    "write_bench": "ltmp_deploy.bench.write",
+}
 
 
 def __getattr__(name: str) -> Any:

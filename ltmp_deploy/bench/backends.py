@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ ORT_PROVIDER = {"onnxruntime-cpu": "CPUExecutionProvider", "onnxruntime-cuda": "
 Calls = dict[str, Callable[[], object]]
 
 
-def unavailable(backend: str) -> Optional[str]:
+def unavailable(backend: str) -> str | None:
     """Why ``backend`` cannot run here, or None when it can."""
     if backend not in BACKENDS:
         raise LTMPError(f"--backends {backend}: choose from {', '.join(BACKENDS)}")
@@ -47,8 +47,10 @@ def unavailable(backend: str) -> Optional[str]:
         import onnxruntime as ort
 
         if ORT_PROVIDER[backend] not in ort.get_available_providers():
-            return (f"ONNX Runtime {ort.__version__} has no {ORT_PROVIDER[backend]} "
-                    f"(available: {', '.join(ort.get_available_providers())})")
+            return (
+                f"ONNX Runtime {ort.__version__} has no {ORT_PROVIDER[backend]} "
+                f"(available: {', '.join(ort.get_available_providers())})"
+            )
     return None
 
 
@@ -126,8 +128,14 @@ class TensorrtTimer(Timer):
         self.engines = {}
         for name, path in graphs.items():
             try:
-                engine = build_engine(path, workdir / f"{name}.engine", preset="datacenter",
-                                      min_batch=min(batches), opt_batch=max(batches), max_batch=max(batches))
+                engine = build_engine(
+                    path,
+                    workdir / f"{name}.engine",
+                    preset="datacenter",
+                    min_batch=min(batches),
+                    opt_batch=max(batches),
+                    max_batch=max(batches),
+                )
                 self.engines[name] = TensorrtBackend(engine)
             except LTMPError as err:
                 self.skipped[name] = str(err)
@@ -141,8 +149,15 @@ class TensorrtTimer(Timer):
         self.engines.clear()
 
 
-def open_timer(backend: str, model: LTMPVisionTransformer, variants: Sequence[Variant], graphs: dict[str, Path],
-               workdir: Path, batches: Sequence[int], threads: int) -> Timer:
+def open_timer(
+    backend: str,
+    model: LTMPVisionTransformer,
+    variants: Sequence[Variant],
+    graphs: dict[str, Path],
+    workdir: Path,
+    batches: Sequence[int],
+    threads: int,
+) -> Timer:
     """The timer for ``backend`` (checked available); ``graphs``: the exported ONNX per variant."""
     if backend.startswith("torch"):
         return TorchTimer(model, variants, backend.split("-", 1)[1])

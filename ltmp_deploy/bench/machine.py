@@ -6,13 +6,23 @@ import importlib.metadata
 import os
 import platform
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 # Distributions whose versions a result records (onnxruntime-gpu stands in for onnxruntime).
-VERSIONED = ("torch", "timm", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxslim", "polygraphy",
-             "tensorrt", "ltmp-deploy")
+VERSIONED = (
+    "torch",
+    "timm",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxslim",
+    "polygraphy",
+    "tensorrt",
+    "ltmp-deploy",
+)
 
 
 def cpu_model() -> str:
@@ -26,8 +36,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def versions() -> dict[str, Optional[str]]:
-    found: dict[str, Optional[str]] = {"python": platform.python_version()}
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
     for dist in VERSIONED:
         try:
             found[dist] = importlib.metadata.version(dist)
@@ -37,7 +47,7 @@ def versions() -> dict[str, Optional[str]]:
     return found
 
 
-def load_average() -> Optional[list[float]]:
+def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages: how busy the machine was (other jobs slow every variant)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -53,8 +63,11 @@ def usable_cores() -> int:
 def machine(threads: int) -> dict[str, Any]:
     gpu = None
     if torch.cuda.is_available():
-        gpu = {"name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
-               "capability": ".".join(map(str, torch.cuda.get_device_capability(0)))}
+        gpu = {
+            "name": torch.cuda.get_device_name(0),
+            "cuda": torch.version.cuda,
+            "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+        }
     return {
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),

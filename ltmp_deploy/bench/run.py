@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,19 +32,19 @@ from ltmp_deploy.runtime.bench_results import SCHEMA, THRESHOLD, UNPATCHED, late
 
 @dataclass
 class BenchConfig:
-    checkpoint: Optional[str] = None  # default: the embedded base model
-    weights: Optional[str] = None
+    checkpoint: str | None = None  # default: the embedded base model
+    weights: str | None = None
     targets: Sequence[float] = (0.9, 0.75, 0.5)
-    threshold_target: Optional[float] = 0.5
+    threshold_target: float | None = 0.5
     from_checkpoint: bool = False
     batches: Sequence[int] = (1, 8, 32)
     backends: Sequence[str] = BACKENDS
     rounds: int = 20
     warmup: int = 2
-    threads: Optional[int] = None  # default: every core this process may use
+    threads: int | None = None  # default: every core this process may use
     opset: int = 17  # one opset for every graph (threshold mode needs 17)
     merge_threshold: float = 0.8
-    workdir: Optional[str] = None  # where the graphs (and engines) go; default a temporary folder
+    workdir: str | None = None  # where the graphs (and engines) go; default a temporary folder
     note: str = ""
     command: str = ""
     progress: bool = True
@@ -74,8 +75,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     try:
         started = _now()
         host = machine(threads)
-        variants = build_variants(model, images, config.targets, config.threshold_target,
-                                  config.from_checkpoint, config.merge_threshold)
+        variants = build_variants(
+            model, images, config.targets, config.threshold_target, config.from_checkpoint, config.merge_threshold
+        )
         with tempfile.TemporaryDirectory(prefix="ltmp-bench-") as tmp:
             workdir = Path(config.workdir or tmp)
             workdir.mkdir(parents=True, exist_ok=True)
@@ -92,8 +94,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "note": config.note,
         "model": _describe(model, config),
         "machine": host,
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()
-                   if k not in ("note", "command", "progress", "workdir")},
+        "config": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(config).items()
+            if k not in ("note", "command", "progress", "workdir")
+        },
         "variants": {v.name: v.to_dict() for v in variants},
         "skipped": skipped,
         "records": records,
@@ -119,7 +124,9 @@ def _describe(model: LTMPVisionTransformer, config: BenchConfig) -> dict[str, An
     }
 
 
-def _export(model: LTMPVisionTransformer, variants: Sequence[Variant], workdir: Path, config: BenchConfig) -> dict[str, Path]:
+def _export(
+    model: LTMPVisionTransformer, variants: Sequence[Variant], workdir: Path, config: BenchConfig
+) -> dict[str, Path]:
     """Every variant exported the same way (one opset, dynamic batch axis), validated on 2 images."""
     from ltmp_deploy.export.onnx_export import export_onnx
 
@@ -129,8 +136,9 @@ def _export(model: LTMPVisionTransformer, variants: Sequence[Variant], workdir: 
     return graphs
 
 
-def _batch_flops(model: LTMPVisionTransformer, variants: Sequence[Variant], images: torch.Tensor,
-                 batches: Sequence[int]) -> dict[tuple[str, int], tuple[float, float]]:
+def _batch_flops(
+    model: LTMPVisionTransformer, variants: Sequence[Variant], images: torch.Tensor, batches: Sequence[int]
+) -> dict[tuple[str, int], tuple[float, float]]:
     """(block FLOPs kept per image, FLOPs a padded batch computes) of each variant at each batch:
     threshold mode measured on the very images timed, static schedules as built."""
     out = {}
@@ -146,9 +154,18 @@ def _batch_flops(model: LTMPVisionTransformer, variants: Sequence[Variant], imag
     return out
 
 
-def _time_all(model: LTMPVisionTransformer, variants: Sequence[Variant], graphs: dict[str, Path], images: torch.Tensor,
-              flops: dict[tuple[str, int], tuple[float, float]], backends: Sequence[str], workdir: Path, threads: int,
-              config: BenchConfig, skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _time_all(
+    model: LTMPVisionTransformer,
+    variants: Sequence[Variant],
+    graphs: dict[str, Path],
+    images: torch.Tensor,
+    flops: dict[tuple[str, int], tuple[float, float]],
+    backends: Sequence[str],
+    workdir: Path,
+    threads: int,
+    config: BenchConfig,
+    skipped: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
     total = len(backends) * len(config.batches) * config.rounds
     bar = tqdm(total=total, desc="timing", unit="round", disable=not config.progress)
     records: list[dict[str, Any]] = []
@@ -160,10 +177,13 @@ def _time_all(model: LTMPVisionTransformer, variants: Sequence[Variant], graphs:
                 for batch in sorted(config.batches):
                     bar.set_description(f"timing {backend} batch {batch}")
                     x = np.ascontiguousarray(images[:batch].numpy())
-                    timings = interleaved(timer.calls(x), batch, rounds=config.rounds, warmup=config.warmup,
-                                          on_round=bar.update)
+                    timings = interleaved(
+                        timer.calls(x), batch, rounds=config.rounds, warmup=config.warmup, on_round=bar.update
+                    )
                     samples = {name: list(t.samples_ms) for name, t in timings.items()}
-                    records += [_record(backend, batch, v, samples, flops[v.name, batch]) for v in variants if v.name in samples]
+                    records += [
+                        _record(backend, batch, v, samples, flops[v.name, batch]) for v in variants if v.name in samples
+                    ]
             finally:
                 timer.close()
     finally:
@@ -171,10 +191,18 @@ def _time_all(model: LTMPVisionTransformer, variants: Sequence[Variant], graphs:
     return records
 
 
-def _record(backend: str, batch: int, v: Variant, samples: dict[str, list[float]], flops: tuple[float, float]) -> dict[str, Any]:
+def _record(
+    backend: str, batch: int, v: Variant, samples: dict[str, list[float]], flops: tuple[float, float]
+) -> dict[str, Any]:
     rec: dict[str, Any] = {
-        "backend": backend, "batch": batch, "variant": v.name, "kind": v.kind, "label": v.label,
-        "oracle": v.oracle, "flops_ratio": flops[0], "flops_ratio_padded": flops[1],
+        "backend": backend,
+        "batch": batch,
+        "variant": v.name,
+        "kind": v.kind,
+        "label": v.label,
+        "oracle": v.oracle,
+        "flops_ratio": flops[0],
+        "flops_ratio_padded": flops[1],
         **latency_stats(samples[v.name], batch),
     }
     for ref, key in ((UNPATCHED, "vs_unpatched"), (v.oracle, "vs_oracle")):

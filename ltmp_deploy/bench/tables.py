@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from ltmp_deploy.runtime.bench_results import RECORD_FIELDS, backends, batches
 
@@ -30,9 +31,18 @@ LATENCY_HEADER = ("variant", "block FLOPs kept", "p50 ms", "p90 ms", "p99 ms", "
 def latency_rows(doc: Mapping[str, Any], backend: str, batch: int) -> list[tuple[str, ...]]:
     """One row of text per variant timed on ``backend`` at ``batch`` (columns: LATENCY_HEADER)."""
     return [
-        (rec["variant"], flops_text(rec), f"{rec['p50_ms']:.3f}", f"{rec['p90_ms']:.3f}", f"{rec['p99_ms']:.3f}",
-         f"{rec['throughput_img_s']:.1f}", ratio_text(rec, "vs_unpatched"), ratio_text(rec, "vs_oracle"))
-        for rec in doc["records"] if rec["backend"] == backend and rec["batch"] == batch
+        (
+            rec["variant"],
+            flops_text(rec),
+            f"{rec['p50_ms']:.3f}",
+            f"{rec['p90_ms']:.3f}",
+            f"{rec['p99_ms']:.3f}",
+            f"{rec['throughput_img_s']:.1f}",
+            ratio_text(rec, "vs_unpatched"),
+            ratio_text(rec, "vs_oracle"),
+        )
+        for rec in doc["records"]
+        if rec["backend"] == backend and rec["batch"] == batch
     ]
 
 
@@ -46,17 +56,23 @@ def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 def machine_text(doc: Mapping[str, Any]) -> str:
     m = doc["machine"]
     lib = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v is not None)
-    load = f"load average {_load(m.get('load_average_start'))} at the start, {_load(m.get('load_average_end'))} at the end"
+    load = (
+        f"load average {_load(m.get('load_average_start'))} at the start, {_load(m.get('load_average_end'))} at the end"
+    )
     gpu = f"; GPU {m['gpu']['name']} (CUDA {m['gpu']['cuda']})" if m.get("gpu") else "; no GPU"
-    return (f"{m['cpu']}, {m['logical_cores']} logical cores ({m['usable_cores']} usable), {m['threads']} threads "
-            f"per backend; {load}{gpu}; {m['os']}; {lib}")
+    return (
+        f"{m['cpu']}, {m['logical_cores']} logical cores ({m['usable_cores']} usable), {m['threads']} threads "
+        f"per backend; {load}{gpu}; {m['os']}; {lib}"
+    )
 
 
-def _load(values: Optional[list[float]]) -> str:
+def _load(values: list[float] | None) -> str:
     return "/".join(f"{v:g}" for v in values) if values else "unknown"
 
 
-def markdown(doc: Mapping[str, Any], links: Optional[Mapping[str, str]] = None, images: Optional[Mapping[str, str]] = None) -> str:
+def markdown(
+    doc: Mapping[str, Any], links: Mapping[str, str] | None = None, images: Mapping[str, str] | None = None
+) -> str:
     """The whole result as Markdown. ``links``: text -> relative path of the raw files;
     ``images``: alt text -> relative path of the figures."""
     model, cfg = doc["model"], doc["config"]
@@ -73,9 +89,10 @@ def markdown(doc: Mapping[str, Any], links: Optional[Mapping[str, str]] = None, 
         f"- Timing: {cfg['warmup']} warm-up calls per variant, then {cfg['rounds']} rounds with every variant called "
         "once per round, interleaved; ONNX graphs exported with opset "
         f"{cfg['opset']} and a dynamic batch axis.",
-        "- Ratios: the median of the per-round ratios (each variant against the unpatched model, or against its oracle, "
-        "in the same round), quartiles in brackets; below 1 is faster. The oracle is the same ViT keeping the same "
-        "token counts with no merge or prune operations: the floor. p99 over fewer than 100 rounds is the slowest run.",
+        "- Ratios: the median of the per-round ratios (each variant against the unpatched model, or against its "
+        "oracle, in the same round), quartiles in brackets; below 1 is faster. The oracle is the same ViT keeping the "
+        "same token counts with no merge or prune operations: the floor. p99 over fewer than 100 rounds is the "
+        "slowest run.",
     ]
     for skip in doc.get("skipped", []):
         what = f"{skip['backend']}" + (f", {skip['variant']}" if skip.get("variant") else "")
@@ -84,7 +101,12 @@ def markdown(doc: Mapping[str, Any], links: Optional[Mapping[str, str]] = None, 
         out.append("- Raw results: " + ", ".join(f"[{text}]({path})" for text, path in links.items()) + ".")
     for backend in backends(doc):
         for batch in batches(doc):
-            out += ["", f"## {backend}, batch {batch}", "", markdown_table(LATENCY_HEADER, latency_rows(doc, backend, batch))]
+            out += [
+                "",
+                f"## {backend}, batch {batch}",
+                "",
+                markdown_table(LATENCY_HEADER, latency_rows(doc, backend, batch)),
+            ]
     for alt, path in (images or {}).items():
         out += ["", f"![{alt}]({path})"]
     return "\n".join(out) + "\n"

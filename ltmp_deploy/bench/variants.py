@@ -15,8 +15,9 @@ and, when it carries a schedule, ``ltmp-fixed@calibrated`` with its oracle and T
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,13 +38,13 @@ BISECTION_IMAGES = 8
 @dataclass(frozen=True)
 class Variant:
     kind: str
-    label: Optional[str]
+    label: str | None
     mode: str  # the model's LTMP mode: off, oracle, fixed or threshold
-    schedule: Optional[Schedule]
-    oracle: Optional[str]  # the name of the oracle at the same token counts or FLOPs
+    schedule: Schedule | None
+    oracle: str | None  # the name of the oracle at the same token counts or FLOPs
     flops_ratio: float  # block FLOPs kept per image (threshold mode: mean over the sample images)
     macs_per_image: float  # the whole model, reduction matmuls included
-    thresholds: Optional[dict[str, list[float]]] = None  # threshold mode: {"merge": [...], "prune": [...]}
+    thresholds: dict[str, list[float]] | None = None  # threshold mode: {"merge": [...], "prune": [...]}
 
     @property
     def name(self) -> str:
@@ -56,13 +57,20 @@ class Variant:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "label": self.label, "mode": self.mode, "oracle": self.oracle,
+            "kind": self.kind,
+            "label": self.label,
+            "mode": self.mode,
+            "oracle": self.oracle,
             "schedule": self.schedule.pairs() if self.schedule is not None else None,
-            "flops_ratio": self.flops_ratio, "macs_per_image": self.macs_per_image, "thresholds": self.thresholds,
+            "flops_ratio": self.flops_ratio,
+            "macs_per_image": self.macs_per_image,
+            "thresholds": self.thresholds,
         }
 
 
-def load_model(spec: Optional[str | os.PathLike] = None, weights: Optional[str | os.PathLike] = None) -> LTMPVisionTransformer:
+def load_model(
+    spec: str | os.PathLike | None = None, weights: str | os.PathLike | None = None
+) -> LTMPVisionTransformer:
     """The model to benchmark: a toolkit checkpoint (.safetensors), a timm model name or description
     JSON (patched fresh, random weights unless ``weights``), or by default the embedded base model."""
     from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint
@@ -96,7 +104,7 @@ def build_variants(
     model: LTMPVisionTransformer,
     images: torch.Tensor,
     targets: Sequence[float] = (0.9, 0.75, 0.5),
-    threshold_target: Optional[float] = 0.5,
+    threshold_target: float | None = 0.5,
     from_checkpoint: bool = False,
     merge_threshold: float = 0.8,
 ) -> list[Variant]:
@@ -126,5 +134,7 @@ def build_variants(
         reports = image_flops(model, model.forward_ltmp(sample).decisions)
     ratio, total = (float(np.mean([getattr(r, k) for r in reports])) for k in ("ratio", "total"))
     merge, prune = model.ltmp_thresholds()
-    variants.append(Variant(THRESHOLD, label, "threshold", None, oracle, ratio, total, {"merge": merge, "prune": prune}))
+    variants.append(
+        Variant(THRESHOLD, label, "threshold", None, oracle, ratio, total, {"merge": merge, "prune": prune})
+    )
     return variants

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ltmp_deploy.bench.tables import markdown, records_csv, samples_csv
 from ltmp_deploy.errors import LTMPError
@@ -25,7 +25,7 @@ RAW = {"bench.json": "json", "bench.csv": "csv", "every timed call (CSV)": "samp
 FIGURES = {"latency against block FLOPs": "latency_plot", "throughput against batch size": "throughput_plot"}
 
 
-def prepare_output(out_dir: str | os.PathLike, results_md: Optional[str | os.PathLike] = None) -> Path:
+def prepare_output(out_dir: str | os.PathLike, results_md: str | os.PathLike | None = None) -> Path:
     """Create ``out_dir`` and check both places can be written, before any long work."""
     out = Path(out_dir)
     try:
@@ -38,7 +38,9 @@ def prepare_output(out_dir: str | os.PathLike, results_md: Optional[str | os.Pat
     return out
 
 
-def write_bench(doc: dict[str, Any], out_dir: str | os.PathLike, results_md: Optional[str | os.PathLike] = None) -> dict[str, Path]:
+def write_bench(
+    doc: dict[str, Any], out_dir: str | os.PathLike, results_md: str | os.PathLike | None = None
+) -> dict[str, Path]:
     """Write every file of ``doc`` into ``out_dir``; with ``results_md``, also a Markdown page there
     whose links point at those files. Returns what was written, by kind."""
     from ltmp_deploy import plots
@@ -62,4 +64,6 @@ def _page(doc: dict[str, Any], paths: dict[str, Path], folder: Path) -> str:
     def rel(kind: str) -> str:
         return Path(os.path.relpath(paths[kind].resolve(), folder.resolve())).as_posix()
 
-    return markdown(doc, {text: rel(kind) for text, kind in RAW.items()}, {alt: rel(kind) for alt, kind in FIGURES.items()})
+    return markdown(
+        doc, {text: rel(kind) for text, kind in RAW.items()}, {alt: rel(kind) for alt, kind in FIGURES.items()}
+    )

@@ -17,7 +17,9 @@ from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 BISECTION_STEPS = 12
 
 
-def thresholds_for_flops(model: LTMPVisionTransformer, images: torch.Tensor, target: float, merge_threshold: float = 0.8) -> float:
+def thresholds_for_flops(
+    model: LTMPVisionTransformer, images: torch.Tensor, target: float, merge_threshold: float = 0.8
+) -> float:
     """Set every block's merge threshold to ``merge_threshold`` and bisect c in
     ``prune_threshold_l = c / n_l`` (n_l: the tokens block l receives under ``schedule_for_flops``)
     until threshold mode keeps about ``target`` of the block FLOPs on ``images``. Leaves the

@@ -26,8 +26,9 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from ltmp_deploy.runtime.bench_results import KINDS, variant_name
 SCHEMA = "ltmp-deploy-accuracy/1"
 
 
-def variant_entry(method: str, label: Optional[str], runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def variant_entry(method: str, label: str | None, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One variant from its runs, each ``{"seed": s, "accuracy": a, "flops_ratio": f}``."""
     if method not in KINDS:
         raise LTMPError(f"accuracy result: method {method!r} is not one of {', '.join(KINDS)}")
@@ -52,7 +53,10 @@ def variant_entry(method: str, label: Optional[str], runs: Sequence[Mapping[str,
         "flops_ratio": statistics.fmean(float(r["flops_ratio"]) for r in runs),
         "accuracy": statistics.fmean(acc),
         "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else None,
-        "runs": [{"seed": r.get("seed"), "accuracy": float(r["accuracy"]), "flops_ratio": float(r["flops_ratio"])} for r in runs],
+        "runs": [
+            {"seed": r.get("seed"), "accuracy": float(r["accuracy"]), "flops_ratio": float(r["flops_ratio"])}
+            for r in runs
+        ],
     }
 
 
@@ -76,9 +80,9 @@ def accuracy_document(
     dataset: Mapping[str, Any],
     variants: Sequence[Mapping[str, Any]],
     *,
-    tokens: Optional[int] = None,
-    tokens_per_block: Optional[Mapping[str, Mapping[str, Any]]] = None,
-    headline: Optional[str] = None,
+    tokens: int | None = None,
+    tokens_per_block: Mapping[str, Mapping[str, Any]] | None = None,
+    headline: str | None = None,
     note: str = "",
 ) -> dict[str, Any]:
     doc = {
@@ -130,7 +134,11 @@ def check_accuracy(doc: Any, where: str = "accuracy result") -> dict[str, Any]:
     for v in variants:
         if not isinstance(v, dict) or v.get("method") not in KINDS or not isinstance(v.get("name"), str):
             raise LTMPError(f"{where}: every variant needs a name and a method among {', '.join(KINDS)}")
-        if not _fraction(v.get("accuracy")) or not isinstance(v.get("flops_ratio"), (int, float)) or v["flops_ratio"] <= 0:
+        if (
+            not _fraction(v.get("accuracy"))
+            or not isinstance(v.get("flops_ratio"), (int, float))
+            or v["flops_ratio"] <= 0
+        ):
             raise LTMPError(f"{where}: {v['name']}: accuracy must be a fraction in [0, 1] and flops_ratio positive")
         names.add(v["name"])
     for name, t in (doc.get("tokens_per_block") or {}).items():

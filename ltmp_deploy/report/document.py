@@ -13,30 +13,40 @@ from __future__ import annotations
 import base64
 import html
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 from ltmp_deploy.bench.tables import LATENCY_HEADER, latency_rows, markdown_table
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import write_bytes_atomic, write_text_atomic
 from ltmp_deploy.report.accuracy import check_accuracy, read_accuracy
-from ltmp_deploy.runtime.bench_results import FIXED, THRESHOLD, UNPATCHED, backends, batches, check_bench, find_record, read_bench
+from ltmp_deploy.runtime.bench_results import (
+    FIXED,
+    THRESHOLD,
+    UNPATCHED,
+    backends,
+    batches,
+    check_bench,
+    find_record,
+    read_bench,
+)
 
 HEADLINE_BATCHES = (1, 8)
 PREFERRED_BACKEND = "onnxruntime-cpu"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-Source = Union[str, os.PathLike, dict, None]
+Source = str | os.PathLike | dict | None
 
 
 @dataclass
 class Headline:
     variant: str
-    backend: Optional[str]
-    flops_saved: Optional[float]  # fraction of block FLOPs
-    latency_saved: dict[int, Optional[float]] = field(default_factory=dict)  # batch -> fraction (paired median)
-    accuracy_change: Optional[float] = None  # percentage points
-    accuracy: Optional[tuple[float, float]] = None  # (unpatched, variant), fractions
+    backend: str | None
+    flops_saved: float | None  # fraction of block FLOPs
+    latency_saved: dict[int, float | None] = field(default_factory=dict)  # batch -> fraction (paired median)
+    accuracy_change: float | None = None  # percentage points
+    accuracy: tuple[float, float] | None = None  # (unpatched, variant), fractions
 
     def lines(self) -> list[str]:
         """The headline as sentences; each number appears exactly as the page prints it."""
@@ -52,7 +62,7 @@ class Headline:
         return out
 
 
-def _pct(x: Optional[float]) -> str:
+def _pct(x: float | None) -> str:
     return "not measured" if x is None else f"{100 * x:.1f}%"
 
 
@@ -64,19 +74,21 @@ class ReportFiles:
     headline: Headline
 
 
-def _load(source: Source, reader: Any, checker: Any) -> Optional[dict[str, Any]]:
+def _load(source: Source, reader: Any, checker: Any) -> dict[str, Any] | None:
     if source is None:
         return None
     return checker(source) if isinstance(source, dict) else reader(source)
 
 
-def choose_headline(bench: Optional[dict[str, Any]], accuracy: Optional[dict[str, Any]]) -> str:
+def choose_headline(bench: dict[str, Any] | None, accuracy: dict[str, Any] | None) -> str:
     """The accuracy result's own headline, else the LTMP fixed-mode variant (every backend runs it;
     threshold mode when there is none) keeping the fewest FLOPs, among the variants both results
     hold (or the one result given)."""
     if accuracy is not None and accuracy.get("headline"):
         return accuracy["headline"]
-    measured = {v["name"]: (v["method"], v["flops_ratio"]) for v in accuracy["variants"]} if accuracy is not None else {}
+    measured = (
+        {v["name"]: (v["method"], v["flops_ratio"]) for v in accuracy["variants"]} if accuracy is not None else {}
+    )
     timed = {n: (v["kind"], v["flops_ratio"]) for n, v in bench["variants"].items()} if bench is not None else {}
     kinds = {n: k for n, k in measured.items() if n in timed} or measured or timed
     ranked = sorted((kind != FIXED, flops, name) for name, (kind, flops) in kinds.items() if kind in (FIXED, THRESHOLD))
@@ -85,8 +97,9 @@ def choose_headline(bench: Optional[dict[str, Any]], accuracy: Optional[dict[str
     return ranked[0][2]
 
 
-def headline(bench: Optional[dict[str, Any]], accuracy: Optional[dict[str, Any]], variant: str,
-             backend: Optional[str] = None) -> Headline:
+def headline(
+    bench: dict[str, Any] | None, accuracy: dict[str, Any] | None, variant: str, backend: str | None = None
+) -> Headline:
     acc = {v["name"]: v for v in accuracy["variants"]} if accuracy is not None else {}
     flops = acc[variant]["flops_ratio"] if variant in acc else None
     out = Headline(variant, None, None, {b: None for b in HEADLINE_BATCHES})
@@ -114,15 +127,24 @@ def _accuracy_rows(accuracy: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for v in accuracy["variants"]:
         std = f" +- {100 * v['accuracy_std']:.2f}" if v.get("accuracy_std") is not None else ""
-        rows.append((v["name"], v["method"], f"{v['flops_ratio']:.3f}", f"{100 * v['accuracy']:.2f}%{std}", str(len(v.get("runs") or []))))
+        rows.append(
+            (
+                v["name"],
+                v["method"],
+                f"{v['flops_ratio']:.3f}",
+                f"{100 * v['accuracy']:.2f}%{std}",
+                str(len(v.get("runs") or [])),
+            )
+        )
     return rows
 
 
 ACCURACY_HEADER = ("variant", "method", "block FLOPs kept", "accuracy", "runs")
 
 
-def _sections(bench: Optional[dict[str, Any]], accuracy: Optional[dict[str, Any]], head: Headline,
-              grids: Sequence[bytes]) -> list[tuple]:
+def _sections(
+    bench: dict[str, Any] | None, accuracy: dict[str, Any] | None, head: Headline, grids: Sequence[bytes]
+) -> list[tuple]:
     """The document as blocks: ("h2", text), ("p", text), ("headline", lines), ("table", header, rows),
     ("img", name, alt, png). Both writers render the same blocks."""
     from ltmp_deploy import plots
@@ -130,23 +152,52 @@ def _sections(bench: Optional[dict[str, Any]], accuracy: Optional[dict[str, Any]
     out: list[tuple] = [("h2", "Headline"), ("headline", head.lines())]
     if accuracy is not None:
         ds = accuracy["dataset"]
-        where = f"{ds['name']}" + (f", {ds['split']} split" if ds.get("split") else "") + (f", {ds['images']} images" if ds.get("images") else "")
-        out += [("h2", "Accuracy against FLOPs"), ("p", f"Model {accuracy['model']}, measured on {where}."),
-                ("img", "accuracy_vs_flops.png", "accuracy against block FLOPs", plots.accuracy_vs_flops(accuracy)),
-                ("table", ACCURACY_HEADER, _accuracy_rows(accuracy))]
+        where = (
+            f"{ds['name']}"
+            + (f", {ds['split']} split" if ds.get("split") else "")
+            + (f", {ds['images']} images" if ds.get("images") else "")
+        )
+        out += [
+            ("h2", "Accuracy against FLOPs"),
+            ("p", f"Model {accuracy['model']}, measured on {where}."),
+            ("img", "accuracy_vs_flops.png", "accuracy against block FLOPs", plots.accuracy_vs_flops(accuracy)),
+            ("table", ACCURACY_HEADER, _accuracy_rows(accuracy)),
+        ]
     if bench is not None and head.backend is not None:
         shown = [b for b in batches(bench) if b in HEADLINE_BATCHES] or batches(bench)
-        out += [("h2", f"Latency against FLOPs ({head.backend})"),
-                ("p", f"Measured on {bench['machine']['cpu']} by `{bench.get('command') or 'ltmp-deploy bench'}` "
-                      f"({bench['created']}). {bench.get('note') or ''}".strip()),
-                ("img", "latency_vs_flops.png", "latency against block FLOPs", plots.latency_vs_flops(bench, [head.backend], shown))]
+        out += [
+            ("h2", f"Latency against FLOPs ({head.backend})"),
+            (
+                "p",
+                f"Measured on {bench['machine']['cpu']} by `{bench.get('command') or 'ltmp-deploy bench'}` "
+                f"({bench['created']}). {bench.get('note') or ''}".strip(),
+            ),
+            (
+                "img",
+                "latency_vs_flops.png",
+                "latency against block FLOPs",
+                plots.latency_vs_flops(bench, [head.backend], shown),
+            ),
+        ]
         for b in shown:
-            out += [("p", f"Batch {b}:"), ("table", LATENCY_HEADER, [tuple(r) for r in latency_rows(bench, head.backend, b)])]
+            out += [
+                ("p", f"Batch {b}:"),
+                ("table", LATENCY_HEADER, [tuple(r) for r in latency_rows(bench, head.backend, b)]),
+            ]
     if accuracy is not None and accuracy.get("tokens_per_block"):
-        out += [("h2", "Tokens kept per block"), ("img", "tokens_per_block.png", "tokens kept per block", plots.tokens_per_block(accuracy))]
+        out += [
+            ("h2", "Tokens kept per block"),
+            ("img", "tokens_per_block.png", "tokens kept per block", plots.tokens_per_block(accuracy)),
+        ]
     if grids:
-        out += [("h2", "What the model threw away"),
-                ("p", "Per block, for a few images: pruned patches greyed or darkened, merged patches in their group's colour.")]
+        out += [
+            ("h2", "What the model threw away"),
+            (
+                "p",
+                "Per block, for a few images: pruned patches greyed or darkened, merged patches in their "
+                "group's colour.",
+            ),
+        ]
         out += [("img", f"grid_{i}.png", f"token grid {i}", png) for i, png in enumerate(grids, start=1)]
     return out
 
@@ -168,10 +219,12 @@ def _markdown(title: str, sections: list[tuple], prefix: str) -> str:
     return "\n".join(lines)
 
 
-STYLE = ("body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em}"
-         "td:not(:first-child){text-align:right}img{max-width:100%;display:block;margin:1em 0}"
-         ".headline li{font-size:1.2em;margin:.2em 0}")
+STYLE = (
+    "body{font-family:sans-serif;max-width:70em;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em}"
+    "td:not(:first-child){text-align:right}img{max-width:100%;display:block;margin:1em 0}"
+    ".headline li{font-size:1.2em;margin:.2em 0}"
+)
 
 
 def _html(title: str, sections: list[tuple]) -> str:
@@ -192,8 +245,10 @@ def _html(title: str, sections: list[tuple]) -> str:
         elif kind == "img":
             data = base64.b64encode(block[3]).decode("ascii")
             body.append(f'<img alt="{e(block[2])}" src="data:image/png;base64,{data}">')
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
-            f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def _read_png(path: str | os.PathLike) -> bytes:
@@ -212,9 +267,9 @@ def write_report(
     accuracy: Source = None,
     grids: Sequence[str | os.PathLike] = (),
     *,
-    variant: Optional[str] = None,
-    backend: Optional[str] = None,
-    title: Optional[str] = None,
+    variant: str | None = None,
+    backend: str | None = None,
+    title: str | None = None,
 ) -> ReportFiles:
     """Write ``report.md``, its figures and ``report.html`` into ``out_dir``.
 

@@ -27,8 +27,9 @@ import json
 import math
 import os
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.runtime.bench import percentile
@@ -47,10 +48,21 @@ KINDS = (UNPATCHED, ORACLE, FIXED, THRESHOLD, TOME)
 # Record fields, in the order the CSV writes them (samples_ms goes to its own CSV).
 STAT_FIELDS = ("runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "throughput_img_s")
 PAIRED_FIELDS = ("vs_unpatched", "vs_unpatched_q1", "vs_unpatched_q3", "vs_oracle", "vs_oracle_q1", "vs_oracle_q3")
-RECORD_FIELDS = ("backend", "batch", "variant", "kind", "label", "oracle", "flops_ratio", "flops_ratio_padded", *STAT_FIELDS, *PAIRED_FIELDS)
+RECORD_FIELDS = (
+    "backend",
+    "batch",
+    "variant",
+    "kind",
+    "label",
+    "oracle",
+    "flops_ratio",
+    "flops_ratio_padded",
+    *STAT_FIELDS,
+    *PAIRED_FIELDS,
+)
 
 
-def variant_name(kind: str, label: Optional[str] = None) -> str:
+def variant_name(kind: str, label: str | None = None) -> str:
     return kind if label is None else f"{kind}@{label}"
 
 
@@ -85,8 +97,10 @@ def check_bench(doc: Any, where: str = "bench result") -> dict[str, Any]:
     """``doc`` if it is a whole bench result whose statistics match its samples, else LTMPError."""
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise LTMPError(f"{where}: not an ltmp-deploy bench result (schema {found!r}, expected {SCHEMA!r}; "
-                        "write one with `ltmp-deploy bench`)")
+        raise LTMPError(
+            f"{where}: not an ltmp-deploy bench result (schema {found!r}, expected {SCHEMA!r}; "
+            "write one with `ltmp-deploy bench`)"
+        )
     variants, records = doc.get("variants"), doc.get("records")
     if not isinstance(variants, dict) or not isinstance(records, list) or not records:
         raise LTMPError(f"{where}: bench result without variants or records")
@@ -115,7 +129,7 @@ def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
-def find_record(doc: dict[str, Any], backend: str, batch: int, variant: str) -> Optional[dict[str, Any]]:
+def find_record(doc: dict[str, Any], backend: str, batch: int, variant: str) -> dict[str, Any] | None:
     for rec in doc["records"]:
         if rec["backend"] == backend and rec["batch"] == batch and rec["variant"] == variant:
             return rec
