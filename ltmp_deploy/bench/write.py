@@ -53,14 +53,16 @@ def write_bench(
     write_text_atomic(paths["samples"], samples_csv(doc))
     write_bytes_atomic(paths["latency_plot"], plots.latency_vs_flops(doc))
     write_bytes_atomic(paths["throughput_plot"], plots.throughput_vs_batch(doc))
-    write_text_atomic(paths["markdown"], _page(doc, paths, out))
+    write_text_atomic(paths["markdown"], page(doc, paths, out))
     if results_md is not None:
-        write_text_atomic(results_md, _page(doc, paths, Path(results_md).parent))
+        write_text_atomic(results_md, page(doc, paths, Path(results_md).parent))
         paths["results_md"] = Path(results_md)
     return paths
 
 
-def _page(doc: dict[str, Any], paths: dict[str, Path], folder: Path) -> str:
+def page(doc: dict[str, Any], paths: dict[str, Path], folder: Path) -> str:
+    """The Markdown page of ``doc`` for ``folder``, linking to the files in ``paths`` (by kind)."""
+
     def rel(kind: str) -> str:
         return Path(os.path.relpath(paths[kind].resolve(), folder.resolve())).as_posix()
 
