@@ -9,9 +9,9 @@ timed interleaved (A, B, C, D, A, B, ...), so drift hits every variant alike:
   reduction operations at all). No merge/prune implementation can beat it, so the gap between
   fixed mode and the oracle is the overhead of the reduction;
 - ``ltmp-fixed``: fixed mode with ``schedule_for_flops(model, --target)`` (the oracle's schedule);
-- ``ltmp-threshold``: threshold mode, with thresholds bisected (``set_thresholds_for_target`` from
-  bench_onnx.py) so that it keeps about ``--target`` of the block FLOPs on 8 sample images, on
-  the same device and dtype as the timing. A batch pads to its largest per-image counts, so the
+- ``ltmp-threshold``: threshold mode, with thresholds bisected (``thresholds_for_flops``) so
+  that it keeps about ``--target`` of the block FLOPs on 8 sample images, on the same device and
+  dtype as the timing. A batch pads to its largest per-image counts, so the
   FLOPs it really spends are printed too ("padded").
 
 The FLOPs each variant keeps (block MACs over the unpatched block MACs) are printed above each
@@ -47,12 +47,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import platform
 import sys
 import time
-import types
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -60,8 +58,9 @@ from typing import Any, Callable, Optional
 import timm
 import torch
 
+from ltmp_deploy.calibration.thresholds import thresholds_for_flops
 from ltmp_deploy.files import ensure_writable, write_text_atomic
-from ltmp_deploy.ltmp.flops import block_macs, image_flops, model_dims, schedule_flops, schedule_for_flops
+from ltmp_deploy.ltmp.flops import image_flops, padded_flops_ratio, schedule_flops, schedule_for_flops
 from ltmp_deploy.ltmp.patch import apply_patch
 from ltmp_deploy.runtime.bench import Timing, interleaved, table
 
@@ -71,16 +70,6 @@ BASELINES = ("unpatched", "oracle", "ltmp-fixed")
 COMPILED = "+compile"
 GRAPHED = "+graph"
 BACKENDS = {COMPILED: "torch.compile", GRAPHED: "CUDA graph"}  # suffix of a variant's name -> what runs it
-
-
-def load_bench_onnx() -> types.ModuleType:
-    """bench_onnx.py, loaded by path (benchmarks/ is not a package), for set_thresholds_for_target."""
-    path = Path(__file__).resolve().with_name("bench_onnx.py")
-    spec = importlib.util.spec_from_file_location("bench_onnx", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
@@ -101,15 +90,6 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     else:
         env.update(threads=threads, cpu=platform.processor() or platform.machine())
     return env
-
-
-def padded_ratio(model: Any, decisions: list) -> float:
-    """Block FLOPs of a threshold-mode batch over unpatched: every image at the batch's largest
-    counts, which is what a padded batch computes."""
-    dims = model_dims(model)
-    n = dims.num_tokens
-    kept = sum(block_macs(dims, int(d.n_in.max().round()), int(d.n_out.max().round())) for d in decisions)
-    return float(kept / (dims.depth * block_macs(dims, n, n)))
 
 
 def timed_call(model: Any, fn: Callable[[torch.Tensor], object], mode: str, schedule: Any, x: torch.Tensor, sync: bool) -> Callable[[], None]:
@@ -171,7 +151,7 @@ def bench_batch(
     model.ltmp_set_mode("threshold")
     decisions = model.forward_ltmp(x).decisions
     flops["ltmp-threshold"] = sum(r.ratio for r in image_flops(model, decisions)) / batch
-    flops["ltmp-threshold (padded)"] = padded_ratio(model, decisions)
+    flops["ltmp-threshold (padded)"] = padded_flops_ratio(model, decisions)
     del decisions
 
     calls = {name: timed_call(model, model, mode, schedule, x, sync) for name, mode in VARIANTS.items()}
@@ -290,7 +270,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", nargs="+", choices=tuple(DTYPES), default=["fp32"], help="model and input converted with .to(dtype)")
     parser.add_argument("--target", type=float, default=0.5, help="fraction of block FLOPs kept")
-    parser.add_argument("--merge-threshold", type=float, default=0.8, help="threshold mode's merge threshold (as bench_onnx.py)")
+    parser.add_argument("--merge-threshold", type=float, default=0.8, help="threshold mode's merge threshold")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, help="untimed calls per variant before timing (default: 2 on CPU, 10 on CUDA)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -314,7 +294,6 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(line, flush=True)
 
     t0 = time.perf_counter()
-    set_thresholds_for_target = load_bench_onnx().set_thresholds_for_target
     env = environment(device, args.threads)
     print(", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
     results: dict[str, Any] = {"environment": env, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": {}, "records": [], "notes": []}
@@ -338,7 +317,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             images = torch.randn(8, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
             with torch.inference_mode():
                 start = time.perf_counter()
-                thr_ratio = set_thresholds_for_target(model, images, args.target, args.merge_threshold)
+                thr_ratio = thresholds_for_flops(model, images, args.target, args.merge_threshold)
                 bisect_s = time.perf_counter() - start
             del images
             merge, prune = model.ltmp_thresholds()

@@ -185,10 +185,9 @@ def _from_checkpoint(spec: str, images: Sequence[str], mode: Optional[str]) -> I
         ) from err
 
     from ltmp_deploy.cli import _load_model
-    from ltmp_deploy.data.folder import model_data_config
-    from ltmp_deploy.ltmp.visualize import token_maps
+    from ltmp_deploy.ltmp.data_config import model_data_config
+    from ltmp_deploy.report.grids import checkpoint_maps
     from ltmp_deploy.runtime.preprocess import model_view, preprocess
-    from ltmp_deploy.runtime.sources import PatchMap
 
     model = _load_model(spec)
     if mode:
@@ -196,9 +195,7 @@ def _from_checkpoint(spec: str, images: Sequence[str], mode: Optional[str]) -> I
     cfg, grid = model_data_config(model), tuple(model.patch_embed.grid_size)
     for image in images:
         picture = _digit(image) if image.startswith(DIGITS) else image
-        tokens = token_maps(model, torch.from_numpy(preprocess(picture, cfg))[0])
-        maps = [PatchMap(m["block"], m["kept"], m["owner"].astype("int64")) for m in tokens]
-        yield model_view(picture, cfg), maps, grid
+        yield model_view(picture, cfg), checkpoint_maps(model, torch.from_numpy(preprocess(picture, cfg))[0]), grid
 
 
 def _digit(name: str) -> Any:

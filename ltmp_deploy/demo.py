@@ -115,6 +115,7 @@ def run_demo(workdir: str | os.PathLike = "ltmp-demo", *, target: float = DEMO_T
     print(f"{'variant':<16}{'accuracy':>10}{'FLOPs kept':>12}")
     for name, row in report.rows.items():
         print(f"{name:<16}{row['accuracy']:>10.4f}{row['flops']:>12.3f}")
+    report.files["report"] = str(_write_report(report, rounds))
     write_text_atomic(workdir / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
     print(f"\nartefacts and report.json in {workdir}/")
     return report
@@ -138,3 +139,11 @@ def _latency(report: DemoReport, test: Any, rounds: int) -> dict[str, dict[str, 
         print(f"batch {batch}:\n{table(timings, baselines=('unpatched',))}")
         out[f"batch{batch}"] = {k: t.median_ms for k, t in timings.items()}
     return out
+
+
+def _write_report(report: DemoReport, rounds: int) -> Path:
+    """report/report.html and report.md (headline, accuracy and latency against FLOPs, tokens per block,
+    token grids) with accuracy.json and bench/ beside them; prints the path and the headline."""
+    from ltmp_deploy.report.demo import write_demo_report
+
+    return write_demo_report(report, rounds=rounds).html

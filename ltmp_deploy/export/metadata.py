@@ -14,6 +14,8 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.formats import FileKind, sniff
 
 SCHEMA = "ltmp-deploy-onnx/1"
+# The modes an exported graph runs in (the model also has train, and off/oracle baselines).
+EXPORT_MODES = ("fixed", "threshold")
 INPUT_NAME = "images"  # (batch, C, H, W) float images, normalised as ``data_config`` says
 OUTPUT_NAME = "logits"  # (batch, num_classes)
 

@@ -128,6 +128,15 @@ def image_flops(model: Any, decisions: list[Decision]) -> list[FlopsReport]:
     return [_report(dims, list(zip(a, b)), reduce=True) for a, b in zip(n_in, n_out)]
 
 
+def padded_flops_ratio(model: Any, decisions: list[Decision]) -> float:
+    """Block FLOPs of a threshold-mode batch over unpatched with every image at the batch's
+    largest counts: what a padded batch computes (static schedules compute their own counts)."""
+    dims = model_dims(model)
+    n = dims.num_tokens
+    kept = sum(block_macs(dims, int(d.n_in.max().round()), int(d.n_out.max().round())) for d in decisions)
+    return float(kept / (dims.depth * block_macs(dims, n, n)))
+
+
 def kept_flops_ratio(model: Any, decisions: list[Decision]) -> Tensor:
     """Differentiable fraction of the unpatched block MACs that the training masks keep.
 

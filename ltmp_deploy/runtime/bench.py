@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional, Sequence
 
 
 @dataclass
@@ -27,9 +27,27 @@ class Timing:
         """Images per second at the median latency."""
         return self.batch / (self.median_ms / 1e3)
 
+    def percentile_ms(self, q: float) -> float:
+        """The ``q`` quantile (0..1) of the per-round samples; ``percentile`` says which sample."""
+        if not self.samples_ms:
+            raise ValueError(f"{self.name} carries no per-round samples")
+        return percentile(self.samples_ms, q)
 
-def interleaved(variants: Mapping[str, Callable[[], object]], batch: int, rounds: int = 20, warmup: int = 2) -> dict[str, Timing]:
-    """Time each zero-argument callable ``rounds`` times, interleaved, after ``warmup`` calls."""
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The sample at rank ``int(q * n)`` of the sorted samples (the largest for ranks past the end):
+    always a measured value, never an interpolation. With fewer than 1/(1-q) samples it is the
+    slowest run."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def interleaved(
+    variants: Mapping[str, Callable[[], object]], batch: int, rounds: int = 20, warmup: int = 2,
+    on_round: Optional[Callable[[], None]] = None,
+) -> dict[str, Timing]:
+    """Time each zero-argument callable ``rounds`` times, interleaved, after ``warmup`` calls.
+    ``on_round`` is called after each round, outside the timed calls (a progress bar)."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
@@ -39,11 +57,9 @@ def interleaved(variants: Mapping[str, Callable[[], object]], batch: int, rounds
             start = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - start) * 1e3)
-    out = {}
-    for name, values in samples.items():
-        ordered = sorted(values)
-        out[name] = Timing(name, statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], len(ordered), batch, tuple(values))
-    return out
+        if on_round is not None:
+            on_round()
+    return {name: Timing(name, statistics.median(v), percentile(v, 0.9), len(v), batch, tuple(v)) for name, v in samples.items()}
 
 
 def table(timings: Mapping[str, Timing], baselines: tuple[str, ...] = ()) -> str:
@@ -65,9 +81,16 @@ def paired_ratio(a: Timing, b: Timing) -> tuple[float, float, float]:
     On a shared or throttling machine whole rounds run slow together; the ratio within a round
     cancels that, so it is steadier than the ratio of medians.
     """
-    ratios = sorted(x / y for x, y in zip(a.samples_ms, b.samples_ms))
-    if not ratios:
+    if not a.samples_ms or not b.samples_ms:
         raise ValueError(f"{a.name} and {b.name} carry no per-round samples")
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-    return statistics.median(ratios), quartiles[0], quartiles[2]
+    return paired_samples(a.samples_ms, b.samples_ms)
 
+
+def paired_samples(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """:func:`paired_ratio` of two lists of per-round samples."""
+    ratios = sorted(x / y for x, y in zip(a, b))
+    if not ratios:
+        raise ValueError("paired ratio of empty samples")
+    # "inclusive": quartiles between measured ratios (the default extrapolates past them on few rounds)
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
+    return statistics.median(ratios), quartiles[0], quartiles[2]

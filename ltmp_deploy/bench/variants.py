@@ -1,0 +1,140 @@
+"""The variants a benchmark times, all from one patched model.
+
+- ``unpatched``: mode off, timm's own blocks.
+- ``oracle@T``: a plain ViT whose blocks keep the first k_l tokens of fixed mode's schedule, with
+  no reduction operations: the floor no merge/prune implementation can beat at those counts.
+- ``ltmp-fixed@T``: fixed mode with ``schedule_for_flops(model, T)`` (merges and prunes in every block).
+- ``tome@T``: ToMe's fixed-r merging (``tome_schedule``) at the FLOPs ``ltmp-fixed@T`` keeps.
+- ``ltmp-threshold@T``: threshold mode with thresholds bisected to keep about T of the block
+  FLOPs on sample images (``thresholds_for_flops``).
+
+With ``from_checkpoint``, the checkpoint's own thresholds are timed instead (``ltmp-threshold@learned``)
+and, when it carries a schedule, ``ltmp-fixed@calibrated`` with its oracle and ToMe at its FLOPs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltmp_deploy.calibration.schedule import tome_schedule
+from ltmp_deploy.calibration.thresholds import thresholds_for_flops
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, schedule_for_flops, unpatched_flops
+from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+from ltmp_deploy.ltmp.schedule import Schedule
+from ltmp_deploy.runtime.bench_results import FIXED, ORACLE, THRESHOLD, TOME, UNPATCHED, variant_name
+
+CALIBRATED = "calibrated"  # label of the checkpoint's own schedule
+LEARNED = "learned"  # label of the checkpoint's own thresholds
+BISECTION_IMAGES = 8
+
+
+@dataclass(frozen=True)
+class Variant:
+    kind: str
+    label: str | None
+    mode: str  # the model's LTMP mode: off, oracle, fixed or threshold
+    schedule: Schedule | None
+    oracle: str | None  # the name of the oracle at the same token counts or FLOPs
+    flops_ratio: float  # block FLOPs kept per image (threshold mode: mean over the sample images)
+    macs_per_image: float  # the whole model, reduction matmuls included
+    thresholds: dict[str, list[float]] | None = None  # threshold mode: {"merge": [...], "prune": [...]}
+
+    @property
+    def name(self) -> str:
+        return variant_name(self.kind, self.label)
+
+    def apply(self, model: LTMPVisionTransformer) -> LTMPVisionTransformer:
+        """Put ``model`` in this variant's mode (schedules were validated when the variant was built)."""
+        model.ltmp.mode, model.ltmp.schedule = self.mode, self.schedule
+        return model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "mode": self.mode,
+            "oracle": self.oracle,
+            "schedule": self.schedule.pairs() if self.schedule is not None else None,
+            "flops_ratio": self.flops_ratio,
+            "macs_per_image": self.macs_per_image,
+            "thresholds": self.thresholds,
+        }
+
+
+def load_model(
+    spec: str | os.PathLike | None = None, weights: str | os.PathLike | None = None
+) -> LTMPVisionTransformer:
+    """The model to benchmark: a toolkit checkpoint (.safetensors), a timm model name or description
+    JSON (patched fresh, random weights unless ``weights``), or by default the embedded base model."""
+    from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint
+
+    if spec is None:
+        from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
+
+        return create_model(MODEL_NAME, weights=weights or default_base_checkpoint())
+    if str(spec).endswith(".safetensors"):
+        if weights is not None:
+            raise LTMPError(f"--weights: {spec} is a toolkit checkpoint and carries its own weights")
+        return load_checkpoint(spec)
+    return create_model(str(spec), weights=weights)
+
+
+def _fixed_family(model: LTMPVisionTransformer, label: str, schedule: Schedule) -> list[Variant]:
+    """oracle, ltmp-fixed and tome at one schedule's token counts (ToMe: at its FLOPs)."""
+    oracle_name = variant_name(ORACLE, label)
+    fixed = schedule_flops(model, schedule)
+    floor = schedule_flops(model, schedule, reduce=False)
+    tome = tome_schedule(model, fixed.ratio)
+    tome_flops = schedule_flops(model, tome)
+    return [
+        Variant(ORACLE, label, "oracle", schedule, None, floor.ratio, floor.total),
+        Variant(FIXED, label, "fixed", schedule, oracle_name, fixed.ratio, fixed.total),
+        Variant(TOME, label, "fixed", tome, oracle_name, tome_flops.ratio, tome_flops.total),
+    ]
+
+
+def build_variants(
+    model: LTMPVisionTransformer,
+    images: torch.Tensor,
+    targets: Sequence[float] = (0.9, 0.75, 0.5),
+    threshold_target: float | None = 0.5,
+    from_checkpoint: bool = False,
+    merge_threshold: float = 0.8,
+) -> list[Variant]:
+    """Every variant, in timing order. Sets the model's thresholds when they are bisected."""
+    for t in targets:
+        if not 0.0 < t <= 1.0:
+            raise LTMPError(f"--targets {t}: a fraction of block FLOPs kept must lie in (0, 1]")
+    own_schedule = model.ltmp.schedule if from_checkpoint else None
+    base = unpatched_flops(model)
+    variants = [Variant(UNPATCHED, None, "off", None, None, 1.0, base.unpatched_total)]
+    for t in targets:
+        variants += _fixed_family(model, f"{t:g}", schedule_for_flops(model, t))
+    if own_schedule is not None:
+        own_schedule.validate(len(model.blocks), model.ltmp_num_tokens, model.num_prefix_tokens)
+        variants += _fixed_family(model, CALIBRATED, own_schedule)
+    sample = images[:BISECTION_IMAGES]
+    if from_checkpoint:
+        label, oracle = LEARNED, (variant_name(ORACLE, CALIBRATED) if own_schedule is not None else None)
+    elif threshold_target is not None:
+        thresholds_for_flops(model, sample, threshold_target, merge_threshold)
+        label = f"{threshold_target:g}"
+        oracle = variant_name(ORACLE, label) if label in {v.label for v in variants} else None
+    else:
+        return variants
+    model.ltmp_set_mode("threshold")
+    with torch.no_grad():
+        reports = image_flops(model, model.forward_ltmp(sample).decisions)
+    ratio, total = (float(np.mean([getattr(r, k) for r in reports])) for k in ("ratio", "total"))
+    merge, prune = model.ltmp_thresholds()
+    variants.append(
+        Variant(THRESHOLD, label, "threshold", None, oracle, ratio, total, {"merge": merge, "prune": prune})
+    )
+    return variants
