@@ -108,11 +108,13 @@ def cmd_learn(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ltmp_deploy.export.calibration_data import write_calibration_data
     from ltmp_deploy.calibration.schedule import calibrate, parse_statistic
-    from ltmp_deploy.data.sources import dataset_for
+    from ltmp_deploy.data.sources import dataset_for, sample_batch
     from ltmp_deploy.files import ensure_writable
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 
     ensure_writable(args.output)
+    if args.int8_calib and args.int8_images < 1:
+        raise LTMPError(f"--int8-images {args.int8_images}: at least 1")
     model = _load_model(args.checkpoint)
     statistic = parse_statistic(args.statistic)
     calibration = dataset_for(args.data, model, "val") if args.flops_target is None or args.int8_calib else None
@@ -123,9 +125,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"wrote {args.output} (mode fixed; its thresholds still serve threshold mode)")
     if args.int8_calib:
-        import numpy as np
-
-        images = np.stack([calibration[i][0].numpy() for i in range(min(args.int8_images, len(calibration)))])
+        images = sample_batch(calibration, min(args.int8_images, len(calibration)))
         for layout, path in write_calibration_data(images, args.int8_calib).items():
             print(f"INT8 calibration data ({layout}): {path}")
     return 0

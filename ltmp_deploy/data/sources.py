@@ -38,3 +38,18 @@ def dataset_for(spec: str, model: object, split: str) -> Dataset:
     dataset = ImageFolderDataset(root, transform_for_model(model))
     check_classes(dataset, model.num_classes, root)
     return dataset
+
+
+def sample_batch(dataset: Dataset, count: int, seed: int = 0) -> "np.ndarray":
+    """``count`` preprocessed images of ``dataset`` as one (N, C, H, W) float32 array, drawn at random
+    (seeded) rather than from its start: image folders list one class after another, and INT8
+    calibration on the first N images would see a single class."""
+    import numpy as np
+    import torch
+
+    if count < 1:
+        raise LTMPError(f"--int8-images {count}: at least 1")
+    if len(dataset) == 0:
+        raise LTMPError("the calibration data holds no images")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+    return np.stack([np.asarray(dataset[int(i)][0], dtype=np.float32) for i in order])
