@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ltmp_deploy.errors import LTMPError
@@ -40,13 +42,10 @@ def dataset_for(spec: str, model: object, split: str) -> Dataset:
     return dataset
 
 
-def sample_batch(dataset: Dataset, count: int, seed: int = 0) -> "np.ndarray":
+def sample_batch(dataset: Dataset, count: int, seed: int = 0) -> np.ndarray:
     """``count`` preprocessed images of ``dataset`` as one (N, C, H, W) float32 array, drawn at random
     (seeded) rather than from its start: image folders list one class after another, and INT8
     calibration on the first N images would see a single class."""
-    import numpy as np
-    import torch
-
     if count < 1:
         raise LTMPError(f"--int8-images {count}: at least 1")
     if len(dataset) == 0:
