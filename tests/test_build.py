@@ -27,6 +27,9 @@ from ltmp_deploy.runtime.engine import read_sidecar, tensorrt_version
 from ltmp_deploy.runtime.plan import BuildOptions, plan_build
 from ltmp_deploy.runtime.trtexec import compose_sidecar, record_trtexec_build, trtexec_command
 
+# Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 NO_TRT_REASON = "TensorRT is not installed here (pip's tensorrt is a stub that downloads from NVIDIA)"
 HAVE_TRT = tensorrt_version() is not None

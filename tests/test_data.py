@@ -124,6 +124,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_base_writes_timm_state_dict(tiny_checkpoint):
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -139,6 +140,7 @@ def test_train_base_writes_timm_state_dict(tiny_checkpoint):
     assert not loaded.training
 
 
+@pytest.mark.slow
 def test_train_base_is_atomic_and_seeded(tmp_path, tiny_checkpoint, monkeypatch):
     from safetensors.torch import load_file
 

@@ -16,6 +16,9 @@ from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 from ltmp_deploy.ltmp.flops import schedule_for_flops
 from ltmp_deploy.ltmp.patch import apply_patch
 
+# Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 
 def deit_tiny_shaped(mode: str):
     """DeiT-tiny's width, heads and patch size; fewer blocks and a smaller image for speed."""

@@ -1,6 +1,7 @@
 """Our FLOPs accounting against torch's own FlopCounterMode."""
 
 import timm
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -15,6 +16,7 @@ def counted(model, x):
     return counter.get_total_flops()
 
 
+@pytest.mark.slow
 def test_vit_small_fixed_mode_matches_flop_counter_within_half_a_percent():
     model = apply_patch(timm.create_model("vit_small_patch16_224", pretrained=False).eval())
     schedule = schedule_for_flops(model, 0.5)

@@ -15,6 +15,9 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint, read_metadata
 from ltmp_deploy.ltmp.patch import apply_patch
 
+# Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 
 def data(n=48, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -24,6 +24,9 @@ from ltmp_deploy.export.calibration_data import read_calibration_data
 from ltmp_deploy.export.quantize import has_qdq, quantize_int8, select_layers
 from ltmp_deploy.export.trt_check import check_model
 
+# Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 SIZE, CLASSES = 96, 10
 MIN_AGREEMENT = 0.90
 

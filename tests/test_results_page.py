@@ -9,6 +9,10 @@ from pathlib import Path
 
 from ltmp_deploy.bench.write import FILES, page
 from ltmp_deploy.runtime.bench_results import read_bench
+import pytest
+
+# Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

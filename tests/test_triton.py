@@ -15,6 +15,9 @@ from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.triton import write_triton_repo
 
+# Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 
 def parse(path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(), mc.ModelConfig())

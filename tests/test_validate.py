@@ -23,6 +23,9 @@ from ltmp_deploy.runtime.validate import open_target, validate
 from conftest import tiny_ltmp
 from runtime_models import checkpoint, exported, one_torch_thread
 
+# Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
+pytestmark = pytest.mark.slow
+
 NO_TENSORRT = "TensorRT is not installed here (pip's tensorrt is a stub that downloads from NVIDIA)"
 
 
