@@ -324,3 +324,26 @@ def test_runtime_and_export_need_nothing_newer_than_python_3_10():
     assert done.returncode == 0, done.stdout + done.stderr
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'requires-python = ">=3.10"' in pyproject
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["onnx", "checkpoint"])
+def test_a_session_shared_by_8_threads_gives_the_serial_results(which):
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = exported("threshold")
+    inputs = [batch(1 + i % 3, seed=i) for i in range(8)]
+    calls = 200 if which == "onnx" else 25
+    with Session(getattr(files, which)) as session:
+        serial = [session.run(x, k=3) for x in inputs]
+
+        def worker(i: int) -> bool:
+            for _ in range(calls):
+                got = session.run(inputs[i], k=3)
+                if not (np.array_equal(got.logits, serial[i].logits)
+                        and all(np.array_equal(a.kept, b.kept) for a, b in zip(got.decisions, serial[i].decisions))):
+                    return False
+            return True
+
+        with ThreadPoolExecutor(8) as pool:
+            assert all(pool.map(worker, range(8)))

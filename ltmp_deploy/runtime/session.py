@@ -19,7 +19,9 @@ finds through the ``ltmp_deploy.backends`` entry point group.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -74,11 +76,16 @@ class Session:
     ``backend``: "auto" (from the file's content, whatever its name), "onnxruntime", "tensorrt" or "torch".
     ``providers``: ONNX Runtime execution providers, in order (names, or (name, options));
     default: TensorRT, CUDA, CPU, those that are installed.
+
+    A Session may be shared by threads. ONNX Runtime's sessions and the PyTorch forward run
+    concurrently; TensorRT's runner reuses one execution context and its buffers, so on TensorRT
+    calls take turns.
     """
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto", providers: Optional[Sequence[Provider]] = None) -> None:
         self.path = Path(path)
         self._backend: Optional[Backend] = open_backend(self.path, backend, providers)
+        self._turns = threading.Lock() if self._backend.name == "tensorrt" else contextlib.nullcontext()
 
     # -- what the file is ---------------------------------------------------------------------
 
@@ -142,7 +149,8 @@ class Session:
     def run(self, batch: np.ndarray, k: int = 5) -> Result:
         """Run one preprocessed batch (N, C, H, W) of the input's dtype; N within batch_range."""
         self._check(batch)
-        outputs = self._open().run(batch)
+        with self._turns:
+            outputs = self._open().run(batch)
         if OUTPUT_NAME not in outputs:
             raise LTMPError(f"{self.path}: has no 'logits' output (outputs: {', '.join(outputs)})")
         logits = np.asarray(outputs[OUTPUT_NAME], dtype=np.float32)
