@@ -5,7 +5,7 @@ never pulls in torch:
 
     import ltmp_deploy as ld
     model = ld.create_model("deit_small_patch16_224", weights="deit_small.safetensors")
-    ld.calibrate(model, flops_target=0.5); ld.export(model, "fixed.onnx")
+    ld.calibrate(model, flops_target=0.5); ld.export_onnx(model, "fixed.onnx")
 
 (``ltmp_deploy.api`` explains each call.)
 """
@@ -24,7 +24,7 @@ _LAZY = {
     "save_checkpoint": "ltmp_deploy.ltmp.checkpoint",
     "learn": "ltmp_deploy.api",
     "calibrate": "ltmp_deploy.api",
-    "export": "ltmp_deploy.api",
+    "export_onnx": "ltmp_deploy.export.onnx_export",
     "validate": "ltmp_deploy.api",
     "build": "ltmp_deploy.api",
     "Session": "ltmp_deploy.runtime.session",

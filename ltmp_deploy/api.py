@@ -5,13 +5,14 @@
     model = ld.create_model("deit_small_patch16_224", weights="deit_small.safetensors")
     ld.learn(model, "/data/imagenet", target=0.5)             # writes nothing unless output= is given
     ld.calibrate(model, flops_target=0.5)                     # a fixed schedule, no data needed
-    ld.export(model, "fixed.onnx", mode="fixed")              # validated against PyTorch on the spot
+    ld.export_onnx(model, "fixed.onnx", mode="fixed")         # validated against PyTorch on the spot
     ld.validate("fixed.onnx", against="fixed.safetensors")    # or an engine against its ONNX
     ld.build("fixed.onnx", "fixed.engine", preset="orin-nx")  # where TensorRT is installed
     with ld.Session("fixed.onnx") as session:
         print(session.predict(["cat.jpg"]))
 
-Each call is the library function the CLI uses; see their own docs for every option.
+Each call is the library function the CLI uses; see their own docs for every option. (Export is
+``export_onnx``: ``ltmp_deploy.export`` is the package that holds it.)
 """
 
 from __future__ import annotations
@@ -63,13 +64,6 @@ def calibrate(model: Any, data: Any = None, *, flops_target: Optional[float] = N
     evaluation = _dataset(evaluate_on, model, "test") if evaluate_on is not None else None
     return calibrate_schedule(model, calibration, statistic=parse_statistic(statistic), flops_target=flops_target,
                               evaluation=evaluation, progress=progress)
-
-
-def export(model: Any, output: PathLike, **options: Any) -> Any:
-    """Export a model or checkpoint to ONNX, validated against PyTorch (see ``export_onnx``)."""
-    from ltmp_deploy.export.onnx_export import export_onnx
-
-    return export_onnx(model, output, **options)
 
 
 def validate(files: Union[PathLike, Sequence[PathLike]], against: Optional[PathLike] = None, **options: Any) -> Any:
