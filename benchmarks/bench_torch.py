@@ -51,9 +51,10 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import timm
 import torch
@@ -92,7 +93,9 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     return env
 
 
-def timed_call(model: Any, fn: Callable[[torch.Tensor], object], mode: str, schedule: Any, x: torch.Tensor, sync: bool) -> Callable[[], None]:
+def timed_call(
+    model: Any, fn: Callable[[torch.Tensor], object], mode: str, schedule: Any, x: torch.Tensor, sync: bool
+) -> Callable[[], None]:
     """A zero-argument call for ``interleaved``: switch the mode (already validated), run, and on
     CUDA wait for the GPU, so the clock covers the work and not just the launches."""
 
@@ -130,7 +133,7 @@ def graphed_call(model: Any, mode: str, schedule: Any, x: torch.Tensor) -> Calla
 
 def bench_batch(
     model: Any,
-    compiled: Optional[Callable],
+    compiled: Callable | None,
     schedule: Any,
     flops: dict[str, float],
     batch: int,
@@ -166,7 +169,11 @@ def bench_batch(
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as exc:  # one variant failing to compile never stops the run
-                note(f"torch.compile failed for {name} at batch {batch} (not tried again for this model and dtype): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                note(
+                    f"torch.compile failed for {name} at batch {batch} (not tried again for this model and dtype): "
+                    f"{type(exc).__name__}: {first}"[:300]
+                )
                 compile_failed.add(name)
                 continue
             print(f"  compiled {name} at batch {batch} in {time.perf_counter() - start:.1f} s", flush=True)
@@ -176,7 +183,8 @@ def bench_batch(
             try:
                 calls[name + GRAPHED] = graphed_call(model, mode, schedule, x)
             except Exception as exc:  # threshold mode cannot be captured: its token counts are read back
-                note(f"CUDA graph capture failed for {name} at batch {batch}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                note(f"CUDA graph capture failed for {name} at batch {batch}: {type(exc).__name__}: {first}"[:300])
     try:
         timings = interleaved(calls, batch, rounds=args.rounds, warmup=args.warmup)
     except torch.cuda.OutOfMemoryError:
@@ -185,7 +193,9 @@ def bench_batch(
         if not any(k.endswith(COMPILED) for k in calls):
             raise
         note(f"a compiled variant failed while timed at batch {batch} ({type(exc).__name__}); timing eager only")
-        timings = interleaved({k: v for k, v in calls.items() if not k.endswith(COMPILED)}, batch, rounds=args.rounds, warmup=args.warmup)
+        timings = interleaved(
+            {k: v for k, v in calls.items() if not k.endswith(COMPILED)}, batch, rounds=args.rounds, warmup=args.warmup
+        )
     return timings, flops
 
 
@@ -232,9 +242,12 @@ def profile(model: Any, schedule: Any, batch: int, device: torch.device, dtype: 
     events = prof.key_averages()
     sort = "self_cpu_time_total"
     if device.type == "cuda":  # renamed in torch 2.4
-        sort = "self_device_time_total" if events and hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+        sort = (
+            "self_device_time_total"
+            if events and hasattr(events[0], "self_device_time_total")
+            else "self_cuda_time_total"
+        )
     print(events.table(sort_by=sort, row_limit=15))
-
 
 
 # Dynamo's recompile settings have no public API. The limit was called cache_size_limit before
@@ -263,19 +276,29 @@ def set_compile_limits(limit: int) -> list[str]:
     return notes
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", nargs="+", default=["deit_small_patch16_224"], help="timm model names (random weights)")
+    parser.add_argument(
+        "--model", nargs="+", default=["deit_small_patch16_224"], help="timm model names (random weights)"
+    )
     parser.add_argument("--batch", nargs="+", type=int, default=[8])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", nargs="+", choices=tuple(DTYPES), default=["fp32"], help="model and input converted with .to(dtype)")
+    parser.add_argument(
+        "--dtype", nargs="+", choices=tuple(DTYPES), default=["fp32"], help="model and input converted with .to(dtype)"
+    )
     parser.add_argument("--target", type=float, default=0.5, help="fraction of block FLOPs kept")
     parser.add_argument("--merge-threshold", type=float, default=0.8, help="threshold mode's merge threshold")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--warmup", type=int, help="untimed calls per variant before timing (default: 2 on CPU, 10 on CUDA)")
+    parser.add_argument(
+        "--warmup", type=int, help="untimed calls per variant before timing (default: 2 on CPU, 10 on CUDA)"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd copies of every variant")
-    parser.add_argument("--cuda-graph", action="store_true", help="also time every variant captured in a CUDA graph (static shapes only: fixed mode, not threshold mode)")
+    parser.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="also time every variant captured in a CUDA graph (static shapes only: fixed mode, not threshold mode)",
+    )
     parser.add_argument("--profile", action="store_true", help="also print where fixed mode spends its time")
     parser.add_argument("--json", type=Path, help="write every result here (atomically, after each batch)")
     args = parser.parse_args(argv)
@@ -296,7 +319,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     t0 = time.perf_counter()
     env = environment(device, args.threads)
     print(", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
-    results: dict[str, Any] = {"environment": env, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "models": {}, "records": [], "notes": []}
+    results: dict[str, Any] = {
+        "environment": env,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "models": {},
+        "records": [],
+        "notes": [],
+    }
 
     def note(line: str) -> None:
         print(line, flush=True)
@@ -321,7 +350,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                 bisect_s = time.perf_counter() - start
             del images
             merge, prune = model.ltmp_thresholds()
-            flops = {"unpatched": 1.0, "oracle": schedule_flops(model, schedule, reduce=False).ratio, "ltmp-fixed": fixed.ratio}
+            flops = {
+                "unpatched": 1.0,
+                "oracle": schedule_flops(model, schedule, reduce=False).ratio,
+                "ltmp-fixed": fixed.ratio,
+            }
             results["models"][f"{name}/{dtype_name}"] = {
                 "schedule": schedule.pairs(),
                 "fixed_flops": fixed.to_dict(),
@@ -331,7 +364,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             }
             print(f"\n=== {name}, {dtype_name}, {device}: schedule (r, k) per block {schedule.pairs()}", flush=True)
             print(
-                f"block FLOPs kept: fixed/oracle {fixed.ratio:.3f} (reduction matmuls add {fixed.reduction / fixed.unpatched_blocks:.4f}); "
+                f"block FLOPs kept: fixed/oracle {fixed.ratio:.3f} (reduction matmuls add "
+                f"{fixed.reduction / fixed.unpatched_blocks:.4f}); "
                 f"threshold {thr_ratio:.3f} on 8 images (bisected in {bisect_s:.1f} s)",
                 flush=True,
             )
@@ -345,7 +379,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                 base = {"model": name, "dtype": dtype_name, "device": str(device), "batch": batch}
                 try:
                     with torch.inference_mode():
-                        timings, batch_flops = bench_batch(model, compiled, schedule, flops, batch, args, device, dtype, note, compile_failed)
+                        timings, batch_flops = bench_batch(
+                            model, compiled, schedule, flops, batch, args, device, dtype, note, compile_failed
+                        )
                 except torch.cuda.OutOfMemoryError:
                     note(f"{name} {dtype_name} batch {batch}: out of GPU memory, skipped")
                     timings = None
@@ -354,14 +390,27 @@ def main(argv: Optional[list[str]] = None) -> None:
                     torch.cuda.empty_cache()
                     continue
                 kept = ", ".join(f"{k} {v:.3f}" for k, v in batch_flops.items())
-                print(f"\n{name}, {dtype_name}, batch {batch} ({time.perf_counter() - t0:.0f} s into the run): block FLOPs kept: {kept}")
-                print(table({k: v for k, v in timings.items() if not any(k.endswith(sfx) for sfx in BACKENDS)}, baselines=BASELINES))
+                print(
+                    f"\n{name}, {dtype_name}, batch {batch} ({time.perf_counter() - t0:.0f} s into the run): block "
+                    f"FLOPs kept: {kept}"
+                )
+                print(
+                    table(
+                        {k: v for k, v in timings.items() if not any(k.endswith(sfx) for sfx in BACKENDS)},
+                        baselines=BASELINES,
+                    )
+                )
                 for sfx, backend in BACKENDS.items():
-                    comp = {k[: -len(sfx)]: replace(v, name=k[: -len(sfx)]) for k, v in timings.items() if k.endswith(sfx)}
+                    comp = {
+                        k[: -len(sfx)]: replace(v, name=k[: -len(sfx)]) for k, v in timings.items() if k.endswith(sfx)
+                    }
                     if comp:
                         print(f"{backend}, against the same baselines under {backend}:")
                         print(table(comp, baselines=BASELINES))
-                        print(f"{backend} / eager median: " + ", ".join(f"{k} {v.median_ms / timings[k].median_ms:.3f}" for k, v in comp.items()))
+                        print(
+                            f"{backend} / eager median: "
+                            + ", ".join(f"{k} {v.median_ms / timings[k].median_ms:.3f}" for k, v in comp.items())
+                        )
                 sys.stdout.flush()
                 results["records"].extend(records_for(timings, batch_flops, base))
                 save()

@@ -18,22 +18,30 @@ Each call is the library function the CLI uses; see their own docs for every opt
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 from ltmp_deploy.errors import LTMPError
 
 PathLike = Union[str, os.PathLike]
 
 
-def load(path: PathLike, mode: Optional[str] = None) -> Any:
+def load(path: PathLike, mode: str | None = None) -> Any:
     """A toolkit checkpoint, rebuilt as the patched timm model (in its saved mode unless told)."""
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint
 
     return load_checkpoint(path, mode=mode)
 
 
-def learn(model: Any, data: Any = "digits", *, target: float, output: Optional[PathLike] = None,
-          progress: bool = True, **options: Any) -> list:
+def learn(
+    model: Any,
+    data: Any = "digits",
+    *,
+    target: float,
+    output: PathLike | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> list:
     """Learn the thresholds of ``model`` towards ``target`` (fraction of block FLOPs kept).
 
     ``data``: a torch Dataset, ``"digits"`` (the embedded set) or an image folder. ``options``:
@@ -49,24 +57,38 @@ def learn(model: Any, data: Any = "digits", *, target: float, output: Optional[P
     return learn_thresholds(model, _dataset(data, model, "train"), output, cfg, progress=progress)
 
 
-def calibrate(model: Any, data: Any = None, *, flops_target: Optional[float] = None, statistic: str = "mean",
-              evaluate_on: Any = None, progress: bool = True) -> Any:
+def calibrate(
+    model: Any,
+    data: Any = None,
+    *,
+    flops_target: float | None = None,
+    statistic: str = "mean",
+    evaluate_on: Any = None,
+    progress: bool = True,
+) -> Any:
     """Give ``model`` a fixed schedule: from threshold-mode counts on ``data``, or from ``flops_target``.
 
     Returns the :class:`~ltmp_deploy.calibration.schedule.CalibrationReport`; ``model`` is left in
     fixed mode. ``evaluate_on``: data to measure both modes' accuracy on.
     """
-    from ltmp_deploy.calibration.schedule import calibrate as calibrate_schedule, parse_statistic
+    from ltmp_deploy.calibration.schedule import calibrate as calibrate_schedule
+    from ltmp_deploy.calibration.schedule import parse_statistic
 
     if data is None and flops_target is None:
         raise LTMPError("calibrate: give data to count tokens on, or a flops_target")
     calibration = _dataset(data, model, "val") if data is not None and flops_target is None else None
     evaluation = _dataset(evaluate_on, model, "test") if evaluate_on is not None else None
-    return calibrate_schedule(model, calibration, statistic=parse_statistic(statistic), flops_target=flops_target,
-                              evaluation=evaluation, progress=progress)
+    return calibrate_schedule(
+        model,
+        calibration,
+        statistic=parse_statistic(statistic),
+        flops_target=flops_target,
+        evaluation=evaluation,
+        progress=progress,
+    )
 
 
-def validate(files: Union[PathLike, Sequence[PathLike]], against: Optional[PathLike] = None, **options: Any) -> Any:
+def validate(files: Union[PathLike, Sequence[PathLike]], against: PathLike | None = None, **options: Any) -> Any:
     """Parity of graphs or engines against a checkpoint (PyTorch) or an ONNX file (ONNX Runtime).
 
     Returns the :class:`~ltmp_deploy.export.compare.ParityReport`; ``report.ok`` is the verdict.

@@ -11,8 +11,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 from ltmp_deploy.errors import LTMPError
 
@@ -175,7 +176,7 @@ def _from_runtime(path: str, images: Sequence[str]) -> Iterator[Picture]:
             yield model_view(image, meta["data_config"]), maps, grid
 
 
-def _from_checkpoint(spec: str, images: Sequence[str], mode: Optional[str]) -> Iterator[Picture]:
+def _from_checkpoint(spec: str, images: Sequence[str], mode: str | None) -> Iterator[Picture]:
     try:
         import torch
     except ImportError as err:

@@ -12,7 +12,10 @@ import importlib.util
 from ltmp_deploy.errors import LTMPError
 
 FULL = 'pip install "ltmp-deploy[full,cpu]"'
-ORT = 'pip install "ltmp-deploy[cpu]" (or [gpu] for the CUDA and TensorRT providers; never both)'
+ORT = (
+    "pip install onnxruntime, or onnxruntime-gpu for the CUDA and TensorRT providers "
+    '(the "ltmp-deploy[cpu]" and "ltmp-deploy[gpu]" extras); never both'
+)
 TENSORRT = "JetPack ships TensorRT on a Jetson (python3-libnvinfer); elsewhere pip install tensorrt from NVIDIA's index"
 
 # Top-level module -> (what it is for, how to install it).

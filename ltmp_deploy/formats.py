@@ -28,7 +28,7 @@ import os
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO
 
 from ltmp_deploy.errors import LTMPError
 
@@ -75,7 +75,7 @@ def sniff(path: str | os.PathLike) -> FileKind:
     return _sniff(Path(path))[0]
 
 
-def expect(path: str | os.PathLike, *kinds: FileKind, what: Optional[str] = None) -> FileKind:
+def expect(path: str | os.PathLike, *kinds: FileKind, what: str | None = None) -> FileKind:
     """The kind of ``path`` when it is one of ``kinds``; otherwise a one-line LTMPError saying
     what the file is and what was expected (``what``, default the kinds' names)."""
     path = Path(path)
@@ -162,7 +162,7 @@ def _sniff(path: Path) -> tuple[FileKind, str]:
     return FileKind.UNKNOWN, f"starts with {head[:16]!r}"
 
 
-def _safetensors_header(f: BinaryIO, size: int, head: bytes = b"") -> tuple[Optional[dict], str]:
+def _safetensors_header(f: BinaryIO, size: int, head: bytes = b"") -> tuple[dict | None, str]:
     """(header, "") for a safetensors file, (None, why) for a damaged one, (None, "") for another
     kind: only a file whose JSON header visibly begins after the length counts as safetensors."""
     if not head:
@@ -200,7 +200,7 @@ def _has_data_pkl(path: Path, head: bytes) -> bool:
     return any(n == "data.pkl" or (n.endswith("/data.pkl") and n.count("/") == 1) for n in names)
 
 
-def _varint(data: bytes, pos: int) -> tuple[Optional[int], int]:
+def _varint(data: bytes, pos: int) -> tuple[int | None, int]:
     value = shift = 0
     while pos < len(data) and shift < 64:
         byte = data[pos]

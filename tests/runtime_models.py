@@ -14,23 +14,20 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-
 from conftest import one_torch_thread, tiny_ltmp
 
 _FOLDER = Path(tempfile.mkdtemp(prefix="ltmp-runtime-tests-"))
 atexit.register(shutil.rmtree, _FOLDER, True)
 
 
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def checkpoint(mode: str) -> Path:
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 
     return save_checkpoint(tiny_ltmp(mode), _FOLDER / f"{mode}.safetensors")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exported(mode: str, batch: int | None = None, decisions: bool = True, fp16: bool = False) -> SimpleNamespace:
     """Checkpoint and ONNX graph of the tiny model in ``mode``."""
     from ltmp_deploy.export.onnx_export import export_onnx

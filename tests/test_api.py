@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import one_torch_thread
 
 import ltmp_deploy as ld
-from conftest import one_torch_thread
 
 TINY = {
     "timm_class": "timm.models.vision_transformer.VisionTransformer",

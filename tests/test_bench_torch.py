@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import one_torch_thread, tiny_vit
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_torch.py"
@@ -73,7 +72,9 @@ def test_compile_failure_of_one_variant_is_reported_and_skipped(bench, tmp_path,
         assert {r["variant"] for r in records if r["compiled"]} == VARIANTS - {"ltmp-threshold"}
         assert {r["variant"] for r in records if not r["compiled"]} == VARIANTS
     failures = [n for n in result["notes"] if "torch.compile failed" in n]
-    assert len(failures) == 1 and "ltmp-threshold" in failures[0] and "data-dependent shape" in failures[0]  # tried once
+    assert (
+        len(failures) == 1 and "ltmp-threshold" in failures[0] and "data-dependent shape" in failures[0]
+    )  # tried once
     assert all(r["vs_eager"] > 0 for r in result["records"] if r["compiled"])
 
 
@@ -116,5 +117,7 @@ def test_compile_limits_set_what_this_torch_has_and_say_what_it_lacks(bench, mon
     config = types.SimpleNamespace(**{name: None for name in present})
     monkeypatch.setattr(torch, "_dynamo", types.SimpleNamespace(config=config), raising=False)
     notes = bench.set_compile_limits(64)
-    assert {k: v for k, v in vars(config).items()} == {n: 64 if "limit" in n and "hit" not in n else True for n in present}
+    assert {k: v for k, v in vars(config).items()} == {
+        n: 64 if "limit" in n and "hit" not in n else True for n in present
+    }
     assert len(notes) == 2 - len(present)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from conftest import one_torch_thread, tiny_ltmp
+
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.trt_targets import normalize_trt_version, trt_key
@@ -33,8 +33,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 NO_TRT_REASON = "TensorRT is not installed here (pip's tensorrt is a stub that downloads from NVIDIA)"
 HAVE_TRT = tensorrt_version() is not None
-
-
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +89,19 @@ def test_presets_hold_the_facts_of_each_target():
     assert [row["name"] for row in presets.presets_table()] == list(p)
 
 
-@pytest.mark.parametrize("version,key", [
-    ("8.5.2.2", "8.5"), ("8.6.1", "8.6"), ("10.3.0.30", "10.3"), ("10.8.0", "10"), ("11.1.0", "11"),
-    ("v8502", "8.5"), ("v100300", "10.3"), ("v110100", "11"),
-])
+@pytest.mark.parametrize(
+    "version,key",
+    [
+        ("8.5.2.2", "8.5"),
+        ("8.6.1", "8.6"),
+        ("10.3.0.30", "10.3"),
+        ("10.8.0", "10"),
+        ("11.1.0", "11"),
+        ("v8502", "8.5"),
+        ("v100300", "10.3"),
+        ("v110100", "11"),
+    ],
+)
 def test_installed_versions_map_to_targets(version, key):
     assert trt_key(version) == key
 
@@ -138,29 +145,39 @@ def test_orin_dla_only_with_the_tensorrt_of_jetpack_5_and_6(graphs, preset):
 # -- plans and trtexec lines -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset,workspace,shapes", [
-    ("orin-nano", 1024, (1, 1, 4)), ("orin-nx", 2048, (1, 1, 8)), ("agx-orin", 4096, (1, 4, 16)),
-])
+@pytest.mark.parametrize(
+    "preset,workspace,shapes",
+    [
+        ("orin-nano", 1024, (1, 1, 4)),
+        ("orin-nx", 2048, (1, 1, 8)),
+        ("agx-orin", 4096, (1, 4, 16)),
+    ],
+)
 def test_jetson_presets_default_to_fp16_flags_with_their_workspace_and_profile(graphs, preset, workspace, shapes):
     cmd = line(graphs["fixed"], preset=preset)
     mn, opt, mx = shapes
-    assert cmd == (f"trtexec --onnx=m.onnx --saveEngine=m.plan --minShapes=images:{mn}x3x32x32 "
-                   f"--optShapes=images:{opt}x3x32x32 --maxShapes=images:{mx}x3x32x32 "
-                   f"--memPoolSize=workspace:{workspace} --fp16 --noTF32")
+    assert cmd == (
+        f"trtexec --onnx=m.onnx --saveEngine=m.plan --minShapes=images:{mn}x3x32x32 "
+        f"--optShapes=images:{opt}x3x32x32 --maxShapes=images:{mx}x3x32x32 "
+        f"--memPoolSize=workspace:{workspace} --fp16 --noTF32"
+    )
 
 
-@pytest.mark.parametrize("graph,kw,flags,absent", [
-    ("fixed", dict(precision="fp32"), [], ["--fp16", "--int8", "--stronglyTyped"]),
-    ("fixed", dict(precision="fp16"), ["--fp16"], ["--stronglyTyped"]),
-    ("fixed", dict(precision="bf16"), ["--bf16"], ["--fp16"]),
-    ("fp16", dict(), ["--stronglyTyped"], ["--fp16"]),  # the graph carries fp16: strongly typed on 10.x
-    ("fp16", dict(strongly_typed=False), ["--fp16"], ["--stronglyTyped"]),
-    ("int8", dict(), ["--stronglyTyped"], ["--int8"]),  # Q/DQ graph: precision int8 from the graph
-    ("int8", dict(trt="8.6"), ["--int8"], ["--stronglyTyped"]),
-    ("fp16", dict(trt="11"), [], ["--fp16", "--stronglyTyped"]),  # always strongly typed, no flags on 11
-    ("int8", dict(trt="11"), [], ["--int8", "--stronglyTyped"]),
-    ("fixed", dict(trt="11"), [], ["--fp16"]),
-])
+@pytest.mark.parametrize(
+    "graph,kw,flags,absent",
+    [
+        ("fixed", dict(precision="fp32"), [], ["--fp16", "--int8", "--stronglyTyped"]),
+        ("fixed", dict(precision="fp16"), ["--fp16"], ["--stronglyTyped"]),
+        ("fixed", dict(precision="bf16"), ["--bf16"], ["--fp16"]),
+        ("fp16", dict(), ["--stronglyTyped"], ["--fp16"]),  # the graph carries fp16: strongly typed on 10.x
+        ("fp16", dict(strongly_typed=False), ["--fp16"], ["--stronglyTyped"]),
+        ("int8", dict(), ["--stronglyTyped"], ["--int8"]),  # Q/DQ graph: precision int8 from the graph
+        ("int8", dict(trt="8.6"), ["--int8"], ["--stronglyTyped"]),
+        ("fp16", dict(trt="11"), [], ["--fp16", "--stronglyTyped"]),  # always strongly typed, no flags on 11
+        ("int8", dict(trt="11"), [], ["--int8", "--stronglyTyped"]),
+        ("fixed", dict(trt="11"), [], ["--fp16"]),
+    ],
+)
 def test_datacenter_precision_becomes_flags_or_strong_typing(graphs, graph, kw, flags, absent):
     cmd = line(graphs[graph], preset="datacenter", **kw).split()
     for flag in flags:
@@ -194,11 +211,28 @@ def test_dla_core_with_gpu_fallback_and_one_batch_size(graphs):
 
 def test_datacenter_options_and_custom_profile(graphs, tmp_path):
     cache = tmp_path / "timing.cache"
-    cmd = line(graphs["threshold"], preset="datacenter", opt_level=5, hardware_compat=True, version_compatible=True,
-               timing_cache=str(cache), min_batch=2, opt_batch=3, max_batch=5, workspace_mib=512).split()
-    assert {"--builderOptimizationLevel=5", "--hardwareCompatibilityLevel=ampere+", "--versionCompatible",
-            f"--timingCacheFile={cache}", "--minShapes=images:2x3x32x32", "--optShapes=images:3x3x32x32",
-            "--maxShapes=images:5x3x32x32", "--memPoolSize=workspace:512"} <= set(cmd)
+    cmd = line(
+        graphs["threshold"],
+        preset="datacenter",
+        opt_level=5,
+        hardware_compat=True,
+        version_compatible=True,
+        timing_cache=str(cache),
+        min_batch=2,
+        opt_batch=3,
+        max_batch=5,
+        workspace_mib=512,
+    ).split()
+    assert {
+        "--builderOptimizationLevel=5",
+        "--hardwareCompatibilityLevel=ampere+",
+        "--versionCompatible",
+        f"--timingCacheFile={cache}",
+        "--minShapes=images:2x3x32x32",
+        "--optShapes=images:3x3x32x32",
+        "--maxShapes=images:5x3x32x32",
+        "--memPoolSize=workspace:512",
+    } <= set(cmd)
 
 
 def test_a_fixed_batch_graph_gets_no_shape_options(graphs):
@@ -223,34 +257,41 @@ def test_threshold_graph_for_tensorrt_85_is_refused_listing_the_nodes(graphs):
     assert plan(graphs["fixed"], preset="orin-nano", trt="8.5").trt == "8.5"  # fixed mode is fine
 
 
-@pytest.mark.parametrize("graph,kw,expected", [
-    ("fixed", dict(preset="orin-nano", dla_core=0), "has no DLA"),
-    ("fixed", dict(preset="agx-orin", dla_core=2), "DLA cores 0..1"),
-    ("fixed", dict(preset="agx-orin", dla_core=0, precision="fp32"), "DLA runs FP16 or INT8 only"),
-    ("threshold", dict(preset="agx-orin", dla_core=0), "DLA takes static shapes"),
-    ("fixed", dict(preset="orin-nx", dla_core=0, min_batch=1, max_batch=4), "DLA takes static shapes only"),
-    ("fixed", dict(preset="datacenter", trt="8.6", precision="bf16"), "BF16 needs TensorRT 9.0"),
-    ("fixed", dict(preset="orin-nx", trt="8.5", precision="bf16"), "BF16 needs TensorRT 9.0"),
-    ("fixed", dict(preset="datacenter", trt="11", precision="fp16"), "export with --fp16"),
-    ("fixed", dict(preset="datacenter", trt="11", precision="bf16"), "ModelOpt"),
-    ("fixed", dict(preset="datacenter", trt="11", strongly_typed=False), "strongly typed networks only"),
-    ("fixed", dict(preset="orin-nx", trt="8.6", strongly_typed=True), "need TensorRT 10"),
-    ("fixed", dict(preset="datacenter", precision="fp16", strongly_typed=True), "takes its precision from the graph"),
-    ("fixed", dict(preset="datacenter", precision="int8"), "--calibration"),
-    ("int8", dict(preset="datacenter", precision="fp16"), "Q/DQ nodes"),
-    ("fp16", dict(preset="datacenter", precision="fp32"), "the graph is fp16"),
-    ("fixed", dict(preset="orin-nx", hardware_compat=True), "not supported for Jetson"),
-    ("fixed", dict(preset="orin-nx", trt="8.5", opt_level=3), "8.6 or newer"),
-    ("fixed", dict(preset="orin-nx", trt="8.5", version_compatible=True), "8.6 or newer"),
-    ("fixed", dict(preset="datacenter", opt_level=6), "0 to 5"),
-    ("fixed", dict(preset="orin-nano", trt="11"), "not a target of this preset"),
-    ("fixed", dict(preset="tesla"), "choose one of"),
-    ("fixed", dict(preset="datacenter", precision="fp8"), "choose one of"),
-    ("fixed", dict(preset="datacenter", min_batch=4, max_batch=2), "--min-batch <= --opt-batch <= --max-batch"),
-    ("fixed", dict(preset="datacenter", opt_batch=0), "must be at least 1"),
-    ("fixed", dict(preset="datacenter", workspace_mib=0), "at least 1 MiB"),
-    ("fixed", dict(preset="datacenter", timing_cache="/no/such/folder/cache"), "does not exist"),
-])
+@pytest.mark.parametrize(
+    "graph,kw,expected",
+    [
+        ("fixed", dict(preset="orin-nano", dla_core=0), "has no DLA"),
+        ("fixed", dict(preset="agx-orin", dla_core=2), "DLA cores 0..1"),
+        ("fixed", dict(preset="agx-orin", dla_core=0, precision="fp32"), "DLA runs FP16 or INT8 only"),
+        ("threshold", dict(preset="agx-orin", dla_core=0), "DLA takes static shapes"),
+        ("fixed", dict(preset="orin-nx", dla_core=0, min_batch=1, max_batch=4), "DLA takes static shapes only"),
+        ("fixed", dict(preset="datacenter", trt="8.6", precision="bf16"), "BF16 needs TensorRT 9.0"),
+        ("fixed", dict(preset="orin-nx", trt="8.5", precision="bf16"), "BF16 needs TensorRT 9.0"),
+        ("fixed", dict(preset="datacenter", trt="11", precision="fp16"), "export with --fp16"),
+        ("fixed", dict(preset="datacenter", trt="11", precision="bf16"), "ModelOpt"),
+        ("fixed", dict(preset="datacenter", trt="11", strongly_typed=False), "strongly typed networks only"),
+        ("fixed", dict(preset="orin-nx", trt="8.6", strongly_typed=True), "need TensorRT 10"),
+        (
+            "fixed",
+            dict(preset="datacenter", precision="fp16", strongly_typed=True),
+            "takes its precision from the graph",
+        ),
+        ("fixed", dict(preset="datacenter", precision="int8"), "--calibration"),
+        ("int8", dict(preset="datacenter", precision="fp16"), "Q/DQ nodes"),
+        ("fp16", dict(preset="datacenter", precision="fp32"), "the graph is fp16"),
+        ("fixed", dict(preset="orin-nx", hardware_compat=True), "not supported for Jetson"),
+        ("fixed", dict(preset="orin-nx", trt="8.5", opt_level=3), "8.6 or newer"),
+        ("fixed", dict(preset="orin-nx", trt="8.5", version_compatible=True), "8.6 or newer"),
+        ("fixed", dict(preset="datacenter", opt_level=6), "0 to 5"),
+        ("fixed", dict(preset="orin-nano", trt="11"), "not a target of this preset"),
+        ("fixed", dict(preset="tesla"), "choose one of"),
+        ("fixed", dict(preset="datacenter", precision="fp8"), "choose one of"),
+        ("fixed", dict(preset="datacenter", min_batch=4, max_batch=2), "--min-batch <= --opt-batch <= --max-batch"),
+        ("fixed", dict(preset="datacenter", opt_batch=0), "must be at least 1"),
+        ("fixed", dict(preset="datacenter", workspace_mib=0), "at least 1 MiB"),
+        ("fixed", dict(preset="datacenter", timing_cache="/no/such/folder/cache"), "does not exist"),
+    ],
+)
 def test_combinations_that_cannot_work_are_refused(graphs, graph, kw, expected):
     with pytest.raises(LTMPError, match=expected.replace("(", r"\(").replace("+", r"\+")):
         plan(graphs[graph], **kw)
@@ -279,8 +320,9 @@ def test_unreadable_or_foreign_graphs_are_refused(tmp_path):
 def test_sidecar_carries_version_gpu_profile_schedule_hash_metadata_and_trtexec(graphs, tmp_path):
     import hashlib
 
-    from ltmp_deploy.export.metadata import read_metadata
     import onnx
+
+    from ltmp_deploy.export.metadata import read_metadata
 
     p = plan(graphs["fixed"], preset="agx-orin", precision="fp16", opt_batch=2, max_batch=8)
     engine = tmp_path / "m.plan"
@@ -333,8 +375,21 @@ def test_cli_prints_the_trtexec_line_without_tensorrt(graphs, tmp_path, capsys):
 
 def test_cli_int8_quantizes_first_then_prints_the_line_for_the_qdq_graph(graphs, tmp_path, capsys):
     engine = tmp_path / "e.plan"
-    rc = main(["build", str(graphs["fixed"]), "--preset", "orin-nano", "--precision", "int8", "--calibration",
-               str(graphs["calib"]), "--print-trtexec", "-o", str(engine)])
+    rc = main(
+        [
+            "build",
+            str(graphs["fixed"]),
+            "--preset",
+            "orin-nano",
+            "--precision",
+            "int8",
+            "--calibration",
+            str(graphs["calib"]),
+            "--print-trtexec",
+            "-o",
+            str(engine),
+        ]
+    )
     captured = capsys.readouterr()
     qdq = tmp_path / "e.int8.onnx"
     assert rc == 0 and qdq.is_file() and f"--onnx={qdq}" in captured.out and "--stronglyTyped" in captured.out
@@ -346,22 +401,40 @@ def test_cli_int8_reads_the_polygraphy_json_that_calibrate_writes(graphs, tmp_pa
 
     images = np.random.default_rng(2).standard_normal((12, 3, 32, 32)).astype(np.float32)
     feeds = write_calibration_data(images, tmp_path / "calib", batch_size=4)["polygraphy"]
-    rc = main(["build", str(graphs["fixed"]), "--preset", "agx-orin", "--precision", "int8", "--calibration",
-               str(feeds), "--print-trtexec", "-o", str(tmp_path / "e.plan")])
+    rc = main(
+        [
+            "build",
+            str(graphs["fixed"]),
+            "--preset",
+            "agx-orin",
+            "--precision",
+            "int8",
+            "--calibration",
+            str(feeds),
+            "--print-trtexec",
+            "-o",
+            str(tmp_path / "e.plan"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and f"--onnx={tmp_path / 'e.int8.onnx'}" in out
-    from ltmp_deploy.export.metadata import read_metadata
     import onnx
+
+    from ltmp_deploy.export.metadata import read_metadata
 
     assert read_metadata(onnx.load(str(tmp_path / "e.int8.onnx")))["quantization"]["calibration_images"] == 12
 
 
 def test_cli_refusals_are_one_line_with_exit_code_2(graphs, tmp_path, capsys):
-    rc = main(["build", str(graphs["threshold"]), "--preset", "agx-orin", "--dla-core", "0", "-o", str(tmp_path / "e.plan")])
+    rc = main(
+        ["build", str(graphs["threshold"]), "--preset", "agx-orin", "--dla-core", "0", "-o", str(tmp_path / "e.plan")]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("ltmp-deploy build: error: ") and "DLA takes static shapes" in err
     assert len(err.strip().splitlines()) == 1
-    rc = main(["build", str(graphs["fixed"]), "--preset", "datacenter", "--precision", "int8", "-o", str(tmp_path / "e.plan")])
+    rc = main(
+        ["build", str(graphs["fixed"]), "--preset", "datacenter", "--precision", "int8", "-o", str(tmp_path / "e.plan")]
+    )
     assert rc == 2 and "--calibration" in capsys.readouterr().err
 
 
@@ -378,7 +451,9 @@ def test_cli_build_without_tensorrt_says_so_and_points_at_the_alternatives(graph
 
 
 @pytest.mark.skipif(not HAVE_TRT, reason=NO_TRT_REASON)
-@pytest.mark.parametrize("graph,precision", [("fixed", "fp32"), ("threshold", "fp32"), ("fixed", "fp16"), ("int8", "int8")])
+@pytest.mark.parametrize(
+    "graph,precision", [("fixed", "fp32"), ("threshold", "fp32"), ("fixed", "fp16"), ("int8", "int8")]
+)
 def test_build_and_run_matches_onnx_runtime(graphs, tmp_path, graph, precision):
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
@@ -387,12 +462,21 @@ def test_build_and_run_matches_onnx_runtime(graphs, tmp_path, graph, precision):
         pytest.skip("threshold mode needs TensorRT 8.6+")
     if installed == "11" and precision == "fp16":
         pytest.skip("TensorRT 11 takes fp16 from an fp16 graph")
-    engine = build_engine(graphs[graph], tmp_path / "m.plan", preset="datacenter", precision=precision,
-                            min_batch=1, opt_batch=4, max_batch=8)
+    engine = build_engine(
+        graphs[graph],
+        tmp_path / "m.plan",
+        preset="datacenter",
+        precision=precision,
+        min_batch=1,
+        opt_batch=4,
+        max_batch=8,
+    )
     doc = json.loads((tmp_path / "m.plan.json").read_text())
     assert doc["tensorrt_version"] == tensorrt_version() and doc["precision"] == precision
     images = np.random.default_rng(1).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    expected = ort.InferenceSession(str(graphs[graph]), providers=["CPUExecutionProvider"]).run(None, {"images": images})[0]
+    expected = ort.InferenceSession(str(graphs[graph]), providers=["CPUExecutionProvider"]).run(
+        None, {"images": images}
+    )[0]
     with TrtRunner(EngineFromBytes(engine.read_bytes())) as runner:
         got = runner.infer({"images": images})["logits"]
     if precision == "fp32":
@@ -405,8 +489,9 @@ def test_build_and_run_matches_onnx_runtime(graphs, tmp_path, graph, precision):
 
 
 def run_script(name, *args, env=None):
-    return subprocess.run(["bash", str(ROOT / "scripts" / name), *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / name), *map(str, args)], capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 @pytest.mark.parametrize("name", ["jetson_build.sh", "ci_parity_gate.sh"])
@@ -421,8 +506,10 @@ def test_scripts_are_strict_bash_with_help(name):
     assert run_script(name, "--bogus", "x").returncode == 2
 
 
-@pytest.mark.skipif(HAVE_TRT or shutil.which("trtexec") is not None or os.path.exists("/usr/src/tensorrt/bin/trtexec"),
-                    reason="TensorRT or trtexec is installed here: the script would build")
+@pytest.mark.skipif(
+    HAVE_TRT or shutil.which("trtexec") is not None or os.path.exists("/usr/src/tensorrt/bin/trtexec"),
+    reason="TensorRT or trtexec is installed here: the script would build",
+)
 def test_jetson_script_says_what_is_missing_off_device(graphs):
     result = run_script("jetson_build.sh", graphs["fixed"], "--preset", "orin-nx")
     assert result.returncode == 2 and "neither TensorRT's Python bindings" in result.stderr
@@ -433,8 +520,11 @@ def test_ci_gate_validates_each_mode_and_fails_when_one_fails(tmp_path):
 
     assert run_script("ci_parity_gate.sh", tmp_path / "missing.safetensors").returncode == 2
     ckpt = save_checkpoint(tiny_ltmp("fixed"), tmp_path / "m.safetensors")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
     gate = tmp_path / "gate"
     result = run_script("ci_parity_gate.sh", ckpt, "--modes", "fixed bogus", "--images", 4, "--out", gate, env=env)
     assert result.returncode == 1 and "FAILED: bogus (export)" in result.stderr, result.stderr

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from conftest import GOLDEN
 from safetensors.torch import load_file, save_file
 
-from conftest import GOLDEN
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint, read_metadata, save_checkpoint
@@ -64,7 +64,12 @@ def expect_error(capsys, args, *fragments):
 
 def test_missing_file(tmp_path, capsys):
     out = tmp_path / "o.safetensors"
-    expect_error(capsys, ["patch", str(DESCRIPTION), "--reference-checkpoint", str(tmp_path / "nope.safetensors"), "-o", str(out)], "nope.safetensors", "no such file")
+    expect_error(
+        capsys,
+        ["patch", str(DESCRIPTION), "--reference-checkpoint", str(tmp_path / "nope.safetensors"), "-o", str(out)],
+        "nope.safetensors",
+        "no such file",
+    )
     assert not out.exists()
 
 
@@ -72,26 +77,47 @@ def test_truncated_file(tmp_path, capsys):
     path = tmp_path / "cut.safetensors"
     path.write_bytes(REFERENCE.read_bytes()[:5000])
     out = tmp_path / "o.safetensors"
-    expect_error(capsys, ["patch", str(DESCRIPTION), "--reference-checkpoint", str(path), "-o", str(out)], "cut.safetensors", "truncated or corrupt")
+    expect_error(
+        capsys,
+        ["patch", str(DESCRIPTION), "--reference-checkpoint", str(path), "-o", str(out)],
+        "cut.safetensors",
+        "truncated or corrupt",
+    )
     assert not out.exists()
 
 
 def test_wrong_model(tmp_path, capsys):
     out = tmp_path / "o.safetensors"
-    expect_error(capsys, ["patch", "deit_tiny_patch16_224", "--weights", str(REFERENCE), "-o", str(out)], "ltmp_vit_64px.safetensors", "deit_tiny_patch16_224")
+    expect_error(
+        capsys,
+        ["patch", "deit_tiny_patch16_224", "--weights", str(REFERENCE), "-o", str(out)],
+        "ltmp_vit_64px.safetensors",
+        "deit_tiny_patch16_224",
+    )
     assert not out.exists()
 
 
 def test_missing_thresholds(tmp_path, capsys):
     state = {k: v for k, v in load_file(str(REFERENCE)).items() if "masker" not in k}
     path = bad(tmp_path, "no_thr.safetensors", state)
-    expect_error(capsys, ["patch", str(DESCRIPTION), "--reference-checkpoint", str(path), "-o", str(tmp_path / "o.safetensors")], "no_thr.safetensors", "missing 8 LTMP thresholds")
+    expect_error(
+        capsys,
+        ["patch", str(DESCRIPTION), "--reference-checkpoint", str(path), "-o", str(tmp_path / "o.safetensors")],
+        "no_thr.safetensors",
+        "missing 8 LTMP thresholds",
+    )
 
 
 def test_missing_weights(tmp_path, capsys):
     state = {k: v for k, v in load_file(str(REFERENCE)).items() if not k.startswith("blocks.3.")}
     path = bad(tmp_path, "partial.safetensors", state)
-    expect_error(capsys, ["patch", str(DESCRIPTION), "--weights", str(path), "-o", str(tmp_path / "o.safetensors")], "partial.safetensors", "missing", "blocks.3")
+    expect_error(
+        capsys,
+        ["patch", str(DESCRIPTION), "--weights", str(path), "-o", str(tmp_path / "o.safetensors")],
+        "partial.safetensors",
+        "missing",
+        "blocks.3",
+    )
 
 
 def test_wrong_shapes(tmp_path, capsys):
@@ -99,14 +125,25 @@ def test_wrong_shapes(tmp_path, capsys):
     state["head.weight"] = torch.zeros(7, 96)
     state["head.bias"] = torch.zeros(7)
     path = bad(tmp_path, "head7.safetensors", state)
-    expect_error(capsys, ["patch", str(DESCRIPTION), "--weights", str(path), "-o", str(tmp_path / "o.safetensors")], "head7.safetensors", "wrong shapes", "head")
+    expect_error(
+        capsys,
+        ["patch", str(DESCRIPTION), "--weights", str(path), "-o", str(tmp_path / "o.safetensors")],
+        "head7.safetensors",
+        "wrong shapes",
+        "head",
+    )
 
 
 def test_unexpected_keys(tmp_path, capsys):
     state = load_file(str(REFERENCE))
     state["extra.weight"] = torch.zeros(3)
     path = bad(tmp_path, "extra.safetensors", state)
-    expect_error(capsys, ["patch", str(DESCRIPTION), "--weights", str(path), "-o", str(tmp_path / "o.safetensors")], "extra.safetensors", "extra.weight")
+    expect_error(
+        capsys,
+        ["patch", str(DESCRIPTION), "--weights", str(path), "-o", str(tmp_path / "o.safetensors")],
+        "extra.safetensors",
+        "extra.weight",
+    )
 
 
 def test_not_a_toolkit_checkpoint(tmp_path):
@@ -121,6 +158,7 @@ def test_not_a_toolkit_checkpoint(tmp_path):
 @pytest.mark.parametrize("kind", ["vit", "distilled", "registers", "avg", "layerscale"])
 def test_models_built_from_a_class_round_trip(tmp_path, kind):
     from conftest import tiny_vit
+
     from ltmp_deploy.ltmp.patch import apply_patch
 
     model = apply_patch(tiny_vit(kind))

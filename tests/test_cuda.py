@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import MODEL_KINDS, tiny_ltmp
+
 from ltmp_deploy.ltmp.flops import kept_flops_ratio
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (torch.cuda.is_available() is False)")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here (torch.cuda.is_available() is False)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +64,8 @@ def test_thresholds_learn_on_cuda():
     images = torch.randn(4, 3, 32, 32, device="cuda")
     out = model.forward_ltmp(images)
     (out.logits.logsumexp(-1).mean() + kept_flops_ratio(model, out.decisions)).backward()
-    grads = [blk.merge_masker.threshold.grad for blk in model.blocks] + [blk.prune_masker.threshold.grad for blk in model.blocks]
+    grads = [blk.merge_masker.threshold.grad for blk in model.blocks] + [
+        blk.prune_masker.threshold.grad for blk in model.blocks
+    ]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)

@@ -49,7 +49,9 @@ def test_onnx_runtime_matches_pytorch_with_identical_decisions(tmp_path, mode, b
     result = export_onnx(model, path, batch=batch, decisions=True)
     assert result.validation.ok and result.validation.decisions_identical
     graph = onnx.load(str(path)).graph
-    assert [v.type.tensor_type.shape.dim[0].dim_value for v in [*graph.input, *graph.output]] == [batch] * (1 + len(graph.output))
+    assert [v.type.tensor_type.shape.dim[0].dim_value for v in [*graph.input, *graph.output]] == [batch] * (
+        1 + len(graph.output)
+    )
     assert result.metadata["input_shape"] == [batch, 3, 96, 96]
     images = torch.randn(batch, 3, 96, 96, generator=torch.Generator().manual_seed(batch + 10))  # unseen by the export
     got = run_onnx(path, images)
@@ -100,13 +102,16 @@ def test_tensorrt_targets_of_each_mode(tmp_path):
 @pytest.mark.parametrize("model", ["tiny", "deit_tiny_shaped"])
 def test_every_fixed_mode_export_is_clean_for_every_tensorrt_target(tmp_path, model):
     from conftest import one_torch_thread, tiny_ltmp
+
     from ltmp_deploy.export.trt_check import TRT_TARGETS
 
     with one_torch_thread():
         fixed = tiny_ltmp("fixed") if model == "tiny" else deit_tiny_shaped("fixed")
-        graphs = {"dynamic batch": export_onnx(fixed, tmp_path / "d.onnx", validate=False).path,
-                  "batch 2": export_onnx(fixed, tmp_path / "b.onnx", batch=2, validate=False).path,
-                  "fp16": export_onnx(fixed, tmp_path / "h.onnx", fp16=True, validate=False).path}
+        graphs = {
+            "dynamic batch": export_onnx(fixed, tmp_path / "d.onnx", validate=False).path,
+            "batch 2": export_onnx(fixed, tmp_path / "b.onnx", batch=2, validate=False).path,
+            "fp16": export_onnx(fixed, tmp_path / "h.onnx", fp16=True, validate=False).path,
+        }
     for kind, path in graphs.items():
         for target in TRT_TARGETS:
             report = check_model(path, target)

@@ -9,9 +9,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import one_torch_thread
+from PIL import Image
+from runtime_models import checkpoint, exported
+
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import sha256
@@ -19,7 +20,6 @@ from ltmp_deploy.runtime import Session
 from ltmp_deploy.runtime.audit import SCHEMA, AuditLog, read_log, select
 from ltmp_deploy.runtime.predict import batches, image_files, predict_files
 from ltmp_deploy.runtime.sources import PatchMap
-from runtime_models import checkpoint, exported
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from runtime_models import exported
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 def _not_sources(folder: str, names: list[str]) -> set[str]:
-    return {n for n in names if n in (".git", "build", "dist", "__pycache__", ".pytest_cache") or n.endswith(".egg-info")}
+    return {
+        n for n in names if n in (".git", "build", "dist", "__pycache__", ".pytest_cache") or n.endswith(".egg-info")
+    }
 
 
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -51,7 +52,9 @@ def field_env(tmp_path_factory) -> Path:
 
 def test_field_install_has_no_torch_and_none_of_the_toolkit(field_env):
     python = str(field_env / "bin" / "python")
-    probe = "import importlib.util, json, sys; print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m)]))"
+    probe = (
+        "import importlib.util, json, sys; print(json.dumps([m for m in sys.argv[1:] if importlib.util.find_spec(m)]))"
+    )
     found = json.loads(_run([python, "-c", probe, *TOOLKIT_PACKAGES]).stdout)
     assert found == [], f"the field install pulled in {found}"
     assert _run([python, "-c", "import torch"]).returncode != 0

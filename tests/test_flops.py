@@ -1,11 +1,11 @@
 """Our FLOPs accounting against torch's own FlopCounterMode."""
 
-import timm
 import pytest
+import timm
 import torch
+from conftest import tiny_vit
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import tiny_vit
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, schedule_for_flops, unpatched_flops
 from ltmp_deploy.ltmp.patch import apply_patch
 

@@ -13,21 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import GOLDEN
+from runtime_models import exported, one_torch_thread
 from safetensors.torch import load_file, save_file
 
-from conftest import GOLDEN
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.formats import SAFETENSORS_HEADER_LIMIT, FileKind, expect, sniff
-from runtime_models import exported, one_torch_thread
 
 REPO = Path(__file__).resolve().parents[1]
 NO_TENSORRT = "TensorRT is not installed here (pip's tensorrt is a stub that downloads from NVIDIA)"
 REFERENCE = GOLDEN / "ltmp_vit_64px.safetensors"
 DESCRIPTION = GOLDEN / "ltmp_vit_64px.json"
 WRONG_NAMES = ["model.bin", "model.onnx", "model.engine", "model.safetensors", "model.pt", "model.json", "model"]
-TINY = {"timm_class": "timm.models.vision_transformer.VisionTransformer",
-        "config": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 3, "num_heads": 3, "num_classes": 10}}
+TINY = {
+    "timm_class": "timm.models.vision_transformer.VisionTransformer",
+    "config": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 3, "num_heads": 3, "num_classes": 10},
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -68,9 +70,12 @@ def test_sniffing_holds_for_what_other_writers_produce(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph), tmp_path / "helper.bin")
     onnx.save(onnx.load(str(exported("fixed").onnx)), tmp_path / "resaved.bin")
     (tmp_path / "sidecar.bin").write_text(json.dumps({"tensorrt_version": "10.3.0"}))
@@ -78,8 +83,14 @@ def test_sniffing_holds_for_what_other_writers_produce(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "tiny.bin"), metadata={"ltmp_deploy": "{}"})
     np.save(tmp_path / "array.npy", np.zeros(3))
     kinds = {p.name: sniff(p) for p in tmp_path.iterdir()}
-    assert kinds == {"helper.bin": FileKind.ONNX, "resaved.bin": FileKind.ONNX, "sidecar.bin": FileKind.JSON,
-                     "list.bin": FileKind.JSON, "tiny.bin": FileKind.TOOLKIT_CHECKPOINT, "array.npy": FileKind.UNKNOWN}
+    assert kinds == {
+        "helper.bin": FileKind.ONNX,
+        "resaved.bin": FileKind.ONNX,
+        "sidecar.bin": FileKind.JSON,
+        "list.bin": FileKind.JSON,
+        "tiny.bin": FileKind.TOOLKIT_CHECKPOINT,
+        "array.npy": FileKind.UNKNOWN,
+    }
 
 
 def test_lookalikes_are_not_taken_for_what_they_imitate(tmp_path):
@@ -150,8 +161,11 @@ def test_expect_names_the_file_what_it_is_and_what_was_wanted(tmp_path):
     assert expect(pickle, FileKind.ONNX, FileKind.TORCH_PICKLE) is FileKind.TORCH_PICKLE
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"<!DOCTYPE html>")
-    with pytest.raises(LTMPError, match=r"junk.onnx: an unknown file type \(starts with b'<!DOCTYPE html>'\), "
-                                        r"expected an ONNX model or a TensorRT engine$"):
+    with pytest.raises(
+        LTMPError,
+        match=r"junk.onnx: an unknown file type \(starts with b'<!DOCTYPE html>'\), "
+        r"expected an ONNX model or a TensorRT engine$",
+    ):
         expect(junk, FileKind.ONNX, FileKind.ENGINE)
 
 
@@ -191,15 +205,25 @@ def test_a_model_description_is_json_by_content_and_other_files_are_not_names(tm
     assert _load_model(str(description)).num_classes == 10
     onnx_file = tmp_path / "m.bin"
     shutil.copy(exported("fixed").onnx, onnx_file)
-    one_line_error(capsys, ["calibrate", str(onnx_file), "--flops-target", "0.5", "-o", str(tmp_path / "x")],
-                   f"{onnx_file}: an ONNX model, expected a toolkit checkpoint")
-    one_line_error(capsys, ["calibrate", str(REFERENCE), "--flops-target", "0.5", "-o", str(tmp_path / "x")],
-                   "without ltmp-deploy metadata", "--weights")
+    one_line_error(
+        capsys,
+        ["calibrate", str(onnx_file), "--flops-target", "0.5", "-o", str(tmp_path / "x")],
+        f"{onnx_file}: an ONNX model, expected a toolkit checkpoint",
+    )
+    one_line_error(
+        capsys,
+        ["calibrate", str(REFERENCE), "--flops-target", "0.5", "-o", str(tmp_path / "x")],
+        "without ltmp-deploy metadata",
+        "--weights",
+    )
     assert not (tmp_path / "x").exists()
 
 
-SWAPPED = [(FileKind.TORCH_ZIP, "ref.safetensors"), (FileKind.TORCH_PICKLE, "ref.safetensors"),
-           (FileKind.SAFETENSORS, "ref.pt")]
+SWAPPED = [
+    (FileKind.TORCH_ZIP, "ref.safetensors"),
+    (FileKind.TORCH_PICKLE, "ref.safetensors"),
+    (FileKind.SAFETENSORS, "ref.pt"),
+]
 
 
 @pytest.mark.parametrize("kind, name", SWAPPED)
@@ -239,12 +263,22 @@ def test_junk_under_a_trusted_name_gets_one_line_naming_the_file(tmp_path, capsy
         msg = str(err.value)
         assert "\n" not in msg and msg.startswith(f"{tmp_path / name}: an unknown file type"), msg
         assert "expected an ONNX model, a TensorRT engine or a toolkit checkpoint" in msg, msg
-    one_line_error(capsys, ["export", str(tmp_path / "junk.safetensors"), "-o", str(tmp_path / "o.onnx")],
-                   f"{tmp_path / 'junk.safetensors'}: an unknown file type", "expected a toolkit checkpoint")
-    one_line_error(capsys, ["check", str(tmp_path / "junk.onnx"), "--trt", "10.3"],
-                   f"{tmp_path / 'junk.onnx'}: cannot read ONNX file, it is an unknown file type")
-    one_line_error(capsys, ["validate", str(exported("fixed").onnx), "--against", str(tmp_path / "junk.safetensors")],
-                   "junk.safetensors: an unknown file type")
+    one_line_error(
+        capsys,
+        ["export", str(tmp_path / "junk.safetensors"), "-o", str(tmp_path / "o.onnx")],
+        f"{tmp_path / 'junk.safetensors'}: an unknown file type",
+        "expected a toolkit checkpoint",
+    )
+    one_line_error(
+        capsys,
+        ["check", str(tmp_path / "junk.onnx"), "--trt", "10.3"],
+        f"{tmp_path / 'junk.onnx'}: cannot read ONNX file, it is an unknown file type",
+    )
+    one_line_error(
+        capsys,
+        ["validate", str(exported("fixed").onnx), "--against", str(tmp_path / "junk.safetensors")],
+        "junk.safetensors: an unknown file type",
+    )
     assert not (tmp_path / "o.onnx").exists()
 
 

@@ -25,7 +25,15 @@ BASE = {"errors", "files", "formats", "extras"}
 # Installed on a Jetson without the toolkit: these and whatever they import must stay torch-free.
 FIELD_PACKAGES = ("runtime",)
 FIELD_EXPORT_MODULES = {
-    "metadata", "tolerances", "trt_check", "trt_targets", "quantize", "calibration_data", "triton", "onnxgraph", "compare",
+    "metadata",
+    "tolerances",
+    "trt_check",
+    "trt_targets",
+    "quantize",
+    "calibration_data",
+    "triton",
+    "onnxgraph",
+    "compare",
 }
 TOOLKIT_ONLY = {"torch", "timm", "torchvision", "sklearn", "onnxscript", "onnxslim", "safetensors", "matplotlib"}
 
@@ -83,7 +91,10 @@ def test_every_import_goes_to_the_same_layer_or_below():
             if resolved == "ltmp_deploy":
                 continue  # __version__
             if LAYERS.index(layer_of(resolved)) > own:
-                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({layer_of(name)}) imports {target} ({layer_of(resolved)})")
+                wrong.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line} ({layer_of(name)}) imports {target} "
+                    f"({layer_of(resolved)})"
+                )
     assert not wrong, "imports against the flow:\n" + "\n".join(wrong)
 
 

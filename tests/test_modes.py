@@ -5,8 +5,8 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from conftest import MODEL_KINDS, tiny_vit
+
 from ltmp_deploy.ltmp.patch import apply_patch
 from ltmp_deploy.ltmp.schedule import Schedule
 
@@ -109,7 +109,9 @@ def test_train_mode_forward_equals_threshold_mode_and_thresholds_get_gradients(k
 
     loss = out.logits.logsumexp(-1).mean() + kept_flops_ratio(model, out.decisions)
     loss.backward()
-    grads = [b.merge_masker.threshold.grad for b in model.blocks] + [b.prune_masker.threshold.grad for b in model.blocks]
+    grads = [b.merge_masker.threshold.grad for b in model.blocks] + [
+        b.prune_masker.threshold.grad for b in model.blocks
+    ]
     assert all(g is not None for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
 

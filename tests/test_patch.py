@@ -3,9 +3,9 @@
 import pytest
 import timm
 import torch
+from conftest import MODEL_KINDS, tiny_vit
 from timm.models.vision_transformer import ResPostBlock, VisionTransformer
 
-from conftest import MODEL_KINDS, tiny_vit
 from ltmp_deploy.errors import UnsupportedModelError
 from ltmp_deploy.ltmp.patch import apply_patch
 
@@ -15,8 +15,15 @@ NAMES = [
     for size in ("tiny", "small", "base")
     for res in (224, 384)
     if not (family == "deit" and size in ("tiny", "small") and res == 384)  # timm has no such models
-] + ["vit_large_patch16_224", "vit_large_patch16_384", "deit_small_distilled_patch16_224", "deit_base_distilled_patch16_384",
-     "vit_small_patch16_224.augreg_in21k", "vit_base_patch16_reg4_gap_256", "deit3_small_patch16_224"]
+] + [
+    "vit_large_patch16_224",
+    "vit_large_patch16_384",
+    "deit_small_distilled_patch16_224",
+    "deit_base_distilled_patch16_384",
+    "vit_small_patch16_224.augreg_in21k",
+    "vit_base_patch16_reg4_gap_256",
+    "deit3_small_patch16_224",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -13,14 +13,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
-from conftest import one_torch_thread
 import torch.nn.functional as F
+from conftest import one_torch_thread
 from timm.models.vision_transformer import VisionTransformer
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import read_metadata
 from ltmp_deploy.export.calibration_data import read_calibration_data
+from ltmp_deploy.export.metadata import read_metadata
 from ltmp_deploy.export.quantize import has_qdq, quantize_int8, select_layers
 from ltmp_deploy.export.trt_check import check_model
 
@@ -33,8 +32,12 @@ MIN_AGREEMENT = 0.90
 
 def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Images of 10 classes: a smooth class pattern plus as much noise as signal."""
-    templates = F.interpolate(torch.randn(CLASSES, 3, 6, 6, generator=torch.Generator().manual_seed(1234)),
-                              size=SIZE, mode="bilinear", align_corners=False)
+    templates = F.interpolate(
+        torch.randn(CLASSES, 3, 6, 6, generator=torch.Generator().manual_seed(1234)),
+        size=SIZE,
+        mode="bilinear",
+        align_corners=False,
+    )
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, CLASSES, (n,), generator=g)
     return templates[y] + torch.randn(n, 3, SIZE, SIZE, generator=g), y
@@ -45,7 +48,9 @@ def probe_model():
     from ltmp_deploy.ltmp.patch import apply_patch
 
     torch.manual_seed(0)
-    model = VisionTransformer(img_size=SIZE, patch_size=16, embed_dim=192, depth=4, num_heads=3, num_classes=CLASSES).eval()
+    model = VisionTransformer(
+        img_size=SIZE, patch_size=16, embed_dim=192, depth=4, num_heads=3, num_classes=CLASSES
+    ).eval()
     with torch.no_grad():
         for blk in model.blocks:  # peaked attention: clear-cut, varied token decisions
             blk.attn.qkv.weight[:384] *= 3.0
@@ -74,8 +79,16 @@ def setup(tmp_path_factory):
         graphs["fixed"] = export_onnx(model, folder / "fixed.onnx").path
     calib = synthetic(64, 3)[0].numpy()
     np.save(folder / "calib.npy", calib)
-    quantized = {mode: quantize_int8(path, folder / f"{mode}.int8.onnx", folder / "calib.npy") for mode, path in graphs.items()}
-    return {"folder": folder, "graphs": graphs, "quantized": quantized, "calib": calib, "test": synthetic(200, 4)[0].numpy()}
+    quantized = {
+        mode: quantize_int8(path, folder / f"{mode}.int8.onnx", folder / "calib.npy") for mode, path in graphs.items()
+    }
+    return {
+        "folder": folder,
+        "graphs": graphs,
+        "quantized": quantized,
+        "calib": calib,
+        "test": synthetic(200, 4)[0].numpy(),
+    }
 
 
 def logits(path, images):
@@ -89,8 +102,10 @@ def test_qdq_graph_agrees_with_fp32_on_top1(setup, mode):
     ref = logits(setup["graphs"][mode], images)
     got = logits(setup["quantized"][mode].path, images)
     agreement = float((ref.argmax(1) == got.argmax(1)).mean())
-    print(f"\n{mode}: INT8 (Q/DQ) vs fp32 top-1 agreement {agreement:.3f} on {len(images)} images, "
-          f"max |logit diff| {np.abs(ref - got).max():.3f}")
+    print(
+        f"\n{mode}: INT8 (Q/DQ) vs fp32 top-1 agreement {agreement:.3f} on {len(images)} images, "
+        f"max |logit diff| {np.abs(ref - got).max():.3f}"
+    )
     assert agreement >= MIN_AGREEMENT, f"{mode}: top-1 agreement {agreement:.3f} < {MIN_AGREEMENT}"
 
 
@@ -194,7 +209,9 @@ def test_graphs_that_cannot_be_quantized_are_refused_and_nothing_is_written(setu
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        tiny = apply_patch(VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5).eval())
+        tiny = apply_patch(
+            VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=5).eval()
+        )
         fp16 = export_onnx(tiny, tmp_path / "fp16.onnx", fp16=True, validate=False).path
     finally:
         torch.set_num_threads(threads)

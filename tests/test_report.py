@@ -30,10 +30,9 @@ def tiny_accuracy(tmp_path: Path) -> tuple[dict, list[Path]]:
     seeded random images (two halves of them as two runs), and two token grids."""
     from ltmp_deploy.calibration.schedule import per_image_counts
     from ltmp_deploy.export.validate import sample_images
-    from ltmp_deploy.ltmp.checkpoint import load_checkpoint
+    from ltmp_deploy.ltmp.checkpoint import load_checkpoint, metadata
     from ltmp_deploy.ltmp.flops import image_flops
     from ltmp_deploy.ltmp.schedule import Schedule
-    from ltmp_deploy.ltmp.checkpoint import metadata
     from ltmp_deploy.report.grids import token_grid
 
     model = load_checkpoint(tiny_bench() / "tiny5.safetensors")

@@ -7,9 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from ltmp_deploy.bench.write import FILES, page
 from ltmp_deploy.runtime.bench_results import read_bench
-import pytest
 
 # Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from runtime_models import exported, one_torch_thread
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.formats import ENGINE_MAGIC
 from ltmp_deploy.runtime import Session
 from ltmp_deploy.runtime.engine import check_compatible, read_sidecar
 from ltmp_deploy.runtime.session import topk
-from runtime_models import exported, one_torch_thread
 
 REPO = Path(__file__).resolve().parents[1]
 NO_TENSORRT = "TensorRT is not installed here (pip's tensorrt is a stub that downloads from NVIDIA)"
@@ -192,10 +192,15 @@ def test_engine_sidecar_names_version_and_gpu_mismatches(tmp_path):
     check_compatible(engine, sidecar, "10.3.0", "Orin")
     check_compatible(engine, sidecar, "10.3.0", None)  # the GPU cannot be read: TensorRT will judge
     check_compatible(engine, {**sidecar, "gpu": "NVIDIA Orin"}, "10.3.0", "orin")
-    with pytest.raises(LTMPError, match=r"built with TensorRT 10\.3\.0, but TensorRT 8\.6\.2 is installed.*ltmp-deploy build. on this device") as err:
+    with pytest.raises(
+        LTMPError,
+        match=r"built with TensorRT 10\.3\.0, but TensorRT 8\.6\.2 is installed.*ltmp-deploy build. on this device",
+    ) as err:
         check_compatible(engine, sidecar, "8.6.2", "Orin")
     assert str(engine) in one_line(err)
-    with pytest.raises(LTMPError, match=r"built for the GPU Orin, but this device is NVIDIA H100.*ltmp-deploy build. on this device"):
+    with pytest.raises(
+        LTMPError, match=r"built for the GPU Orin, but this device is NVIDIA H100.*ltmp-deploy build. on this device"
+    ):
         check_compatible(engine, sidecar, "10.3.0", "NVIDIA H100")
     check_compatible(engine, {**sidecar, "hardware_compatibility": "ampere+"}, "10.3.0", "NVIDIA H100")
     (tmp_path / "m.engine.json").write_text(json.dumps(sidecar))
@@ -250,7 +255,14 @@ for name in ("torch", "timm", "onnx", "torchvision", "sklearn"):
 
 def run_python(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-c", BLOCKED + textwrap.dedent(code)], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKED + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def test_runtime_runs_an_onnx_file_end_to_end_without_torch_or_timm(tmp_path):
@@ -269,7 +281,7 @@ def test_runtime_runs_an_onnx_file_end_to_end_without_torch_or_timm(tmp_path):
 
         s = Session({str(files.onnx)!r})
         got = s.predict([{str(picture)!r}])
-        assert np.abs(got.logits - np.load({str(tmp_path / 'expected.npy')!r})).max() <= 1e-6
+        assert np.abs(got.logits - np.load({str(tmp_path / "expected.npy")!r})).max() <= 1e-6
         assert got.decisions is not None and len(got.decisions) == 3
         # parity on a device without torch: the graph against itself through Polygraphy's runners
         report = ltmp_deploy.runtime.validate.validate([{str(files.onnx)!r}], against={str(files.onnx)!r}, images=4)
@@ -318,8 +330,19 @@ def test_runtime_and_export_need_nothing_newer_than_python_3_10():
     if vermin is None:
         pytest.skip("vermin is not installed (pip install vermin, the dev extra)")
     done = subprocess.run(
-        [vermin, "-t=3.10-", "--no-tips", "--violations", "--eval-annotations", "ltmp_deploy/runtime", "ltmp_deploy/export"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        [
+            vermin,
+            "-t=3.10-",
+            "--no-tips",
+            "--violations",
+            "--eval-annotations",
+            "ltmp_deploy/runtime",
+            "ltmp_deploy/export",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     pyproject = (REPO / "pyproject.toml").read_text()
@@ -340,8 +363,10 @@ def test_a_session_shared_by_8_threads_gives_the_serial_results(which):
         def worker(i: int) -> bool:
             for _ in range(calls):
                 got = session.run(inputs[i], k=3)
-                if not (np.array_equal(got.logits, serial[i].logits)
-                        and all(np.array_equal(a.kept, b.kept) for a, b in zip(got.decisions, serial[i].decisions))):
+                if not (
+                    np.array_equal(got.logits, serial[i].logits)
+                    and all(np.array_equal(a.kept, b.kept) for a, b in zip(got.decisions, serial[i].decisions))
+                ):
                     return False
             return True
 

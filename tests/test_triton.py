@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import tiny_vit
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-from conftest import tiny_vit
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.triton import write_triton_repo
@@ -27,11 +27,19 @@ def toy_graph(path, batch=None, dtype=TensorProto.FLOAT, image="images", output=
     """images (N, 3, 8, 8) -> GlobalAveragePool -> Flatten -> Gemm -> logits (N, classes)."""
     np_type = helper.tensor_dtype_to_np_dtype(dtype)
     w = numpy_helper.from_array(np.ones((3, classes), np_type), "w")
-    nodes = [helper.make_node("GlobalAveragePool", [image], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("Gemm", ["f", "w"], [output])]
+    nodes = [
+        helper.make_node("GlobalAveragePool", [image], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "w"], [output]),
+    ]
     n = batch if batch is not None else "batch"
-    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info(image, dtype, [n, 3, 8, 8])],
-                              [helper.make_tensor_value_info(output, dtype, [n, classes])], [w])
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info(image, dtype, [n, 3, 8, 8])],
+        [helper.make_tensor_value_info(output, dtype, [n, classes])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(path))
     return path
@@ -51,8 +59,21 @@ def exported_repo(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = main(["export", str(ckpt), "--mode", "threshold", "--no-validate", "--triton-repo", str(folder / "repo"),
-                   "--triton-max-batch", "16", "-o", str(folder / "vit-tiny.onnx")])
+        rc = main(
+            [
+                "export",
+                str(ckpt),
+                "--mode",
+                "threshold",
+                "--no-validate",
+                "--triton-repo",
+                str(folder / "repo"),
+                "--triton-max-batch",
+                "16",
+                "-o",
+                str(folder / "vit-tiny.onnx"),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
@@ -109,7 +130,10 @@ def test_rewrite_keeps_a_built_plan_and_other_models(tmp_path):
 
 def test_names_are_sanitized_for_triton(tmp_path):
     repo = write_triton_repo(toy_graph(tmp_path / "m.onnx"), tmp_path / "repo", name="my model/v2")
-    assert repo.onnx_model.name == "my_model_v2_onnx" and parse(repo.onnx_model / "config.pbtxt").name == "my_model_v2_onnx"
+    assert (
+        repo.onnx_model.name == "my_model_v2_onnx"
+        and parse(repo.onnx_model / "config.pbtxt").name == "my_model_v2_onnx"
+    )
 
 
 def test_what_cannot_be_served_is_refused(tmp_path):

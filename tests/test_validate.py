@@ -10,7 +10,9 @@ from collections import OrderedDict
 import numpy as np
 import onnx
 import pytest
+from conftest import tiny_ltmp
 from onnx import numpy_helper
+from runtime_models import checkpoint, exported, one_torch_thread
 
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
@@ -20,8 +22,6 @@ from ltmp_deploy.export.runner import LTMPTorchRunner
 from ltmp_deploy.export.tolerances import FP16_LOGIT_TOL, FP32_LOGIT_TOL
 from ltmp_deploy.export.validate import compare_with_torch, sample_images, validate_checkpoint
 from ltmp_deploy.runtime.validate import open_target, validate
-from conftest import tiny_ltmp
-from runtime_models import checkpoint, exported, one_torch_thread
 
 # Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
@@ -62,7 +62,9 @@ def test_clean_graph_passes_with_a_json_report(tmp_path, capsys, mode):
     assert report["tolerances"] == {"logit_abs": FP32_LOGIT_TOL}
     (c,) = report["comparisons"]
     assert c["ok"] and c["backend"] == "onnxruntime" and c["max_abs_diff"] <= FP32_LOGIT_TOL
-    assert c["top1_agreement"] == 1.0 and c["decision_agreement"] == [1.0, 1.0, 1.0] and c["first_divergent_block"] is None
+    assert (
+        c["top1_agreement"] == 1.0 and c["decision_agreement"] == [1.0, 1.0, 1.0] and c["first_divergent_block"] is None
+    )
     assert report["versions"]["polygraphy"] and report["versions"]["onnxruntime"]
 
 
@@ -132,7 +134,9 @@ def test_fp16_graph_is_judged_by_top1_and_the_fp16_tolerance():
     assert "not compared" in report.summary()
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # Polygraphy's relative error on 0-valued indices
+@pytest.mark.filterwarnings(
+    "ignore:invalid value encountered:RuntimeWarning"
+)  # Polygraphy's relative error on 0-valued indices
 def test_torch_runner_joins_polygraphys_contract():
     """The runner answers with the graph's own output names, and Polygraphy's own comparison
     (not ours) finds it equal to ONNX Runtime."""
@@ -157,7 +161,9 @@ def test_torch_runner_joins_polygraphys_contract():
             out = runner.infer(OrderedDict(images=np.zeros((2, 3, 32, 32), np.float32)))
             assert list(out) == graph_outputs
         assert runner.model is None  # deactivated: weights released
-        feeds = [{"images": np.random.default_rng(i).standard_normal((3, 3, 32, 32)).astype(np.float32)} for i in range(2)]
+        feeds = [
+            {"images": np.random.default_rng(i).standard_normal((3, 3, 32, 32)).astype(np.float32)} for i in range(2)
+        ]
         results = Comparator.run([runner, OnnxrtRunner(SessionFromOnnx(str(files.onnx)))], data_loader=feeds)
         accuracy = Comparator.compare_accuracy(results, compare_func=simple(atol=FP32_LOGIT_TOL, rtol=0.0))
     assert bool(accuracy)
@@ -197,8 +203,20 @@ def test_check_after_export_and_validate_give_the_same_report(tmp_path):
     later = validate_checkpoint(ckpt, result.path, images=after_export.images, batch=after_export.batch_size)
 
     json_path = tmp_path / "cli.json"
-    code = main(["validate", str(result.path), "--against", str(ckpt), "--images", "8", "--batch", "8",
-                 "--json", str(json_path)])
+    code = main(
+        [
+            "validate",
+            str(result.path),
+            "--against",
+            str(ckpt),
+            "--images",
+            "8",
+            "--batch",
+            "8",
+            "--json",
+            str(json_path),
+        ]
+    )
     from_cli = json.loads(json_path.read_text())
 
     def verdict(doc):
@@ -226,7 +244,9 @@ def test_engine_is_validated_with_tensorrts_runner(tmp_path):
     files = exported("fixed")
     profile = Profile().add("images", (1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32))
     engine = tmp_path / "m.engine"
-    engine.write_bytes(bytes(EngineBytesFromNetwork(NetworkFromOnnxPath(str(files.onnx)), CreateConfig(profiles=[profile]))()))
+    engine.write_bytes(
+        bytes(EngineBytesFromNetwork(NetworkFromOnnxPath(str(files.onnx)), CreateConfig(profiles=[profile]))())
+    )
     report = validate_checkpoint(files.checkpoint, [files.onnx, engine], open_file=open_target)
     assert [c.backend for c in report.comparisons] == ["onnxruntime", "tensorrt"]
     assert report.ok, report.summary()

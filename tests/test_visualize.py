@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import MODEL_KINDS, one_torch_thread, tiny_ltmp
+from PIL import Image
+from runtime_models import exported
+
 from ltmp_deploy.cli import main
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 from ltmp_deploy.ltmp.visualize import token_maps
 from ltmp_deploy.runtime.sources import PatchMap, compose
 from ltmp_deploy.runtime.visualize import GAP, LABEL, PANEL, draw
-from runtime_models import exported
 
 REPO = Path(__file__).resolve().parents[1]
 FIELD = """

@@ -147,8 +147,10 @@ def learn_thresholds(
         if rank == 0 and output is not None:
             _save_epoch(model, output, cfg, stats, optimizer, scheduler)
         if rank == 0 and progress:
-            print(f"epoch {stats.epoch}: loss {stats.loss:.4f}, FLOPs kept {stats.flops_ratio:.3f}, "
-                  f"train accuracy {stats.accuracy:.3f}" + (f", checkpoint {output}" if output else ""))
+            print(
+                f"epoch {stats.epoch}: loss {stats.loss:.4f}, FLOPs kept {stats.flops_ratio:.3f}, "
+                f"train accuracy {stats.accuracy:.3f}" + (f", checkpoint {output}" if output else "")
+            )
         if world > 1:
             dist.barrier()
     model.eval()
@@ -161,15 +163,26 @@ def _loader(data: Dataset, cfg: LearnConfig, rank: int, world: int) -> tuple[Dat
     sampler = torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
     order = torch.Generator()
     loader = DataLoader(
-        data, batch_size=max(1, cfg.batch_size // world), shuffle=sampler is None, sampler=sampler,
-        num_workers=cfg.workers, drop_last=len(data) >= cfg.batch_size, generator=order,
+        data,
+        batch_size=max(1, cfg.batch_size // world),
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=len(data) >= cfg.batch_size,
+        generator=order,
     )
     return loader, sampler, order
 
 
 def _train_epoch(
-    model: LTMPVisionTransformer, step: nn.Module, batches: Any, optimizer: Any, scheduler: Any,
-    cfg: LearnConfig, epoch: int, last_good: Path | None,
+    model: LTMPVisionTransformer,
+    step: nn.Module,
+    batches: Any,
+    optimizer: Any,
+    scheduler: Any,
+    cfg: LearnConfig,
+    epoch: int,
+    last_good: Path | None,
 ) -> torch.Tensor:
     """One pass of the budget loss; returns the sums of (loss, FLOPs ratio, correct, seen)."""
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -195,18 +208,31 @@ def _train_epoch(
         correct = float((logits.argmax(-1) == labels).sum())
         sums += torch.tensor([float(loss.detach()) * n, float(ratio.detach()) * n, correct, n])
         if hasattr(batches, "set_postfix"):
-            batches.set_postfix(loss=f"{sums[0] / sums[3]:.3f}", flops=f"{sums[1] / sums[3]:.3f}",
-                                acc=f"{sums[2] / sums[3]:.3f}")
+            batches.set_postfix(
+                loss=f"{sums[0] / sums[3]:.3f}", flops=f"{sums[1] / sums[3]:.3f}", acc=f"{sums[2] / sums[3]:.3f}"
+            )
     return sums
 
 
-def _save_epoch(model: LTMPVisionTransformer, output: Path, cfg: LearnConfig, stats: EpochStats, optimizer: Any, scheduler: Any) -> None:
+def _save_epoch(
+    model: LTMPVisionTransformer, output: Path, cfg: LearnConfig, stats: EpochStats, optimizer: Any, scheduler: Any
+) -> None:
     """The checkpoint (threshold mode, ready to use) and the resume state, each written whole."""
     model.ltmp_set_mode("threshold")
-    save_checkpoint(model, output, extra={"learn": {"config": asdict(cfg), "epoch": stats.epoch, "stats": asdict(stats)}})
+    save_checkpoint(
+        model, output, extra={"learn": {"config": asdict(cfg), "epoch": stats.epoch, "stats": asdict(stats)}}
+    )
     model.ltmp_set_mode("train")
     with atomic_output(resume_path(output)) as tmp:
-        torch.save({"epoch": stats.epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "model": model.state_dict()}, tmp)
+        torch.save(
+            {
+                "epoch": stats.epoch,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "model": model.state_dict(),
+            },
+            tmp,
+        )
 
 
 def _load_resume(path: Path, model: LTMPVisionTransformer, optimizer: Any, scheduler: Any) -> int:
@@ -228,7 +254,9 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def evaluate(model: LTMPVisionTransformer, data: Dataset, batch_size: int = 256, progress: bool = False) -> tuple[float, float, list[Any]]:
+def evaluate(
+    model: LTMPVisionTransformer, data: Dataset, batch_size: int = 256, progress: bool = False
+) -> tuple[float, float, list[Any]]:
     """(accuracy, mean FLOPs ratio, decisions per batch) of the model in its current mode."""
     from ltmp_deploy.ltmp.flops import image_flops, schedule_flops
 

@@ -4,7 +4,7 @@ and the ToMe baseline: fixed-r merging alone, through the same code path."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -40,7 +40,9 @@ def parse_statistic(text: str) -> Statistic:
     return q
 
 
-def schedule_from_counts(model: LTMPVisionTransformer, merges: np.ndarray, keeps: np.ndarray, statistic: Statistic = "mean") -> Schedule:
+def schedule_from_counts(
+    model: LTMPVisionTransformer, merges: np.ndarray, keeps: np.ndarray, statistic: Statistic = "mean"
+) -> Schedule:
     """One ``(r_l, k_l)`` per block: the mean (or quantile) of the per-image counts, made feasible.
 
     A quantile above 0.5 keeps more tokens than the typical image (safer accuracy, more FLOPs).
@@ -69,7 +71,7 @@ def schedule_from_counts(model: LTMPVisionTransformer, merges: np.ndarray, keeps
 def tome_schedule(model: LTMPVisionTransformer, flops_ratio: float) -> Schedule:
     """ToMe's fixed-r merging (the same r every block, no pruning) closest to ``flops_ratio``."""
     dims = model_dims(model)
-    best: Optional[tuple[float, Schedule]] = None
+    best: tuple[float, Schedule] | None = None
     for r in range(0, dims.num_tokens // 2 + 1):
         merges, keeps, n = [], [], dims.num_tokens
         for _ in range(dims.depth):
@@ -90,15 +92,17 @@ def tome_schedule(model: LTMPVisionTransformer, flops_ratio: float) -> Schedule:
 class CalibrationReport:
     schedule: Schedule
     statistic: str
-    threshold_accuracy: Optional[float]
-    threshold_flops: Optional[float]
-    fixed_accuracy: Optional[float]
+    threshold_accuracy: float | None
+    threshold_flops: float | None
+    fixed_accuracy: float | None
     fixed_flops: float
 
     def summary(self) -> str:
         lines = [f"schedule ({self.statistic}), (r, k) per block: {self.schedule.pairs()}"]
         if self.threshold_accuracy is not None:
-            lines.append(f"threshold mode: accuracy {self.threshold_accuracy:.4f}, block FLOPs kept {self.threshold_flops:.3f}")
+            lines.append(
+                f"threshold mode: accuracy {self.threshold_accuracy:.4f}, block FLOPs kept {self.threshold_flops:.3f}"
+            )
         acc = f"accuracy {self.fixed_accuracy:.4f}, " if self.fixed_accuracy is not None else ""
         lines.append(f"fixed mode:     {acc}block FLOPs kept {self.fixed_flops:.3f}")
         return "\n".join(lines)
@@ -106,11 +110,11 @@ class CalibrationReport:
 
 def calibrate(
     model: LTMPVisionTransformer,
-    calibration: Optional[Dataset],
+    calibration: Dataset | None,
     *,
     statistic: Statistic = "mean",
-    flops_target: Optional[float] = None,
-    evaluation: Optional[Dataset] = None,
+    flops_target: float | None = None,
+    evaluation: Dataset | None = None,
     progress: bool = True,
 ) -> CalibrationReport:
     """Derive the fixed-mode schedule and set it on ``model``; report both modes side by side.
@@ -140,4 +144,3 @@ def calibrate(
     model.ltmp_set_mode("fixed", schedule)
     fixed_acc = evaluate(model, evaluation, progress=progress)[0] if evaluation is not None else None
     return CalibrationReport(schedule, label, thr_acc, thr_flops, fixed_acc, schedule_flops(model, schedule).ratio)
-

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import timm.data
 import torch
@@ -50,9 +50,7 @@ class ImageFolderDataset(Dataset):
     is None. ``skipped`` counts files that were not readable images; ``skipped_files`` lists them.
     """
 
-    def __init__(
-        self, root: str | os.PathLike, transform: Callable[[Image.Image], object] | None = None
-    ) -> None:
+    def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], object] | None = None) -> None:
         self.root = Path(root)
         self.transform = transform
         if not self.root.exists():

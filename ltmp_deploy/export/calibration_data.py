@@ -19,8 +19,9 @@ Torch-free: numpy, and Polygraphy for its JSON format.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 
@@ -52,8 +53,9 @@ def write_calibration_data(images: np.ndarray, folder: str | os.PathLike, batch_
     return paths
 
 
-def read_calibration_data(calibration: CalibrationLike, input_shape: Optional[Sequence[Optional[int]]] = None,
-                          where: str = "calibration") -> np.ndarray:
+def read_calibration_data(
+    calibration: CalibrationLike, input_shape: Sequence[int | None] | None = None, where: str = "calibration"
+) -> np.ndarray:
     """Calibration images as float32 (N, C, H, W), from an array or a ``.npy``, ``.npz`` (array
     ``images``, or its only array) or Polygraphy JSON file; checked against ``input_shape`` (the
     graph's input, None for a dynamic dimension) when given. Images must already be preprocessed
@@ -69,13 +71,16 @@ def read_calibration_data(calibration: CalibrationLike, input_shape: Optional[Se
     return _checked(array, input_shape, where)
 
 
-def _checked(array: np.ndarray, input_shape: Optional[Sequence[Optional[int]]] = None,
-                   where: str = "calibration") -> np.ndarray:
+def _checked(
+    array: np.ndarray, input_shape: Sequence[int | None] | None = None, where: str = "calibration"
+) -> np.ndarray:
     """``array`` as contiguous float32 (N, C, H, W), or a one-line LTMPError saying what is wrong."""
     array = np.asarray(array)
     if array.dtype.kind != "f":
-        raise LTMPError(f"{where}: calibration images must be preprocessed floats (normalised like the model's "
-                        f"data_config), got dtype {array.dtype}")
+        raise LTMPError(
+            f"{where}: calibration images must be preprocessed floats (normalised like the model's "
+            f"data_config), got dtype {array.dtype}"
+        )
     expected = tuple(input_shape[1:]) if input_shape is not None else (None, None, None)
     if array.ndim != 4 or any(e is not None and e != a for e, a in zip(expected, array.shape[1:])):
         want = ", ".join("?" if e is None else str(e) for e in expected)

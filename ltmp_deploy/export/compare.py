@@ -19,9 +19,10 @@ import contextlib
 import json
 import os
 import platform
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +45,8 @@ class Target:
     backend: str
     file: str
     metadata: dict[str, Any] = field(default_factory=dict)
-    input_shape: tuple[Optional[int], ...] = ()
-    batch_range: tuple[int, Optional[int]] = (1, None)
+    input_shape: tuple[int | None, ...] = ()
+    batch_range: tuple[int, int | None] = (1, None)
     precision: str = "fp32"
 
 
@@ -61,8 +62,8 @@ class Comparison:
     mean_abs_diff: float
     top1_agreement: float
     logit_tolerance: float
-    decision_agreement: Optional[list[float]] = None  # per block: share of images with identical decisions
-    first_divergent_block: Optional[int] = None
+    decision_agreement: list[float] | None = None  # per block: share of images with identical decisions
+    first_divergent_block: int | None = None
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -96,14 +97,14 @@ class ParityReport:
     reference: str
     reference_backend: str
     precision: str
-    mode: Optional[str]
+    mode: str | None
     images: int
     batch_size: int
     data: str
     comparisons: list[Comparison]
     tolerances: dict[str, float]
     notes: list[str] = field(default_factory=list)
-    versions: dict[str, Optional[str]] = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -119,12 +120,12 @@ class ParityReport:
         return min((c.top1_agreement for c in self.comparisons), default=0.0)
 
     @property
-    def first_divergent_block(self) -> Optional[int]:
+    def first_divergent_block(self) -> int | None:
         blocks = [c.first_divergent_block for c in self.comparisons if c.first_divergent_block is not None]
         return min(blocks, default=None)
 
     @property
-    def decisions_identical(self) -> Optional[bool]:
+    def decisions_identical(self) -> bool | None:
         compared = [c for c in self.comparisons if c.decision_agreement is not None]
         return all(c.first_divergent_block is None for c in compared) if compared else None
 
@@ -155,9 +156,7 @@ class ParityReport:
 # -- what to compare on -------------------------------------------------------------------------
 
 
-def check_request(
-    paths: Sequence[Path], images: int, batch: Optional[int], json_path: Optional[str | os.PathLike]
-) -> None:
+def check_request(paths: Sequence[Path], images: int, batch: int | None, json_path: str | os.PathLike | None) -> None:
     """The options every validation takes, refused before anything is opened."""
     if images < 1:
         raise LTMPError(f"--images {images}: must be at least 1")
@@ -170,7 +169,7 @@ def check_request(
             raise LTMPError(f"{p}: no such file")
 
 
-def common_batch(targets: Sequence[Target], batch: Optional[int]) -> int:
+def common_batch(targets: Sequence[Target], batch: int | None) -> int:
     """One batch size every target takes (``batch`` when given), after checking they take one image shape."""
     shape = targets[0].input_shape
     for t in targets[1:]:
@@ -214,7 +213,7 @@ def run_parity(
     batches: Sequence[np.ndarray],
     *,
     data: str,
-    mode: Optional[str] = None,
+    mode: str | None = None,
     notes: Sequence[str] = (),
 ) -> ParityReport:
     """Run ``reference`` and every target on ``batches`` and judge each target against the reference."""
@@ -230,13 +229,28 @@ def run_parity(
     results = _run([reference.runner, *(t.runner for t in targets)], [{input_name: b} for b in batches])
     comparisons = [_judge(results, reference, i + 1, t) for i, t in enumerate(targets)]
     low = sorted({t.precision for t in targets if not decisions_gated(t.precision)})
-    notes = [*notes, *(f"{p}: token decisions may legitimately differ where a score sits near a threshold; "
-                       "top-1 agreement is the gate" for p in low)]
+    notes = [
+        *notes,
+        *(
+            f"{p}: token decisions may legitimately differ where a score sits near a threshold; "
+            "top-1 agreement is the gate"
+            for p in low
+        ),
+    ]
     precision = targets[0].precision
     return ParityReport(
-        files=[t.file for t in targets], reference=reference.runner.name, reference_backend=reference.backend,
-        precision=precision, mode=mode, images=sum(len(b) for b in batches), batch_size=len(batches[0]), data=data,
-        comparisons=comparisons, tolerances=gates(precision), notes=notes, versions=versions(),
+        files=[t.file for t in targets],
+        reference=reference.runner.name,
+        reference_backend=reference.backend,
+        precision=precision,
+        mode=mode,
+        images=sum(len(b) for b in batches),
+        batch_size=len(batches[0]),
+        data=data,
+        comparisons=comparisons,
+        tolerances=gates(precision),
+        notes=notes,
+        versions=versions(),
     )
 
 
@@ -254,10 +268,14 @@ def _judge(results: Any, reference: Target, index: int, target: Target) -> Compa
     per_batch = _logit_accuracy(results, index, bounds["logit_abs"])
     sizes = np.array([len(g[OUTPUT_NAME]) for g in got], dtype=np.float64)
     c = Comparison(
-        runner=target.runner.name, backend=target.backend, file=target.file, precision=target.precision,
+        runner=target.runner.name,
+        backend=target.backend,
+        file=target.file,
+        precision=target.precision,
         max_abs_diff=max(float(r.max_absdiff) for r in per_batch),
         mean_abs_diff=float(np.dot([r.mean_absdiff for r in per_batch], sizes) / sizes.sum()),
-        top1_agreement=float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()), logit_tolerance=bounds["logit_abs"],
+        top1_agreement=float((logits.argmax(-1) == ref_logits.argmax(-1)).mean()),
+        logit_tolerance=bounds["logit_abs"],
     )
     if not np.isfinite(logits).all():
         c.failures.append("non-finite logits")
@@ -284,7 +302,7 @@ def _logit_accuracy(results: Any, index: int, atol: float) -> list[Any]:
 
         simple = CompareFunc.simple
 
-    def logits_only(name: str, _index: int, _result: Any) -> Optional[list[str]]:
+    def logits_only(name: str, _index: int, _result: Any) -> list[str] | None:
         return [name] if name == OUTPUT_NAME else None
 
     func = simple(atol=atol, rtol=0.0, check_error_stat="max", find_output_func=logits_only)
@@ -301,7 +319,7 @@ def _strip(row: np.ndarray) -> np.ndarray:
     return row[: valid[-1] + 1] if len(valid) else row[:0]
 
 
-def _decision_agreement(ref: list[dict[str, Any]], got: list[dict[str, Any]]) -> Optional[list[float]]:
+def _decision_agreement(ref: list[dict[str, Any]], got: list[dict[str, Any]]) -> list[float] | None:
     """Per block, the share of images whose kept and merged indices are identical in both."""
     blocks = []
     while f"block{len(blocks)}_kept" in ref[0] and f"block{len(blocks)}_kept" in got[0]:
@@ -356,11 +374,11 @@ def _run(runners: list[Any], loader: list[dict[str, np.ndarray]]) -> Any:
         raise LTMPError(f"validate: inference failed in one of {names} ({reason})") from err
 
 
-def versions() -> dict[str, Optional[str]]:
+def versions() -> dict[str, str | None]:
     """The versions a report was made with (read from the installed distributions, nothing imported)."""
     import importlib.metadata as md
 
-    found: dict[str, Optional[str]] = {"ltmp-deploy": __version__, "python": platform.python_version()}
+    found: dict[str, str | None] = {"ltmp-deploy": __version__, "python": platform.python_version()}
     for dist in ("polygraphy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "torch"):
         try:
             found[dist] = md.version(dist)
@@ -370,6 +388,13 @@ def versions() -> dict[str, Optional[str]]:
 
 
 __all__ = [
-    "Comparison", "ParityReport", "Target", "check_request", "common_batch", "random_images", "run_parity",
-    "split_batches", "whole_batches",
+    "Comparison",
+    "ParityReport",
+    "Target",
+    "check_request",
+    "common_batch",
+    "random_images",
+    "run_parity",
+    "split_batches",
+    "whole_batches",
 ]

@@ -8,7 +8,8 @@ field device reads it with the standard library alone.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.formats import FileKind, sniff

@@ -20,7 +20,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import onnx
@@ -32,7 +32,8 @@ from ltmp_deploy.export.compare import ParityReport
 from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names, write_metadata
 from ltmp_deploy.export.validate import compare_with_torch, sample_images
 from ltmp_deploy.files import atomic_output, ensure_writable
-from ltmp_deploy.ltmp.checkpoint import load_checkpoint, metadata as model_metadata
+from ltmp_deploy.ltmp.checkpoint import load_checkpoint
+from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, unpatched_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 
@@ -64,7 +65,7 @@ class ExportWrapper(torch.nn.Module):
 class ExportResult:
     path: Path
     metadata: dict[str, Any]
-    validation: Optional[ParityReport] = None
+    validation: ParityReport | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -72,9 +73,9 @@ def export_onnx(
     checkpoint: str | os.PathLike | LTMPVisionTransformer,
     output: str | os.PathLike,
     *,
-    mode: Optional[str] = None,
-    opset: Optional[int] = None,
-    batch: Optional[int] = None,
+    mode: str | None = None,
+    opset: int | None = None,
+    batch: int | None = None,
     fp16: bool = False,
     decisions: bool = False,
     validate: bool = True,
@@ -119,7 +120,9 @@ def export_onnx(
     return ExportResult(Path(output), meta, report)
 
 
-def _export(model: LTMPVisionTransformer, opset: int, batch: Optional[int], fp16: bool, images: torch.Tensor) -> onnx.ModelProto:
+def _export(
+    model: LTMPVisionTransformer, opset: int, batch: int | None, fp16: bool, images: torch.Tensor
+) -> onnx.ModelProto:
     """Trace with decisions always exported (validation compares them); drop them later if unasked."""
     wrapper = ExportWrapper(model, decisions=True)
     reducing = model.ltmp.mode in ("fixed", "threshold")
@@ -136,8 +139,15 @@ def _export(model: LTMPVisionTransformer, opset: int, batch: Optional[int], fp16
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about data-dependent shapes are expected
             torch.onnx.export(
-                wrapper, (example,), buffer, dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic, do_constant_folding=True,
+                wrapper,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_axes=dynamic,
+                do_constant_folding=True,
             )
     except Exception as err:  # noqa: BLE001  (the exporter raises many kinds)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -176,7 +186,9 @@ def _drop_decision_outputs(graph: onnx.ModelProto) -> onnx.ModelProto:
     return _simplify(graph)
 
 
-def _metadata(model: LTMPVisionTransformer, opset: int, fp16: bool, images: torch.Tensor, batch: Optional[int]) -> dict[str, Any]:
+def _metadata(
+    model: LTMPVisionTransformer, opset: int, fp16: bool, images: torch.Tensor, batch: int | None
+) -> dict[str, Any]:
     base = {k: v for k, v in model_metadata(model).items() if k != "format"}  # "schema" says what this is
     if model.ltmp.mode in ("fixed", "oracle"):
         patched = schedule_flops(model, model.ltmp.schedule, reduce=model.ltmp.mode == "fixed")
@@ -186,7 +198,12 @@ def _metadata(model: LTMPVisionTransformer, opset: int, fp16: bool, images: torc
     else:
         with torch.no_grad():
             reports = image_flops(model, model.forward_ltmp(images).decisions)
-        patched = reports[0].__class__(**{k: float(np.mean([getattr(r, k) for r in reports])) for k in ("blocks", "reduction", "embed_and_head", "unpatched_blocks")})
+        patched = reports[0].__class__(
+            **{
+                k: float(np.mean([getattr(r, k) for r in reports]))
+                for k in ("blocks", "reduction", "embed_and_head", "unpatched_blocks")
+            }
+        )
         flops_note = f"mean over {len(reports)} sample images"
     return {
         **base,
@@ -199,7 +216,12 @@ def _metadata(model: LTMPVisionTransformer, opset: int, fp16: bool, images: torc
         "patch_grid": [int(g) for g in model.patch_embed.grid_size],  # rows, columns: how decisions map to the image
         "num_blocks": len(model.blocks),
         "decision_outputs": decision_output_names(len(model.blocks)),
-        "block_macs": {"unpatched": unpatched_flops(model).unpatched_blocks, "patched": patched.blocks, "reduction": patched.reduction, "basis": flops_note},
+        "block_macs": {
+            "unpatched": unpatched_flops(model).unpatched_blocks,
+            "patched": patched.blocks,
+            "reduction": patched.reduction,
+            "basis": flops_note,
+        },
     }
 
 

@@ -13,7 +13,8 @@ lacks). Pure onnx + numpy: no torch, no onnxslim.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional, Union
+from collections.abc import Iterator
+from typing import Union
 
 import numpy as np
 import onnx
@@ -64,8 +65,10 @@ def image_io(model: onnx.ModelProto, where: str) -> tuple[onnx.ValueInfoProto, o
     inputs = {i.name: i for i in model.graph.input if i.name not in inits}
     outputs = {o.name: o for o in model.graph.output}
     if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
-        raise LTMPError(f"{where}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}' (an ltmp-deploy export), "
-                        f"found inputs {list(inputs)} and outputs {list(outputs)}")
+        raise LTMPError(
+            f"{where}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}' (an ltmp-deploy export), "
+            f"found inputs {list(inputs)} and outputs {list(outputs)}"
+        )
     shape = dims(inputs[INPUT_NAME])
     if len(shape) != 4 or None in shape[1:]:
         raise LTMPError(f"{where}: '{INPUT_NAME}' must be (batch, C, H, W) with static C, H, W; got {shape}")
@@ -102,19 +105,19 @@ class Graph:
                 self.shapes[vi.name] = dims(vi)
         for t in model.graph.initializer:
             self.types[t.name], self.shapes[t.name] = t.data_type, tuple(t.dims)
-        self._values: dict[str, Optional[np.ndarray]] = {}
+        self._values: dict[str, np.ndarray | None] = {}
 
     def is_weights(self, name: str) -> bool:
         """An initializer or a Constant node's output."""
         return name in self.weights
 
-    def constant_value(self, name: str) -> Optional[np.ndarray]:
+    def constant_value(self, name: str) -> np.ndarray | None:
         """The value of ``name`` when initializers, Constant nodes and static shapes decide it, else None."""
         if name not in self._values:
             self._values[name] = self._evaluate(name)
         return self._values[name]
 
-    def _evaluate(self, name: str) -> Optional[np.ndarray]:
+    def _evaluate(self, name: str) -> np.ndarray | None:
         cone = self._constant_cone(name)
         if cone is None:
             return None
@@ -124,15 +127,16 @@ class Graph:
                 return numpy_helper.to_array(self.inits[name])
             from onnx.reference import ReferenceEvaluator
 
-            graph = onnx.helper.make_graph(nodes, "constant", [], [onnx.ValueInfoProto(name=name)],
-                                           [self.inits[i] for i in sorted(inits)])
+            graph = onnx.helper.make_graph(
+                nodes, "constant", [], [onnx.ValueInfoProto(name=name)], [self.inits[i] for i in sorted(inits)]
+            )
             sub = onnx.helper.make_model(graph, opset_imports=list(self.model.opset_import))
             sub.ir_version = self.model.ir_version
             return np.asarray(ReferenceEvaluator(sub).run(None, {})[0])
         except Exception:  # noqa: BLE001 - weights in external files, an op the evaluator lacks: unknown
             return None
 
-    def _constant_cone(self, name: str) -> Optional[tuple[list[onnx.NodeProto], set[str]]]:
+    def _constant_cone(self, name: str) -> tuple[list[onnx.NodeProto], set[str]] | None:
         """The nodes (in graph order, shape reads replaced by their values) and initializers that
         ``name`` is computed from; None when a graph input or anything unfoldable is among them."""
         picked: dict[int, onnx.NodeProto] = {}
@@ -156,14 +160,15 @@ class Graph:
                 value = self._shape_read(node)
                 if value is None:
                     return None
-                picked[id(node)] = onnx.helper.make_node("Constant", [], [node.output[0]],
-                                                         value=numpy_helper.from_array(value))
+                picked[id(node)] = onnx.helper.make_node(
+                    "Constant", [], [node.output[0]], value=numpy_helper.from_array(value)
+                )
                 continue
             picked[id(node)] = node
             stack.extend(node.input)
         return [picked[k] for k in sorted(picked, key=order.__getitem__)], inits
 
-    def _shape_read(self, node: onnx.NodeProto) -> Optional[np.ndarray]:
+    def _shape_read(self, node: onnx.NodeProto) -> np.ndarray | None:
         """What a Shape or Size node returns, when its input's shape is static."""
         shape = self.shapes.get(node.input[0])
         if shape is None or None in shape:
@@ -171,7 +176,7 @@ class Graph:
         if node.op_type == "Size":
             return np.array(int(np.prod(shape, dtype=np.int64)), np.int64)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        return np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))], np.int64)
+        return np.array(shape[attrs.get("start", 0) : attrs.get("end", len(shape))], np.int64)
 
 
 __all__ = ["Graph", "dims", "image_io", "load", "node_name", "opset", "walk"]

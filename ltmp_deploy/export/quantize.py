@@ -38,9 +38,9 @@ import logging
 import os
 import tempfile
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import onnx
@@ -67,11 +67,13 @@ class QuantizeResult:
     calibration_images: int
     quantized: list[str] = field(default_factory=list)  # node names with int8 inputs
     kept_float: dict[str, str] = field(default_factory=dict)  # MatMul/Gemm/Conv left float -> why
-    model: Optional[onnx.ModelProto] = field(default=None, repr=False)  # what was written to ``path``
+    model: onnx.ModelProto | None = field(default=None, repr=False)  # what was written to ``path``
 
     def summary(self) -> str:
-        return (f"{self.path}: {len(self.quantized)} layers int8, {len(self.kept_float)} MatMul/Gemm/Conv kept float, "
-                f"{self.method} calibration on {self.calibration_images} images")
+        return (
+            f"{self.path}: {len(self.quantized)} layers int8, {len(self.kept_float)} MatMul/Gemm/Conv kept float, "
+            f"{self.method} calibration on {self.calibration_images} images"
+        )
 
 
 def has_qdq(model: onnx.ModelProto) -> bool:
@@ -85,10 +87,10 @@ def quantize_int8(
     calibration: CalibrationLike,
     *,
     method: str = "minmax",
-    batch_size: Optional[int] = None,
+    batch_size: int | None = None,
     keep_first_last: bool = True,
     keep_float: Sequence[str] = (),
-    model: Optional[onnx.ModelProto] = None,
+    model: onnx.ModelProto | None = None,
 ) -> QuantizeResult:
     """Write ``onnx_out``: ``onnx_in`` with Q/DQ nodes (see the module docstring for which layers).
 
@@ -109,14 +111,18 @@ def quantize_int8(
     image_input, _ = image_io(model, str(src))
     dtype = image_input.type.tensor_type.elem_type
     if dtype != onnx.TensorProto.FLOAT:
-        raise LTMPError(f"{src}: INT8 quantization needs an fp32 graph (this one takes "
-                        f"{onnx.TensorProto.DataType.Name(dtype)}); export without --fp16")
+        raise LTMPError(
+            f"{src}: INT8 quantization needs an fp32 graph (this one takes "
+            f"{onnx.TensorProto.DataType.Name(dtype)}); export without --fp16"
+        )
     shape = dims(image_input)
     images = read_calibration_data(calibration, shape)
     mode = meta.get("mode")
     if method != "minmax" and mode == "threshold":
-        raise LTMPError(f"{src}: {method} calibration collects histograms that need the same tensor shapes in every "
-                        "batch, but a threshold-mode graph has data-dependent token counts: use minmax")
+        raise LTMPError(
+            f"{src}: {method} calibration collects histograms that need the same tensor shapes in every "
+            "batch, but a threshold-mode graph has data-dependent token counts: use minmax"
+        )
 
     batch = _calibration_batch(src, shape[0], len(images), batch_size)
     quantize, kept = select_layers(model, keep_first_last=keep_first_last, keep_float=keep_float)
@@ -129,23 +135,31 @@ def quantize_int8(
         _run_ort(src, staged, images, batch, shape[0] is not None, quantize, method)
         qmodel = onnx.load(str(staged))
     _restore_float_consumers(qmodel, set(quantize))
-    meta.update(precision="int8", quantization={
-        "tool": f"onnxruntime.quantization.quantize_static {_ort_version()}",
-        "format": "QDQ", "weights": "int8 per channel, symmetric", "activations": "int8 per tensor, symmetric",
-        "method": method, "calibration_images": int(images.shape[0]),
-        "quantized_layers": len(quantize), "float_layers": kept,
-    })
+    meta.update(
+        precision="int8",
+        quantization={
+            "tool": f"onnxruntime.quantization.quantize_static {_ort_version()}",
+            "format": "QDQ",
+            "weights": "int8 per channel, symmetric",
+            "activations": "int8 per tensor, symmetric",
+            "method": method,
+            "calibration_images": int(images.shape[0]),
+            "quantized_layers": len(quantize),
+            "float_layers": kept,
+        },
+    )
     write_metadata(qmodel, meta)
     _write_checked(src, qmodel, out)
     return QuantizeResult(out, method, int(images.shape[0]), quantize, kept, qmodel)
 
 
-def _calibration_batch(src: Path, fixed_batch: Optional[int], images: int, batch_size: Optional[int]) -> int:
+def _calibration_batch(src: Path, fixed_batch: int | None, images: int, batch_size: int | None) -> int:
     """The batch the calibration runs at: the graph's own when it is fixed, else ``batch_size``."""
     if fixed_batch is not None:
         if images < fixed_batch:
-            raise LTMPError(f"{src}: the graph takes batches of exactly {fixed_batch}; "
-                            f"got only {images} calibration images")
+            raise LTMPError(
+                f"{src}: the graph takes batches of exactly {fixed_batch}; got only {images} calibration images"
+            )
         return fixed_batch
     batch = batch_size or DEFAULT_BATCH
     if batch < 1:
@@ -163,8 +177,9 @@ def _write_checked(src: Path, qmodel: onnx.ModelProto, out: Path) -> None:
         tmp.write_bytes(qmodel.SerializeToString(deterministic=True))
 
 
-def select_layers(model: onnx.ModelProto, *, keep_first_last: bool = True,
-                  keep_float: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+def select_layers(
+    model: onnx.ModelProto, *, keep_first_last: bool = True, keep_float: Sequence[str] = ()
+) -> tuple[list[str], dict[str, str]]:
     """(names to quantize, {name kept float: reason}) for the MatMul/Gemm/Conv nodes of ``model``."""
     g = Graph(model)
     near_decisions = _weight_layers_upstream(g, [i for n in g.nodes if n.op_type in DECISION_OPS for i in n.input])
@@ -234,10 +249,10 @@ class _Reader:
 
     def __init__(self, name: str, images: np.ndarray, batch: int, exact: bool) -> None:
         stop = len(images) - len(images) % batch if exact else len(images)
-        self._batches: Iterator[np.ndarray] = (images[i:i + batch] for i in range(0, stop, batch))
+        self._batches: Iterator[np.ndarray] = (images[i : i + batch] for i in range(0, stop, batch))
         self._name = name
 
-    def get_next(self) -> Optional[dict]:
+    def get_next(self) -> dict | None:
         nxt = next(self._batches, None)
         return None if nxt is None else {self._name: nxt}
 
@@ -246,19 +261,33 @@ class _Reader:
 
 
 def _run_ort(src: Path, dst: Path, images: np.ndarray, batch: int, exact: bool, nodes: list[str], method: str) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     reader_cls = type("CalibrationReader", (_Reader, CalibrationDataReader), {})
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     with _quiet():
         try:
             quantize_static(
-                str(src), str(dst), reader_cls(INPUT_NAME, images, batch, exact),
-                quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                calibrate_method=calibrate, op_types_to_quantize=list(WEIGHT_OPS), nodes_to_quantize=nodes,
+                str(src),
+                str(dst),
+                reader_cls(INPUT_NAME, images, batch, exact),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calibrate,
+                op_types_to_quantize=list(WEIGHT_OPS),
+                nodes_to_quantize=nodes,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
             )
         except LTMPError:

@@ -16,7 +16,7 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ from polygraphy.datatype import DataType
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names
-from ltmp_deploy.ltmp.checkpoint import load_checkpoint, metadata as model_metadata
+from ltmp_deploy.ltmp.checkpoint import load_checkpoint
+from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
-
 
 
 class LTMPTorchRunner(BaseRunner):
@@ -42,12 +42,12 @@ class LTMPTorchRunner(BaseRunner):
         self,
         model: Union[str, os.PathLike, LTMPVisionTransformer],
         decisions: bool = True,
-        mode: Optional[str] = None,
-        name: Optional[str] = None,
+        mode: str | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(name=name, prefix="pytorch-runner")
         self._model, self._decisions, self._mode = model, decisions, mode
-        self.model: Optional[LTMPVisionTransformer] = None
+        self.model: LTMPVisionTransformer | None = None
 
     def activate_impl(self) -> None:
         if isinstance(self._model, (str, os.PathLike)):
@@ -77,8 +77,11 @@ class LTMPTorchRunner(BaseRunner):
         model = self._active()
         meta = {k: v for k, v in model_metadata(model).items() if k != "format"}
         meta.update(
-            precision="fp32", input_name=INPUT_NAME, input_shape=["batch", *self.image_shape],
-            num_blocks=len(model.blocks), num_prefix_tokens=int(model.num_prefix_tokens),
+            precision="fp32",
+            input_name=INPUT_NAME,
+            input_shape=["batch", *self.image_shape],
+            num_blocks=len(model.blocks),
+            num_prefix_tokens=int(model.num_prefix_tokens),
             decision_outputs=decision_output_names(len(model.blocks)),
         )
         if isinstance(self._model, (str, os.PathLike)):
@@ -88,7 +91,7 @@ class LTMPTorchRunner(BaseRunner):
     def get_input_metadata_impl(self) -> TensorMetadata:
         return TensorMetadata().add(INPUT_NAME, dtype=DataType.FLOAT32, shape=(None, *self.image_shape))
 
-    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> "OrderedDict[str, np.ndarray]":
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         model = self._active()
         images = feed_dict[INPUT_NAME]
         x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
@@ -116,17 +119,17 @@ class TorchBackend:
     """A toolkit checkpoint behind a Session: what ``ltmp_deploy.runtime.backends.Backend`` lists."""
 
     name = "torch"
-    providers: Optional[list[str]] = None
-    sidecar: Optional[dict[str, Any]] = None
+    providers: list[str] | None = None
+    sidecar: dict[str, Any] | None = None
 
-    def __init__(self, path: Path, mode: Optional[str] = None) -> None:
+    def __init__(self, path: Path, mode: str | None = None) -> None:
         self.path = Path(path)
         self.runner = LTMPTorchRunner(self.path, decisions=True, mode=mode, name=f"torch:{self.path.name}")
         self.runner.activate()
         self.input_name = self.runner.input_name
         self.input_dtype = np.dtype(np.float32)
-        self.input_shape: tuple[Optional[int], ...] = (None, *self.runner.image_shape)
-        self.batch_range: tuple[int, Optional[int]] = (1, None)
+        self.input_shape: tuple[int | None, ...] = (None, *self.runner.image_shape)
+        self.batch_range: tuple[int, int | None] = (1, None)
         self.output_names = self.runner.output_names
         self.metadata = self.runner.metadata()
 

@@ -20,7 +20,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import onnx
 
@@ -56,17 +55,22 @@ class TritonRepo:
         return self.trt_model / "1" / "model.plan"
 
     def summary(self) -> str:
-        batching = (f"dynamic batching up to {self.max_batch_size}" if self.max_batch_size
-                    else "fixed batch (no dynamic batching)")
-        return (f"wrote Triton repository {self.root}: {self.onnx_model.name} (onnxruntime_onnx), "
-                f"{self.trt_model.name} (tensorrt_plan: build the engine to {self.plan_path}), {batching}")
+        batching = (
+            f"dynamic batching up to {self.max_batch_size}"
+            if self.max_batch_size
+            else "fixed batch (no dynamic batching)"
+        )
+        return (
+            f"wrote Triton repository {self.root}: {self.onnx_model.name} (onnxruntime_onnx), "
+            f"{self.trt_model.name} (tensorrt_plan: build the engine to {self.plan_path}), {batching}"
+        )
 
 
 def write_triton_repo(
     onnx_path: str | os.PathLike,
     repo_dir: str | os.PathLike,
     *,
-    name: Optional[str] = None,
+    name: str | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH,
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
 ) -> TritonRepo:
@@ -100,8 +104,9 @@ def write_triton_repo(
         tmp.write_bytes(src.read_bytes())
     shared = (images, logits, batch, max_queue_delay_us, meta)
     write_text_atomic(onnx_dir / "config.pbtxt", model_config(f"{model_name}_onnx", "onnxruntime_onnx", *shared))
-    write_text_atomic(trt_dir / "config.pbtxt",
-                      model_config(f"{model_name}_trt", "tensorrt_plan", *shared, onnx_name=src.name))
+    write_text_atomic(
+        trt_dir / "config.pbtxt", model_config(f"{model_name}_trt", "tensorrt_plan", *shared, onnx_name=src.name)
+    )
     return TritonRepo(root, onnx_dir, trt_dir, batch)
 
 
@@ -113,7 +118,7 @@ def model_config(
     max_batch_size: int,
     max_queue_delay_us: int,
     meta: dict,
-    onnx_name: Optional[str] = None,
+    onnx_name: str | None = None,
 ) -> str:
     """The text of one ``config.pbtxt`` (protobuf text format of Triton's ModelConfig)."""
     mode, precision = meta.get("mode", "unknown"), meta.get("precision", "fp32")
@@ -122,13 +127,22 @@ def model_config(
         cmd = f"ltmp-deploy build {onnx_name or 'MODEL.onnx'} --preset PRESET"
         if max_batch_size:
             cmd += f" --max-batch {max_batch_size}"
-        lines += ["# Build the engine on the serving GPU, with the same TensorRT version as the server:",
-                  f"#   {cmd} -o {name}/1/model.plan"]
+        lines += [
+            "# Build the engine on the serving GPU, with the same TensorRT version as the server:",
+            f"#   {cmd} -o {name}/1/model.plan",
+        ]
     lines += [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size}"]
     for kind, (tensor, dtype, shape) in (("input", images), ("output", logits)):
         dims = shape[1:] if max_batch_size else shape
-        lines += [f"{kind} [", "  {", f'    name: "{tensor}"', f"    data_type: {dtype}",
-                  f"    dims: [ {', '.join(str(d) for d in dims)} ]", "  }", "]"]
+        lines += [
+            f"{kind} [",
+            "  {",
+            f'    name: "{tensor}"',
+            f"    data_type: {dtype}",
+            f"    dims: [ {', '.join(str(d) for d in dims)} ]",
+            "  }",
+            "]",
+        ]
     if max_batch_size:
         lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
     if platform == "tensorrt_plan":
@@ -138,11 +152,14 @@ def model_config(
 
 def _io(graph: onnx.ModelProto, path: Path) -> tuple[tuple[str, str, tuple], tuple[str, str, tuple]]:
     """((name, Triton type, shape) of the image input, same for the logits); None marks a dynamic dim."""
+
     def describe(vi: onnx.ValueInfoProto) -> tuple[str, str, tuple]:
         tt = vi.type.tensor_type
         if tt.elem_type not in _TRITON_TYPES:
-            raise LTMPError(f"{path}: {vi.name} has element type {onnx.TensorProto.DataType.Name(tt.elem_type)}, "
-                            "which this repository writer does not map to Triton")
+            raise LTMPError(
+                f"{path}: {vi.name} has element type {onnx.TensorProto.DataType.Name(tt.elem_type)}, "
+                "which this repository writer does not map to Triton"
+            )
         return vi.name, _TRITON_TYPES[tt.elem_type], dims(vi)
 
     images, logits = (describe(vi) for vi in image_io(graph, str(path)))

@@ -39,8 +39,7 @@ _OPSET_RANGE = {"8.5": (7, 17), "8.6": (7, 17), "10.3": (9, 20), "10.13": (9, 23
 # flagged. BF16/FP8 arrived in 9.0, INT4 in 10.0 EA, FP4 (FLOAT4E2M1) in 10.8 (Changelog.md).
 _T = TensorProto
 _BASE_TYPES = {_T.FLOAT, _T.DOUBLE, _T.FLOAT16, _T.INT8, _T.UINT8, _T.BOOL, _T.INT32, _T.INT64}
-_TYPES = {"8.5": _BASE_TYPES, "8.6": _BASE_TYPES,
-          "10.3": _BASE_TYPES | {_T.BFLOAT16, _T.FLOAT8E4M3FN, _T.INT4}}
+_TYPES = {"8.5": _BASE_TYPES, "8.6": _BASE_TYPES, "10.3": _BASE_TYPES | {_T.BFLOAT16, _T.FLOAT8E4M3FN, _T.INT4}}
 _TYPES["10.13"] = _TYPES["10"] = _TYPES["11"] = _TYPES["10.3"] | {_T.FLOAT4E2M1}
 
 # First target whose parser imports the op (operators.md "Y" rows, Changelog.md "Added support").
@@ -71,16 +70,16 @@ _SUPPORTED_FROM = {op: t for t, ops in _OPS_FROM.items() for op in ops.split()}
 
 # Custom-domain ops a parser imports natively (TensorRT 11.0 notes: TRT_Attention, TRT_MoE,
 # TRT_KVCacheUpdate). The domain "trt" is what public exporter code uses; not confirmed by NVIDIA.
-_KNOWN_CUSTOM_OPS = {("trt", "TRT_Attention"): "11", ("trt", "TRT_MoE"): "11",
-                     ("trt", "TRT_KVCacheUpdate"): "11"}
+_KNOWN_CUSTOM_OPS = {("trt", "TRT_Attention"): "11", ("trt", "TRT_MoE"): "11", ("trt", "TRT_KVCacheUpdate"): "11"}
 
 # Inputs that must be constant: (input index, what it is, targets that need it as weights).
 # 8.x importers assert an initializer (TopK K, CumSum axis, Squeeze axes, Slice axes); runtime K
 # came in 8.6 EA, tensor Slice axes in 10.3, dynamic Squeeze/Unsqueeze axes in 10.7. The 10.15
 # matrix still wants CumSum axis, Reduce* axes and OneHot depth to be build-time constants.
 _ALL = set(_ORDER)
-_REDUCE = "ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin " \
-          "ReduceProd ReduceSum ReduceSumSquare"
+_REDUCE = (
+    "ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare"
+)
 _CONST_INPUTS: dict[str, tuple[int, str, set[str]]] = {
     "TopK": (1, "K", {"8.5"}),
     "CumSum": (1, "axis", _ALL),
@@ -124,17 +123,25 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict: target, opset, ok, findings."""
-        return {"target": self.target, "opset": self.opset, "ok": self.ok,
-                "findings": [asdict(f) for f in self.findings]}
+        return {
+            "target": self.target,
+            "opset": self.opset,
+            "ok": self.ok,
+            "findings": [asdict(f) for f in self.findings],
+        }
 
     def summary(self) -> str:
         """Readable text: a headline, then one line per offending node."""
         head = f"{TRT_TARGETS.get(self.target, self.target)}, model opset {self.opset}: "
         if self.ok:
             return head + "OK"
-        return "\n".join([head + f"{len(self.findings)} problem(s)"] + [
-            f"  {f.node} [{f.op_type}]: {f.reason}" if f.op_type else f"  {f.node}: {f.reason}"
-            for f in self.findings])
+        return "\n".join(
+            [head + f"{len(self.findings)} problem(s)"]
+            + [
+                f"  {f.node} [{f.op_type}]: {f.reason}" if f.op_type else f"  {f.node}: {f.reason}"
+                for f in self.findings
+            ]
+        )
 
 
 def _supports(target: str, first: str) -> bool:
@@ -146,8 +153,13 @@ def _check_graph(g: Graph, target: str) -> list[Finding]:
     lo, hi = _OPSET_RANGE[target]
     out = []
     if not lo <= g.opset <= hi:
-        out.append(Finding("<model>", "", f"ai.onnx opset {g.opset} is outside the {lo}..{hi} "
-                                          f"range the TensorRT {target} parser supports"))
+        out.append(
+            Finding(
+                "<model>",
+                "",
+                f"ai.onnx opset {g.opset} is outside the {lo}..{hi} range the TensorRT {target} parser supports",
+            )
+        )
     allowed = _TYPES[target]
     tensors = [(vi.name, vi.type.tensor_type.elem_type, "<input>") for vi in g.model.graph.input]
     tensors += [(vi.name, vi.type.tensor_type.elem_type, "<output>") for vi in g.model.graph.output]
@@ -160,8 +172,13 @@ def _check_graph(g: Graph, target: str) -> list[Finding]:
                 tensors.append((node_name(node), a.i, node.op_type))
     for name, dtype, kind in tensors:
         if dtype in TensorProto.DataType.values() and dtype and dtype not in allowed:
-            out.append(Finding(name, kind, f"element type {TensorProto.DataType.Name(dtype)} "
-                                           f"cannot be imported by TensorRT {target}"))
+            out.append(
+                Finding(
+                    name,
+                    kind,
+                    f"element type {TensorProto.DataType.Name(dtype)} cannot be imported by TensorRT {target}",
+                )
+            )
     return out
 
 
@@ -176,8 +193,10 @@ def _check_node(g: Graph, node: onnx.NodeProto, target: str) -> list[str]:
         if any(f.domain == domain and f.name == op for f in g.model.functions):
             # ONNX local functions are inlined by the parser from TensorRT 9.0 (Changelog 9.0 EA).
             return [] if _supports(target, "10.3") else ["ONNX local functions need TensorRT 9.0+"]
-        return [f"custom op in domain '{domain}': not built into the TensorRT {target} parser "
-                "(it would need a plugin registered under that name)"]
+        return [
+            f"custom op in domain '{domain}': not built into the TensorRT {target} parser "
+            "(it would need a plugin registered under that name)"
+        ]
     first = _SUPPORTED_FROM.get(op)
     if first is None:
         return [f"{op} is not in the TensorRT {target} ONNX parser's support matrix"]
@@ -187,8 +206,10 @@ def _check_node(g: Graph, node: onnx.NodeProto, target: str) -> list[str]:
     try:  # the op's version at the model's opset must be one the parser knows
         since = onnx.defs.get_schema(op, g.opset, "").since_version
         if since > _OPSET_RANGE[target][1]:
-            reasons.append(f"{op}-{since} is newer than opset {_OPSET_RANGE[target][1]}, "
-                           f"the newest the TensorRT {target} parser reads")
+            reasons.append(
+                f"{op}-{since} is newer than opset {_OPSET_RANGE[target][1]}, "
+                f"the newest the TensorRT {target} parser reads"
+            )
     except Exception:  # noqa: BLE001 - op unknown to this onnx build: the table decides
         pass
     if op in _CONST_INPUTS:
@@ -196,12 +217,13 @@ def _check_node(g: Graph, node: onnx.NodeProto, target: str) -> list[str]:
         name = node.input[idx] if len(node.input) > idx else ""
         if name and target in targets and not g.is_weights(name):
             if target in _STRICT and g.constant_value(name) is not None:
-                reasons.append(f"{what} is computed from constants but TensorRT {target} wants an "
-                               "initializer: fold constants first (polygraphy surgeon sanitize "
-                               "--fold-constants)")
+                reasons.append(
+                    f"{what} is computed from constants but TensorRT {target} wants an "
+                    "initializer: fold constants first (polygraphy surgeon sanitize "
+                    "--fold-constants)"
+                )
             elif g.constant_value(name) is None:
-                reasons.append(f"{what} must be a constant for TensorRT {target}, here it is "
-                               "computed at run time")
+                reasons.append(f"{what} must be a constant for TensorRT {target}, here it is computed at run time")
     if op == "TopK":
         reasons += _check_topk(g, node, attrs, target)
     if op in ("ScatterElements", "ScatterND"):
@@ -218,8 +240,7 @@ def _check_topk(g: Graph, node: onnx.NodeProto, attrs: dict, target: str) -> lis
         reasons.append("sorted=0: the parser requires sorted=1 (operators.md, TensorRT 10.x)")
     dtype = g.types.get(node.input[0], 0)
     if dtype and dtype not in _TOPK_TYPES[target]:
-        reasons.append(f"TopK on {TensorProto.DataType.Name(dtype)} input is not imported by "
-                       f"TensorRT {target}")
+        reasons.append(f"TopK on {TensorProto.DataType.Name(dtype)} input is not imported by TensorRT {target}")
     return reasons
 
 
@@ -231,16 +252,20 @@ def _check_scatter(op: str, attrs: dict, target: str) -> list[str]:
         # attribute, so the engine builds and overwrites instead of reducing (NVIDIA/TensorRT#3750,
         # onnx/onnx-tensorrt#957). ScatterElements reductions import from 10.0 EA, through the
         # standard "ScatterElements" plugin (v2 since 10.3), so libnvinfer_plugin must be loaded.
-        return [f"{op} reduction='{reduction}' is silently ignored by TensorRT {target} "
-                "(wrong results): use a one-hot MatMul or Gather instead"]
+        return [
+            f"{op} reduction='{reduction}' is silently ignored by TensorRT {target} "
+            "(wrong results): use a one-hot MatMul or Gather instead"
+        ]
     if reduction != "none" and op == "ScatterND":
         # 10.x/11 importer: "ScatterND with reduction is not supported" (kUNSUPPORTED_NODE_ATTR).
         return [f"ScatterND reduction='{reduction}' is rejected by the TensorRT {target} parser"]
     if op == "ScatterND" and "reduction" in attrs and target == "10.3":
         # 10.0-10.8 assert the attribute is absent even when it is 'none' (error text
         # `!attrs.count("reduction")` in user reports); 10.9 "Fixed support for opset 18+ ScatterND".
-        return ["ScatterND with an explicit reduction attribute (even 'none') is rejected by "
-                "TensorRT 10.0-10.8 parsers: drop the attribute"]
+        return [
+            "ScatterND with an explicit reduction attribute (even 'none') is rejected by "
+            "TensorRT 10.0-10.8 parsers: drop the attribute"
+        ]
     return []
 
 
@@ -251,8 +276,7 @@ def check_model(model: ModelLike, target: str) -> CheckReport:
     """
     if target not in TRT_TARGETS:
         where = "" if isinstance(model, onnx.ModelProto) else f"{os.fspath(model)}: "
-        raise LTMPError(f"{where}unknown TensorRT target {target!r}; valid targets: "
-                        + ", ".join(TRT_TARGETS))
+        raise LTMPError(f"{where}unknown TensorRT target {target!r}; valid targets: " + ", ".join(TRT_TARGETS))
     g = Graph(load(model))
     findings = _check_graph(g, target)
     for node in g.all_nodes:

@@ -23,7 +23,7 @@ TRT_TARGETS: dict[str, str] = {
 
 
 def normalize_trt_version(version: str) -> str:
-    """"8.5.2.2", "v8502" / "v100300" (trtexec's banner) or "10.3.0.30-1+cuda12.5" (dpkg) -> dotted."""
+    """ "8.5.2.2", "v8502" / "v100300" (trtexec's banner) or "10.3.0.30-1+cuda12.5" (dpkg) -> dotted."""
     text = re.split(r"[-+~]", str(version).strip(), maxsplit=1)[0]
     banner = re.fullmatch(r"v?(\d{4,6})", text)
     if banner:  # trtexec prints major*1000+minor*100+patch for 8.x, major*10000+minor*100+patch for 10+

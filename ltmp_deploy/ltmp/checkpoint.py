@@ -17,7 +17,7 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import timm
 import torch
@@ -27,7 +27,13 @@ from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output
 from ltmp_deploy.formats import (
-    CHECKPOINT_METADATA_KEY, SAFETENSORS_KINDS, THRESHOLD_SUFFIXES, STATE_DICT_KINDS, FileKind, expect, safetensors_metadata,
+    CHECKPOINT_METADATA_KEY,
+    SAFETENSORS_KINDS,
+    STATE_DICT_KINDS,
+    THRESHOLD_SUFFIXES,
+    FileKind,
+    expect,
+    safetensors_metadata,
 )
 from ltmp_deploy.ltmp.data_config import model_data_config
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer, apply_patch
@@ -68,8 +74,8 @@ def architecture_from_file(path: str | os.PathLike) -> dict[str, Any]:
 def create_model(
     model: str | dict[str, Any],
     *,
-    weights: Optional[str | os.PathLike] = None,
-    reference_checkpoint: Optional[str | os.PathLike] = None,
+    weights: str | os.PathLike | None = None,
+    reference_checkpoint: str | os.PathLike | None = None,
     mode: str = "threshold",
     **kwargs: Any,
 ) -> LTMPVisionTransformer:
@@ -123,7 +129,11 @@ def _load_into(model: LTMPVisionTransformer, state: dict[str, torch.Tensor], pat
     expected = set(own) if need_thresholds else set(own) - thresholds
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k} {tuple(state[k].shape)} (model: {tuple(own[k].shape)})" for k in sorted(set(state) & set(own)) if state[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (model: {tuple(own[k].shape)})"
+        for k in sorted(set(state) & set(own))
+        if state[k].shape != own[k].shape
+    ]
     name = model.ltmp.architecture.get("timm_model") or model.ltmp.architecture.get("timm_class")
     if missing:
         what = "LTMP thresholds" if set(missing) <= thresholds else "weights"
@@ -152,7 +162,7 @@ def metadata(model: LTMPVisionTransformer) -> dict[str, Any]:
     }
 
 
-def save_checkpoint(model: LTMPVisionTransformer, path: str | os.PathLike, extra: Optional[dict[str, Any]] = None) -> Path:
+def save_checkpoint(model: LTMPVisionTransformer, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write the toolkit checkpoint atomically: whole or not at all."""
     meta = {**metadata(model), **(extra or {})}
     _check_rebuildable(model)
@@ -179,7 +189,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata of a toolkit checkpoint, without loading the weights."""
     path = Path(path)
     if expect(path, *SAFETENSORS_KINDS, what=FileKind.TOOLKIT_CHECKPOINT.human) is FileKind.SAFETENSORS:
-        raise LTMPError(f"{path}: a safetensors file without ltmp-deploy metadata (pass it as --weights or --reference-checkpoint instead)")
+        raise LTMPError(
+            f"{path}: a safetensors file without ltmp-deploy metadata (pass it as --weights or "
+            "--reference-checkpoint instead)"
+        )
     try:
         meta = json.loads(safetensors_metadata(path)[CHECKPOINT_METADATA_KEY])
     except (TypeError, ValueError) as err:
@@ -191,7 +204,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: str | os.PathLike, mode: Optional[str] = None) -> LTMPVisionTransformer:
+def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> LTMPVisionTransformer:
     """Rebuild the patched model from a toolkit checkpoint, in its saved mode unless told."""
     meta = read_metadata(path)
     model = apply_patch(build_model(meta["architecture"]).eval(), mode="threshold", architecture=meta["architecture"])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ltmp_deploy.errors import LTMPError
 
@@ -16,7 +16,7 @@ class Schedule:
     keeps: tuple[int, ...]
 
     @classmethod
-    def from_pairs(cls, pairs: Sequence[Sequence[int]]) -> "Schedule":
+    def from_pairs(cls, pairs: Sequence[Sequence[int]]) -> Schedule:
         try:
             merges = tuple(int(r) for r, _ in pairs)
             keeps = tuple(int(k) for _, k in pairs)
@@ -45,9 +45,11 @@ class Schedule:
             if not 0 <= r <= mergeable:
                 raise LTMPError(f"schedule block {i}: r={r} but only {mergeable} of its {n} tokens can merge")
             if not num_prefix <= k <= n - r:
-                raise LTMPError(f"schedule block {i}: k={k} must lie in [{num_prefix}, {n - r}] ({n} tokens in, {r} merged)")
+                raise LTMPError(
+                    f"schedule block {i}: k={k} must lie in [{num_prefix}, {n - r}] ({n} tokens in, {r} merged)"
+                )
             n = k
 
     @classmethod
-    def identity(cls, depth: int, num_tokens: int) -> "Schedule":
+    def identity(cls, depth: int, num_tokens: int) -> Schedule:
         return cls((0,) * depth, (num_tokens,) * depth)

@@ -23,6 +23,16 @@ def token_maps(model: LTMPVisionTransformer, image: torch.Tensor) -> list[dict[s
     for i, d in enumerate(out.decisions):
         source = d.source[0]  # (K, P)
         valid = torch.arange(source.shape[0]) < int(d.n_out[0].round())
-        owner = torch.where(valid[:, None] & (source > 0.5), torch.arange(source.shape[0])[:, None], -1).max(dim=0).values
-        maps.append({"block": i, "owner": owner.numpy(), "kept": int(d.n_out[0].round()), "merged": int(d.merged()[0].sum()), "pruned": int(d.pruned()[0].sum())})
+        owner = (
+            torch.where(valid[:, None] & (source > 0.5), torch.arange(source.shape[0])[:, None], -1).max(dim=0).values
+        )
+        maps.append(
+            {
+                "block": i,
+                "owner": owner.numpy(),
+                "kept": int(d.n_out[0].round()),
+                "merged": int(d.merged()[0].sum()),
+                "pruned": int(d.pruned()[0].sum()),
+            }
+        )
     return maps

@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,14 +33,14 @@ LABELS_KEY = "labels"  # metadata key: one class name per class, in class order
 NO_DECISIONS = "has no decision outputs to log; export it with `ltmp-deploy export --decisions`"
 
 
-def class_labels(meta: Mapping[str, Any]) -> Optional[list[str]]:
+def class_labels(meta: Mapping[str, Any]) -> list[str] | None:
     """Class names from a file's metadata, when it carries one per class."""
     labels = meta.get(LABELS_KEY)
     named = isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)
     return labels if named and meta.get("num_classes") in (None, len(labels)) else None
 
 
-def topk_entries(indices: np.ndarray, probs: np.ndarray, labels: Optional[Sequence[str]]) -> list[dict[str, Any]]:
+def topk_entries(indices: np.ndarray, probs: np.ndarray, labels: Sequence[str] | None) -> list[dict[str, Any]]:
     """One image's top-k as [{"class", "label", "prob"}], best first (label None without labels)."""
     return [
         {"class": int(c), "label": labels[int(c)] if labels else None, "prob": round(float(p), 6)}
@@ -47,7 +48,7 @@ def topk_entries(indices: np.ndarray, probs: np.ndarray, labels: Optional[Sequen
     ]
 
 
-def image_name(image: ImageLike) -> Optional[str]:
+def image_name(image: ImageLike) -> str | None:
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else None
 
 
@@ -112,7 +113,7 @@ class AuditLog:
         """Drop everything written; nothing appears at ``path``."""
         self._stack.__exit__(LTMPError, LTMPError("discarded"), None)
 
-    def __enter__(self) -> "AuditLog":
+    def __enter__(self) -> AuditLog:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -21,14 +21,15 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.extras import FULL
 from ltmp_deploy.export.metadata import decode
+from ltmp_deploy.extras import FULL, ORT
 from ltmp_deploy.formats import FileKind, expect
 from ltmp_deploy.runtime.engine import batch_range, engine_runner, model_file_kind, quiet_polygraphy
 
@@ -36,7 +37,6 @@ BACKENDS = ("onnxruntime", "tensorrt", "torch")
 KIND_BACKEND = {FileKind.ONNX: "onnxruntime", FileKind.ENGINE: "tensorrt", FileKind.TOOLKIT_CHECKPOINT: "torch"}
 # Execution providers in the order "auto" prefers them, when ONNX Runtime has them.
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-ORT_HINT = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA and TensorRT providers; the ltmp-deploy[gpu] extra), never both"
 PLUGIN_GROUP = "ltmp_deploy.backends"
 
 Provider = Union[str, tuple[str, dict[str, Any]]]
@@ -55,8 +55,14 @@ def resolve_backend(path: Path, backend: str) -> str:
     advice = {
         ("onnxruntime", "tensorrt"): "an engine runs only on TensorRT",
         ("torch", "tensorrt"): "an engine runs only on TensorRT",
-        ("tensorrt", "onnxruntime"): "build an engine first with `ltmp-deploy build`, or use the onnxruntime backend with providers=['TensorrtExecutionProvider']",
-        ("torch", "onnxruntime"): "a graph runs on ONNX Runtime or, once built, TensorRT; open the checkpoint for the torch backend",
+        ("tensorrt", "onnxruntime"): (
+            "build an engine first with `ltmp-deploy build`, "
+            "or use the onnxruntime backend with providers=['TensorrtExecutionProvider']"
+        ),
+        (
+            "torch",
+            "onnxruntime",
+        ): "a graph runs on ONNX Runtime or, once built, TensorRT; open the checkpoint for the torch backend",
         ("onnxruntime", "torch"): "export it first with `ltmp-deploy export`",
         ("tensorrt", "torch"): "export it with `ltmp-deploy export`, then build with `ltmp-deploy build`",
     }[(backend, natural)]
@@ -81,12 +87,12 @@ class Backend:
     path: Path
     input_name: str
     input_dtype: np.dtype
-    input_shape: tuple[Optional[int], ...]
+    input_shape: tuple[int | None, ...]
     output_names: list[str]
-    batch_range: tuple[int, Optional[int]]
+    batch_range: tuple[int, int | None]
     metadata: dict[str, Any]
-    providers: Optional[list[str]] = None
-    sidecar: Optional[dict[str, Any]] = None
+    providers: list[str] | None = None
+    sidecar: dict[str, Any] | None = None
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -95,15 +101,15 @@ class Backend:
         pass
 
 
-def static_dims(shape: Sequence[Any]) -> tuple[Optional[int], ...]:
+def static_dims(shape: Sequence[Any]) -> tuple[int | None, ...]:
     return tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape)
 
 
-def shape_batch_range(shape: tuple[Optional[int], ...]) -> tuple[int, Optional[int]]:
+def shape_batch_range(shape: tuple[int | None, ...]) -> tuple[int, int | None]:
     return (1, None) if not shape or shape[0] is None else (shape[0], shape[0])
 
 
-def choose_providers(ort: Any, requested: Optional[Sequence[Provider]], path: Path) -> list[Provider]:
+def choose_providers(ort: Any, requested: Sequence[Provider] | None, path: Path) -> list[Provider]:
     """``requested`` (checked against what is installed), or the best available in AUTO_PROVIDERS order."""
     available = list(ort.get_available_providers())
     if requested is None:
@@ -113,15 +119,18 @@ def choose_providers(ort: Any, requested: Optional[Sequence[Provider]], path: Pa
         name = item[0] if isinstance(item, tuple) else item
         matches = [p for p in available if p == name] or [p for p in available if str(name).lower() in p.lower()]
         if not matches:
-            hint = f"; {ORT_HINT}" if "CUDA" in str(name).upper() or "TENSORRT" in str(name).upper() else ""
-            raise LTMPError(f"{path}: ONNX Runtime execution provider {name!r} is not available here (available: {', '.join(available)}){hint}")
+            hint = f"; {ORT}" if "CUDA" in str(name).upper() or "TENSORRT" in str(name).upper() else ""
+            raise LTMPError(
+                f"{path}: ONNX Runtime execution provider {name!r} is not available here (available: "
+                f"{', '.join(available)}){hint}"
+            )
         chosen.append((matches[0], item[1]) if isinstance(item, tuple) else matches[0])
     return chosen
 
 
-def ort_session(path: Path, providers: Optional[Sequence[Provider]] = None) -> Any:
+def ort_session(path: Path, providers: Sequence[Provider] | None = None) -> Any:
     """An ONNX Runtime InferenceSession via Polygraphy's SessionFromOnnx, with one-line errors."""
-    ort = require("onnxruntime", path, ORT_HINT)
+    ort = require("onnxruntime", path, ORT)
     chosen = choose_providers(ort, providers, path)
     from polygraphy.backend.onnxrt import SessionFromOnnx
 
@@ -136,13 +145,15 @@ def ort_session(path: Path, providers: Optional[Sequence[Provider]] = None) -> A
 class OnnxruntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: Path, providers: Optional[Sequence[Provider]] = None) -> None:
+    def __init__(self, path: Path, providers: Sequence[Provider] | None = None) -> None:
         self.path = path
         self.session = ort_session(path, providers)
         self.providers = list(self.session.get_providers())
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
-            raise LTMPError(f"{path}: expected one image input, the graph has {len(inputs)}: {', '.join(i.name for i in inputs)}")
+            raise LTMPError(
+                f"{path}: expected one image input, the graph has {len(inputs)}: {', '.join(i.name for i in inputs)}"
+            )
         from polygraphy.datatype import DataType
 
         self.input_name = inputs[0].name
@@ -156,7 +167,10 @@ class OnnxruntimeBackend(Backend):
         try:
             outputs = self.session.run(None, {self.input_name: batch})
         except Exception as err:  # noqa: BLE001
-            raise LTMPError(f"{self.path}: ONNX Runtime failed on a batch of shape {batch.shape}: {str(err).strip().splitlines()[0][:300]}") from err
+            raise LTMPError(
+                f"{self.path}: ONNX Runtime failed on a batch of shape {batch.shape}: "
+                f"{str(err).strip().splitlines()[0][:300]}"
+            ) from err
         return dict(zip(self.output_names, outputs))
 
     def close(self) -> None:
@@ -176,10 +190,12 @@ class TensorrtBackend(Backend):
             meta = self.runner.get_input_metadata(use_numpy_dtypes=False)
         if len(meta) != 1:
             raise LTMPError(f"{path}: expected one image input, the engine has {len(meta)}: {', '.join(meta)}")
-        (self.input_name, (dtype, shape)), = meta.items()
+        ((self.input_name, (dtype, shape)),) = meta.items()
         self.input_dtype = np.dtype(DataType.to_dtype(DataType.from_dtype(dtype), "numpy"))
         self.input_shape = static_dims(shape)
-        self.batch_range = batch_range(self.runner.engine, self.input_name, self.input_shape[0] if self.input_shape else None)
+        self.batch_range = batch_range(
+            self.runner.engine, self.input_name, self.input_shape[0] if self.input_shape else None
+        )
         engine = self.runner.engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.output_names = [n for n in names if n != self.input_name]
@@ -192,7 +208,10 @@ class TensorrtBackend(Backend):
             with quiet_polygraphy():
                 outputs = self.runner.infer({self.input_name: batch}, check_inputs=False)
         except Exception as err:  # noqa: BLE001  (PolygraphyException or TensorRT's errors)
-            raise LTMPError(f"{self.path}: TensorRT failed on a batch of shape {batch.shape}: {str(err).strip().splitlines()[0][:300]}") from err
+            raise LTMPError(
+                f"{self.path}: TensorRT failed on a batch of shape {batch.shape}: "
+                f"{str(err).strip().splitlines()[0][:300]}"
+            ) from err
         return {k: np.array(v, copy=True) for k, v in outputs.items()}  # the runner reuses its buffers
 
     def close(self) -> None:
@@ -215,7 +234,9 @@ def plugin_backend(name: str, path: Path) -> Backend:
     return backend(path)
 
 
-def open_backend(path: str | os.PathLike, backend: str = "auto", providers: Optional[Sequence[Provider]] = None) -> Backend:
+def open_backend(
+    path: str | os.PathLike, backend: str = "auto", providers: Sequence[Provider] | None = None
+) -> Backend:
     path = Path(path)
     if not path.is_file():
         raise LTMPError(f"{path}: no such file")

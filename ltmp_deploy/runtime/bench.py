@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
 
 
 @dataclass
@@ -43,8 +43,11 @@ def percentile(samples: Sequence[float], q: float) -> float:
 
 
 def interleaved(
-    variants: Mapping[str, Callable[[], object]], batch: int, rounds: int = 20, warmup: int = 2,
-    on_round: Optional[Callable[[], None]] = None,
+    variants: Mapping[str, Callable[[], object]],
+    batch: int,
+    rounds: int = 20,
+    warmup: int = 2,
+    on_round: Callable[[], None] | None = None,
 ) -> dict[str, Timing]:
     """Time each zero-argument callable ``rounds`` times, interleaved, after ``warmup`` calls.
     ``on_round`` is called after each round, outside the timed calls (a progress bar)."""
@@ -59,14 +62,19 @@ def interleaved(
             samples[name].append((time.perf_counter() - start) * 1e3)
         if on_round is not None:
             on_round()
-    return {name: Timing(name, statistics.median(v), percentile(v, 0.9), len(v), batch, tuple(v)) for name, v in samples.items()}
+    return {
+        name: Timing(name, statistics.median(v), percentile(v, 0.9), len(v), batch, tuple(v))
+        for name, v in samples.items()
+    }
 
 
 def table(timings: Mapping[str, Timing], baselines: tuple[str, ...] = ()) -> str:
     """A readable table: median, fastest and p90 latency, throughput, and the ratio of medians to
     each baseline. (Noise only ever adds time, so on a shared machine the fastest run is worth a
     look beside the median.)"""
-    head = f"{'variant':<18} {'median ms':>10} {'min ms':>9} {'p90 ms':>9} {'img/s':>8}" + "".join(f" {'vs ' + b:>14}" for b in baselines)
+    head = f"{'variant':<18} {'median ms':>10} {'min ms':>9} {'p90 ms':>9} {'img/s':>8}" + "".join(
+        f" {'vs ' + b:>14}" for b in baselines
+    )
     lines = [head]
     for t in timings.values():
         ratios = "".join(f" {t.median_ms / timings[b].median_ms:>14.3f}" for b in baselines if b in timings)

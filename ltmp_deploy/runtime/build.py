@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.calibration_data import CalibrationLike, read_calibration_data
@@ -38,10 +38,10 @@ NO_TENSORRT_ADVICE = (
 class BuildResult:
     """What :func:`build` did."""
 
-    engine: Optional[Path] = None  # None when only the trtexec line was asked for
-    sidecar: Optional[Path] = None
-    trtexec: Optional[str] = None  # the equivalent trtexec line (None for a sidecar of trtexec's engine)
-    quantized: Optional[Path] = None  # the Q/DQ graph written first, for INT8 on a float graph
+    engine: Path | None = None  # None when only the trtexec line was asked for
+    sidecar: Path | None = None
+    trtexec: str | None = None  # the equivalent trtexec line (None for a sidecar of trtexec's engine)
+    quantized: Path | None = None  # the Q/DQ graph written first, for INT8 on a float graph
 
 
 def quantized_path(engine: str | os.PathLike) -> Path:
@@ -50,9 +50,16 @@ def quantized_path(engine: str | os.PathLike) -> Path:
     return engine.with_name(engine.stem + ".int8.onnx")
 
 
-def build(onnx_path: str | os.PathLike, out: str | os.PathLike, options: BuildOptions, *,
-          calibration: Optional[CalibrationLike] = None, calibration_method: str = "minmax",
-          print_trtexec: bool = False, built_by_trtexec: Optional[str] = None) -> BuildResult:
+def build(
+    onnx_path: str | os.PathLike,
+    out: str | os.PathLike,
+    options: BuildOptions,
+    *,
+    calibration: CalibrationLike | None = None,
+    calibration_method: str = "minmax",
+    print_trtexec: bool = False,
+    built_by_trtexec: str | None = None,
+) -> BuildResult:
     """``ltmp-deploy build``: build ``out`` and ``out.json`` from ``onnx_path`` for ``options``.
 
     ``calibration`` (an array, or a .npy/.npz/Polygraphy JSON file of preprocessed images)
@@ -92,9 +99,9 @@ def build_engine(
     onnx_path: str | os.PathLike,
     out: str | os.PathLike,
     preset: str = "datacenter",
-    precision: Optional[str] = None,
+    precision: str | None = None,
     *,
-    calibration: Optional[CalibrationLike] = None,
+    calibration: CalibrationLike | None = None,
     calibration_method: str = "minmax",
     **options: Any,
 ) -> Path:
@@ -110,18 +117,25 @@ def build_engine(
     return build(onnx_path, out, opts, calibration=calibration, calibration_method=calibration_method).engine
 
 
-def _calibration_images(graph: GraphInfo, calibration: Optional[CalibrationLike]) -> Any:
+def _calibration_images(graph: GraphInfo, calibration: CalibrationLike | None) -> Any:
     """The calibration set, read and checked before any long work (INT8 on a float graph)."""
     if calibration is None:
-        raise LTMPError(f"{graph.path}: --precision int8 on a graph without Q/DQ nodes needs --calibration FILE "
-                        "(preprocessed images, N x C x H x W: .npy, .npz or Polygraphy JSON)")
+        raise LTMPError(
+            f"{graph.path}: --precision int8 on a graph without Q/DQ nodes needs --calibration FILE "
+            "(preprocessed images, N x C x H x W: .npy, .npz or Polygraphy JSON)"
+        )
     return read_calibration_data(calibration, graph.input_shape)
 
 
 def _build(plan: BuildPlan, trt: Any) -> Any:
     """Serialized engine bytes from Polygraphy's loaders (nothing runs until the last call)."""
-    from polygraphy.backend.trt import (CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, PostprocessConfig,
-                                        Profile)
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineBytesFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessConfig,
+        Profile,
+    )
     from polygraphy.exception import PolygraphyException
 
     network = NetworkFromOnnxPath(str(plan.graph.path), strongly_typed=plan.strongly_typed or None)

@@ -16,12 +16,12 @@ import ctypes
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.compare import quiet_polygraphy
-from ltmp_deploy.formats import FileKind, sniff
 from ltmp_deploy.export.trt_targets import normalize_trt_version
+from ltmp_deploy.formats import FileKind, sniff
 
 REBUILD = "rebuild it with `ltmp-deploy build` on this device"
 TENSORRT_HINT = (
@@ -39,7 +39,7 @@ def import_tensorrt(path: str | os.PathLike, advice: str = TENSORRT_HINT) -> Any
     return tensorrt
 
 
-def tensorrt_version() -> Optional[str]:
+def tensorrt_version() -> str | None:
     """The installed TensorRT version, or None when ``import tensorrt`` fails."""
     try:
         return str(import_tensorrt("tensorrt").__version__)
@@ -76,7 +76,7 @@ def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
-def current_gpu() -> Optional[str]:
+def current_gpu() -> str | None:
     """Name of the current CUDA device ("NVIDIA H200", "Orin"), or None when it cannot be read.
 
     Asks the CUDA runtime that Polygraphy loads (``cudaGetDeviceProperties``: the name is the
@@ -104,7 +104,7 @@ def _gpu_key(name: Any) -> str:
     if isinstance(name, dict):
         name = name.get("name", "")
     key = " ".join(str(name).lower().split())
-    return key[len("nvidia "):] if key.startswith("nvidia ") else key
+    return key[len("nvidia ") :] if key.startswith("nvidia ") else key
 
 
 def _flag(sidecar: dict[str, Any], key: str) -> bool:
@@ -120,7 +120,7 @@ def _release(version: Any) -> str:
         return str(version)
 
 
-def check_compatible(engine: str | os.PathLike, sidecar: dict[str, Any], trt_version: str, gpu: Optional[str]) -> None:
+def check_compatible(engine: str | os.PathLike, sidecar: dict[str, Any], trt_version: str, gpu: str | None) -> None:
     """Refuse an engine whose sidecar names another TensorRT version or another GPU."""
     built_version = sidecar.get("tensorrt_version")
     if built_version and _release(built_version) != _release(trt_version) and not _flag(sidecar, "version_compatible"):
@@ -158,7 +158,7 @@ def load_engine(engine: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     return loaded, sidecar
 
 
-def engine_runner(engine: str | os.PathLike, name: Optional[str] = None) -> tuple[Any, dict[str, Any]]:
+def engine_runner(engine: str | os.PathLike, name: str | None = None) -> tuple[Any, dict[str, Any]]:
     """A Polygraphy ``TrtRunner`` over the checked, deserialized engine, and its sidecar."""
     loaded, sidecar = load_engine(engine)
     from polygraphy.backend.trt import TrtRunner
@@ -166,7 +166,7 @@ def engine_runner(engine: str | os.PathLike, name: Optional[str] = None) -> tupl
     return TrtRunner(loaded, name=name), sidecar
 
 
-def batch_range(trt_engine: Any, input_name: str, fixed: Optional[int]) -> tuple[int, Optional[int]]:
+def batch_range(trt_engine: Any, input_name: str, fixed: int | None) -> tuple[int, int | None]:
     """The batch sizes an engine takes: its fixed batch, or optimization profile 0's min..max."""
     if fixed is not None:
         return fixed, fixed

@@ -16,16 +16,20 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import sha256
 from ltmp_deploy.formats import (
-    CHECKPOINT_METADATA_KEY, THRESHOLD_SUFFIXES, FileKind, expect, safetensors_header,
+    CHECKPOINT_METADATA_KEY,
+    THRESHOLD_SUFFIXES,
+    FileKind,
+    expect,
+    safetensors_header,
 )
 from ltmp_deploy.runtime.engine import model_file_kind, read_sidecar, sidecar_path
-
 
 
 def file_kind(path: str | os.PathLike) -> str:
@@ -153,7 +157,7 @@ def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _fmt(values: Optional[list[float]]) -> str:
+def _fmt(values: list[float] | None) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]" if values is not None else "-"
 
 

@@ -30,7 +30,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import onnx
 
@@ -52,18 +52,18 @@ class BuildOptions:
     """What the user asks for; :func:`plan_build` checks it and fills in the preset's defaults."""
 
     preset: str = "datacenter"
-    precision: Optional[str] = None  # fp32 | fp16 | bf16 | int8; None: the preset's default
-    trt: Optional[str] = None  # target TensorRT version (a TRT_VERSIONS key); None: installed / preset default
-    min_batch: Optional[int] = None
-    opt_batch: Optional[int] = None
-    max_batch: Optional[int] = None
-    dla_core: Optional[int] = None
-    workspace_mib: Optional[int] = None
-    timing_cache: Optional[str] = None
-    opt_level: Optional[int] = None
+    precision: str | None = None  # fp32 | fp16 | bf16 | int8; None: the preset's default
+    trt: str | None = None  # target TensorRT version (a TRT_VERSIONS key); None: installed / preset default
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    dla_core: int | None = None
+    workspace_mib: int | None = None
+    timing_cache: str | None = None
+    opt_level: int | None = None
     hardware_compat: bool = False
     version_compatible: bool = False
-    strongly_typed: Optional[bool] = None  # None: chosen from the TensorRT version and the graph
+    strongly_typed: bool | None = None  # None: chosen from the TensorRT version and the graph
 
 
 @dataclass
@@ -73,12 +73,12 @@ class GraphInfo:
     path: Path
     sha256: str
     metadata: dict[str, Any]
-    input_shape: tuple[Optional[int], ...]  # (batch or None, C, H, W)
+    input_shape: tuple[int | None, ...]  # (batch or None, C, H, W)
     precision: str  # what the graph carries: fp32 | fp16 | bf16 | int8 (Q/DQ)
-    model: Optional[onnx.ModelProto] = field(default=None, repr=False, compare=False)
+    model: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
 
     @property
-    def mode(self) -> Optional[str]:
+    def mode(self) -> str | None:
         return self.metadata.get("mode")
 
 
@@ -92,13 +92,13 @@ class BuildPlan:
     precision: str
     strongly_typed: bool
     flags: list[str]  # weakly typed builder precision flags: fp16 / int8 / bf16
-    profile: Optional[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]  # None: static input
-    workspace_mib: Optional[int]
-    dla_core: Optional[int]
-    opt_level: Optional[int]
+    profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None  # None: static input
+    workspace_mib: int | None
+    dla_core: int | None
+    opt_level: int | None
     hardware_compat: bool
     version_compatible: bool
-    timing_cache: Optional[str]
+    timing_cache: str | None
     notes: list[str] = field(default_factory=list)
 
     def shapes(self) -> dict[str, list[int]]:
@@ -112,7 +112,7 @@ class BuildPlan:
 GraphLike = Union[GraphInfo, str, os.PathLike]
 
 
-def inspect_graph(onnx_path: str | os.PathLike, model: Optional[onnx.ModelProto] = None) -> GraphInfo:
+def inspect_graph(onnx_path: str | os.PathLike, model: onnx.ModelProto | None = None) -> GraphInfo:
     """Metadata, input shape, precision and hash of an exported graph (onnx only, no TensorRT).
 
     ``model``: the graph at ``onnx_path`` already loaded (a quantizer's output), so it is not read again.
@@ -133,8 +133,9 @@ def inspect_graph(onnx_path: str | os.PathLike, model: Optional[onnx.ModelProto]
     return GraphInfo(path, _sha256(path), read_metadata(model), shape, precision, model)
 
 
-def plan_build(graph: GraphLike, options: BuildOptions, *, installed: Optional[str] = None,
-               assume_int8: bool = False) -> BuildPlan:
+def plan_build(
+    graph: GraphLike, options: BuildOptions, *, installed: str | None = None, assume_int8: bool = False
+) -> BuildPlan:
     """Check ``options`` against the preset, the graph and the TensorRT version; raise LTMPError.
 
     ``graph``: a :class:`GraphInfo` or the path of an exported graph. ``installed``: the
@@ -169,25 +170,42 @@ def plan_build(graph: GraphLike, options: BuildOptions, *, installed: Optional[s
         notes.append("INT8 through the builder flag is deprecated in TensorRT 10.x; strongly typed builds avoid it")
     workspace = _check_options(where, preset, options, trt)
     _check_parser(graph, trt, preset)
-    return BuildPlan(graph, preset, trt, precision, strongly_typed, flags, profile, workspace, dla, options.opt_level,
-                     options.hardware_compat, options.version_compatible, options.timing_cache, notes)
+    return BuildPlan(
+        graph,
+        preset,
+        trt,
+        precision,
+        strongly_typed,
+        flags,
+        profile,
+        workspace,
+        dla,
+        options.opt_level,
+        options.hardware_compat,
+        options.version_compatible,
+        options.timing_cache,
+        notes,
+    )
 
 
-def _check_options(where: str, preset: Preset, options: BuildOptions, trt: str) -> Optional[int]:
+def _check_options(where: str, preset: Preset, options: BuildOptions, trt: str) -> int | None:
     """The builder options that do not touch precision; returns the workspace cap in MiB."""
     workspace = options.workspace_mib if options.workspace_mib is not None else preset.workspace_mib
     if workspace is not None and workspace < 1:
         raise LTMPError(f"--workspace {workspace}: must be at least 1 MiB")
     if options.opt_level is not None:
         if not 0 <= options.opt_level <= MAX_OPT_LEVEL:
-            raise LTMPError(f"--opt-level {options.opt_level}: TensorRT's builder optimization levels are "
-                            f"0 to {MAX_OPT_LEVEL}")
+            raise LTMPError(
+                f"--opt-level {options.opt_level}: TensorRT's builder optimization levels are 0 to {MAX_OPT_LEVEL}"
+            )
         if trt == "8.5":
             raise LTMPError(f"{where}: --opt-level needs TensorRT 8.6 or newer")
     if options.hardware_compat:
         if preset.jetson:
-            raise LTMPError(f"{where}: --hardware-compat is not supported for Jetson (JetPack) engines; "
-                            "build on each device type instead")
+            raise LTMPError(
+                f"{where}: --hardware-compat is not supported for Jetson (JetPack) engines; "
+                "build on each device type instead"
+            )
         if trt == "8.5":
             raise LTMPError(f"{where}: --hardware-compat needs TensorRT 8.6 or newer")
     if options.version_compatible and trt == "8.5":
@@ -203,20 +221,24 @@ def _preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def _target(preset: Preset, asked: Optional[str], installed: Optional[str]) -> str:
+def _target(preset: Preset, asked: str | None, installed: str | None) -> str:
     if asked is not None and asked not in TRT_VERSIONS:
         raise LTMPError(f"--trt {asked}: choose one of {', '.join(TRT_VERSIONS)}")
     if installed is not None:
         have = trt_key(installed)
         if asked is not None and asked != have:
-            raise LTMPError(f"--trt {asked}: this machine has TensorRT {installed}; an engine is built by the "
-                            f"installed TensorRT, so build where TensorRT {asked} is installed or drop --trt")
+            raise LTMPError(
+                f"--trt {asked}: this machine has TensorRT {installed}; an engine is built by the "
+                f"installed TensorRT, so build where TensorRT {asked} is installed or drop --trt"
+            )
         asked = have
     target = asked or preset.trt_versions[0]
     if target not in preset.trt_versions:
         extra = f" ({JETPACK})" if preset.jetson else ""
-        raise LTMPError(f"--preset {preset.name}: TensorRT {target} is not a target of this preset; "
-                        f"it takes {', '.join(preset.trt_versions)}{extra}")
+        raise LTMPError(
+            f"--preset {preset.name}: TensorRT {target} is not a target of this preset; "
+            f"it takes {', '.join(preset.trt_versions)}{extra}"
+        )
     return target
 
 
@@ -225,17 +247,23 @@ def _check_precision(where: str, graph: GraphInfo, precision: str, trt: str) -> 
     if carried == "int8" and precision != "int8":
         raise LTMPError(f"{where}: the graph has Q/DQ nodes (explicit INT8); build it with --precision int8")
     if precision == "int8" and carried != "int8":
-        raise LTMPError(f"{where}: --precision int8 needs Q/DQ nodes in the graph: pass --calibration FILE.npy "
-                        "(the build quantizes first) or run ltmp_deploy.export.quantize.quantize_int8")
+        raise LTMPError(
+            f"{where}: --precision int8 needs Q/DQ nodes in the graph: pass --calibration FILE.npy "
+            "(the build quantizes first) or run ltmp_deploy.export.quantize.quantize_int8"
+        )
     if carried in ("fp16", "bf16") and precision != carried:
-        raise LTMPError(f"{where}: the graph is {carried}; build it with --precision {carried}, "
-                        f"or export a float32 graph for --precision {precision}")
+        raise LTMPError(
+            f"{where}: the graph is {carried}; build it with --precision {carried}, "
+            f"or export a float32 graph for --precision {precision}"
+        )
     if precision == "bf16" and trt in ("8.5", "8.6"):
         raise LTMPError(f"{where}: BF16 needs TensorRT 9.0 or newer; use --precision fp16")
     if trt == "11" and precision in ("fp16", "bf16") and carried != precision:
         fix = "export with --fp16" if precision == "fp16" else "convert the graph to bf16 (NVIDIA ModelOpt AutoCast)"
-        raise LTMPError(f"{where}: TensorRT 11 has no {precision.upper()} builder flag (networks are strongly typed): "
-                        f"{fix} and build that graph")
+        raise LTMPError(
+            f"{where}: TensorRT 11 has no {precision.upper()} builder flag (networks are strongly typed): "
+            f"{fix} and build that graph"
+        )
 
 
 def _check_dla(where: str, preset: Preset, graph: GraphInfo, precision: str, dla: int, trt: str) -> None:
@@ -244,17 +272,21 @@ def _check_dla(where: str, preset: Preset, graph: GraphInfo, precision: str, dla
     if not 0 <= dla < preset.dla_cores:
         raise LTMPError(f"{where}: --dla-core {dla}: {preset.description} has DLA cores 0..{preset.dla_cores - 1}")
     if trt not in DLA_TRT_VERSIONS:
-        raise LTMPError(f"{where}: --dla-core {dla}: TensorRT {trt} does not run DLA on Jetson (TensorRT 10.7 was "
-                        f"the last 10.x release with DLA); build for the GPU, or for TensorRT {DLA_TRT_VERSIONS[-1]} "
-                        "(JetPack 6)")
+        raise LTMPError(
+            f"{where}: --dla-core {dla}: TensorRT {trt} does not run DLA on Jetson (TensorRT 10.7 was "
+            f"the last 10.x release with DLA); build for the GPU, or for TensorRT {DLA_TRT_VERSIONS[-1]} "
+            "(JetPack 6)"
+        )
     if precision not in ("fp16", "int8"):
         raise LTMPError(f"{where}: DLA runs FP16 or INT8 only; use --precision fp16 or int8 with --dla-core")
     if graph.mode == "threshold":
-        raise LTMPError(f"{where}: a threshold-mode graph has data-dependent token counts and DLA takes static shapes "
-                        "only: export fixed mode for DLA, or build without --dla-core")
+        raise LTMPError(
+            f"{where}: a threshold-mode graph has data-dependent token counts and DLA takes static shapes "
+            "only: export fixed mode for DLA, or build without --dla-core"
+        )
 
 
-def _profile(where: str, preset: Preset, graph: GraphInfo, options: BuildOptions, dla: Optional[int]):  # noqa: ANN202
+def _profile(where: str, preset: Preset, graph: GraphInfo, options: BuildOptions, dla: int | None):  # noqa: ANN202
     asked = (options.min_batch, options.opt_batch, options.max_batch)
     for flag, value in zip(("--min-batch", "--opt-batch", "--max-batch"), asked):
         if value is not None and value < 1:
@@ -262,16 +294,20 @@ def _profile(where: str, preset: Preset, graph: GraphInfo, options: BuildOptions
     fixed = graph.input_shape[0]
     if fixed is not None:
         if any(v is not None and v != fixed for v in asked):
-            raise LTMPError(f"{where}: the graph has a fixed batch of {fixed}; drop the batch options or export with a "
-                            "dynamic batch axis (no --batch)")
+            raise LTMPError(
+                f"{where}: the graph has a fixed batch of {fixed}; drop the batch options or export with a "
+                "dynamic batch axis (no --batch)"
+            )
         return None
     mn, opt, mx = asked
     if dla is not None:
         size = opt or mx or mn or 1
         mn, opt, mx = mn or size, opt or size, mx or size
         if not mn == opt == mx:
-            raise LTMPError(f"{where}: DLA takes static shapes only: give one batch size "
-                            f"(--min-batch = --opt-batch = --max-batch), not {mn}/{opt}/{mx}")
+            raise LTMPError(
+                f"{where}: DLA takes static shapes only: give one batch size "
+                f"(--min-batch = --opt-batch = --max-batch), not {mn}/{opt}/{mx}"
+            )
     else:
         mn = mn or min(preset.batch[0], opt or preset.batch[0], mx or preset.batch[0])
         mx = mx or max(preset.batch[2], opt or 0, mn)
@@ -282,7 +318,7 @@ def _profile(where: str, preset: Preset, graph: GraphInfo, options: BuildOptions
     return (mn, *chw), (opt, *chw), (mx, *chw)
 
 
-def _typing(where: str, graph: GraphInfo, precision: str, trt: str, asked: Optional[bool], dla: Optional[int]) -> bool:
+def _typing(where: str, graph: GraphInfo, precision: str, trt: str, asked: bool | None, dla: int | None) -> bool:
     if trt == "11":
         if asked is False:
             raise LTMPError(f"{where}: TensorRT 11 builds strongly typed networks only")
@@ -293,8 +329,10 @@ def _typing(where: str, graph: GraphInfo, precision: str, trt: str, asked: Optio
         return False
     if asked is not None:
         if asked and precision != graph.precision:
-            raise LTMPError(f"{where}: a strongly typed build takes its precision from the graph, which is "
-                            f"{graph.precision}, not {precision}")
+            raise LTMPError(
+                f"{where}: a strongly typed build takes its precision from the graph, which is "
+                f"{graph.precision}, not {precision}"
+            )
         return asked
     return dla is None and precision != "fp32" and precision == graph.precision
 
@@ -305,10 +343,14 @@ def _check_parser(graph: GraphInfo, trt: str, preset: Preset) -> None:
         return
     why = ""
     if graph.mode == "threshold" and trt == "8.5":
-        why = (" (a threshold-mode graph needs TensorRT 8.6 or newer: its TopK K is computed at run time; "
-               "export fixed mode for this target)")
-    raise LTMPError(f"{graph.path}: the TensorRT {trt} parser (--preset {preset.name}) would reject this graph{why}:\n"
-                    + report.summary())
+        why = (
+            " (a threshold-mode graph needs TensorRT 8.6 or newer: its TopK K is computed at run time; "
+            "export fixed mode for this target)"
+        )
+    raise LTMPError(
+        f"{graph.path}: the TensorRT {trt} parser (--preset {preset.name}) would reject this graph{why}:\n"
+        + report.summary()
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -317,5 +359,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image
 from tqdm import tqdm
@@ -77,7 +78,7 @@ def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def batch_size(session: Session, asked: Optional[int] = None) -> int:
+def batch_size(session: Session, asked: int | None = None) -> int:
     """The batch to run: the file's pinned batch, or ``asked`` (default 8) within its range."""
     low, high = session.batch_range
     if low == high:
@@ -94,7 +95,7 @@ def batch_size(session: Session, asked: Optional[int] = None) -> int:
 
 @dataclass
 class Prediction:
-    image: Optional[str]  # the file, as given
+    image: str | None  # the file, as given
     topk: list[dict[str, Any]]  # [{"class", "label", "prob"}], best first
 
 
@@ -102,8 +103,8 @@ def predict_files(
     session: Session,
     images: Iterable[ImageLike],
     k: int = 5,
-    batch: Optional[int] = None,
-    log: Optional[AuditLog] = None,
+    batch: int | None = None,
+    log: AuditLog | None = None,
     progress: bool = False,
 ) -> Iterator[Prediction]:
     """Run ``images`` through ``session`` a batch at a time, writing each batch to ``log`` if given;

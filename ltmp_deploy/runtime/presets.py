@@ -10,13 +10,15 @@ onnx, no TensorRT), so the CLI lists presets from it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
 from ltmp_deploy.export.trt_targets import TRT_TARGETS
 
 TRT_VERSIONS = tuple(TRT_TARGETS)
-JETPACK = ("JetPack 5.1.x ships TensorRT 8.5, JetPack 6.0 ships 8.6, JetPack 6.1/6.2 ship 10.3, "
-           "JetPack 7.0/7.1 (Jetson Thor) ship 10.13, JetPack 7.2 (Orin and Thor) ships 10.16")
+JETPACK = (
+    "JetPack 5.1.x ships TensorRT 8.5, JetPack 6.0 ships 8.6, JetPack 6.1/6.2 ship 10.3, "
+    "JetPack 7.0/7.1 (Jetson Thor) ship 10.13, JetPack 7.2 (Orin and Thor) ships 10.16"
+)
 # The TensorRT versions whose Jetson builds place layers on DLA. TensorRT 10.7 was the last 10.x
 # release with DLA, and 10.16 (JetPack 7.2) does not support Orin's DLA (its release notes);
 # TensorRT 11 brings it back only from 11.4.1, on AGX Orin with JetPack 7.2.2 or later.
@@ -30,9 +32,9 @@ class Preset:
     name: str
     description: str
     trt_versions: tuple[str, ...]  # the first is the default when TensorRT is not installed
-    workspace_mib: Optional[int]  # builder scratch memory cap; None: TensorRT's default (all of it)
+    workspace_mib: int | None  # builder scratch memory cap; None: TensorRT's default (all of it)
     dla_cores: int
-    default_precision: Optional[str]  # None: whatever the graph carries
+    default_precision: str | None  # None: whatever the graph carries
     batch: tuple[int, int, int]  # default min/opt/max for a dynamic batch axis
     jetson: bool
     facts: str
@@ -43,29 +45,63 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset(
-            "orin-nano", "Jetson Orin Nano (4 GB / 8 GB)", _ORIN, 1024, 0, "fp16", (1, 1, 4), True,
+            "orin-nano",
+            "Jetson Orin Nano (4 GB / 8 GB)",
+            _ORIN,
+            1024,
+            0,
+            "fp16",
+            (1, 1, 4),
+            True,
             "4 or 8 GB LPDDR5 shared by CPU and GPU; workspace 1 GiB = a quarter of the 4 GB module; "
             "no DLA (the Orin Nano modules have none). " + JETPACK,
         ),
         Preset(
-            "orin-nx", "Jetson Orin NX (8 GB / 16 GB)", _ORIN, 2048, 2, "fp16", (1, 1, 8), True,
+            "orin-nx",
+            "Jetson Orin NX (8 GB / 16 GB)",
+            _ORIN,
+            2048,
+            2,
+            "fp16",
+            (1, 1, 8),
+            True,
             "8 or 16 GB LPDDR5 shared by CPU and GPU; workspace 2 GiB = a quarter of the 8 GB module; "
             "DLA: 2 cores on the 16 GB module, 1 on the 8 GB module (core 1 exists only on the 16 GB), "
             "with TensorRT 8.5 to 10.3 (JetPack 5.1 to 6.2). " + JETPACK,
         ),
         Preset(
-            "agx-orin", "Jetson AGX Orin (32 GB / 64 GB)", _ORIN, 4096, 2, "fp16", (1, 4, 16), True,
+            "agx-orin",
+            "Jetson AGX Orin (32 GB / 64 GB)",
+            _ORIN,
+            4096,
+            2,
+            "fp16",
+            (1, 4, 16),
+            True,
             "32 or 64 GB LPDDR5 shared by CPU and GPU; workspace 4 GiB = an eighth of the 32 GB module; "
             "2 DLA cores, with TensorRT 8.5 to 10.3 (JetPack 5.1 to 6.2). " + JETPACK,
         ),
         Preset(
-            "thor", "Jetson AGX Thor", ("10.13", "10"), 8192, 0, "fp16", (1, 4, 16), True,
+            "thor",
+            "Jetson AGX Thor",
+            ("10.13", "10"),
+            8192,
+            0,
+            "fp16",
+            (1, 4, 16),
+            True,
             "128 GB LPDDR5X shared by CPU and GPU on the T5000 module; workspace 8 GiB = a sixteenth of it; "
             "no DLA (Thor has none). " + JETPACK,
         ),
         Preset(
-            "datacenter", "datacenter GPU (Ampere or newer for --hardware-compat)", ("10", "11", "10.3", "8.6"),
-            None, 0, None, (1, 8, 64), False,
+            "datacenter",
+            "datacenter GPU (Ampere or newer for --hardware-compat)",
+            ("10", "11", "10.3", "8.6"),
+            None,
+            0,
+            None,
+            (1, 8, 64),
+            False,
             "dedicated GPU memory: TensorRT's default workspace (all of it); precision defaults to the graph's; "
             "builder optimization level, timing cache, hardware compatibility (ampere+) and version-compatible "
             "engines as options (TensorRT 8.6+)",

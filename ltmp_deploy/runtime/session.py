@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class Result:
     logits: np.ndarray  # (N, classes) float32
     topk_indices: np.ndarray  # (N, k) int64, best first (ties: lower class index)
     topk_probs: np.ndarray  # (N, k) float32 softmax probabilities
-    decisions: Optional[list[BlockDecisions]] = None  # when the file carries decision outputs
+    decisions: list[BlockDecisions] | None = None  # when the file carries decision outputs
 
     @property
     def top1(self) -> np.ndarray:
@@ -82,9 +83,11 @@ class Session:
     calls take turns.
     """
 
-    def __init__(self, path: str | os.PathLike, backend: str = "auto", providers: Optional[Sequence[Provider]] = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, backend: str = "auto", providers: Sequence[Provider] | None = None
+    ) -> None:
         self.path = Path(path)
-        self._backend: Optional[Backend] = open_backend(self.path, backend, providers)
+        self._backend: Backend | None = open_backend(self.path, backend, providers)
         self._turns = threading.Lock() if self._backend.name == "tensorrt" else contextlib.nullcontext()
 
     # -- what the file is ---------------------------------------------------------------------
@@ -94,7 +97,7 @@ class Session:
         return self._open().name
 
     @property
-    def providers(self) -> Optional[list[str]]:
+    def providers(self) -> list[str] | None:
         """The ONNX Runtime execution providers in use (None for other backends)."""
         return self._open().providers
 
@@ -103,7 +106,7 @@ class Session:
         return self._open().metadata
 
     @property
-    def sidecar(self) -> Optional[dict[str, Any]]:
+    def sidecar(self) -> dict[str, Any] | None:
         """A TensorRT engine's build sidecar (None for other backends)."""
         return self._open().sidecar
 
@@ -116,12 +119,12 @@ class Session:
         return self._open().input_dtype
 
     @property
-    def input_shape(self) -> tuple[Optional[int], ...]:
+    def input_shape(self) -> tuple[int | None, ...]:
         """(batch, C, H, W); None for a dynamic batch axis."""
         return self._open().input_shape
 
     @property
-    def batch_range(self) -> tuple[int, Optional[int]]:
+    def batch_range(self) -> tuple[int, int | None]:
         """Smallest and largest batch the file takes; largest None when unbounded."""
         return self._open().batch_range
 
@@ -139,11 +142,17 @@ class Session:
         """Images (PIL, paths, uint8 arrays) -> the batch this file takes, per its data config."""
         cfg = self.metadata.get("data_config")
         if not isinstance(cfg, dict):
-            raise LTMPError(f"{self.path}: carries no preprocessing (data_config) in its metadata; feed preprocessed arrays to run()")
+            raise LTMPError(
+                f"{self.path}: carries no preprocessing (data_config) in its metadata; feed preprocessed arrays to "
+                "run()"
+            )
         batch = preprocess(images, cfg)
         expected = tuple(d for d in self.input_shape[1:])
         if batch.shape[1:] != expected:
-            raise LTMPError(f"{self.path}: its data_config makes images of shape {batch.shape[1:]}, but the input is {self._expected()}")
+            raise LTMPError(
+                f"{self.path}: its data_config makes images of shape {batch.shape[1:]}, but the input is "
+                f"{self._expected()}"
+            )
         return batch.astype(self.input_dtype, copy=False)
 
     def run(self, batch: np.ndarray, k: int = 5) -> Result:
@@ -156,9 +165,14 @@ class Session:
         logits = np.asarray(outputs[OUTPUT_NAME], dtype=np.float32)
         indices, probs = topk(logits, k)
         decisions = None
-        blocks = sorted({int(n[len("block"):-len("_kept")]) for n in outputs if n.startswith("block") and n.endswith("_kept")})
+        blocks = sorted(
+            {int(n[len("block") : -len("_kept")]) for n in outputs if n.startswith("block") and n.endswith("_kept")}
+        )
         if blocks:
-            decisions = [BlockDecisions(np.asarray(outputs[f"block{i}_kept"]), np.asarray(outputs[f"block{i}_merge_dst"])) for i in blocks]
+            decisions = [
+                BlockDecisions(np.asarray(outputs[f"block{i}_kept"]), np.asarray(outputs[f"block{i}_merge_dst"]))
+                for i in blocks
+            ]
         return Result(logits, indices, probs, decisions)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], k: int = 5) -> Result:
@@ -188,7 +202,7 @@ class Session:
         except Exception:  # noqa: BLE001  (interpreter shutdown)
             pass
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -215,23 +229,38 @@ class Session:
     def _check(self, batch: Any) -> None:
         where = f"{self.path}: input {self.input_name!r}"
         if not isinstance(batch, np.ndarray):
-            raise LTMPError(f"{where}: expected a numpy array {self._expected()} of {self.input_dtype}, got {type(batch).__name__}; use predict() for images")
+            raise LTMPError(
+                f"{where}: expected a numpy array {self._expected()} of {self.input_dtype}, got "
+                f"{type(batch).__name__}; use predict() for images"
+            )
         if batch.dtype != self.input_dtype:
-            raise LTMPError(f"{where}: expected dtype {self.input_dtype}, got {batch.dtype}; preprocess() gives the right one")
+            raise LTMPError(
+                f"{where}: expected dtype {self.input_dtype}, got {batch.dtype}; preprocess() gives the right one"
+            )
         shape = self.input_shape
         low, high = self.batch_range
-        if batch.ndim != len(shape) or tuple(batch.shape[1:]) != tuple(shape[1:]) or not low <= batch.shape[0] <= (high or batch.shape[0]):
+        if (
+            batch.ndim != len(shape)
+            or tuple(batch.shape[1:]) != tuple(shape[1:])
+            or not low <= batch.shape[0] <= (high or batch.shape[0])
+        ):
             raise LTMPError(f"{where}: expected shape {self._expected()}, got {tuple(batch.shape)}")
         bad = ~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
         if bad.any():
             what = "NaN" if np.isnan(batch).any() else "infinite"
-            raise LTMPError(f"{where}: {what} values in image {int(np.argmax(bad))} of the batch; refusing to run on them")
+            raise LTMPError(
+                f"{where}: {what} values in image {int(np.argmax(bad))} of the batch; refusing to run on them"
+            )
 
     @staticmethod
     def _trim(result: Result, n: int) -> Result:
         if len(result.logits) == n:
             return result
-        decisions = None if result.decisions is None else [BlockDecisions(d.kept[:n], d.merge_dst[:n]) for d in result.decisions]
+        decisions = (
+            None
+            if result.decisions is None
+            else [BlockDecisions(d.kept[:n], d.merge_dst[:n]) for d in result.decisions]
+        )
         return Result(result.logits[:n], result.topk_indices[:n], result.topk_probs[:n], decisions)
 
     @staticmethod
@@ -239,7 +268,10 @@ class Session:
         decisions = None
         if results[0].decisions is not None:
             decisions = [
-                BlockDecisions(_pad_cols([r.decisions[i].kept for r in results]), _pad_cols([r.decisions[i].merge_dst for r in results]))
+                BlockDecisions(
+                    _pad_cols([r.decisions[i].kept for r in results]),
+                    _pad_cols([r.decisions[i].merge_dst for r in results]),
+                )
                 for i in range(len(results[0].decisions))
             ]
         return Result(

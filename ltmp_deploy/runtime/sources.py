@@ -10,8 +10,9 @@ they say which patches each surviving token stands for, as PyTorch's tracked sou
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class PatchMap:
         return {"block": self.block, "kept": self.kept, "pruned": self.pruned, "merged": self.groups}
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, Any], num_patches: int) -> "PatchMap":
+    def from_json(cls, doc: Mapping[str, Any], num_patches: int) -> PatchMap:
         """The inverse of :meth:`to_json`; untouched patches get owners of their own."""
         owner = np.arange(num_patches, dtype=np.int64) + num_patches
         try:

@@ -12,7 +12,7 @@ import json
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
@@ -25,7 +25,7 @@ from ltmp_deploy.runtime.plan import BuildOptions, BuildPlan, plan_build
 SIDECAR_SCHEMA = "ltmp-deploy-engine/1"
 
 
-def trtexec_command(plan: BuildPlan, engine: str | os.PathLike, onnx_path: Optional[str | os.PathLike] = None) -> str:
+def trtexec_command(plan: BuildPlan, engine: str | os.PathLike, onnx_path: str | os.PathLike | None = None) -> str:
     """The ``trtexec`` line that builds what ``plan`` describes, for people building on the device."""
     args = ["trtexec", f"--onnx={os.fspath(onnx_path or plan.graph.path)}", f"--saveEngine={os.fspath(engine)}"]
     if plan.profile is not None:  # trtexec refuses shape options for a static input
@@ -50,8 +50,14 @@ def trtexec_command(plan: BuildPlan, engine: str | os.PathLike, onnx_path: Optio
     return " ".join(shlex.quote(a) for a in args)
 
 
-def compose_sidecar(plan: BuildPlan, engine: str | os.PathLike, *, tensorrt_version: str, gpu: Optional[str],
-                    built_by: str = "polygraphy") -> dict[str, Any]:
+def compose_sidecar(
+    plan: BuildPlan,
+    engine: str | os.PathLike,
+    *,
+    tensorrt_version: str,
+    gpu: str | None,
+    built_by: str = "polygraphy",
+) -> dict[str, Any]:
     """The sidecar's content: how the engine was built and the graph's metadata."""
     meta = plan.graph.metadata
     return {
@@ -83,8 +89,9 @@ def compose_sidecar(plan: BuildPlan, engine: str | os.PathLike, *, tensorrt_vers
     }
 
 
-def record_trtexec_build(onnx_path: str | os.PathLike, engine: str | os.PathLike, options: BuildOptions,
-                         tensorrt_version: str) -> Path:
+def record_trtexec_build(
+    onnx_path: str | os.PathLike, engine: str | os.PathLike, options: BuildOptions, tensorrt_version: str
+) -> Path:
     """Write the sidecar of an engine that trtexec built from :func:`trtexec_command`'s line.
 
     ``tensorrt_version``: what trtexec reported ("10.3.0" or its banner "v100300").
@@ -106,5 +113,3 @@ def sidecar_text(doc: dict[str, Any]) -> str:
 
 
 __all__ = ["SIDECAR_SCHEMA", "compose_sidecar", "record_trtexec_build", "sidecar_text", "trtexec_command"]
-
-
