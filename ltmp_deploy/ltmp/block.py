@@ -20,6 +20,7 @@ from ltmp_deploy.ltmp.reduce import (
     Tokens,
     attention_received,
     merge_and_prune,
+    reshape_tail,
     slice_tokens,
     token_importance,
 )
@@ -44,7 +45,7 @@ def proportional_attention(attn: nn.Module, x: Tensor, size: Optional[Tensor], v
     """
     b, n, _ = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
-    qkv = attn.qkv(x).reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    qkv = reshape_tail(attn.qkv(x), 3, heads, head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
 
@@ -61,11 +62,15 @@ def proportional_attention(attn: nn.Module, x: Tensor, size: Optional[Tensor], v
         probs = probs * valid[:, None, None, :]
         probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    out = (attn.attn_drop(probs) @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
+    out = reshape_tail((attn.attn_drop(probs) @ v).transpose(1, 2), heads * head_dim)
     out = attn.proj_drop(attn.proj(attn.norm(out)))
-    # The keys averaged over heads, as a weighted sum over the head axis (one Einsum exported):
-    # ONNX Runtime's ReduceMean over the head axis of (B, H, N, D) is several times slower.
-    metric = torch.einsum("h,bhnd->bnd", k.new_full((heads,), 1.0 / heads), k)
+    # The keys averaged over heads, as a weighted sum over the head axis: ONNX Runtime's ReduceMean
+    # over that axis of (B, H, N, D) is several times slower. Exported as one Einsum; eager PyTorch
+    # as a (1 x H) @ (H x N*D) product, faster there than its einsum.
+    if torch.onnx.is_in_onnx_export():
+        metric = torch.einsum("h,bhnd->bnd", k.new_full((heads,), 1.0 / heads), k)
+    else:
+        metric = (k.new_full((1, heads), 1.0 / heads) @ k.reshape(b, heads, n * head_dim)).reshape(b, n, head_dim)
     return out, probs, metric
 
 

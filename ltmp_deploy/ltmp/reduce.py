@@ -147,15 +147,44 @@ def unit_rows(t: Tensor) -> Tensor:
     return t / t.norm(dim=-1, keepdim=True)
 
 
+class _ReshapeTail(torch.autograd.Function):
+    """Export spelling of :func:`reshape_tail`: one Reshape whose shape copies the first two axes."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, dims: tuple[int, ...]) -> Tensor:  # noqa: ANN001
+        return t.reshape(t.shape[0], t.shape[1], *dims)
+
+    @staticmethod
+    def symbolic(g, t, dims):  # noqa: ANN001, ANN205  (torch.onnx graph values)
+        # 0 copies an axis; the first tail axis as -1 (the same size), as torch's shape inference wants one
+        return g.op("Reshape", t, g.op("Constant", value_t=torch.tensor([0, 0, -1, *dims[1:]], dtype=torch.long)))
+
+
+def reshape_tail(t: Tensor, *dims: int) -> Tensor:
+    """``t`` reshaped to (t.shape[0], t.shape[1], *dims).
+
+    Exported as one Reshape with a constant shape whose 0s copy the batch and token axes: with a
+    data-dependent token count (threshold mode) the reshape would otherwise read both sizes back
+    from the tensor's shape, a chain of four nodes, in every block.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return _ReshapeTail.apply(t, tuple(dims))
+    return t.reshape(t.shape[0], t.shape[1], *dims)
+
+
 def attention_received(attn: Tensor, keepdim: bool = False, sign: float = 1.0) -> Tensor:
     """Mean attention each key receives over heads and every query row, times ``sign``: (B, N),
     or (B, 1, N) with ``keepdim``.
 
-    attn: (B, H, N, N) post-softmax, with a static N. One Einsum, a weighted sum over heads and
-    queries: ONNX Runtime's ReduceMean over both axes at once is several times slower, and this
-    sits in every block. The weight carries the sign, so a negated mean costs nothing.
+    attn: (B, H, N, N) post-softmax, with a static N. Exported as one Einsum, a weighted sum over
+    heads and queries whose weight carries the sign (ONNX Runtime's ReduceMean over both axes at
+    once is several times slower); eager PyTorch reduces one axis at a time, queries first, as its
+    einsum copies the matrix. Same values to float rounding, two spellings.
     """
-    heads, queries = int(attn.shape[1]), int(attn.shape[2])
+    if not torch.onnx.is_in_onnx_export():
+        mean = attn.mean(dim=2).mean(dim=1, keepdim=keepdim)
+        return mean if sign == 1.0 else sign * mean
+    heads, queries = int(attn.shape[1]), int(attn.shape[2])  # ints: the trace keeps the batch axis dynamic
     if keepdim:
         return torch.einsum("bhqk,xh->bxk", attn, attn.new_full((1, heads), sign / (heads * queries)))
     return torch.einsum("bhqk,h->bk", attn, attn.new_full((heads,), sign / (heads * queries)))
@@ -173,8 +202,8 @@ def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> 
         # Valid queries only: a (1 x N) @ (N x N) product per head instead of a masked copy of attn.
         received = (valid[:, None, None, :] @ attn).mean(dim=1)[:, 0]
         imp = received / valid.sum(dim=-1, keepdim=True)
-    pos = torch.arange(imp.shape[1], device=imp.device)
-    return torch.where(pos < num_prefix, float("inf"), imp)
+    # Pad rather than a mask: a position mask needs the token count read back from the shape.
+    return torch.nn.functional.pad(imp[:, num_prefix:], (num_prefix, 0), value=float("inf")) if num_prefix else imp
 
 
 def layout(num_prefix: int) -> tuple[slice, slice, slice]:
@@ -295,6 +324,8 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
         size = x.new_ones(x.shape[:2])
     device = x.device
     prefix, src, dst = layout(num_prefix)
+    n = x.shape[1]
+    position = torch.arange(n, device=device)  # one per block: slots, keys and decisions share it
 
     # Merge: decide once, then apply one assignment matrix to features, sizes and sources alike.
     # Every source takes part, weighted by its 0/1 merge flag; reductions over sources or
@@ -323,7 +354,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
 
     alive_in = torch.ones_like(size) if valid is None else valid
     alive = laid_out(alive_in, alive_in[:, dst], alive_in[:, src] * (1.0 - w[:, 0]))
-    idx, alive_out = _prune_order(laid_out(imp, imp_dst), alive, plan, num_prefix)
+    idx, alive_out = _prune_order(laid_out(imp, imp_dst), alive, plan, num_prefix, position, n)
 
     new_x = take_rows(laid_out(x, x_dst), idx[..., None])
     new_size = laid_out(size, size_dst).gather(1, idx)
@@ -335,7 +366,6 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     tokens = Tokens(new_x, new_size, alive_out, new_source)
     if not record:
         return tokens, None
-    position = torch.arange(size.shape[1], device=device)
     kept = torch.where(alive_out > 0.5, laid_out(position[None], position[None, dst])[0][idx], -1)
     decision = _decision(size, valid, num_prefix, kept, alive_out.sum(dim=1), w[:, 0] > 0.5, dst_idx[:, 0], plan)
     decision.source = new_source
@@ -456,32 +486,33 @@ def _decision(size: Tensor, valid: Optional[Tensor], num_prefix: int, kept: Tens
     return Decision(kept=kept, merge_dst=merge_dst, n_in=alive_in.sum(dim=1), n_out=n_out, length=n)
 
 
-def _prune_order(imp: Tensor, alive: Tensor, plan: Plan, num_prefix: int) -> tuple[Tensor, Tensor]:
+def _prune_order(imp: Tensor, alive: Tensor, plan: Plan, num_prefix: int, slot: Tensor,
+                 n: int) -> tuple[Tensor, Tensor]:
     """Which merged-layout slots survive pruning, in output order; and their validity.
 
     Slot order is output order (see :func:`merge_and_prune`), so survivors are only sorted by
-    slot. Returns ``(idx, valid)``: (B, K) slots to gather, and their (B, K) validity.
+    slot. ``slot``: arange over the layout, ``n`` its length (the block's token count, the very
+    value the arange was made from, so exported graphs read the shape once). Returns
+    ``(idx, valid)``: (B, K) slots to gather, and their (B, K) validity.
     """
-    n = imp.shape[1]
     if plan.mode == "threshold":
         keep = (alive > 0.5) & (imp > plan.prune_threshold)
         if num_prefix == 0:  # no class token to fall back on: the most important token stays
             top = torch.where(alive > 0.5, imp, NEG_INF).argmax(dim=1, keepdim=True)
-            keep = keep | (torch.arange(n, device=imp.device)[None, :] == top)
+            keep = keep | (slot[None, :] == top)
         keep_value = keep.to(imp.dtype)
     else:
         keep_value = alive * straight_through(imp, plan.prune_threshold, plan.tau)
         keep = keep_value > 0.5
 
     # Survivors first (in slot order), then the dead: the key stays unique.
-    slot = torch.arange(n, device=imp.device)
     order_key = torch.where(keep, slot, slot + n)
-    count = n if plan.mode == "train" else padded_length(keep)  # training removes nothing
+    count = n if plan.mode == "train" else padded_length(keep, slot)  # training removes nothing
     idx = smallest_unique(order_key, count)
     return idx, keep_value.gather(1, idx)
 
 
-def padded_length(keep: Tensor) -> int:
+def padded_length(keep: Tensor, slots: Optional[Tensor] = None) -> int:
     """The largest kept count in the batch, as the shape of a NonZero output.
 
     Exporters turn this into a shape computation (Shape(NonZero(..))), which TensorRT treats
@@ -489,9 +520,9 @@ def padded_length(keep: Tensor) -> int:
     (docs/arithmetic.md#batches-in-threshold-mode). In eager PyTorch it is an ordinary int, read
     without ``.item()``.
     """
-    counts = keep.sum(dim=1)  # (B,)
-    slots = torch.arange(keep.shape[1], device=keep.device)
-    used = (counts[:, None] > slots[None, :]).any(dim=0)
+    if slots is None:
+        slots = torch.arange(keep.shape[1], device=keep.device)
+    used = slots < keep.sum(dim=1).max()  # slot s is used by some image
     return torch.nonzero(used).shape[0]
 
 
