@@ -14,7 +14,16 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from ltmp_deploy.ltmp.reduce import Decision, Plan, Tokens, merge_and_prune, slice_tokens, token_importance
+from ltmp_deploy.ltmp.reduce import (
+    Decision,
+    Plan,
+    Tokens,
+    attention_received,
+    merge_and_prune,
+    reshape_tail,
+    slice_tokens,
+    token_importance,
+)
 
 
 class Threshold(nn.Module):
@@ -25,7 +34,8 @@ class Threshold(nn.Module):
         self.threshold = nn.Parameter(torch.tensor([float(value)]))
 
 
-def proportional_attention(attn: nn.Module, x: Tensor, size: Tensor, valid: Optional[Tensor], soft: bool) -> tuple[Tensor, Tensor, Tensor]:
+def proportional_attention(attn: nn.Module, x: Tensor, size: Optional[Tensor], valid: Optional[Tensor],
+                           soft: bool) -> tuple[Tensor, Tensor, Tensor]:
     """timm ``Attention`` with ``log(size)`` added to the logits of every key.
 
     Invalid keys (padding, or tokens already removed in training) get no attention: in
@@ -35,24 +45,32 @@ def proportional_attention(attn: nn.Module, x: Tensor, size: Tensor, valid: Opti
     """
     b, n, _ = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
-    qkv = attn.qkv(x).reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+    qkv = reshape_tail(attn.qkv(x), 3, heads, head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
 
-    bias = size.log()
-    if valid is not None and not soft:
-        bias = torch.where(valid > 0.5, bias, float("-inf"))
-    logits = (q * attn.scale) @ k.transpose(-2, -1) + bias[:, None, None, :]
+    logits = (q * attn.scale) @ k.transpose(-2, -1)
+    if size is not None and size.dim() == 3:  # fixed mode's column (see Tokens): the row the merge reads too
+        logits = logits + size.transpose(1, 2).log()[:, None]
+    elif size is not None or (valid is not None and not soft):  # None: one patch each, log 1 = 0
+        bias = size.log() if size is not None else torch.zeros_like(valid)
+        if valid is not None and not soft:
+            bias = torch.where(valid > 0.5, bias, float("-inf"))
+        logits = logits + bias[:, None, None, :]
     probs = logits.softmax(dim=-1)
     if valid is not None and soft:
         probs = probs * valid[:, None, None, :]
         probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    out = (attn.attn_drop(probs) @ v).transpose(1, 2).reshape(b, n, heads * head_dim)
+    out = reshape_tail((attn.attn_drop(probs) @ v).transpose(1, 2), heads * head_dim)
     out = attn.proj_drop(attn.proj(attn.norm(out)))
-    # The keys averaged over heads, as a (1 x H) @ (H x N*D) product: ONNX Runtime's ReduceMean
-    # over the head axis of (B, H, N, D) is several times slower.
-    metric = (k.new_full((1, heads), 1.0 / heads) @ k.reshape(b, heads, n * head_dim)).reshape(b, n, head_dim)
+    # The keys averaged over heads, as a weighted sum over the head axis: ONNX Runtime's ReduceMean
+    # over that axis of (B, H, N, D) is several times slower. Exported as one Einsum; eager PyTorch
+    # as a (1 x H) @ (H x N*D) product, faster there than its einsum.
+    if torch.onnx.is_in_onnx_export():
+        metric = torch.einsum("h,bhnd->bnd", k.new_full((heads,), 1.0 / heads), k)
+    else:
+        metric = (k.new_full((1, heads), 1.0 / heads) @ k.reshape(b, heads, n * head_dim)).reshape(b, n, head_dim)
     return out, probs, metric
 
 
@@ -74,7 +92,10 @@ class LTMPBlock(Block):
             soft = plan.mode == "train"
             out, probs, metric = proportional_attention(self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, soft)
             tokens = Tokens(tokens.x + self.drop_path1(self.ls1(out)), tokens.size, tokens.valid, tokens.source)
-            imp = token_importance(probs, tokens.valid, num_prefix)
+            if plan.mode == "fixed":  # no padding; pruning reads the negated mean (see merge_and_prune)
+                imp = attention_received(probs, keepdim=True, sign=-1.0)
+            else:
+                imp = token_importance(probs, tokens.valid, num_prefix)
             tokens, decision = merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
 
         x = tokens.x + self.drop_path2(self.ls2(self.mlp(self.norm2(tokens.x))))

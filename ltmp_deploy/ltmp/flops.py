@@ -65,12 +65,16 @@ def block_macs(dims: Dims, n_in: Count, n_out: Count) -> Count:
 
 
 def reduction_macs(dims: Dims, n_in: Count, merging: Optional[Count] = None) -> Count:
-    """MACs of the merge/prune matmuls: the source x destination similarity, and the merge
-    matmul that moves the ``merging`` sources' features into the destinations (fixed mode: its
-    r; None: every source, as threshold mode's dense assignment does). Prefix tokens take no part."""
+    """MACs of the merge/prune matmuls: the destination x source similarity, and the merge
+    matmul that moves the merging sources' features into the destinations. Threshold mode
+    (``merging`` None) computes both over the sources and destinations alone, every source
+    weighted by its merge flag; fixed mode (``merging``: its r) over the whole token axis, where
+    positions that are not sources, or receive nothing, come out masked or unchanged."""
     sources = (n_in + 1) // 2 - (dims.num_prefix + 1) // 2
     dests = n_in // 2 - dims.num_prefix // 2
-    return sources * dests * dims.head_dim + dests * (sources if merging is None else merging) * dims.dim
+    if merging is None:
+        return sources * dests * dims.head_dim + dests * sources * dims.dim
+    return n_in * dests * dims.head_dim + n_in * merging * dims.dim
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ What *is* kept on the model is configuration: the mode and the fixed-mode schedu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import timm
@@ -102,7 +102,7 @@ class LTMPVisionTransformer(VisionTransformer):
             patches = n - self.num_prefix_tokens
             source = torch.cat([x.new_zeros(self.num_prefix_tokens, patches), torch.eye(patches, dtype=x.dtype, device=x.device)])
             source = source.expand(b, -1, -1)
-        tokens = Tokens(x, x.new_ones(b, n), None, source)
+        tokens = Tokens(x, None, None, source)  # every token one patch (see Tokens.size)
 
         decisions = []
         for blk, plan in zip(self.blocks, self.ltmp_plans()):
@@ -110,6 +110,10 @@ class LTMPVisionTransformer(VisionTransformer):
             if decision is not None:
                 decisions.append(decision)
         logits = self._ltmp_head(self.norm(tokens.x), tokens.valid)
+        if tokens.size is None:
+            tokens = replace(tokens, size=x.new_ones(b, n))
+        elif tokens.size.dim() == 3:
+            tokens = replace(tokens, size=tokens.size[..., 0])
         return LTMPOutput(logits, decisions, tokens)
 
     def _ltmp_head(self, x: Tensor, valid: Optional[Tensor]) -> Tensor:

@@ -25,6 +25,7 @@ Modes differ only in how the two decisions are taken (docs/arithmetic.md#fixed-m
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -39,7 +40,11 @@ class Tokens:
     """The token state that flows from block to block, passed explicitly (never stashed)."""
 
     x: Tensor  # (B, N, C) features: size-weighted averages of the patches a token stands for
-    size: Tensor  # (B, N) how many input patches each token stands for
+    # (B, N) how many input patches each token stands for; None before the first block, where
+    # every token is one patch (attention then adds no bias and the merge needs no sizes, as in
+    # ToMe). Between fixed-mode blocks a column (B, N, 1): the merge broadcasts sizes per
+    # position, and a column spares a reshape there and one after the gather, in every block.
+    size: Optional[Tensor]
     valid: Optional[Tensor] = None  # (B, N) 1 real token, 0 padding/dead; None: all real
     source: Optional[Tensor] = None  # (B, N, P) which input patches each token stands for
 
@@ -90,8 +95,8 @@ def straight_through(score: Tensor, threshold: Tensor, tau: float) -> Tensor:
     return hard + soft - soft.detach()
 
 
-def top_indices(score: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` largest entries along the last axis, ties to the lower index.
+def top_k(score: Tensor, k: int, dim: int = -1, largest: bool = True) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest (or smallest) entries along ``dim`` and their indices, sorted, ties to the lower index.
 
     LTMP breaks ties by lower index (docs/arithmetic.md#which-sources-merge). ONNX's TopK promises
     exactly that, so exported graphs use TopK; PyTorch's ``topk`` promises no order among equal
@@ -99,16 +104,90 @@ def top_indices(score: Tensor, k: int) -> Tensor:
     answer, two spellings.
     """
     if torch.onnx.is_in_onnx_export():
-        return torch.topk(score, k, dim=-1, largest=True, sorted=True).indices
-    return torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :k]
+        return torch.topk(score, k, dim=dim, largest=largest, sorted=True)
+    values, indices = torch.sort(score, dim=dim, descending=largest, stable=True)
+    return values.narrow(dim, 0, k), indices.narrow(dim, 0, k)
 
 
-def smallest_unique(key: Tensor, k: int | Tensor) -> Tensor:
-    """Indices of the ``k`` smallest of distinct keys, in ascending order (a TopK in ONNX).
+def best_of(score: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """The largest entry along ``dim`` (kept as a size-1 axis) and its index, ties to the lower index.
+
+    ``max`` returns the first maximal index, as TopK does; exported as one TopK (k = 1) rather
+    than the ReduceMax and ArgMax pair ``max`` becomes.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return torch.topk(score, 1, dim=dim, largest=True, sorted=True)
+    return score.max(dim=dim, keepdim=True)
+
+
+def smallest_unique(key: Tensor, k: int | Tensor, dim: int = -1) -> Tensor:
+    """Indices of the ``k`` smallest of distinct keys along ``dim``, in ascending order (a TopK in ONNX).
 
     Keys are small integers (< 2N), exact in float32; TensorRT 8.5 has no integer TopK.
     """
-    return torch.topk(key.float(), k, dim=-1, largest=False, sorted=True).indices
+    return torch.topk(key.float(), k, dim=dim, largest=False, sorted=True).indices
+
+
+class _UnitRowsLp(torch.autograd.Function):
+    """Export spelling of :func:`unit_rows`: one LpNormalization instead of ReduceL2 and Div."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:  # noqa: ANN001
+        return t / t.norm(dim=-1, keepdim=True)
+
+    @staticmethod
+    def symbolic(g, t):  # noqa: ANN001, ANN205  (torch.onnx graph values)
+        return g.op("LpNormalization", t, axis_i=-1, p_i=2)
+
+
+def unit_rows(t: Tensor) -> Tensor:
+    """``t`` with every row (last axis) scaled to unit L2 norm."""
+    if torch.onnx.is_in_onnx_export():
+        return _UnitRowsLp.apply(t)
+    return t / t.norm(dim=-1, keepdim=True)
+
+
+class _ReshapeTail(torch.autograd.Function):
+    """Export spelling of :func:`reshape_tail`: one Reshape whose shape copies the first two axes."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, dims: tuple[int, ...]) -> Tensor:  # noqa: ANN001
+        return t.reshape(t.shape[0], t.shape[1], *dims)
+
+    @staticmethod
+    def symbolic(g, t, dims):  # noqa: ANN001, ANN205  (torch.onnx graph values)
+        # 0 copies an axis; the first tail axis as -1 (the same size), as torch's shape inference wants one
+        return g.op("Reshape", t, g.op("Constant", value_t=torch.tensor([0, 0, -1, *dims[1:]], dtype=torch.long)))
+
+
+def reshape_tail(t: Tensor, *dims: int) -> Tensor:
+    """``t`` reshaped to (t.shape[0], t.shape[1], *dims).
+
+    Exported as one Reshape with a constant shape whose 0s copy the batch and token axes: with a
+    data-dependent token count (threshold mode) the reshape would otherwise read both sizes back
+    from the tensor's shape, a chain of four nodes, in every block.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return _ReshapeTail.apply(t, tuple(dims))
+    return t.reshape(t.shape[0], t.shape[1], *dims)
+
+
+def attention_received(attn: Tensor, keepdim: bool = False, sign: float = 1.0) -> Tensor:
+    """Mean attention each key receives over heads and every query row, times ``sign``: (B, N),
+    or (B, 1, N) with ``keepdim``.
+
+    attn: (B, H, N, N) post-softmax, with a static N. Exported as one Einsum, a weighted sum over
+    heads and queries whose weight carries the sign (ONNX Runtime's ReduceMean over both axes at
+    once is several times slower); eager PyTorch reduces one axis at a time, queries first, as its
+    einsum copies the matrix. Same values to float rounding, two spellings.
+    """
+    if not torch.onnx.is_in_onnx_export():
+        mean = attn.mean(dim=2).mean(dim=1, keepdim=keepdim)
+        return mean if sign == 1.0 else sign * mean
+    heads, queries = int(attn.shape[1]), int(attn.shape[2])  # ints: the trace keeps the batch axis dynamic
+    if keepdim:
+        return torch.einsum("bhqk,xh->bxk", attn, attn.new_full((1, heads), sign / (heads * queries)))
+    return torch.einsum("bhqk,h->bk", attn, attn.new_full((heads,), sign / (heads * queries)))
 
 
 def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> Tensor:
@@ -117,16 +196,14 @@ def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> 
     attn: (B, H, N, N) post-softmax. Padding queries are left out of the mean so that an image
     in a padded batch gets what it gets alone.
     """
-    # Reduced one axis at a time, queries first: ONNX Runtime's CPU kernels reduce (B, H, N, N)
-    # over both axes at once several times slower, and this sits in every block.
     if valid is None:
-        imp = attn.mean(dim=2).mean(dim=1)
+        imp = attention_received(attn)
     else:
         # Valid queries only: a (1 x N) @ (N x N) product per head instead of a masked copy of attn.
         received = (valid[:, None, None, :] @ attn).mean(dim=1)[:, 0]
         imp = received / valid.sum(dim=-1, keepdim=True)
-    pos = torch.arange(imp.shape[1], device=imp.device)
-    return torch.where(pos < num_prefix, float("inf"), imp)
+    # Pad rather than a mask: a position mask needs the token count read back from the shape.
+    return torch.nn.functional.pad(imp[:, num_prefix:], (num_prefix, 0), value=float("inf")) if num_prefix else imp
 
 
 def layout(num_prefix: int) -> tuple[slice, slice, slice]:
@@ -142,42 +219,55 @@ def layout(num_prefix: int) -> tuple[slice, slice, slice]:
     return slice(0, num_prefix), slice(first_src, None, 2), slice(first_dst, None, 2)
 
 
-def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int, guard: bool = True) -> tuple[Tensor, Tensor]:
+def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int, guard: bool = True,
+                    every_position: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Best destination for every non-prefix source by cosine similarity (see :func:`layout`).
 
-    Returns ``(best, dst)``: (B, Ns) similarity of each source's best destination (-inf where the
-    source may not merge) and that destination's index among the destinations.
+    Returns ``(best, dst)``, both rows (B, 1, Ns): the similarity of each source's best destination
+    (-inf where the source may not merge) and that destination's index among the destinations.
+    The similarity matrix is destination-major (B, Nd, Ns), so that the best destination comes out
+    as a row per image, the orientation in which the merge broadcasts per-source values.
+    ``every_position`` (N,), 0 at sources and -inf elsewhere: rows (B, 1, N) over every position
+    instead (fixed mode, whose static counts then need no slicing of the sources and no mapping
+    of source indices back to positions), non-sources at -inf; ``valid`` and ``guard`` unused.
     """
     _, src, dst = layout(num_prefix)
-    metric = metric / metric.norm(dim=-1, keepdim=True)
-    sim = metric[:, src] @ metric[:, dst].transpose(1, 2)
+    metric = unit_rows(metric)
+    if every_position is not None:
+        best, dst_idx = best_of(metric[:, dst] @ metric.transpose(1, 2), dim=1)
+        return best + every_position, dst_idx
+    sim = metric[:, dst] @ metric[:, src].transpose(1, 2)
     if valid is not None:
         alive = valid > 0.5
-        sim = torch.where(alive[:, src, None] & alive[:, None, dst], sim, NEG_INF)
-    # A -inf column past the last destination: a block left with no destination at all would
+        sim = torch.where(alive[:, dst, None] & alive[:, None, src], sim, NEG_INF)
+    # A -inf row past the last destination: a block left with no destination at all would
     # reduce over an empty axis, an error in PyTorch and ONNX alike. Callers that know there is
     # a destination (fixed mode's token counts are static) leave it out.
     if guard:
-        sim = torch.nn.functional.pad(sim, (0, 1), value=NEG_INF)
-    best, dst_idx = sim.max(dim=-1)
-    return best, dst_idx
+        sim = torch.nn.functional.pad(sim, (0, 0, 0, 1), value=NEG_INF)
+    return best_of(sim, dim=1)
 
 
-def merging_sources(best: Tensor, plan: Plan) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """Which sources merge: ``(w, chosen)``, one of them None.
-
-    Where their number is static (fixed mode), ``chosen`` (B, r) lists the merging sources and the
-    merge works on those r rows alone, instead of a dense (Nd x Ns) assignment that costs ~1% of
-    the block's FLOPs at N=197 for r ~ 10. Elsewhere ``w`` (B, Ns) is 1 for every source that
-    merges and 0 otherwise (straight-through in training), and every source takes part, weighted.
-    """
-    if plan.mode == "fixed":
-        return None, top_indices(best, plan.r)  # (B, r), distinct
+def merge_weights(best: Tensor, plan: Plan) -> Tensor:
+    """(B, 1, Ns): 1 for every source that merges and 0 otherwise (straight-through in training)."""
     if plan.mode == "threshold":
-        return (best > plan.merge_threshold).to(best.dtype), None
+        return (best > plan.merge_threshold).to(best.dtype)
     if plan.mode == "train":
-        return straight_through(best, plan.merge_threshold, plan.tau), None
-    raise ValueError(f"no merging in mode {plan.mode!r}")
+        return straight_through(best, plan.merge_threshold, plan.tau)
+    raise ValueError(f"no merging by threshold in mode {plan.mode!r}")
+
+
+def merge_rows(x: Tensor, size: Tensor, moved: Tensor, x_merging: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows ``x`` (B, R, C) of sizes ``size`` (B, R, 1) absorb the merging rows ``x_merging`` (B, M, C).
+
+    ``moved`` (B, R, M): how many patches row j takes from merging row i (0 where it takes none).
+    Returns the new features, size-weighted means, and the new sizes (B, R, 1). Formed as
+    ``x_j * (s_j / s'_j) + sum (s_i / s'_j) x_i`` directly: carrying x * size through the whole
+    layout and dividing it back costs several passes over every token, for the same value
+    (docs/arithmetic.md#merging-size-weighted-means).
+    """
+    new_size = size + moved.sum(dim=2, keepdim=True)
+    return x * (size / new_size) + (moved / new_size) @ x_merging, new_size
 
 
 class _GatherRowsND(torch.autograd.Function):
@@ -189,18 +279,17 @@ class _GatherRowsND(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, t, idx):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        axes = g.op("Constant", value_t=torch.tensor([-1], dtype=torch.long))
-        return g.op("GatherND", t, g.op("Unsqueeze", idx, axes), batch_dims_i=1)
+        return g.op("GatherND", t, idx, batch_dims_i=1)
 
 
 def _take_rows(t: Tensor, idx: Tensor) -> Tensor:
     b, n = t.shape[0], t.shape[1]
-    rows = idx + torch.arange(0, b * n, n, device=idx.device)[:, None]
+    rows = idx[..., 0] + torch.arange(0, b * n, n, device=idx.device)[:, None]
     return t.flatten(0, 1)[rows]
 
 
 def take_rows(t: Tensor, idx: Tensor) -> Tensor:
-    """``t[b, idx[b, j]]`` for every image: (B, N, ...) and (B, K) give (B, K, ...).
+    """``t[b, idx[b, j, 0]]`` for every image: (B, N, ...) and (B, K, 1) give (B, K, ...).
 
     Whole rows are copied: eager PyTorch indexes the batch flattened into rows (faster on a CPU
     than ``gather`` with the index expanded over the row), and exports use ONNX's GatherND with
@@ -219,44 +308,39 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     The merged layout is [prefix, sources, destinations]: prefix tokens in front in their
     original order (so that a distillation token, an odd position, stays where the head reads
     it), then the sources and the destinations in their original orders
-    (docs/arithmetic.md#order-after-merging). Slot order is output order, so pruning only sorts slot indices.
+    (docs/arithmetic.md#order-after-merging). Survivors leave in that order.
+    ``imp``: (B, N) with +inf for prefix tokens (:func:`token_importance`); fixed mode also takes
+    the negated (B, 1, N) mean, ``attention_received(attn, keepdim=True, sign=-1.0)``, and keeps
+    the prefix by itself.
     With ``record`` False no :class:`Decision` is built (None): nothing reads it when only the
     logits are wanted, and its bookkeeping is a dozen small kernels per block on a GPU.
     """
+    if plan.mode == "fixed":
+        return _fixed_merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
+    if plan.mode not in ("threshold", "train"):
+        raise ValueError(f"no merging in mode {plan.mode!r}")
     x, size, valid = tokens.x, tokens.size, tokens.valid
-    n = x.shape[1]
+    if size is None:
+        size = x.new_ones(x.shape[:2])
     device = x.device
     prefix, src, dst = layout(num_prefix)
+    n = x.shape[1]
+    position = torch.arange(n, device=device)  # one per block: slots, keys and decisions share it
 
     # Merge: decide once, then apply one assignment matrix to features, sizes and sources alike.
-    # Reductions over sources or destinations get a -inf guard entry where either may be empty
-    # (threshold mode's token counts are only known at run time).
-    ns, nd = x[:, src].shape[1], x[:, dst].shape[1]
-    guard = plan.mode != "fixed" or min(ns, nd, plan.r) == 0
-    best, dst_idx = bipartite_match(metric, valid, num_prefix, guard=guard)
-    w, chosen = merging_sources(best, plan)
-
-    def merging(t: Tensor) -> Tensor:
-        """The rows of source tensor ``t`` (B, Ns, ...) that take part in the merge."""
-        if chosen is None:
-            return t
-        return take_rows(t, chosen) if t.dim() == 3 else t.gather(1, chosen)
-
-    # (B, Nd, M): destination j receives merging source i. Built destination-major, as the merge
+    # Every source takes part, weighted by its 0/1 merge flag; reductions over sources or
+    # destinations get a -inf guard entry, as either may be empty (token counts are only known at
+    # run time).
+    best, dst_idx = bipartite_match(metric, valid, num_prefix)
+    w = merge_weights(best, plan)
+    nd = x[:, dst].shape[1]
+    # (B, Nd, Ns): destination j receives source i, weighted; destination-major, as the merge
     # matmul and the max below consume it, so no transpose is needed.
-    hit = torch.arange(nd, device=device)[:, None] == merging(dst_idx)[:, None, :]
-    assign = hit.to(x.dtype)
-    if chosen is None:
-        assign = assign * w[:, None, :]
-        hit = assign > 0.5
-
-    # Only destinations change. Their features are the size-weighted mean of what they absorb,
-    # computed on the destination rows alone: carrying x * size through the whole layout and
-    # dividing it back costs several passes over every token, for the same value
-    # (docs/arithmetic.md#merging-size-weighted-means).
-    moved = assign * merging(size[:, src])[:, None, :]  # patches destination j takes from source i
-    size_dst = size[:, dst] + moved.sum(dim=-1)
-    x_dst = x[:, dst] * (size[:, dst] / size_dst)[..., None] + (moved / size_dst[..., None]) @ merging(x[:, src])
+    assign = (torch.arange(nd, device=device)[:, None] == dst_idx).to(x.dtype) * w
+    hit = assign > 0.5
+    moved = assign * size[:, None, src]  # patches destination j takes from source i
+    x_dst, size_dst = merge_rows(x[:, dst], size[:, dst, None], moved, x[:, src])
+    size_dst = size_dst[..., 0]
 
     def laid_out(t: Tensor, t_dst: Tensor, t_src: Optional[Tensor] = None) -> Tensor:
         """``t`` in the merged layout, with its destination rows (and source rows) replaced."""
@@ -264,98 +348,171 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
         return torch.cat([t[:, prefix]] + parts if num_prefix else parts, dim=1)
 
     # A destination is as important as the most important token merged into it.
-    imp_src = imp[:, src]
-    incoming = torch.where(hit, merging(imp_src)[:, None, :], NEG_INF)
-    if guard:
-        incoming = torch.nn.functional.pad(incoming, (0, 1), value=NEG_INF)
+    incoming = torch.where(hit, imp[:, None, src], NEG_INF)
+    incoming = torch.nn.functional.pad(incoming, (0, 1), value=NEG_INF)
     imp_dst = torch.maximum(imp[:, dst], incoming.max(dim=2).values)
 
-    if plan.mode == "fixed":
-        # Fixed mode never pads (valid is None), so only merged sources drop out: mark them in
-        # the importance itself rather than build a validity vector that is all ones elsewhere.
-        # A plain scatter (no reduction, distinct indices) is one ScatterElements, which every
-        # TensorRT target imports.
-        alive = None
-        imp_src = imp_src.scatter(1, chosen, NEG_INF)
-    else:
-        alive_in = torch.ones_like(size) if valid is None else valid
-        alive = laid_out(alive_in, alive_in[:, dst], alive_in[:, src] * (1.0 - w))
-    idx, alive_out = _prune_order(laid_out(imp, imp_dst, imp_src), alive, plan, num_prefix)
+    alive_in = torch.ones_like(size) if valid is None else valid
+    alive = laid_out(alive_in, alive_in[:, dst], alive_in[:, src] * (1.0 - w[:, 0]))
+    idx, alive_out = _prune_order(laid_out(imp, imp_dst), alive, plan, num_prefix, position, n)
 
-    new_x = take_rows(laid_out(x, x_dst), idx)
+    new_x = take_rows(laid_out(x, x_dst), idx[..., None])
     new_size = laid_out(size, size_dst).gather(1, idx)
     new_source = None
     if tokens.source is not None:
-        source_dst = tokens.source[:, dst] + assign @ merging(tokens.source[:, src])
-        new_source = take_rows(laid_out(tokens.source, source_dst), idx)
+        source_dst = tokens.source[:, dst] + assign @ tokens.source[:, src]
+        new_source = take_rows(laid_out(tokens.source, source_dst), idx[..., None])
 
     tokens = Tokens(new_x, new_size, alive_out, new_source)
     if not record:
         return tokens, None
-    decision = _decision(size, valid, num_prefix, idx, alive_out, w, chosen, dst_idx, plan)
+    kept = torch.where(alive_out > 0.5, laid_out(position[None], position[None, dst])[0][idx], -1)
+    decision = _decision(size, valid, num_prefix, kept, alive_out.sum(dim=1), w[:, 0] > 0.5, dst_idx[:, 0], plan)
     decision.source = new_source
-    return tokens, decision
-
-
-def _decision(size: Tensor, valid: Optional[Tensor], num_prefix: int, idx: Tensor, alive_out: Optional[Tensor],
-              w: Optional[Tensor], chosen: Optional[Tensor], dst_idx: Tensor, plan: Plan) -> Decision:
-    """What the block did, in its input positions (read by parity checks and the visualizer;
-    exports drop it unless asked for decision outputs)."""
-    (b, n), device = size.shape, idx.device
-    alive_in = torch.ones_like(size) if valid is None else valid
-    if w is None:  # fixed mode: its chosen sources (a sum of one-hots exports shorter than any())
-        w = (chosen[:, :, None] == torch.arange(dst_idx.shape[1], device=device)).to(size.dtype).sum(dim=1)
-    prefix, src, dst = layout(num_prefix)
-    pos = torch.arange(n, device=device)
-    kept = torch.cat([pos[prefix], pos[src], pos[dst]])[idx]
-    n_out = torch.full((b,), idx.shape[1], device=device) if alive_out is None else alive_out.sum(dim=1)
-    if alive_out is not None:
-        kept = torch.where(alive_out > 0.5, kept, -1)
-    # Every even position has an entry, prefix sources included (they never merge).
-    merge_dst = torch.where(w > 0.5, 2 * dst_idx + dst.start, -1)
-    if num_prefix:
-        merge_dst = torch.cat([dst_idx.new_full((b, (num_prefix + 1) // 2), -1), merge_dst], dim=1)
-    decision = Decision(kept=kept, merge_dst=merge_dst, n_in=alive_in.sum(dim=1), n_out=n_out, length=n)
     if plan.mode == "train":
         decision.soft_keep_in = alive_in.sum(dim=1)
         decision.soft_keep_out = alive_out.sum(dim=1)
-    return decision
+    return tokens, decision
 
 
-def _prune_order(imp: Tensor, alive: Optional[Tensor], plan: Plan, num_prefix: int) -> tuple[Tensor, Optional[Tensor]]:
+@dataclass(frozen=True)
+class _FixedLayout:
+    """Fixed mode's per-position constants for a block of ``n`` tokens (static shapes: exported
+    graphs hold them as initializers)."""
+
+    src_mask: Tensor  # (N,) 0 at every source, -inf elsewhere
+    dst_pos: Tensor  # (Nd,) position of every destination
+    dst_rank: Tensor  # (N, 1) index among the destinations, -1 for every other position
+    # (N, 1) the cost of a row that receives no merge: -inf for prefix tokens (never pruned),
+    # +inf elsewhere (the minimum with its own cost leaves that)
+    no_merge: Tensor
+    slot: Tensor  # (N,) slot in the merged layout [prefix, sources, destinations], as float
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_layout(n: int, num_prefix: int, device: torch.device, dtype: torch.dtype) -> _FixedLayout:
+    prefix, src, dst = layout(num_prefix)
+    pos = list(range(n))
+    src_pos, dst_pos = pos[src], pos[dst]
+    dst_rank = [-1] * n
+    for rank, p in enumerate(dst_pos):
+        dst_rank[p] = rank
+    slot = [0.0] * n
+    for rank, p in enumerate(pos[prefix] + src_pos + dst_pos):
+        slot[p] = float(rank)
+    no_merge = [NEG_INF if p < num_prefix else float("inf") for p in pos]
+    return _FixedLayout(
+        src_mask=torch.tensor([0.0 if p in set(src_pos) else NEG_INF for p in pos], dtype=dtype, device=device),
+        dst_pos=torch.tensor(dst_pos, dtype=torch.long, device=device),
+        dst_rank=torch.tensor(dst_rank, dtype=torch.long, device=device)[:, None],
+        no_merge=torch.tensor(no_merge, dtype=dtype, device=device)[:, None],
+        slot=torch.tensor(slot, dtype=torch.float32, device=device),
+    )
+
+
+def _fixed_merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan,
+                           record: bool) -> tuple[Tokens, Optional[Decision]]:
+    """Fixed mode: the ``r`` best-matching sources merge, the ``k`` most important tokens stay.
+
+    The counts are static, so the work is written for the fewest operations per block, each a
+    kernel launch at batch 1: only the ``r`` chosen source rows enter the merge (gathered once, by
+    position), and the merge is computed over the whole token axis in input positions (rows that
+    receive nothing come out unchanged: ``x * 1 + 0``), so no slicing into parts and no merged
+    layout is built; survivors are put in layout order by sorting their slots (a constant per
+    position), and each tensor is gathered once. Per-source values are rows (B, 1, r) and
+    per-position values columns (B, N, 1), so every product broadcasts without a reshape.
+    Pruning works on the cost ``-imp`` (lowest first), so that a merged source can be marked with
+    its own size (at least 1, above every live token's cost) straight from the gather.
+    """
+    x, size = tokens.x, tokens.size
+    b, n = x.shape[0], x.shape[1]
+    c = _fixed_layout(int(n), num_prefix, x.device, x.dtype)
+    cost = -imp[:, None, :] if imp.dim() == 2 else imp  # (B, 1, N), lower is more important
+    size_col = size if size is None or size.dim() == 3 else size[:, :, None]  # None: all ones
+    chosen_pos = dst_c = hit = None
+    if plan.r:
+        best, dst_idx = bipartite_match(metric, None, num_prefix, every_position=c.src_mask)  # rows (B, 1, N)
+        best_c, chosen_pos = top_k(best, plan.r)  # (B, 1, r) positions of the merging sources, distinct
+        dst_c = dst_idx.gather(2, chosen_pos)
+        hit = c.dst_rank == dst_c  # (B, N, r): position j receives chosen source i
+        rows = chosen_pos.transpose(1, 2)  # (B, r, 1), to gather the chosen rows
+        if size_col is None:  # every token one patch
+            moved, dead = hit.to(x.dtype), best_c + float("inf")
+        else:
+            dead = size_col.transpose(1, 2).gather(2, chosen_pos)  # the chosen sources' sizes
+            moved = torch.where(hit, dead, 0.0)
+        x, size_col = merge_rows(x, 1.0 if size_col is None else size_col, moved, take_rows(x, rows))
+        # A destination is as important as the most important token merged into it (the lowest
+        # cost); merged sources drop out, their cost set above every live token's by a plain
+        # ScatterElements, without a reduction, which every TensorRT target imports.
+        incoming = torch.where(hit, cost.gather(2, chosen_pos), c.no_merge).amin(dim=2, keepdim=True)
+        cost_col = torch.minimum(cost.scatter(2, chosen_pos, dead).transpose(1, 2), incoming)
+    else:
+        cost_col = torch.minimum(cost.transpose(1, 2), c.no_merge)
+
+    top = top_k(cost_col, plan.k, dim=1, largest=False)[1]  # (B, k, 1) the k most important live tokens...
+    idx = top.gather(1, smallest_unique(c.slot[top], plan.k, dim=1))  # ...in layout order
+    new_source = None
+    if tokens.source is not None:
+        source = tokens.source
+        if hit is not None:
+            source = source + hit.to(source.dtype) @ take_rows(source, rows)
+        new_source = take_rows(source, idx)
+    new_size = None if size_col is None else size_col.gather(1, idx)
+    if size is not None and size.dim() == 2:
+        new_size = new_size[..., 0]
+    tokens = Tokens(take_rows(x, idx), new_size, None, new_source)
+    if not record:
+        return tokens, None
+    merge_dst = torch.full((b, (n + 1) // 2), -1, dtype=torch.long, device=x.device)
+    if chosen_pos is not None:
+        merge_dst = merge_dst.scatter(1, chosen_pos[:, 0] // 2, c.dst_pos[dst_c[:, 0]])
+    decision = Decision(kept=idx[..., 0], merge_dst=merge_dst, n_in=x.new_full((b,), float(n)),
+                        n_out=torch.full((b,), plan.k, device=x.device), length=n, source=new_source)
+    return tokens, decision
+
+
+def _decision(size: Tensor, valid: Optional[Tensor], num_prefix: int, kept: Tensor, n_out: Tensor, merged: Tensor,
+              dst_idx: Tensor, plan: Plan) -> Decision:
+    """What the block did, in its input positions (read by parity checks and the visualizer;
+    exports drop it unless asked for decision outputs). ``merged``, ``dst_idx``: (B, Ns)."""
+    b, n = size.shape
+    _, _, dst = layout(num_prefix)
+    alive_in = torch.ones_like(size) if valid is None else valid
+    # Every even position has an entry, prefix sources included (they never merge).
+    merge_dst = torch.where(merged, 2 * dst_idx + dst.start, -1)
+    if num_prefix:
+        merge_dst = torch.cat([dst_idx.new_full((b, (num_prefix + 1) // 2), -1), merge_dst], dim=1)
+    return Decision(kept=kept, merge_dst=merge_dst, n_in=alive_in.sum(dim=1), n_out=n_out, length=n)
+
+
+def _prune_order(imp: Tensor, alive: Tensor, plan: Plan, num_prefix: int, slot: Tensor,
+                 n: int) -> tuple[Tensor, Tensor]:
     """Which merged-layout slots survive pruning, in output order; and their validity.
 
     Slot order is output order (see :func:`merge_and_prune`), so survivors are only sorted by
-    slot. Returns ``(idx, valid)``: (B, K) slots to gather, and (B, K) validity (None in fixed
-    mode, where every output token is real). Fixed mode passes no ``alive``: its dead slots
-    (merged sources) already have importance -inf.
+    slot. ``slot``: arange over the layout, ``n`` its length (the block's token count, the very
+    value the arange was made from, so exported graphs read the shape once). Returns
+    ``(idx, valid)``: (B, K) slots to gather, and their (B, K) validity.
     """
-    n = imp.shape[1]
-    if plan.mode == "fixed":
-        chosen = top_indices(imp, plan.k)  # the k most important live tokens...
-        return chosen.gather(1, smallest_unique(chosen, plan.k)), None  # ...in slot order
-
     if plan.mode == "threshold":
         keep = (alive > 0.5) & (imp > plan.prune_threshold)
         if num_prefix == 0:  # no class token to fall back on: the most important token stays
             top = torch.where(alive > 0.5, imp, NEG_INF).argmax(dim=1, keepdim=True)
-            keep = keep | (torch.arange(n, device=imp.device)[None, :] == top)
+            keep = keep | (slot[None, :] == top)
         keep_value = keep.to(imp.dtype)
-    elif plan.mode == "train":
+    else:
         keep_value = alive * straight_through(imp, plan.prune_threshold, plan.tau)
         keep = keep_value > 0.5
-    else:
-        raise ValueError(f"no pruning in mode {plan.mode!r}")
 
     # Survivors first (in slot order), then the dead: the key stays unique.
-    slot = torch.arange(n, device=imp.device)
     order_key = torch.where(keep, slot, slot + n)
-    count = n if plan.mode == "train" else padded_length(keep)  # training removes nothing
+    count = n if plan.mode == "train" else padded_length(keep, slot)  # training removes nothing
     idx = smallest_unique(order_key, count)
     return idx, keep_value.gather(1, idx)
 
 
-def padded_length(keep: Tensor) -> int:
+def padded_length(keep: Tensor, slots: Optional[Tensor] = None) -> int:
     """The largest kept count in the batch, as the shape of a NonZero output.
 
     Exporters turn this into a shape computation (Shape(NonZero(..))), which TensorRT treats
@@ -363,9 +520,9 @@ def padded_length(keep: Tensor) -> int:
     (docs/arithmetic.md#batches-in-threshold-mode). In eager PyTorch it is an ordinary int, read
     without ``.item()``.
     """
-    counts = keep.sum(dim=1)  # (B,)
-    slots = torch.arange(keep.shape[1], device=keep.device)
-    used = (counts[:, None] > slots[None, :]).any(dim=0)
+    if slots is None:
+        slots = torch.arange(keep.shape[1], device=keep.device)
+    used = slots < keep.sum(dim=1).max()  # slot s is used by some image
     return torch.nonzero(used).shape[0]
 
 
@@ -374,7 +531,7 @@ def slice_tokens(tokens: Tokens, k: int) -> Tokens:
     return replace(
         tokens,
         x=tokens.x[:, :k],
-        size=tokens.size[:, :k],
+        size=None if tokens.size is None else tokens.size[:, :k],
         valid=None if tokens.valid is None else tokens.valid[:, :k],
         source=None if tokens.source is None else tokens.source[:, :k],
     )
