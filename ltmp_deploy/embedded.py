@@ -2,9 +2,8 @@
 
 No weights can be downloaded, so the default base model is trained here, once, from
 scikit-learn's digits (``ltmp_deploy.data.digits``) and cached as a plain timm state dict in
-safetensors. Importing this module registers ``vit_digits_32`` with timm, so
-``timm.create_model("vit_digits_32")`` and ``timm.data.resolve_data_config(model=...)`` work like
-for any timm model (``pretrained=False`` only).
+safetensors. The model itself (registered with timm as ``vit_digits_32``) is defined in
+``ltmp_deploy.ltmp.embedded_vit``.
 """
 
 from __future__ import annotations
@@ -16,69 +15,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import VisionTransformer
 
-from ltmp_deploy.data.digits import DIGITS_MEAN, DIGITS_STD, IMAGE_SIZE, NUM_CLASSES, digits_arrays
+from ltmp_deploy.data.digits import digits_arrays
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output
+from ltmp_deploy.ltmp.embedded_vit import (  # noqa: F401  MODEL_NAME and the sizes are used through this module
+    DIGITS_MEAN, DIGITS_STD, IMAGE_SIZE, MODEL_ARGS, MODEL_NAME, NUM_CLASSES, vit_digits_32,
+)
 
-MODEL_NAME = "vit_digits_32"
 # Bump when the architecture or the training recipe changes: it is part of the cache file name,
 # so an old cached checkpoint is never mistaken for the new one.
 RECIPE_VERSION = 1
 DEFAULT_EPOCHS = 30
 DEFAULT_SEED = 0
 CACHE_ENV = "LTMP_DEPLOY_CACHE"
-
-MODEL_ARGS = dict(
-    img_size=IMAGE_SIZE,
-    patch_size=4,  # 8x8 = 64 patches + class token: enough tokens for merging/pruning to matter
-    embed_dim=64,  # small: the recipe must train in minutes on 2 CPU cores
-    depth=6,  # deep enough that per-block token schedules have room to differ
-    num_heads=4,
-    mlp_ratio=4.0,
-    num_classes=NUM_CLASSES,
-    global_pool="token",
-)
-
-# timm looks up ``default_cfgs`` in the module of a registered entrypoint.
-default_cfgs = generate_default_cfgs(
-    {
-        MODEL_NAME: dict(
-            input_size=(3, IMAGE_SIZE, IMAGE_SIZE),
-            mean=DIGITS_MEAN,
-            std=DIGITS_STD,
-            interpolation="bilinear",
-            crop_pct=1.0,
-            crop_mode="center",
-            num_classes=NUM_CLASSES,
-            label_names=tuple(str(c) for c in range(NUM_CLASSES)),
-            first_conv="patch_embed.proj",
-            classifier="head",
-            fixed_input_size=True,
-            license="apache-2.0",
-            description="ViT trained by ltmp-deploy on scikit-learn's digits (no hub weights)",
-        )
-    }
-)
-
-
-@register_model
-def vit_digits_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """ViT for 32x32 digits: patch 4, width 64, depth 6, 4 heads, 10 classes."""
-    if pretrained:
-        raise LTMPError(
-            f"{MODEL_NAME}: has no downloadable weights; load default_base_checkpoint() instead"
-        )
-    return build_model_with_cfg(
-        VisionTransformer,
-        MODEL_NAME,
-        pretrained=False,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        **dict(MODEL_ARGS, **kwargs),
-    )
-
 
 def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     if cache_dir is not None:

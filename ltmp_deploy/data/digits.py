@@ -17,20 +17,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+# The embedded model carries its preprocessing; the digits are prepared to match it.
+from ltmp_deploy.ltmp.embedded_vit import DIGITS_MEAN, DIGITS_STD, IMAGE_SIZE, NUM_CLASSES  # noqa: F401
+
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-IMAGE_SIZE = 32
-NUM_CLASSES = 10
 SPLIT_SEED = 20240607
 # Fractions of every class that go to val and test; the rest (70 %) is train.
 VAL_FRACTION = 0.10
 TEST_FRACTION = 0.20
 
-# Per-channel mean and std of the train split's [0, 1] pixels (all three channels are the same
-# grey picture). Derived with ``compute_mean_std()`` (float64 over all train pixels) and rounded
-# to 6 digits; tests/test_data.py recomputes them. Change them only together with the split.
-DIGITS_MEAN: tuple[float, float, float] = (0.305138, 0.305138, 0.305138)
-DIGITS_STD: tuple[float, float, float] = (0.323319, 0.323319, 0.323319)
 
 
 @lru_cache(maxsize=1)

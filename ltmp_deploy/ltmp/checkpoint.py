@@ -48,7 +48,7 @@ def build_model(architecture: dict[str, Any]) -> torch.nn.Module:
     kwargs = dict(architecture.get("kwargs") or architecture.get("config") or {})
     try:
         if architecture.get("timm_model"):
-            import ltmp_deploy.embedded  # noqa: F401  registers the embedded default with timm
+            import ltmp_deploy.ltmp.embedded_vit  # noqa: F401  registers the embedded default with timm
 
             return timm.create_model(architecture["timm_model"], pretrained=False, **kwargs)
         module, _, cls = str(architecture.get("timm_class", "")).rpartition(".")
