@@ -21,7 +21,6 @@ import argparse
 import collections
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import onnx
 import onnxruntime as ort
@@ -44,8 +43,9 @@ def optimized_graph(path: Path) -> onnx.ModelProto:
     return onnx.load(str(out), load_external_data=False)
 
 
-def op_types(model: LTMPVisionTransformer, mode: str, opset: int, workdir: Path,
-             batch: Optional[int] = None) -> collections.Counter:
+def op_types(
+    model: LTMPVisionTransformer, mode: str, opset: int, workdir: Path, batch: int | None = None
+) -> collections.Counter:
     """Op types of the optimized graph of ``model`` exported in ``mode``."""
     model.ltmp_set_mode(mode)
     path = workdir / f"{mode}-{opset}-{batch or 'dynamic'}.onnx"
@@ -53,8 +53,9 @@ def op_types(model: LTMPVisionTransformer, mode: str, opset: int, workdir: Path,
     return collections.Counter(node.op_type for node in optimized_graph(path).graph.node)
 
 
-def extra_op_types(model: LTMPVisionTransformer, modes: tuple[str, ...] = ("fixed", "threshold"),
-                   batch: Optional[int] = None) -> dict[str, collections.Counter]:
+def extra_op_types(
+    model: LTMPVisionTransformer, modes: tuple[str, ...] = ("fixed", "threshold"), batch: int | None = None
+) -> dict[str, collections.Counter]:
     """For each mode, its optimized graph's op types minus the oracle's, both exported at the
     mode's default opset (threshold mode's 17 exports LayerNorm as one op). The model needs a
     fixed-mode schedule (the oracle keeps its token counts); threshold mode uses its thresholds.
@@ -72,7 +73,7 @@ def extra_op_types(model: LTMPVisionTransformer, modes: tuple[str, ...] = ("fixe
     return extra
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="deit_small_patch16_224")
     parser.add_argument("--target", type=float, default=0.5, help="fraction of block FLOPs the fixed schedule keeps")

@@ -10,8 +10,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from conftest import one_torch_thread, tiny_vit
+
 from ltmp_deploy.ltmp.flops import schedule_for_flops
 from ltmp_deploy.ltmp.patch import apply_patch
 

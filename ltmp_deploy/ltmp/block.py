@@ -8,8 +8,6 @@ matrix (for importance) and the keys (for matching), plus proportional attention
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
@@ -34,8 +32,9 @@ class Threshold(nn.Module):
         self.threshold = nn.Parameter(torch.tensor([float(value)]))
 
 
-def proportional_attention(attn: nn.Module, x: Tensor, size: Optional[Tensor], valid: Optional[Tensor],
-                           soft: bool) -> tuple[Tensor, Tensor, Tensor]:
+def proportional_attention(
+    attn: nn.Module, x: Tensor, size: Tensor | None, valid: Tensor | None, soft: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """timm ``Attention`` with ``log(size)`` added to the logits of every key.
 
     Invalid keys (padding, or tokens already removed in training) get no attention: in
@@ -80,7 +79,9 @@ class LTMPBlock(Block):
     merge_masker: Threshold
     prune_masker: Threshold
 
-    def forward(self, tokens: Tokens, plan: Plan, num_prefix: int, record: bool = True) -> tuple[Tokens, Optional[Decision]]:  # type: ignore[override]
+    def forward(
+        self, tokens: Tokens, plan: Plan, num_prefix: int, record: bool = True
+    ) -> tuple[Tokens, Decision | None]:  # type: ignore[override]
         if plan.mode in ("off", "oracle"):
             # timm's own (fused) attention: the oracle is a plain ViT that sees fewer tokens.
             x = tokens.x + self.drop_path1(self.ls1(self.attn(self.norm1(tokens.x))))
@@ -90,7 +91,9 @@ class LTMPBlock(Block):
                 tokens = slice_tokens(tokens, plan.k)
         else:
             soft = plan.mode == "train"
-            out, probs, metric = proportional_attention(self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, soft)
+            out, probs, metric = proportional_attention(
+                self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, soft
+            )
             tokens = Tokens(tokens.x + self.drop_path1(self.ls1(out)), tokens.size, tokens.valid, tokens.source)
             if plan.mode == "fixed":  # no padding; pruning reads the negated mean (see merge_and_prune)
                 imp = attention_received(probs, keepdim=True, sign=-1.0)

@@ -60,9 +60,7 @@ default_cfgs = generate_default_cfgs(
 def vit_digits_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """ViT for 32x32 digits: patch 4, width 64, depth 6, 4 heads, 10 classes."""
     if pretrained:
-        raise LTMPError(
-            f"{MODEL_NAME}: has no downloadable weights; load default_base_checkpoint() instead"
-        )
+        raise LTMPError(f"{MODEL_NAME}: has no downloadable weights; load default_base_checkpoint() instead")
     return build_model_with_cfg(
         VisionTransformer,
         MODEL_NAME,
@@ -70,5 +68,3 @@ def vit_digits_32(pretrained: bool = False, **kwargs) -> VisionTransformer:
         pretrained_filter_fn=checkpoint_filter_fn,
         **dict(MODEL_ARGS, **kwargs),
     )
-
-

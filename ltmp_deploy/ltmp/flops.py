@@ -11,8 +11,9 @@ The reduction's own matmuls (cosine similarity and the merge assignment) are rep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -64,7 +65,7 @@ def block_macs(dims: Dims, n_in: Count, n_out: Count) -> Count:
     return attention + mlp
 
 
-def reduction_macs(dims: Dims, n_in: Count, merging: Optional[Count] = None) -> Count:
+def reduction_macs(dims: Dims, n_in: Count, merging: Count | None = None) -> Count:
     """MACs of the merge/prune matmuls: the destination x source similarity, and the merge
     matmul that moves the merging sources' features into the destinations. Threshold mode
     (``merging`` None) computes both over the sources and destinations alone, every source
@@ -102,7 +103,9 @@ class FlopsReport:
         return {**asdict(self), "total": self.total, "unpatched_total": self.unpatched_total, "ratio": self.ratio}
 
 
-def _report(dims: Dims, counts: list[tuple[Count, Count]], reduce: bool, merges: Optional[Sequence[int]] = None) -> FlopsReport:
+def _report(
+    dims: Dims, counts: list[tuple[Count, Count]], reduce: bool, merges: Sequence[int] | None = None
+) -> FlopsReport:
     n = dims.num_tokens
     merging = merges if merges is not None else [None] * len(counts)
     return FlopsReport(

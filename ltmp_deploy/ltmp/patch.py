@@ -9,7 +9,7 @@ What *is* kept on the model is configuration: the mode and the fixed-mode schedu
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any
 
 import timm
 import torch
@@ -33,7 +33,7 @@ class LTMPConfig:
     """Configuration carried by a patched model (not per-call state)."""
 
     mode: str = "threshold"
-    schedule: Optional[Schedule] = None
+    schedule: Schedule | None = None
     tau: float = 0.1
     architecture: dict[str, Any] = field(default_factory=dict)
 
@@ -54,7 +54,7 @@ class LTMPVisionTransformer(VisionTransformer):
     def ltmp_num_tokens(self) -> int:
         return self.patch_embed.num_patches + self.num_prefix_tokens
 
-    def ltmp_set_mode(self, mode: str, schedule: Optional[Schedule] = None) -> "LTMPVisionTransformer":
+    def ltmp_set_mode(self, mode: str, schedule: Schedule | None = None) -> LTMPVisionTransformer:
         """Switch between train / threshold / fixed (and off / oracle) at run time."""
         if mode not in MODES:
             raise LTMPError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -73,7 +73,9 @@ class LTMPVisionTransformer(VisionTransformer):
 
     def ltmp_set_thresholds(self, merge: list[float], prune: list[float]) -> None:
         if len(merge) != len(self.blocks) or len(prune) != len(self.blocks):
-            raise LTMPError(f"expected {len(self.blocks)} merge and prune thresholds, got {len(merge)} and {len(prune)}")
+            raise LTMPError(
+                f"expected {len(self.blocks)} merge and prune thresholds, got {len(merge)} and {len(prune)}"
+            )
         with torch.no_grad():
             for b, m, p in zip(self.blocks, merge, prune):
                 b.merge_masker.threshold.fill_(float(m))
@@ -100,7 +102,9 @@ class LTMPVisionTransformer(VisionTransformer):
         if track_source:
             # Prefix tokens stand for no patch; patch token i stands for patch i.
             patches = n - self.num_prefix_tokens
-            source = torch.cat([x.new_zeros(self.num_prefix_tokens, patches), torch.eye(patches, dtype=x.dtype, device=x.device)])
+            source = torch.cat(
+                [x.new_zeros(self.num_prefix_tokens, patches), torch.eye(patches, dtype=x.dtype, device=x.device)]
+            )
             source = source.expand(b, -1, -1)
         tokens = Tokens(x, None, None, source)  # every token one patch (see Tokens.size)
 
@@ -116,14 +120,14 @@ class LTMPVisionTransformer(VisionTransformer):
             tokens = replace(tokens, size=tokens.size[..., 0])
         return LTMPOutput(logits, decisions, tokens)
 
-    def _ltmp_head(self, x: Tensor, valid: Optional[Tensor]) -> Tensor:
+    def _ltmp_head(self, x: Tensor, valid: Tensor | None) -> Tensor:
         if self.global_pool != "avg":
             return self.forward_head(x)  # the class token (and distillation token) sit in front
-        patches = x[:, self.num_prefix_tokens:]
+        patches = x[:, self.num_prefix_tokens :]
         if valid is None:
             pooled = patches.mean(dim=1)
         else:  # padding and dead tokens are left out of the mean
-            weight = valid[:, self.num_prefix_tokens:, None]
+            weight = valid[:, self.num_prefix_tokens :, None]
             pooled = (patches * weight).sum(dim=1) / weight.sum(dim=1)
         return self.head(self.head_drop(self.fc_norm(pooled)))
 
@@ -153,24 +157,30 @@ def check_supported(model: nn.Module) -> None:
     """Raise UnsupportedModelError naming the model and the reason when LTMP cannot patch it."""
     name = model_name(model)
     if not isinstance(model, VisionTransformer):
-        raise UnsupportedModelError(f"{name}: LTMP patches timm VisionTransformer models (ViT, DeiT), not {type(model).__name__}")
+        raise UnsupportedModelError(
+            f"{name}: LTMP patches timm VisionTransformer models (ViT, DeiT), not {type(model).__name__}"
+        )
     if getattr(model, "attn_pool", None) is not None or model.global_pool not in POOLS:
-        raise UnsupportedModelError(f"{name}: global_pool {model.global_pool!r} is not supported (use one of {', '.join(POOLS)})")
+        raise UnsupportedModelError(
+            f"{name}: global_pool {model.global_pool!r} is not supported (use one of {', '.join(POOLS)})"
+        )
     for i, blk in enumerate(model.blocks):
         if type(blk) not in (Block, LTMPBlock):
             raise UnsupportedModelError(f"{name}: block {i} is a {type(blk).__name__}; LTMP knows timm's Block only")
         if type(blk.attn) is not Attention or getattr(blk.attn, "gate", None) is not None:
-            raise UnsupportedModelError(f"{name}: block {i} uses {type(blk.attn).__name__}; LTMP knows timm's plain Attention only")
+            raise UnsupportedModelError(
+                f"{name}: block {i} uses {type(blk.attn).__name__}; LTMP knows timm's plain Attention only"
+            )
 
 
 def apply_patch(
     model: VisionTransformer,
     *,
     mode: str = "threshold",
-    schedule: Optional[Schedule] = None,
+    schedule: Schedule | None = None,
     merge_threshold: float = INITIAL_MERGE_THRESHOLD,
     prune_threshold: float = INITIAL_PRUNE_THRESHOLD,
-    architecture: Optional[dict[str, Any]] = None,
+    architecture: dict[str, Any] | None = None,
 ) -> LTMPVisionTransformer:
     """Give ``model`` LTMP in place and return it. Already-patched models keep their thresholds."""
     check_supported(model)

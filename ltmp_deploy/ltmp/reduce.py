@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -44,9 +43,9 @@ class Tokens:
     # every token is one patch (attention then adds no bias and the merge needs no sizes, as in
     # ToMe). Between fixed-mode blocks a column (B, N, 1): the merge broadcasts sizes per
     # position, and a column spares a reshape there and one after the gather, in every block.
-    size: Optional[Tensor]
-    valid: Optional[Tensor] = None  # (B, N) 1 real token, 0 padding/dead; None: all real
-    source: Optional[Tensor] = None  # (B, N, P) which input patches each token stands for
+    size: Tensor | None
+    valid: Tensor | None = None  # (B, N) 1 real token, 0 padding/dead; None: all real
+    source: Tensor | None = None  # (B, N, P) which input patches each token stands for
 
 
 @dataclass
@@ -56,8 +55,8 @@ class Plan:
     mode: str  # "fixed" | "threshold" | "train" | "oracle" | "off"
     r: int = 0  # fixed: sources merged
     k: int = 0  # fixed / oracle: tokens left after pruning
-    merge_threshold: Optional[Tensor] = None
-    prune_threshold: Optional[Tensor] = None
+    merge_threshold: Tensor | None = None
+    prune_threshold: Tensor | None = None
     tau: float = 0.1  # train: temperature of the soft masks
 
 
@@ -70,13 +69,15 @@ class Decision:
     n_in: Tensor  # (B,) valid tokens entering the block
     n_out: Tensor  # (B,) valid tokens leaving it
     length: int = 0  # tokens in the block's (padded) input
-    source: Optional[Tensor] = None  # (B, K, P) when tracked: the input patches of each output token
-    soft_keep_in: Optional[Tensor] = None  # train: (B,) mean-mask token count entering (with gradients)
-    soft_keep_out: Optional[Tensor] = None  # train: (B,) after merge and prune (with gradients)
+    source: Tensor | None = None  # (B, K, P) when tracked: the input patches of each output token
+    soft_keep_in: Tensor | None = None  # train: (B,) mean-mask token count entering (with gradients)
+    soft_keep_out: Tensor | None = None  # train: (B,) after merge and prune (with gradients)
 
     def merged(self) -> Tensor:
         """(B, length) True for every input token that merged into another."""
-        flags = torch.zeros(self.merge_dst.shape[0], 2 * self.merge_dst.shape[1], dtype=torch.bool, device=self.kept.device)
+        flags = torch.zeros(
+            self.merge_dst.shape[0], 2 * self.merge_dst.shape[1], dtype=torch.bool, device=self.kept.device
+        )
         flags[:, 0::2] = self.merge_dst >= 0
         return flags[:, : self.length]
 
@@ -190,7 +191,7 @@ def attention_received(attn: Tensor, keepdim: bool = False, sign: float = 1.0) -
     return torch.einsum("bhqk,h->bk", attn, attn.new_full((heads,), sign / (heads * queries)))
 
 
-def token_importance(attn: Tensor, valid: Optional[Tensor], num_prefix: int) -> Tensor:
+def token_importance(attn: Tensor, valid: Tensor | None, num_prefix: int) -> Tensor:
     """Mean attention each key receives, over heads and valid query rows; prefix gets +inf.
 
     attn: (B, H, N, N) post-softmax. Padding queries are left out of the mean so that an image
@@ -219,8 +220,13 @@ def layout(num_prefix: int) -> tuple[slice, slice, slice]:
     return slice(0, num_prefix), slice(first_src, None, 2), slice(first_dst, None, 2)
 
 
-def bipartite_match(metric: Tensor, valid: Optional[Tensor], num_prefix: int, guard: bool = True,
-                    every_position: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+def bipartite_match(
+    metric: Tensor,
+    valid: Tensor | None,
+    num_prefix: int,
+    guard: bool = True,
+    every_position: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
     """Best destination for every non-prefix source by cosine similarity (see :func:`layout`).
 
     Returns ``(best, dst)``, both rows (B, 1, Ns): the similarity of each source's best destination
@@ -302,7 +308,9 @@ def take_rows(t: Tensor, idx: Tensor) -> Tensor:
     return _take_rows(t, idx)
 
 
-def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan, record: bool = True) -> tuple[Tokens, Optional[Decision]]:
+def merge_and_prune(
+    tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan, record: bool = True
+) -> tuple[Tokens, Decision | None]:
     """One block's reduction: merge (size-weighted), then prune, then compact the tokens.
 
     The merged layout is [prefix, sources, destinations]: prefix tokens in front in their
@@ -342,7 +350,7 @@ def merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int
     x_dst, size_dst = merge_rows(x[:, dst], size[:, dst, None], moved, x[:, src])
     size_dst = size_dst[..., 0]
 
-    def laid_out(t: Tensor, t_dst: Tensor, t_src: Optional[Tensor] = None) -> Tensor:
+    def laid_out(t: Tensor, t_dst: Tensor, t_src: Tensor | None = None) -> Tensor:
         """``t`` in the merged layout, with its destination rows (and source rows) replaced."""
         parts = [t[:, src] if t_src is None else t_src, t_dst]
         return torch.cat([t[:, prefix]] + parts if num_prefix else parts, dim=1)
@@ -410,8 +418,9 @@ def _fixed_layout(n: int, num_prefix: int, device: torch.device, dtype: torch.dt
     )
 
 
-def _fixed_merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan,
-                           record: bool) -> tuple[Tokens, Optional[Decision]]:
+def _fixed_merge_and_prune(
+    tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan, record: bool
+) -> tuple[Tokens, Decision | None]:
     """Fixed mode: the ``r`` best-matching sources merge, the ``k`` most important tokens stay.
 
     The counts are static, so the work is written for the fewest operations per block, each a
@@ -467,13 +476,27 @@ def _fixed_merge_and_prune(tokens: Tokens, metric: Tensor, imp: Tensor, num_pref
     merge_dst = torch.full((b, (n + 1) // 2), -1, dtype=torch.long, device=x.device)
     if chosen_pos is not None:
         merge_dst = merge_dst.scatter(1, chosen_pos[:, 0] // 2, c.dst_pos[dst_c[:, 0]])
-    decision = Decision(kept=idx[..., 0], merge_dst=merge_dst, n_in=x.new_full((b,), float(n)),
-                        n_out=torch.full((b,), plan.k, device=x.device), length=n, source=new_source)
+    decision = Decision(
+        kept=idx[..., 0],
+        merge_dst=merge_dst,
+        n_in=x.new_full((b,), float(n)),
+        n_out=torch.full((b,), plan.k, device=x.device),
+        length=n,
+        source=new_source,
+    )
     return tokens, decision
 
 
-def _decision(size: Tensor, valid: Optional[Tensor], num_prefix: int, kept: Tensor, n_out: Tensor, merged: Tensor,
-              dst_idx: Tensor, plan: Plan) -> Decision:
+def _decision(
+    size: Tensor,
+    valid: Tensor | None,
+    num_prefix: int,
+    kept: Tensor,
+    n_out: Tensor,
+    merged: Tensor,
+    dst_idx: Tensor,
+    plan: Plan,
+) -> Decision:
     """What the block did, in its input positions (read by parity checks and the visualizer;
     exports drop it unless asked for decision outputs). ``merged``, ``dst_idx``: (B, Ns)."""
     b, n = size.shape
@@ -486,8 +509,9 @@ def _decision(size: Tensor, valid: Optional[Tensor], num_prefix: int, kept: Tens
     return Decision(kept=kept, merge_dst=merge_dst, n_in=alive_in.sum(dim=1), n_out=n_out, length=n)
 
 
-def _prune_order(imp: Tensor, alive: Tensor, plan: Plan, num_prefix: int, slot: Tensor,
-                 n: int) -> tuple[Tensor, Tensor]:
+def _prune_order(
+    imp: Tensor, alive: Tensor, plan: Plan, num_prefix: int, slot: Tensor, n: int
+) -> tuple[Tensor, Tensor]:
     """Which merged-layout slots survive pruning, in output order; and their validity.
 
     Slot order is output order (see :func:`merge_and_prune`), so survivors are only sorted by
@@ -512,7 +536,7 @@ def _prune_order(imp: Tensor, alive: Tensor, plan: Plan, num_prefix: int, slot: 
     return idx, keep_value.gather(1, idx)
 
 
-def padded_length(keep: Tensor, slots: Optional[Tensor] = None) -> int:
+def padded_length(keep: Tensor, slots: Tensor | None = None) -> int:
     """The largest kept count in the batch, as the shape of a NonZero output.
 
     Exporters turn this into a shape computation (Shape(NonZero(..))), which TensorRT treats
