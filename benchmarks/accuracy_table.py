@@ -52,9 +52,15 @@ def main() -> None:
         print(f"target {target}: done", flush=True)
 
     print(f"\nembedded digits ViT ({MODEL_NAME}), test split of {len(test)} images, unpatched accuracy {unpatched:.4f}")
-    print(f"{'target':>6} | {'LTMP thr acc':>12} {'FLOPs':>6} | {'LTMP fixed acc':>14} {'FLOPs':>6} | {'ToMe acc':>8} {'FLOPs':>6} {'r':>3}")
+    print(
+        f"{'target':>6} | {'LTMP thr acc':>12} {'FLOPs':>6} | {'LTMP fixed acc':>14} {'FLOPs':>6} | {'ToMe acc':>8} "
+        f"{'FLOPs':>6} {'r':>3}"
+    )
     for target, cal, tome_acc, tome_flops, r in rows:
-        print(f"{target:>6} | {cal.threshold_accuracy:>12.4f} {cal.threshold_flops:>6.3f} | {cal.fixed_accuracy:>14.4f} {cal.fixed_flops:>6.3f} | {tome_acc:>8.4f} {tome_flops:>6.3f} {r:>3}")
+        print(
+            f"{target:>6} | {cal.threshold_accuracy:>12.4f} {cal.threshold_flops:>6.3f} | "
+            f"{cal.fixed_accuracy:>14.4f} {cal.fixed_flops:>6.3f} | {tome_acc:>8.4f} {tome_flops:>6.3f} {r:>3}"
+        )
 
 
 if __name__ == "__main__":

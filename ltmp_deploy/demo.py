@@ -37,14 +37,26 @@ class DemoReport:
     latency: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "files": self.files, "validation": self.validation, "trt": self.trt, "latency_ms": self.latency}
+        return {
+            "rows": self.rows,
+            "files": self.files,
+            "validation": self.validation,
+            "trt": self.trt,
+            "latency_ms": self.latency,
+        }
 
 
 def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def run_demo(workdir: str | os.PathLike = "ltmp-demo", *, target: float = DEMO_TARGET, epochs: int = DEMO_EPOCHS, rounds: int = 20) -> DemoReport:
+def run_demo(
+    workdir: str | os.PathLike = "ltmp-demo",
+    *,
+    target: float = DEMO_TARGET,
+    epochs: int = DEMO_EPOCHS,
+    rounds: int = 20,
+) -> DemoReport:
     import torch
 
     from ltmp_deploy.calibration.learn import LearnConfig, evaluate, learn_thresholds
@@ -90,7 +102,10 @@ def run_demo(workdir: str | os.PathLike = "ltmp-demo", *, target: float = DEMO_T
     tome_acc, _, _ = evaluate(model, test)
     report.rows["tome-fixed-r"] = {"accuracy": tome_acc, "flops": schedule_flops(model, tome).ratio}
     model.ltmp_set_mode("fixed", schedule)
-    print(f"ToMe (fixed r={tome.merges[0]}, merging only): accuracy {tome_acc:.4f}, block FLOPs kept {report.rows['tome-fixed-r']['flops']:.3f}")
+    print(
+        f"ToMe (fixed r={tome.merges[0]}, merging only): accuracy {tome_acc:.4f}, block FLOPs kept "
+        f"{report.rows['tome-fixed-r']['flops']:.3f}"
+    )
 
     _say("4/6 export to ONNX and validate against PyTorch (ONNX Runtime, sample digits)")
     for mode in ("fixed", "threshold"):
@@ -129,13 +144,21 @@ def _latency(report: DemoReport, test: Any, rounds: int) -> dict[str, dict[str, 
 
     sessions = {
         name: ort.InferenceSession(report.files[key], providers=["CPUExecutionProvider"])
-        for name, key in (("unpatched", "onnx_unpatched"), ("ltmp-fixed", "onnx_fixed"), ("ltmp-threshold", "onnx_threshold"))
+        for name, key in (
+            ("unpatched", "onnx_unpatched"),
+            ("ltmp-fixed", "onnx_fixed"),
+            ("ltmp-threshold", "onnx_threshold"),
+        )
     }
     images = np.stack([test[i][0].numpy() for i in range(8)])
     out: dict[str, dict[str, float]] = {}
     for batch in (1, 8):
         x = images[:batch]
-        timings = interleaved({k: (lambda s=s: s.run([OUTPUT_NAME], {INPUT_NAME: x})) for k, s in sessions.items()}, batch, rounds=rounds)
+        timings = interleaved(
+            {k: (lambda s=s, x=x: s.run([OUTPUT_NAME], {INPUT_NAME: x})) for k, s in sessions.items()},
+            batch,
+            rounds=rounds,
+        )
         print(f"batch {batch}:\n{table(timings, baselines=('unpatched',))}")
         out[f"batch{batch}"] = {k: t.median_ms for k, t in timings.items()}
     return out

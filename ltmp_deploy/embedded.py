@@ -21,7 +21,13 @@ from ltmp_deploy.data.digits import digits_arrays
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output
 from ltmp_deploy.ltmp.embedded_vit import (  # noqa: F401  MODEL_NAME and the sizes are used through this module
-    DIGITS_MEAN, DIGITS_STD, IMAGE_SIZE, MODEL_ARGS, MODEL_NAME, NUM_CLASSES, vit_digits_32,
+    DIGITS_MEAN,
+    DIGITS_STD,
+    IMAGE_SIZE,
+    MODEL_ARGS,
+    MODEL_NAME,
+    NUM_CLASSES,
+    vit_digits_32,
 )
 
 # Bump when the architecture or the training recipe changes: it is part of the cache file name,
@@ -30,6 +36,7 @@ RECIPE_VERSION = 1
 DEFAULT_EPOCHS = 30
 DEFAULT_SEED = 0
 CACHE_ENV = "LTMP_DEPLOY_CACHE"
+
 
 def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     if cache_dir is not None:
@@ -79,8 +86,7 @@ def load_base_model(checkpoint: str | os.PathLike | None = None) -> VisionTransf
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise LTMPError(
-            f"{path}: not a {MODEL_NAME} state dict "
-            f"(missing {len(missing)} keys, unexpected {len(unexpected)})"
+            f"{path}: not a {MODEL_NAME} state dict (missing {len(missing)} keys, unexpected {len(unexpected)})"
         )
     return model.eval()
 
@@ -96,10 +102,7 @@ def _shift(images: torch.Tensor, max_shift: int, background: float, gen: torch.G
 @torch.no_grad()
 def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     model.eval()
-    correct = sum(
-        int((model(x).argmax(dim=1) == y).sum())
-        for x, y in zip(images.split(256), labels.split(256))
-    )
+    correct = sum(int((model(x).argmax(dim=1) == y).sum()) for x, y in zip(images.split(256), labels.split(256)))
     return correct / len(labels)
 
 
@@ -183,5 +186,9 @@ def train_base(
         save_file(state, str(tmp), metadata=metadata)
     if accuracy < WEAK_BASE_ACCURACY and max_train_images is None:
         # The recipe is seed-sensitive: some seeds end well below the others.
-        warnings.warn(f"{out}: the base model reached only {accuracy:.1%} test accuracy (seed {seed}); this small recipe is seed-sensitive, try another --seed", stacklevel=2)
+        warnings.warn(
+            f"{out}: the base model reached only {accuracy:.1%} test accuracy (seed {seed}); this small recipe is "
+            "seed-sensitive, try another --seed",
+            stacklevel=2,
+        )
     return out

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_ltmp
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from conftest import tiny_ltmp
-from ltmp_deploy.export.calibration_data import read_calibration_data, write_calibration_data
 from ltmp_deploy.calibration.schedule import calibrate, parse_statistic, schedule_from_counts, tome_schedule
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.calibration_data import read_calibration_data, write_calibration_data
 from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint, save_checkpoint
 from ltmp_deploy.ltmp.flops import schedule_flops
 
@@ -103,7 +103,23 @@ def digits_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_cli_calibrate_writes_schedule_and_int8_data(tmp_path, digits_checkpoint, capsys):
     out = tmp_path / "fixed.safetensors"
-    assert main(["calibrate", str(digits_checkpoint), "--data", "digits", "--int8-calib", str(tmp_path / "i8"), "--int8-images", "16", "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                str(digits_checkpoint),
+                "--data",
+                "digits",
+                "--int8-calib",
+                str(tmp_path / "i8"),
+                "--int8-images",
+                "16",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     model = load_checkpoint(out)
     assert model.ltmp.mode == "fixed" and model.ltmp.schedule is not None
     assert read_calibration_data(tmp_path / "i8" / "calib.npy").shape == (16, 3, 32, 32)
@@ -137,5 +153,10 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, digits_checkpoint, cap
     make_folder(tmp_path / "ten", 10, corrupt=True)
     out = tmp_path / "o.safetensors"
     with pytest.warns(UserWarning, match="skipped 1 file"):
-        assert main(["calibrate", str(digits_checkpoint), "--data", str(tmp_path / "ten"), "--no-evaluate", "-o", str(out)]) == 0
+        assert (
+            main(
+                ["calibrate", str(digits_checkpoint), "--data", str(tmp_path / "ten"), "--no-evaluate", "-o", str(out)]
+            )
+            == 0
+        )
     assert out.is_file()

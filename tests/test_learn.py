@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_vit
 from torch.utils.data import TensorDataset
 
-from conftest import tiny_vit
 from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds, resume_path
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint, read_metadata
@@ -53,7 +53,9 @@ def test_budget_moves_flops_towards_the_target_and_only_thresholds_train(tmp_pat
 def test_finetune_trains_the_weights_too(tmp_path):
     model = fresh()
     before = model.head.weight.clone()
-    learn_thresholds(model, data(), tmp_path / "l.safetensors", config(epochs=1, finetune=True, lr_model=0.01), progress=False)
+    learn_thresholds(
+        model, data(), tmp_path / "l.safetensors", config(epochs=1, finetune=True, lr_model=0.01), progress=False
+    )
     assert not torch.equal(before, model.head.weight)
 
 
@@ -80,7 +82,9 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
         learn_thresholds(fresh(), Interrupting(data()), tmp_path / "b.safetensors", config(epochs=2), progress=False)
     assert resume_path(tmp_path / "b.safetensors").is_file()
     resumed = load_checkpoint(tmp_path / "b.safetensors")
-    history = learn_thresholds(resumed, data(), tmp_path / "b.safetensors", config(epochs=2), resume=True, progress=False)
+    history = learn_thresholds(
+        resumed, data(), tmp_path / "b.safetensors", config(epochs=2), resume=True, progress=False
+    )
     assert [h.epoch for h in history] == [2]
     for a, b in zip(straight.ltmp_thresholds(), resumed.ltmp_thresholds()):
         assert a == pytest.approx(b, abs=1e-6)
@@ -103,11 +107,36 @@ def test_target_outside_the_range_is_refused(tmp_path, target):
 def test_two_process_ddp_under_torchrun(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LTMP_DEPLOY_CACHE": str(tmp_path)}
     ckpt = tmp_path / "p.safetensors"
-    subprocess.run([sys.executable, "-m", "ltmp_deploy.cli", "patch", "vit_digits_32", "-o", str(ckpt)], check=True, env=env)
+    subprocess.run(
+        [sys.executable, "-m", "ltmp_deploy.cli", "patch", "vit_digits_32", "-o", str(ckpt)], check=True, env=env
+    )
     out = tmp_path / "ddp.safetensors"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ltmp_deploy.cli",
-           "learn", str(ckpt), "--data", "digits", "--target", "0.6", "--epochs", "1", "--batch-size", "32",
-           "--limit", "128", "--lr-merge", "0.05", "-o", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ltmp_deploy.cli",
+        "learn",
+        str(ckpt),
+        "--data",
+        "digits",
+        "--target",
+        "0.6",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--limit",
+        "128",
+        "--lr-merge",
+        "0.05",
+        "-o",
+        str(out),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert out.is_file()

@@ -28,7 +28,6 @@ VAL_FRACTION = 0.10
 TEST_FRACTION = 0.20
 
 
-
 @lru_cache(maxsize=1)
 def _load() -> tuple[np.ndarray, np.ndarray]:
     """All 1797 digits as uint8 8x8 pictures (0..255) and their int64 labels."""

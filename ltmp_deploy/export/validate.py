@@ -16,20 +16,30 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
 from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES, digits_arrays
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.compare import (
-    DEFAULT_IMAGES, RANDOM_IMAGES, ParityReport, Target, check_request, common_batch, random_images, run_parity,
-    split_batches, whole_batches,
+    DEFAULT_IMAGES,
+    RANDOM_IMAGES,
+    ParityReport,
+    Target,
+    check_request,
+    common_batch,
+    random_images,
+    run_parity,
+    split_batches,
+    whole_batches,
 )
 from ltmp_deploy.export.metadata import decode
 from ltmp_deploy.export.runner import LTMPTorchRunner
-from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata, read_metadata
+from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
+from ltmp_deploy.ltmp.checkpoint import read_metadata
 
 PathLike = Union[str, os.PathLike]
 
@@ -44,7 +54,12 @@ def sample_images(meta: dict[str, Any], count: int) -> tuple[np.ndarray, str]:
 
 
 def compare_with_torch(
-    graph: Any, model: Any, images: Any, fp16: Optional[bool] = None, *, file: str = "exported graph",
+    graph: Any,
+    model: Any,
+    images: Any,
+    fp16: bool | None = None,
+    *,
+    file: str = "exported graph",
     data: str = "sample images",
 ) -> ParityReport:
     """The check right after export: ``graph`` (an onnx ModelProto, with decision outputs when it
@@ -63,10 +78,10 @@ def validate_checkpoint(
     files: PathLike | Sequence[PathLike] = (),
     *,
     images: int = DEFAULT_IMAGES,
-    batch: Optional[int] = None,
-    mode: Optional[str] = None,
-    json_path: Optional[PathLike] = None,
-    open_file: Optional[Callable[[Path], Target]] = None,
+    batch: int | None = None,
+    mode: str | None = None,
+    json_path: PathLike | None = None,
+    open_file: Callable[[Path], Target] | None = None,
 ) -> ParityReport:
     """Compare each of ``files`` with the toolkit ``checkpoint`` it came from, PyTorch the reference.
 
@@ -98,7 +113,7 @@ def validate_checkpoint(
     return report
 
 
-def _torch_target(source: Any, meta: dict[str, Any], mode: Optional[str]) -> Target:
+def _torch_target(source: Any, meta: dict[str, Any], mode: str | None) -> Target:
     on_disk = isinstance(source, (str, os.PathLike))
     name = f"pytorch {Path(source).name}" if on_disk else "pytorch"
     runner = LTMPTorchRunner(source, decisions=True, mode=mode, name=name)
@@ -133,7 +148,7 @@ def _graph_file(path: Path) -> Target:
     return _onnxruntime_target(str(path), str(path))
 
 
-def _export_for(checkpoint: Path, mode: Optional[str], folder: str) -> Path:
+def _export_for(checkpoint: Path, mode: str | None, folder: str) -> Path:
     """An ONNX graph of ``checkpoint`` with decision outputs, to compare a checkpoint on its own."""
     from ltmp_deploy.export.onnx_export import export_onnx  # which imports this module for its own check
 

@@ -16,15 +16,23 @@ when ``--against`` is a checkpoint. Nothing here imports torch.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.compare import (
-    DEFAULT_IMAGES, RANDOM_IMAGES, ParityReport, Target, check_request, common_batch, random_images, run_parity,
-    split_batches, whole_batches,
+    DEFAULT_IMAGES,
+    RANDOM_IMAGES,
+    ParityReport,
+    Target,
+    check_request,
+    common_batch,
+    random_images,
+    run_parity,
+    split_batches,
+    whole_batches,
 )
 from ltmp_deploy.runtime.backends import OnnxruntimeBackend, Provider, TensorrtBackend, resolve_backend
 from ltmp_deploy.runtime.preprocess import ImageLike, preprocess
@@ -35,9 +43,7 @@ CHECKPOINT_REFERENCE = (
 )
 
 
-def open_target(
-    path: str | os.PathLike, backend: str = "auto", providers: Optional[Sequence[Provider]] = None
-) -> Target:
+def open_target(path: str | os.PathLike, backend: str = "auto", providers: Sequence[Provider] | None = None) -> Target:
     """``path`` as a comparison target: a graph on ONNX Runtime (default CPU), an engine on TensorRT."""
     path = Path(path)
     name = resolve_backend(path, backend)
@@ -61,13 +67,13 @@ def open_target(
 
 def validate(
     files: str | os.PathLike | Sequence[str | os.PathLike],
-    against: Optional[str | os.PathLike] = None,
+    against: str | os.PathLike | None = None,
     *,
     images: int | Sequence[ImageLike] = DEFAULT_IMAGES,
-    batch: Optional[int] = None,
+    batch: int | None = None,
     backend: str = "auto",
-    providers: Optional[Sequence[Provider]] = None,
-    json_path: Optional[str | os.PathLike] = None,
+    providers: Sequence[Provider] | None = None,
+    json_path: str | os.PathLike | None = None,
 ) -> ParityReport:
     """Compare each of ``files`` (.onnx, .engine/.plan) with the ONNX graph ``against``.
 
