@@ -18,7 +18,7 @@ from ltmp_deploy.ltmp.reduce import (
     Tokens,
     attention_received,
     merge_and_prune,
-    reshape_tail,
+    reshape_keep,
     slice_tokens,
     token_importance,
 )
@@ -42,10 +42,10 @@ def proportional_attention(
     it, so the straight-through gradient reaches the mask (as DynamicViT's masked softmax).
     Returns the output, the post-softmax matrix (B, H, N, N) and the head-averaged keys.
     """
-    b, n, _ = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
-    qkv = reshape_tail(attn.qkv(x), 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
+    # (B, 3H, N, D) split into three along the head axis: the same q, k and v as timm's permute and
+    # unbind, exported without a Squeeze each.
+    q, k, v = reshape_keep(attn.qkv(x), 0, 0, -1, head_dim).transpose(1, 2).split(heads, dim=1)
     q, k = attn.q_norm(q), attn.k_norm(k)
 
     logits = (q * attn.scale) @ k.transpose(-2, -1)
@@ -61,15 +61,11 @@ def proportional_attention(
         probs = probs * valid[:, None, None, :]
         probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    out = reshape_tail((attn.attn_drop(probs) @ v).transpose(1, 2), heads * head_dim)
+    out = reshape_keep((attn.attn_drop(probs) @ v).transpose(1, 2), 0, 0, -1)
     out = attn.proj_drop(attn.proj(attn.norm(out)))
-    # The keys averaged over heads, as a weighted sum over the head axis: ONNX Runtime's ReduceMean
-    # over that axis of (B, H, N, D) is several times slower. Exported as one Einsum; eager PyTorch
-    # as a (1 x H) @ (H x N*D) product, faster there than its einsum.
-    if torch.onnx.is_in_onnx_export():
-        metric = torch.einsum("h,bhnd->bnd", k.new_full((heads,), 1.0 / heads), k)
-    else:
-        metric = (k.new_full((1, heads), 1.0 / heads) @ k.reshape(b, heads, n * head_dim)).reshape(b, n, head_dim)
+    # The keys averaged over heads, as a (1 x H) @ (H x N*D) product: ONNX Runtime's ReduceMean
+    # over the head axis of (B, H, N, D) is several times slower, and an Einsum slower too.
+    metric = reshape_keep(k.new_full((1, heads), 1.0 / heads) @ reshape_keep(k, 0, 0, -1), 0, -1, head_dim)
     return out, probs, metric
 
 
@@ -95,8 +91,8 @@ class LTMPBlock(Block):
                 self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, soft
             )
             tokens = Tokens(tokens.x + self.drop_path1(self.ls1(out)), tokens.size, tokens.valid, tokens.source)
-            if plan.mode == "fixed":  # no padding; pruning reads the negated mean (see merge_and_prune)
-                imp = attention_received(probs, keepdim=True, sign=-1.0)
+            if plan.mode == "fixed":  # no padding, and the reduction keeps the prefix by itself
+                imp = attention_received(probs, keepdim=True)
             else:
                 imp = token_importance(probs, tokens.valid, num_prefix)
             tokens, decision = merge_and_prune(tokens, metric, imp, num_prefix, plan, record)

@@ -148,47 +148,38 @@ def unit_rows(t: Tensor) -> Tensor:
     return t / t.norm(dim=-1, keepdim=True)
 
 
-class _ReshapeTail(torch.autograd.Function):
-    """Export spelling of :func:`reshape_tail`: one Reshape whose shape copies the first two axes."""
+class _ReshapeKeep(torch.autograd.Function):
+    """Export spelling of :func:`reshape_keep`: one Reshape with a constant shape."""
 
     @staticmethod
-    def forward(ctx, t: Tensor, dims: tuple[int, ...]) -> Tensor:  # noqa: ANN001
-        return t.reshape(t.shape[0], t.shape[1], *dims)
+    def forward(ctx, t: Tensor, shape: tuple[int, ...]) -> Tensor:  # noqa: ANN001
+        return t.reshape([t.shape[i] if d == 0 else d for i, d in enumerate(shape)])
 
     @staticmethod
-    def symbolic(g, t, dims):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        # 0 copies an axis; the first tail axis as -1 (the same size), as torch's shape inference wants one
-        return g.op("Reshape", t, g.op("Constant", value_t=torch.tensor([0, 0, -1, *dims[1:]], dtype=torch.long)))
+    def symbolic(g, t, shape):  # noqa: ANN001, ANN205  (torch.onnx graph values)
+        return g.op("Reshape", t, g.op("Constant", value_t=torch.tensor(shape, dtype=torch.long)))
 
 
-def reshape_tail(t: Tensor, *dims: int) -> Tensor:
-    """``t`` reshaped to (t.shape[0], t.shape[1], *dims).
+def reshape_keep(t: Tensor, *shape: int) -> Tensor:
+    """``t`` reshaped to ``shape``, where a 0 keeps that axis of ``t`` (ONNX's Reshape rule) and one
+    entry is -1.
 
-    Exported as one Reshape with a constant shape whose 0s copy the batch and token axes: with a
-    data-dependent token count (threshold mode) the reshape would otherwise read both sizes back
-    from the tensor's shape, a chain of four nodes, in every block.
+    Exported as one Reshape with a constant shape: with a data-dependent token count (threshold
+    mode) a reshape to sizes read from the tensor would be a chain of four nodes, in every block.
     """
     if torch.onnx.is_in_onnx_export():
-        return _ReshapeTail.apply(t, tuple(dims))
-    return t.reshape(t.shape[0], t.shape[1], *dims)
+        return _ReshapeKeep.apply(t, tuple(shape))
+    return t.reshape([t.shape[i] if d == 0 else d for i, d in enumerate(shape)])
 
 
-def attention_received(attn: Tensor, keepdim: bool = False, sign: float = 1.0) -> Tensor:
-    """Mean attention each key receives over heads and every query row, times ``sign``: (B, N),
-    or (B, 1, N) with ``keepdim``.
+def attention_received(attn: Tensor, keepdim: bool = False) -> Tensor:
+    """Mean attention each key receives over heads and every query row: (B, N), or (B, 1, N).
 
-    attn: (B, H, N, N) post-softmax, with a static N. Exported as one Einsum, a weighted sum over
-    heads and queries whose weight carries the sign (ONNX Runtime's ReduceMean over both axes at
-    once is several times slower); eager PyTorch reduces one axis at a time, queries first, as its
-    einsum copies the matrix. Same values to float rounding, two spellings.
+    attn: (B, H, N, N) post-softmax. Reduced one axis at a time, queries first: ONNX Runtime's
+    CPU kernels reduce (B, H, N, N) over both axes at once several times slower (an Einsum is
+    slower too), and this sits in every block.
     """
-    if not torch.onnx.is_in_onnx_export():
-        mean = attn.mean(dim=2).mean(dim=1, keepdim=keepdim)
-        return mean if sign == 1.0 else sign * mean
-    heads, queries = int(attn.shape[1]), int(attn.shape[2])  # ints: the trace keeps the batch axis dynamic
-    if keepdim:
-        return torch.einsum("bhqk,xh->bxk", attn, attn.new_full((1, heads), sign / (heads * queries)))
-    return torch.einsum("bhqk,h->bk", attn, attn.new_full((heads,), sign / (heads * queries)))
+    return attn.mean(dim=2).mean(dim=1, keepdim=keepdim)
 
 
 def token_importance(attn: Tensor, valid: Tensor | None, num_prefix: int) -> Tensor:
@@ -318,8 +309,7 @@ def merge_and_prune(
     it), then the sources and the destinations in their original orders
     (docs/arithmetic.md#order-after-merging). Survivors leave in that order.
     ``imp``: (B, N) with +inf for prefix tokens (:func:`token_importance`); fixed mode also takes
-    the negated (B, 1, N) mean, ``attention_received(attn, keepdim=True, sign=-1.0)``, and keeps
-    the prefix by itself.
+    the plain (B, 1, N) mean (:func:`attention_received`) and keeps the prefix by itself.
     With ``record`` False no :class:`Decision` is built (None): nothing reads it when only the
     logits are wanted, and its bookkeeping is a dozen small kernels per block on a GPU.
     """
@@ -391,8 +381,8 @@ class _FixedLayout:
     src_mask: Tensor  # (N,) 0 at every source, -inf elsewhere
     dst_pos: Tensor  # (Nd,) position of every destination
     dst_rank: Tensor  # (N, 1) index among the destinations, -1 for every other position
-    # (N, 1) the cost of a row that receives no merge: -inf for prefix tokens (never pruned),
-    # +inf elsewhere (the minimum with its own cost leaves that)
+    # (N, 1) the importance a row takes from merges when it receives none: +inf for prefix tokens
+    # (never pruned), -inf elsewhere (the maximum with its own importance leaves that)
     no_merge: Tensor
     slot: Tensor  # (N,) slot in the merged layout [prefix, sources, destinations], as float
 
@@ -408,7 +398,7 @@ def _fixed_layout(n: int, num_prefix: int, device: torch.device, dtype: torch.dt
     slot = [0.0] * n
     for rank, p in enumerate(pos[prefix] + src_pos + dst_pos):
         slot[p] = float(rank)
-    no_merge = [NEG_INF if p < num_prefix else float("inf") for p in pos]
+    no_merge = [float("inf") if p < num_prefix else NEG_INF for p in pos]
     return _FixedLayout(
         src_mask=torch.tensor([0.0 if p in set(src_pos) else NEG_INF for p in pos], dtype=dtype, device=device),
         dst_pos=torch.tensor(dst_pos, dtype=torch.long, device=device),
@@ -430,13 +420,11 @@ def _fixed_merge_and_prune(
     layout is built; survivors are put in layout order by sorting their slots (a constant per
     position), and each tensor is gathered once. Per-source values are rows (B, 1, r) and
     per-position values columns (B, N, 1), so every product broadcasts without a reshape.
-    Pruning works on the cost ``-imp`` (lowest first), so that a merged source can be marked with
-    its own size (at least 1, above every live token's cost) straight from the gather.
     """
     x, size = tokens.x, tokens.size
     b, n = x.shape[0], x.shape[1]
     c = _fixed_layout(int(n), num_prefix, x.device, x.dtype)
-    cost = -imp[:, None, :] if imp.dim() == 2 else imp  # (B, 1, N), lower is more important
+    imp_row = imp[:, None, :] if imp.dim() == 2 else imp
     size_col = size if size is None or size.dim() == 3 else size[:, :, None]  # None: all ones
     chosen_pos = dst_c = hit = None
     if plan.r:
@@ -446,20 +434,19 @@ def _fixed_merge_and_prune(
         hit = c.dst_rank == dst_c  # (B, N, r): position j receives chosen source i
         rows = chosen_pos.transpose(1, 2)  # (B, r, 1), to gather the chosen rows
         if size_col is None:  # every token one patch
-            moved, dead = hit.to(x.dtype), best_c + float("inf")
+            moved = hit.to(x.dtype)
         else:
-            dead = size_col.transpose(1, 2).gather(2, chosen_pos)  # the chosen sources' sizes
-            moved = torch.where(hit, dead, 0.0)
+            moved = torch.where(hit, size_col.transpose(1, 2).gather(2, chosen_pos), 0.0)
         x, size_col = merge_rows(x, 1.0 if size_col is None else size_col, moved, take_rows(x, rows))
-        # A destination is as important as the most important token merged into it (the lowest
-        # cost); merged sources drop out, their cost set above every live token's by a plain
-        # ScatterElements, without a reduction, which every TensorRT target imports.
-        incoming = torch.where(hit, cost.gather(2, chosen_pos), c.no_merge).amin(dim=2, keepdim=True)
-        cost_col = torch.minimum(cost.scatter(2, chosen_pos, dead).transpose(1, 2), incoming)
+        # A destination is as important as the most important token merged into it; merged
+        # sources drop out (-inf: a plain ScatterElements, without a reduction, which every
+        # TensorRT target imports). Importance is never negative, so -inf marks them apart.
+        incoming = torch.where(hit, imp_row.gather(2, chosen_pos), c.no_merge).amax(dim=2, keepdim=True)
+        imp_col = torch.maximum(imp_row.scatter(2, chosen_pos, best_c - float("inf")).transpose(1, 2), incoming)
     else:
-        cost_col = torch.minimum(cost.transpose(1, 2), c.no_merge)
+        imp_col = torch.maximum(imp_row.transpose(1, 2), c.no_merge)
 
-    top = top_k(cost_col, plan.k, dim=1, largest=False)[1]  # (B, k, 1) the k most important live tokens...
+    top = top_k(imp_col, plan.k, dim=1)[1]  # (B, k, 1) the k most important live tokens...
     idx = top.gather(1, smallest_unique(c.slot[top], plan.k, dim=1))  # ...in layout order
     new_source = None
     if tokens.source is not None:
