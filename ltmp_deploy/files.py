@@ -71,3 +71,17 @@ def sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str) -> object:
+    """The JSON document in ``path``; a one-line LTMPError naming the file when it is missing or not
+    readable JSON, saying it is not ``what`` (e.g. "a bench result")."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LTMPError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise LTMPError(f"{path}: not {what} (not readable JSON: {str(err).splitlines()[0]})") from None

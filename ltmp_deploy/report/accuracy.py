@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.files import write_text_atomic
+from ltmp_deploy.files import read_json, write_text_atomic
 from ltmp_deploy.runtime.bench_results import KINDS, variant_name
 
 SCHEMA = "ltmp-deploy-accuracy/1"
@@ -106,14 +106,7 @@ def write_accuracy(path: str | os.PathLike, doc: Mapping[str, Any]) -> Path:
 
 
 def read_accuracy(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LTMPError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise LTMPError(f"{path}: not an accuracy result (not readable JSON: {str(err).splitlines()[0]})") from None
-    return check_accuracy(doc, str(path))
+    return check_accuracy(read_json(path, "an accuracy result"), str(path))
 
 
 def _fraction(value: Any) -> bool:

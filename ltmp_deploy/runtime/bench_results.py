@@ -23,15 +23,14 @@ No torch here: the field runtime reads these files.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.files import read_json
 from ltmp_deploy.runtime.bench import percentile
 
 SCHEMA = "ltmp-deploy-bench/1"
@@ -83,14 +82,7 @@ def latency_stats(samples_ms: Sequence[float], batch: int) -> dict[str, float]:
 
 def read_bench(path: str | os.PathLike) -> dict[str, Any]:
     """A bench result from ``path``, checked; a one-line LTMPError for anything else."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LTMPError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise LTMPError(f"{path}: not a bench result (not readable JSON: {str(err).splitlines()[0]})") from None
-    return check_bench(doc, str(path))
+    return check_bench(read_json(path, "a bench result"), str(path))
 
 
 def check_bench(doc: Any, where: str = "bench result") -> dict[str, Any]:
