@@ -100,7 +100,7 @@ def test_target_outside_the_range_is_refused(tmp_path, target):
 def test_two_process_ddp_under_torchrun(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LTMP_DEPLOY_CACHE": str(tmp_path)}
     ckpt = tmp_path / "p.safetensors"
-    subprocess.run([sys.executable, "-m", "ltmp_deploy.cli", "patch", "vit_digits_32", "-o", str(ckpt)], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "ltmp_deploy.cli", "patch", "vit_digits_56", "-o", str(ckpt)], check=True, env=env)
     out = tmp_path / "ddp.safetensors"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ltmp_deploy.cli",
            "learn", str(ckpt), "--data", "digits", "--target", "0.6", "--epochs", "1", "--batch-size", "32",

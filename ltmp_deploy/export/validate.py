@@ -53,10 +53,10 @@ class ValidationReport:
 
 def sample_images(model: Any, count: int) -> torch.Tensor:
     """The embedded digits when the model takes them, seeded random images otherwise."""
-    size = tuple(model.patch_embed.img_size)
-    if size == (32, 32) and model.num_classes == 10 and model.patch_embed.proj.in_channels == 3:
-        from ltmp_deploy.data.digits import digits_arrays
+    from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES, digits_arrays
 
+    size = tuple(model.patch_embed.img_size)
+    if size == (IMAGE_SIZE, IMAGE_SIZE) and model.num_classes == NUM_CLASSES and model.patch_embed.proj.in_channels == 3:
         images, _ = digits_arrays("test")
         return torch.from_numpy(np.ascontiguousarray(images[:count])).float()
     g = torch.Generator().manual_seed(0)

@@ -38,7 +38,7 @@ from ltmp_deploy.runtime.engine import batch_range, engine_runner, quiet_polygra
 
 DEFAULT_IMAGES = 16
 DEFAULT_BATCH = 4
-DIGITS_MODEL = "vit_digits_32"
+DIGITS_MODEL = "vit_digits_56"
 
 
 @dataclass
