@@ -125,9 +125,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ltmp_deploy.demo import run_demo
+    from ltmp_deploy.demo import DEMO_EPOCHS, DEMO_TARGET, run_demo
 
-    run_demo(args.workdir, target=args.target, epochs=args.epochs, rounds=args.rounds)
+    target = DEMO_TARGET if args.target is None else args.target
+    run_demo(args.workdir, target=target, epochs=args.epochs or DEMO_EPOCHS, rounds=args.rounds, threads=args.threads)
     return 0
 
 
@@ -260,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "Run the whole job end to end on the embedded default (digits ViT): learn, calibrate, export, validate, check, benchmark.")
     p.add_argument("--workdir", default="ltmp-demo", help="folder for every artefact and report.json (default ./ltmp-demo)")
-    p.add_argument("--target", type=float, default=0.5, help="fraction of block FLOPs to keep")
-    p.add_argument("--epochs", type=int, default=8, help="threshold-learning epochs on the digits train split")
+    p.add_argument("--target", type=float, help="fraction of block FLOPs to keep (default: the demo's)")
+    p.add_argument("--epochs", type=int, help="threshold-learning epochs on the digits train split (default: the demo's recipe)")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per variant")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads for the latency step (default: one per physical core)")
 
     p = add("show", cmd_show, "Draw what the model threw away: per block, the pruned (dark red) and merged (coloured groups) patches over the image.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="toolkit checkpoint")
