@@ -100,6 +100,7 @@ def digits_checkpoint(tmp_path):
     return save_checkpoint(model, tmp_path / "digits.safetensors")
 
 
+@pytest.mark.slow
 def test_cli_calibrate_writes_schedule_and_int8_data(tmp_path, digits_checkpoint, capsys):
     out = tmp_path / "fixed.safetensors"
     assert main(["calibrate", str(digits_checkpoint), "--data", "digits", "--int8-calib", str(tmp_path / "i8"), "--int8-images", "16", "-o", str(out)]) == 0
