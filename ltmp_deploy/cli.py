@@ -165,7 +165,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ltmp_deploy.demo import run_demo
 
-    run_demo(args.workdir, target=args.target, epochs=args.epochs, rounds=args.rounds)
+    run_demo(args.workdir, target=args.target, epochs=args.epochs, rounds=args.rounds, threads=args.threads)
     return 0
 
 
@@ -387,6 +387,9 @@ def _parser_demo(add: Adder) -> None:
     p.add_argument("--target", type=float, default=0.5, help="fraction of block FLOPs to keep")
     p.add_argument("--epochs", type=int, default=8, help="threshold-learning epochs on the digits train split")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per variant")
+    p.add_argument(
+        "--threads", type=int, help="ONNX Runtime intra-op threads for the latency step (default: one per physical core)"
+    )
 
 
 def _parser_show(add: Adder) -> None:

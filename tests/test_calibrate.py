@@ -96,7 +96,7 @@ def test_int8_calibration_data_in_every_layout(tmp_path):
 
 @pytest.fixture
 def digits_checkpoint(tmp_path):
-    model = create_model("vit_digits_32")
+    model = create_model("vit_digits_56")
     return save_checkpoint(model, tmp_path / "digits.safetensors")
 
 
@@ -122,7 +122,7 @@ def test_cli_calibrate_writes_schedule_and_int8_data(tmp_path, digits_checkpoint
     )
     model = load_checkpoint(out)
     assert model.ltmp.mode == "fixed" and model.ltmp.schedule is not None
-    assert read_calibration_data(tmp_path / "i8" / "calib.npy").shape == (16, 3, 32, 32)
+    assert read_calibration_data(tmp_path / "i8" / "calib.npy").shape == (16, 3, 56, 56)
     assert "threshold mode: accuracy" in capsys.readouterr().out
 
 

@@ -61,7 +61,7 @@ def test_splits_fixed_disjoint_stratified():
 
 def test_digits_arrays_and_dataset():
     raw, raw_labels = digits_arrays("val", normalize=False)
-    assert raw.shape == (179, 3, 32, 32) and raw.dtype == np.float32
+    assert raw.shape == (179, 3, 56, 56) and raw.dtype == np.float32
     assert raw.min() == 0.0 and raw.max() == 1.0
     assert np.array_equal(raw[:, 0], raw[:, 1]) and np.array_equal(raw[:, 0], raw[:, 2])
     norm, labels = digits_arrays("val")
@@ -69,7 +69,7 @@ def test_digits_arrays_and_dataset():
     np.testing.assert_allclose(norm, (raw - DIGITS_MEAN[0]) / DIGITS_STD[0], atol=1e-6)
     ds = DigitsDataset("test")
     x, y = ds[5]
-    assert len(ds) == 359 and x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert len(ds) == 359 and x.shape == (3, 56, 56) and x.dtype == torch.float32
     assert isinstance(y, int) and 0 <= y < 10
     with pytest.raises(ValueError):
         digits_arrays("holdout")  # type: ignore[arg-type]
@@ -84,13 +84,13 @@ def test_mean_std_constants_match_train_split():
 # ---------------------------------------------------------------- embedded model
 
 
-def test_vit_digits_32_builds_with_matching_data_config():
-    model = timm.create_model("vit_digits_32")
-    assert model.patch_embed.num_patches == 64 and model.num_prefix_tokens == 1
+def test_vit_digits_56_builds_with_matching_data_config():
+    model = timm.create_model("vit_digits_56")
+    assert model.patch_embed.num_patches == 196 and model.num_prefix_tokens == 1
     assert model.global_pool == "token" and model.num_classes == 10
     cfg = timm.data.resolve_data_config({}, model=model)
     assert cfg == {
-        "input_size": (3, 32, 32),
+        "input_size": (3, 56, 56),
         "interpolation": "bilinear",
         "mean": DIGITS_MEAN,
         "std": DIGITS_STD,
@@ -99,16 +99,16 @@ def test_vit_digits_32_builds_with_matching_data_config():
     }
     assert model.pretrained_cfg["num_classes"] == 10
     with torch.no_grad():
-        assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
-    with pytest.raises(LTMPError, match="vit_digits_32"):
-        timm.create_model("vit_digits_32", pretrained=True)
+        assert model.eval()(torch.zeros(2, 3, 56, 56)).shape == (2, 10)
+    with pytest.raises(LTMPError, match="vit_digits_56"):
+        timm.create_model("vit_digits_56", pretrained=True)
 
 
 def test_digits_match_timm_transform_and_runtime_preprocess():
     # The dataset is, bit for bit, timm's eval transform applied to the 8x8 pictures.
     pictures, _ = digits.raw_images("test")
     expected, _ = digits_arrays("test")
-    cfg = timm.data.resolve_data_config({}, model=timm.create_model("vit_digits_32"))
+    cfg = timm.data.resolve_data_config({}, model=timm.create_model("vit_digits_56"))
     transform = timm.data.create_transform(**cfg, is_training=False)
     pil = [Image.fromarray(p, mode="L").convert("RGB") for p in pictures[:40]]
     via_timm = torch.stack([transform(im) for im in pil]).numpy()
@@ -131,9 +131,9 @@ def test_train_base_writes_timm_state_dict(tiny_checkpoint):
 
     with safe_open(str(tiny_checkpoint), "pt") as f:
         meta = f.metadata()
-    assert meta["timm_model"] == "vit_digits_32" and meta["format"] == "timm-state-dict"
+    assert meta["timm_model"] == "vit_digits_56" and meta["format"] == "timm-state-dict"
     assert 0.0 <= float(meta["test_accuracy"]) <= 1.0
-    model = timm.create_model("vit_digits_32")
+    model = timm.create_model("vit_digits_56")
     model.load_state_dict(load_file(str(tiny_checkpoint)), strict=True)
     assert [p.name for p in tiny_checkpoint.parent.iterdir()] == ["tiny.safetensors"]  # no temp left
     loaded = embedded.load_base_model(tiny_checkpoint)
@@ -209,14 +209,14 @@ def image_tree(tmp_path) -> Path:
 
 
 def test_image_folder_skips_and_counts_unreadable_files(image_tree):
-    model = timm.create_model("vit_digits_32")
+    model = timm.create_model("vit_digits_56")
     with pytest.warns(UserWarning, match="skipped 2 file"):
         ds = ImageFolderDataset(image_tree, transform=transform_for_model(model))
     assert ds.classes == ["cat", "dog", "emu"] and ds.skipped == 2
     assert sorted(p.name for p in ds.skipped_files) == ["corrupt.jpg", "notes.txt"]
     assert len(ds) == 4 and ds.targets == [0, 0, 1, 2]
     items = [ds[i] for i in range(len(ds))]
-    assert all(x.shape == (3, 32, 32) and x.dtype == torch.float32 for x, _ in items)
+    assert all(x.shape == (3, 56, 56) and x.dtype == torch.float32 for x, _ in items)
     check_classes(ds, 3, image_tree)
     with pytest.raises(LTMPError, match=r"images.*3 class folder\(s\).*10 classes"):
         check_classes(ds, 10, image_tree)

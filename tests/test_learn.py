@@ -104,11 +104,12 @@ def test_target_outside_the_range_is_refused(tmp_path, target):
         learn_thresholds(fresh(), data(), tmp_path / "t.safetensors", config(target=target), progress=False)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_under_torchrun(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LTMP_DEPLOY_CACHE": str(tmp_path)}
     ckpt = tmp_path / "p.safetensors"
     subprocess.run(
-        [sys.executable, "-m", "ltmp_deploy.cli", "patch", "vit_digits_32", "-o", str(ckpt)], check=True, env=env
+        [sys.executable, "-m", "ltmp_deploy.cli", "patch", "vit_digits_56", "-o", str(ckpt)], check=True, env=env
     )
     out = tmp_path / "ddp.safetensors"
     cmd = [

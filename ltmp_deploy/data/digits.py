@@ -1,7 +1,7 @@
-"""The embedded default dataset: scikit-learn's handwritten digits, as 32x32 RGB images.
+"""The embedded default dataset: scikit-learn's handwritten digits, as 56x56 RGB images.
 
 scikit-learn ships the 1797 8x8 digit images inside its wheel, so nothing is downloaded. Each
-image is turned into an 8-bit grey picture and upscaled to 32x32 with Pillow's bilinear filter,
+image is turned into an 8-bit grey picture and upscaled to 56x56 with Pillow's bilinear filter,
 which is exactly what timm's eval transform does to an 8x8 image under the digits model's data
 config (crop_pct 1.0). So a digit saved as a PNG and fed through ``timm.data.create_transform``
 or ``ltmp_deploy.runtime.preprocess`` gives the same tensor as this dataset, bit for bit.
@@ -85,13 +85,13 @@ def _upscale(picture: np.ndarray) -> np.ndarray:
 def _unnormalised(split: str) -> np.ndarray:
     pictures, _ = raw_images(split)  # type: ignore[arg-type]
     grey = np.stack([_upscale(p) for p in pictures]).astype(np.float32) / np.float32(255.0)
-    rgb = np.repeat(grey[:, None], 3, axis=1)  # (N, 3, 32, 32), three identical channels
+    rgb = np.repeat(grey[:, None], 3, axis=1)  # (N, 3, IMAGE_SIZE, IMAGE_SIZE), three identical channels
     rgb.setflags(write=False)
     return rgb
 
 
 def digits_arrays(split: Split, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The split as float32 (N, 3, 32, 32) images and int64 (N,) labels.
+    """The split as float32 (N, 3, IMAGE_SIZE, IMAGE_SIZE) images and int64 (N,) labels.
 
     ``normalize=False`` gives the [0, 1] pixels; otherwise they are normalised with
     :data:`DIGITS_MEAN` / :data:`DIGITS_STD` exactly like timm's ``Normalize`` (float32).
@@ -117,7 +117,7 @@ def compute_mean_std() -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 class DigitsDataset(Dataset):
-    """A digits split as a torch Dataset of (normalised float32 3x32x32 tensor, int label)."""
+    """A digits split as a torch Dataset of (normalised float32 3 x IMAGE_SIZE x IMAGE_SIZE tensor, int label)."""
 
     def __init__(self, split: Split = "train") -> None:
         images, labels = digits_arrays(split, normalize=True)
