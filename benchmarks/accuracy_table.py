@@ -20,7 +20,6 @@ the images only one of the two gets right (averaged over seeds).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -35,10 +34,12 @@ from ltmp_deploy.calibration.schedule import calibrate, parse_statistic, tome_sc
 from ltmp_deploy.data.sources import dataset_for
 from ltmp_deploy.demo import DEMO_EPOCHS, DEMO_LR_MERGE, DEMO_LR_PRUNE, DEMO_STATISTIC
 from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
-from ltmp_deploy.files import atomic_output, write_text_atomic
+from ltmp_deploy.files import atomic_output
 from ltmp_deploy.ltmp.checkpoint import create_model
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+from ltmp_deploy.report.accuracy import accuracy_document, variant_entry, write_accuracy
+from ltmp_deploy.runtime.bench_results import FIXED, THRESHOLD, TOME, UNPATCHED
 
 VARIANTS = (  # name, method, mode
     ("ltmp-threshold", "ltmp", "threshold"),
@@ -71,8 +72,9 @@ def paired_error(a: np.ndarray, b: np.ndarray) -> float:
 Outcome = dict[str, tuple[np.ndarray, float]]  # variant -> (per-image correctness, mean FLOPs ratio)
 
 
-def run_one(base: Path, train: Dataset, heldout: Dataset, target: float, seed: int, args: argparse.Namespace,
-            workdir: Path) -> Outcome:
+def run_one(
+    base: Path, train: Dataset, heldout: Dataset, target: float, seed: int, args: argparse.Namespace, workdir: Path
+) -> Outcome:
     """Learn, calibrate and evaluate one (target, seed): correctness and FLOPs per variant.
 
     The learned thresholds and the outcome are kept in ``workdir`` under names that hold the
@@ -109,30 +111,53 @@ def _std(values: list[float]) -> float:
 
 
 def summarise(results: dict[float, dict[int, Outcome]], unpatched: np.ndarray) -> dict[str, Any]:
-    variants: list[dict[str, Any]] = [{
-        "name": "unpatched", "method": "unpatched", "mode": "off", "target": 1.0, "flops": 1.0,
-        "accuracy_mean": float(unpatched.mean()), "accuracy_std": 0.0, "seeds": [],
-    }]
+    variants: list[dict[str, Any]] = [
+        {
+            "name": "unpatched",
+            "method": "unpatched",
+            "mode": "off",
+            "target": 1.0,
+            "flops": 1.0,
+            "accuracy_mean": float(unpatched.mean()),
+            "accuracy_std": 0.0,
+            "seeds": [],
+        }
+    ]
     comparisons = []
     for target, by_seed in results.items():
         seeds = sorted(by_seed)
         for name, method, mode in VARIANTS:
-            per_seed = [{"seed": s, "accuracy": float(by_seed[s][name][0].mean()), "flops": by_seed[s][name][1]}
-                        for s in seeds]
+            per_seed = [
+                {"seed": s, "accuracy": float(by_seed[s][name][0].mean()), "flops": by_seed[s][name][1]} for s in seeds
+            ]
             acc, flops = [p["accuracy"] for p in per_seed], [p["flops"] for p in per_seed]
-            variants.append({
-                "name": name, "method": method, "mode": mode, "target": target,
-                "flops": statistics.fmean(flops), "flops_std": _std(flops),
-                "accuracy_mean": statistics.fmean(acc), "accuracy_std": _std(acc), "seeds": per_seed,
-            })
+            variants.append(
+                {
+                    "name": name,
+                    "method": method,
+                    "mode": mode,
+                    "target": target,
+                    "flops": statistics.fmean(flops),
+                    "flops_std": _std(flops),
+                    "accuracy_mean": statistics.fmean(acc),
+                    "accuracy_std": _std(acc),
+                    "seeds": per_seed,
+                }
+            )
         for name in ("ltmp-threshold", "ltmp-fixed"):
             diffs = [float(by_seed[s][name][0].mean() - by_seed[s]["tome-fixed-r"][0].mean()) for s in seeds]
             errors = [paired_error(by_seed[s][name][0], by_seed[s]["tome-fixed-r"][0]) for s in seeds]
-            comparisons.append({
-                "target": target, "name": name, "minus": "tome-fixed-r",
-                "difference_mean": statistics.fmean(diffs), "difference_std": _std(diffs),
-                "paired_sampling_error": statistics.fmean(errors), "per_seed": diffs,
-            })
+            comparisons.append(
+                {
+                    "target": target,
+                    "name": name,
+                    "minus": "tome-fixed-r",
+                    "difference_mean": statistics.fmean(diffs),
+                    "difference_std": _std(diffs),
+                    "paired_sampling_error": statistics.fmean(errors),
+                    "per_seed": diffs,
+                }
+            )
     return {"variants": variants, "comparisons": comparisons}
 
 
@@ -156,8 +181,10 @@ def table(summary: dict[str, Any], images: int, recipe: str) -> str:
     for c in summary["comparisons"]:
         per_seed = ", ".join(f"{d:+.4f}" for d in c["per_seed"])
         mean, std, error = c["difference_mean"], c["difference_std"], c["paired_sampling_error"]
-        lines.append(f"  target {c['target']:<5} {c['name']:<15} {mean:+.4f} +- {std:.4f}"
-                     f"  (sampling error {error:.4f}; per seed {per_seed})")
+        lines.append(
+            f"  target {c['target']:<5} {c['name']:<15} {mean:+.4f} +- {std:.4f}"
+            f"  (sampling error {error:.4f}; per seed {per_seed})"
+        )
     return "\n".join(lines)
 
 
@@ -183,13 +210,34 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     results = {t: {s: run_one(base, train, heldout, t, s, args, workdir) for s in args.seeds} for t in args.targets}
     summary = summarise(results, unpatched)
-    recipe = (f"{args.epochs} epochs, lr merge {args.lr_merge:g}, lr prune {args.lr_prune:g}, "
-              f"calibration statistic {args.statistic}")
+    recipe = (
+        f"{args.epochs} epochs, lr merge {args.lr_merge:g}, lr prune {args.lr_prune:g}, "
+        f"calibration statistic {args.statistic}"
+    )
     print("\n" + table(summary, len(heldout), recipe))
     if args.json:
-        summary = {"model": MODEL_NAME, "base_checkpoint": str(base), "heldout_images": len(heldout), "recipe": recipe,
-                   **summary}
-        write_text_atomic(args.json, json.dumps(summary, indent=2) + "\n")
+        write_accuracy(args.json, accuracy_json(summary, len(heldout), recipe, base))
+
+
+def accuracy_json(summary: dict[str, Any], images: int, recipe: str, base: Path) -> dict[str, Any]:
+    """The ``ltmp-deploy-accuracy/1`` document (what ``ltmp-deploy report`` reads), with the paired
+    LTMP - ToMe differences beside it. Variant names follow bench results: ``ltmp-fixed@0.5``."""
+    kinds = {"unpatched": UNPATCHED, "ltmp-threshold": THRESHOLD, "ltmp-fixed": FIXED, "tome-fixed-r": TOME}
+    entries = []
+    for v in summary["variants"]:
+        label = None if v["name"] == "unpatched" else f"{v['target']:g}"
+        runs = [{"seed": r["seed"], "accuracy": r["accuracy"], "flops_ratio": r["flops"]} for r in v["seeds"]]
+        entries.append(
+            variant_entry(kinds[v["name"]], label, runs or [{"accuracy": v["accuracy_mean"], "flops_ratio": 1.0}])
+        )
+    doc = accuracy_document(
+        MODEL_NAME,
+        {"name": "digits", "split": "val+test", "images": images},
+        entries,
+        note=f"base {base.name}; learning: {recipe}; spread: standard deviation over learning seeds",
+    )
+    doc["paired_differences"] = summary["comparisons"]
+    return doc
 
 
 if __name__ == "__main__":

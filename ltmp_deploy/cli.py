@@ -165,7 +165,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ltmp_deploy.demo import run_demo
 
-    run_demo(args.workdir, target=args.target, epochs=args.epochs, rounds=args.rounds, threads=args.threads)
+    quick = dict(epochs=1, rounds=3, train_images=128) if args.quick else {}
+    run_demo(
+        args.workdir,
+        **{"target": args.target, "epochs": args.epochs, "rounds": args.rounds, "threads": args.threads, **quick},
+    )
     return 0
 
 
@@ -388,7 +392,12 @@ def _parser_demo(add: Adder) -> None:
     p.add_argument("--epochs", type=int, default=8, help="threshold-learning epochs on the digits train split")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per variant")
     p.add_argument(
-        "--threads", type=int, help="ONNX Runtime intra-op threads for the latency step (default: one per physical core)"
+        "--quick",
+        action="store_true",
+        help="a smoke run of every step: one learning epoch on 128 train images, 3 timed rounds",
+    )
+    p.add_argument(
+        "--threads", type=int, help="ONNX Runtime intra-op threads for the latency step (default: every usable core)"
     )
 
 

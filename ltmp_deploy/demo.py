@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ltmp_deploy.files import write_text_atomic
 
 DEMO_TARGET = 0.5
@@ -35,7 +33,7 @@ class DemoReport:
     files: dict[str, str] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     trt: dict[str, dict[str, bool]] = field(default_factory=dict)
-    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # batch -> variant -> p50, ratio
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,8 +56,10 @@ def run_demo(
     epochs: int = DEMO_EPOCHS,
     rounds: int = 20,
     threads: int | None = None,
+    train_images: int | None = None,
 ) -> DemoReport:
-    """The whole job; ``threads``: ONNX Runtime's intra-op threads for the latency step (None: its default)."""
+    """The whole job. ``threads``: CPU threads for the latency step (None: every usable core);
+    ``train_images``: learn on only the first that many train images (a smoke run)."""
     import torch
 
     from ltmp_deploy.calibration.learn import LearnConfig, evaluate, learn_thresholds
@@ -80,6 +80,8 @@ def run_demo(
     base = default_base_checkpoint()
     model = create_model(MODEL_NAME, weights=base)
     train, val, test = (dataset_for("digits", model, s) for s in ("train", "val", "test"))
+    if train_images is not None:
+        train = torch.utils.data.Subset(train, range(min(train_images, len(train))))
     model.ltmp_set_mode("off")
     acc, _, _ = evaluate(model, test)
     report.rows["unpatched"] = {"accuracy": acc, "flops": 1.0}
@@ -128,52 +130,49 @@ def run_demo(
         report.trt[mode] = {t: check_model(report.files[f"onnx_{mode}"], t).ok for t in TRT_TARGETS}
         print(f"{mode:<12}" + "".join(f"{'ok' if ok else 'no':>7}" for ok in report.trt[mode].values()))
 
-    _say("6/6 ONNX Runtime latency on this CPU, interleaved, one run")
-    report.latency = _latency(report, test, rounds, threads)
+    _say("6/6 ONNX Runtime latency on this CPU: the variants interleaved, ratios per round, one run")
+    bench = _latency(report, rounds, threads)
 
     print("\nsummary (test split):")
     print(f"{'variant':<16}{'accuracy':>10}{'FLOPs kept':>12}")
     for name, row in report.rows.items():
         print(f"{name:<16}{row['accuracy']:>10.4f}{row['flops']:>12.3f}")
-    report.files["report"] = str(_write_report(report, rounds))
+    report.files["report"] = str(_write_report(report, bench))
     write_text_atomic(workdir / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
     print(f"\nartefacts and report.json in {workdir}/")
     return report
 
 
-def _latency(report: DemoReport, test: Any, rounds: int, threads: int | None) -> dict[str, dict[str, float]]:
-    import onnxruntime as ort
+def _latency(report: DemoReport, rounds: int, threads: int | None) -> dict[str, Any]:
+    """``ltmp-deploy bench`` on the calibrated checkpoint: ONNX Runtime CPU at batch 1 and 8, the
+    variants interleaved, ratios per round. The report reads its headline from this same run."""
+    from ltmp_deploy.bench.run import BenchConfig, run_bench
+    from ltmp_deploy.bench.tables import LATENCY_HEADER, latency_rows, markdown_table
 
-    from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME
-    from ltmp_deploy.runtime.bench import interleaved, table
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, one per physical core
-    sessions = {
-        name: ort.InferenceSession(report.files[key], options, providers=["CPUExecutionProvider"])
-        for name, key in (
-            ("unpatched", "onnx_unpatched"),
-            ("ltmp-fixed", "onnx_fixed"),
-            ("ltmp-threshold", "onnx_threshold"),
-        )
-    }
-    images = np.stack([test[i][0].numpy() for i in range(8)])
-    out: dict[str, dict[str, float]] = {}
-    for batch in (1, 8):
-        x = images[:batch]
-        timings = interleaved(
-            {k: (lambda s=s, x=x: s.run([OUTPUT_NAME], {INPUT_NAME: x})) for k, s in sessions.items()},
-            batch,
-            rounds=rounds,
-        )
-        print(f"batch {batch}:\n{table(timings, baselines=('unpatched',))}")
-        out[f"batch{batch}"] = {k: t.median_ms for k, t in timings.items()}
-    return out
+    config = BenchConfig(
+        checkpoint=report.files["fixed"],
+        targets=(),
+        threshold_target=None,
+        from_checkpoint=True,
+        batches=(1, 8),
+        backends=("onnxruntime-cpu",),
+        rounds=rounds,
+        threads=threads,
+        command="ltmp-deploy demo",
+    )
+    bench = run_bench(config)
+    for batch in config.batches:
+        rows = latency_rows(bench, "onnxruntime-cpu", batch)
+        print(f"\nbatch {batch}:\n{markdown_table(LATENCY_HEADER, rows)}")
+    for rec in bench["records"]:
+        row = {"p50_ms": rec["p50_ms"], "vs_unpatched": rec["vs_unpatched"]}
+        report.latency.setdefault(f"batch{rec['batch']}", {})[rec["variant"]] = row
+    return bench
 
 
-def _write_report(report: DemoReport, rounds: int) -> Path:
+def _write_report(report: DemoReport, bench: dict[str, Any]) -> Path:
     """report/report.html and report.md (headline, accuracy and latency against FLOPs, tokens per block,
     token grids) with accuracy.json and bench/ beside them; prints the path and the headline."""
     from ltmp_deploy.report.demo import write_demo_report
 
-    return write_demo_report(report, rounds=rounds).html
+    return write_demo_report(report, bench).html

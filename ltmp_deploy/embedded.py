@@ -19,7 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from ltmp_deploy.data.digits import digits_arrays
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.files import atomic_output
+from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.embedded_vit import (  # noqa: F401  MODEL_NAME and the sizes are used through this module
     DIGITS_MEAN,
     DIGITS_STD,
@@ -171,7 +171,7 @@ def train_base(
 
     if epochs < 1:
         raise LTMPError(f"epochs must be at least 1, got {epochs}")
-    out = Path(out)
+    out = ensure_writable(out)  # before minutes of training
     x_train, y_train = (torch.from_numpy(a) for a in digits_arrays("train"))
     if max_train_images is not None:
         x_train, y_train = x_train[:max_train_images], y_train[:max_train_images]
