@@ -91,6 +91,7 @@ def test_scatternd_explicit_none_reduction_fails_10_3_only():
 def test_topk_unsorted_fails_current_10_and_11():
     m = _topk(inits=[_k_init(16)], sorted=0)
     assert _reasons(check_model(m, "10"), "TopK") and _reasons(check_model(m, "11"), "TopK")
+    assert _reasons(check_model(m, "11.4"), "TopK")
     assert check_model(m, "8.6").ok
 
 
@@ -176,6 +177,8 @@ def test_topk_int32_input_fails_8_5_only():
         ("10", 25, False),
         ("11", 25, True),
         ("11", 26, False),
+        ("11.4", 25, True),
+        ("11.4", 26, False),
         ("10", 8, False),
     ],
 )
@@ -343,3 +346,27 @@ def test_tensorrt_10_13_sits_between_10_3_and_the_newest_10():
     )
     assert _reasons(check_model(attention, "10.13"), "Attention") and check_model(attention, "10").ok
     assert "JetPack 7.0" in check_model(relu24, "10.13").summary()
+
+
+def test_tensorrt_11_4_takes_what_11_does():
+    # The Jetson release of 11.x comes after 11.0-11.3: ops, custom ops and types "from 11" hold for it.
+    assert list(TRT_TARGETS)[-2:] == ["11", "11.4"]
+    swish = _model([helper.make_node("Swish", ["x"], ["y"], name="swish")], [_vi("x")], [_vi("y")], opset=24)
+    assert _reasons(check_model(swish, "10"), "Swish")
+    assert check_model(swish, "11").ok and check_model(swish, "11.4").ok
+    attention = _model(
+        [helper.make_node("TRT_Attention", ["x"], ["y"], name="attn", domain="trt")],
+        [_vi("x")],
+        [_vi("y")],
+        domains=["trt"],
+    )
+    assert _reasons(check_model(attention, "10"), "TRT_Attention")
+    assert check_model(attention, "11").ok and check_model(attention, "11.4").ok
+    fp4 = _model(
+        [helper.make_node("Cast", ["x"], ["y"], name="to_fp4", to=TensorProto.FLOAT4E2M1)],
+        [_vi("x")],
+        [_vi("y", TensorProto.FLOAT4E2M1)],
+        opset=23,
+    )
+    assert _reasons(check_model(fp4, "10.3"), "Cast") and check_model(fp4, "11.4").ok
+    assert "JetPack 7.2.2" in check_model(swish, "11.4").summary()

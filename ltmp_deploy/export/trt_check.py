@@ -22,7 +22,7 @@ from onnx import TensorProto
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.onnxgraph import Graph, ModelLike, load, node_name
-from ltmp_deploy.export.trt_targets import TRT_TARGETS
+from ltmp_deploy.export.trt_targets import TRT_TARGETS, at_least
 
 _ORDER = list(TRT_TARGETS)  # oldest first; "an op supported from X" means X and every later target
 
@@ -31,8 +31,17 @@ _ORDER = list(TRT_TARGETS)  # oldest first; "an op supported from X" means X and
 # guide). 10.0: "inclusive range of opset 9 to opset 20" (no 10.3 matrix found: 10.0's range is
 # used). 10.13: the ONNX 1.18 submodule (since 10.11, Changelog.md) defines opset 23; opset 24
 # came with ONNX 1.19, after 10.13 GA. 10.15: 9..24. 11.x: max 25 (NVIDIA "ONNX Opset Guide";
-# opset 25 came with 11.5, github.com/onnx/onnx-tensorrt/releases/tag/release%2F11.5-GA).
-_OPSET_RANGE = {"8.5": (7, 17), "8.6": (7, 17), "10.3": (9, 20), "10.13": (9, 23), "10": (9, 24), "11": (9, 25)}
+# opset 25 came with 11.5, github.com/onnx/onnx-tensorrt/releases/tag/release%2F11.5-GA); 11.4
+# (the Jetson release) takes what 11 does.
+_OPSET_RANGE = {
+    "8.5": (7, 17),
+    "8.6": (7, 17),
+    "10.3": (9, 20),
+    "10.13": (9, 23),
+    "10": (9, 24),
+    "11": (9, 25),
+    "11.4": (9, 25),
+}
 
 # ONNX element types the parser can import at all (onnx2trt convertDtype). DOUBLE is cast down
 # to FLOAT and, before 9.0, INT64 down to INT32, clamping values: both import, so neither is
@@ -40,7 +49,7 @@ _OPSET_RANGE = {"8.5": (7, 17), "8.6": (7, 17), "10.3": (9, 20), "10.13": (9, 23
 _T = TensorProto
 _BASE_TYPES = {_T.FLOAT, _T.DOUBLE, _T.FLOAT16, _T.INT8, _T.UINT8, _T.BOOL, _T.INT32, _T.INT64}
 _TYPES = {"8.5": _BASE_TYPES, "8.6": _BASE_TYPES, "10.3": _BASE_TYPES | {_T.BFLOAT16, _T.FLOAT8E4M3FN, _T.INT4}}
-_TYPES["10.13"] = _TYPES["10"] = _TYPES["11"] = _TYPES["10.3"] | {_T.FLOAT4E2M1}
+_TYPES["10.13"] = _TYPES["10"] = _TYPES["11"] = _TYPES["11.4"] = _TYPES["10.3"] | {_T.FLOAT4E2M1}
 
 # First target whose parser imports the op (operators.md "Y" rows, Changelog.md "Added support").
 _OPS_FROM = {
@@ -144,10 +153,6 @@ class CheckReport:
         )
 
 
-def _supports(target: str, first: str) -> bool:
-    return _ORDER.index(target) >= _ORDER.index(first)
-
-
 def _check_graph(g: Graph, target: str) -> list[Finding]:
     """Model-level rules: opset range and the element types of inputs, outputs and constants."""
     lo, hi = _OPSET_RANGE[target]
@@ -188,11 +193,11 @@ def _check_node(g: Graph, node: onnx.NodeProto, target: str) -> list[str]:
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if domain not in ("", "ai.onnx"):
         first = _KNOWN_CUSTOM_OPS.get((domain, op))
-        if first and _supports(target, first):
+        if first and at_least(target, first):
             return []
         if any(f.domain == domain and f.name == op for f in g.model.functions):
             # ONNX local functions are inlined by the parser from TensorRT 9.0 (Changelog 9.0 EA).
-            return [] if _supports(target, "10.3") else ["ONNX local functions need TensorRT 9.0+"]
+            return [] if at_least(target, "10.3") else ["ONNX local functions need TensorRT 9.0+"]
         return [
             f"custom op in domain '{domain}': not built into the TensorRT {target} parser "
             "(it would need a plugin registered under that name)"
@@ -200,7 +205,7 @@ def _check_node(g: Graph, node: onnx.NodeProto, target: str) -> list[str]:
     first = _SUPPORTED_FROM.get(op)
     if first is None:
         return [f"{op} is not in the TensorRT {target} ONNX parser's support matrix"]
-    if not _supports(target, first):
+    if not at_least(target, first):
         return [f"{op} is imported only from TensorRT {first} on"]
     reasons = []
     try:  # the op's version at the model's opset must be one the parser knows
@@ -236,7 +241,7 @@ def _check_topk(g: Graph, node: onnx.NodeProto, attrs: dict, target: str) -> lis
     k = g.constant_value(node.input[1]) if len(node.input) > 1 else np.array(attrs.get("k", 1))
     if k is not None and k.size == 1 and int(k.reshape(-1)[0]) >= TOPK_MAX_K:
         reasons.append(f"K = {int(k.reshape(-1)[0])}: TensorRT needs K < {TOPK_MAX_K}")
-    if attrs.get("sorted", 1) == 0 and _supports(target, "10.13"):
+    if attrs.get("sorted", 1) == 0 and at_least(target, "10.13"):
         reasons.append("sorted=0: the parser requires sorted=1 (operators.md, TensorRT 10.x)")
     dtype = g.types.get(node.input[0], 0)
     if dtype and dtype not in _TOPK_TYPES[target]:

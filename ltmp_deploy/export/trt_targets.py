@@ -18,7 +18,8 @@ TRT_TARGETS: dict[str, str] = {
     "10.3": "TensorRT 10.3 (JetPack 6.1/6.2)",
     "10.13": "TensorRT 10.13 (JetPack 7.0/7.1, Jetson Thor)",
     "10": "TensorRT 10.x other than 10.3 and 10.13 (JetPack 7.2 ships 10.16)",
-    "11": "TensorRT 11.x (strongly typed: no FP16/INT8 flags, precision comes from the graph)",
+    "11": "TensorRT 11.0 to 11.3 (no JetPack; strongly typed: no FP16/INT8 flags, precision comes from the graph)",
+    "11.4": "TensorRT 11.4 and later 11.x (11.4.1: JetPack 7.2.2+ on Jetson AGX Orin and Thor; strongly typed)",
 }
 
 
@@ -45,8 +46,19 @@ def trt_key(version: str) -> str:
     if major == 10:
         return f"10.{minor}" if f"10.{minor}" in TRT_TARGETS else "10"
     if major == 11:
-        return "11"
+        return "11.4" if minor >= 4 else "11"
     raise LTMPError(f"TensorRT {version} is not a target of this toolkit (targets: {', '.join(TRT_TARGETS)})")
 
 
-__all__ = ["TRT_TARGETS", "normalize_trt_version", "trt_key"]
+def at_least(target: str, first: str) -> bool:
+    """True when ``target`` is the key ``first`` or a later one (a feature "from X" holds for both)."""
+    keys = list(TRT_TARGETS)
+    return keys.index(target) >= keys.index(first)
+
+
+def strongly_typed_only(target: str) -> bool:
+    """TensorRT 11 and later build strongly typed networks only: no FP16/INT8 builder flags."""
+    return at_least(target, "11")
+
+
+__all__ = ["TRT_TARGETS", "at_least", "normalize_trt_version", "strongly_typed_only", "trt_key"]
