@@ -820,7 +820,8 @@ def _parser_build(add: Adder) -> None:
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="default: fp16 on Jetson presets, else the graph's own (fp16 export, Q/DQ for int8)",
+        help="default: the graph's own (fp16 export, Q/DQ for int8); an fp32 graph gets the fp16 flag on "
+        "Jetson presets where TensorRT has one (not 11.x: strongly typed)",
     )
     p.add_argument(
         "--calibration",
@@ -852,7 +853,8 @@ def _parser_build(add: Adder) -> None:
         type=int,
         metavar="N",
         help="run on DLA core N with GPU fallback "
-        "(orin-nx, agx-orin with JetPack 5.1-6.2; fp16/int8, fixed mode, one batch size)",
+        "(orin-nx, agx-orin with JetPack 5.1-6.2; agx-orin with TensorRT 11.4 on JetPack 7.2.2+, from an fp16 "
+        "or Q/DQ graph; fp16/int8, fixed mode, one batch size)",
     )
     p.add_argument(
         "--workspace", type=int, metavar="MIB", help="builder workspace cap in MiB (default from the preset)"
@@ -872,7 +874,7 @@ def _parser_build(add: Adder) -> None:
     p.add_argument(
         "--strongly-typed",
         action="store_true",
-        help="TensorRT 10.x: strongly typed network (precision from the graph); always on for 11",
+        help="TensorRT 10.x: strongly typed network (precision from the graph); always on for 11 and 11.4",
     )
     p.add_argument(
         "--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit (needs no TensorRT)"

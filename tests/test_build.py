@@ -21,7 +21,8 @@ from conftest import one_torch_thread, tiny_ltmp
 
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.trt_targets import normalize_trt_version, trt_key
+from ltmp_deploy.export.trt_check import check_model
+from ltmp_deploy.export.trt_targets import TRT_TARGETS, normalize_trt_version, strongly_typed_only, trt_key
 from ltmp_deploy.runtime import presets
 from ltmp_deploy.runtime.build import build_engine
 from ltmp_deploy.runtime.engine import read_sidecar, tensorrt_version
@@ -74,9 +75,17 @@ def test_presets_hold_the_facts_of_each_target():
     assert set(p) == {"orin-nano", "orin-nx", "agx-orin", "thor", "datacenter"}
     for name in ("orin-nano", "orin-nx", "agx-orin", "thor"):
         assert p[name].jetson and p[name].default_precision == "fp16"
-    for name in ("orin-nano", "orin-nx", "agx-orin"):
+    for name in ("orin-nano", "orin-nx"):
         assert p[name].trt_versions == ("10.3", "8.6", "8.5", "10")  # JetPack 6.1/6.2, 6.0, 5.1, 7.2 (10.16)
-    assert p["thor"].trt_versions == ("10.13", "10")  # JetPack 7.0/7.1, 7.2 (10.16)
+    # TensorRT 11.4.1 (JetPack 7.2.2+) names AGX Orin and Thor only; the JetPack defaults stay first
+    assert p["agx-orin"].trt_versions == ("10.3", "8.6", "8.5", "10", "11.4")
+    assert p["thor"].trt_versions == ("10.13", "10", "11.4")  # JetPack 7.0/7.1, 7.2 (10.16), 7.2.2+ (11.4.1)
+    assert "11.4" in p["datacenter"].trt_versions
+    assert p["agx-orin"].dla_trt_versions == ("8.5", "8.6", "10.3", "11.4")
+    assert p["orin-nx"].dla_trt_versions == ("8.5", "8.6", "10.3")  # 11.4.1's DLA: AGX Orin only
+    assert not any(p[name].dla_trt_versions for name in ("orin-nano", "thor", "datacenter"))
+    assert "release notes name Jetson AGX Orin and Thor only" in p["orin-nx"].facts
+    assert all("JetPack 7.2.2" in p[name].facts for name in ("orin-nano", "orin-nx", "agx-orin", "thor"))
     # DLA: none on Orin Nano and Thor, two on NX 16 GB and AGX Orin
     assert (p["orin-nano"].dla_cores, p["orin-nx"].dla_cores, p["agx-orin"].dla_cores) == (0, 2, 2)
     assert p["thor"].dla_cores == 0
@@ -98,6 +107,11 @@ def test_presets_hold_the_facts_of_each_target():
         ("10.3.0.30", "10.3"),
         ("10.8.0", "10"),
         ("11.1.0", "11"),
+        ("11.3.0", "11"),
+        ("11.4.1", "11.4"),
+        ("11.4.0.11", "11.4"),
+        ("11.6.0", "11.4"),
+        ("v110401", "11.4"),
         ("v8502", "8.5"),
         ("v100300", "10.3"),
         ("v110100", "11"),
@@ -135,12 +149,62 @@ def test_thor_builds_fp16_on_the_gpu_for_jetpack_7(graphs):
 
 
 @pytest.mark.parametrize("preset", ["orin-nx", "agx-orin"])
-def test_orin_dla_only_with_the_tensorrt_of_jetpack_5_and_6(graphs, preset):
+def test_orin_dla_with_the_tensorrt_of_jetpack_5_and_6(graphs, preset):
     for trt in ("8.5", "8.6", "10.3"):
         assert plan(graphs["fixed"], preset=preset, trt=trt, dla_core=0).dla_core == 0
     assert plan(graphs["fixed"], preset=preset, trt="10").trt == "10"  # JetPack 7.2's 10.16 builds for the GPU
     with pytest.raises(LTMPError, match="TensorRT 10 does not run DLA on Jetson"):
         plan(graphs["fixed"], preset=preset, trt="10", dla_core=0)
+
+
+def test_agx_orin_dla_with_tensorrt_11_4_is_strongly_typed_from_an_fp16_graph(graphs):
+    p = plan(graphs["fp16"], preset="agx-orin", trt="11.4", dla_core=1)
+    assert (p.trt, p.precision, p.strongly_typed, p.flags, p.dla_core) == ("11.4", "fp16", True, [], 1)
+    cmd = trtexec_command(p, "e.plan", onnx_path="m.onnx").split()
+    assert {"--useDLACore=1", "--allowGPUFallback", "--noTF32"} <= set(cmd)
+    assert not {"--fp16", "--int8", "--bf16", "--stronglyTyped"} & set(cmd)  # strongly typed is the only way in 11
+    int8 = plan(graphs["int8"], preset="agx-orin", trt="11.4", dla_core=0)
+    assert (int8.precision, int8.strongly_typed, int8.flags) == ("int8", True, [])
+    assert any("run on the GPU" in n for n in int8.notes)
+    installed = plan_build(graphs["fp16"], BuildOptions(preset="agx-orin", dla_core=0), installed="11.4.1.5")
+    assert installed.trt == "11.4" and installed.dla_core == 0
+
+
+def test_tensorrt_11_4_dla_refusals_are_one_line(graphs):
+    with pytest.raises(LTMPError) as err:  # 11.4 DLA takes the precision from the graph
+        plan(graphs["fixed"], preset="agx-orin", trt="11.4", dla_core=0)
+    msg = str(err.value)
+    assert "\n" not in msg and "takes the precision from the graph, which is fp32" in msg and "--fp16" in msg
+    with pytest.raises(LTMPError) as err:  # NVIDIA's 11.4.1 notes name Jetson AGX Orin for DLA, not Orin NX
+        plan(graphs["fp16"], preset="orin-nx", trt="11.4", dla_core=0)
+    msg = str(err.value)
+    assert "\n" not in msg and "TensorRT 11.4.1's release notes restore DLA on Jetson AGX Orin only" in msg
+    assert "not on Jetson Orin NX" in msg and "8.5, 8.6, 10.3" in msg
+    with pytest.raises(LTMPError) as err:
+        plan(graphs["fp16"], preset="thor", trt="11.4", dla_core=0)
+    assert str(err.value).endswith("Jetson AGX Thor has no DLA")
+    with pytest.raises(LTMPError) as err:  # JetPack 7.2's 10.16: the way to DLA names 11.4 too
+        plan(graphs["fp16"], preset="agx-orin", trt="10", dla_core=0)
+    assert "11.x has it again from 11.4.1); build for the GPU, or for DLA with TensorRT 8.5" in str(err.value)
+    assert str(err.value).endswith("10.3, 11.4")
+
+
+def test_jetson_gpu_builds_with_tensorrt_11_4_take_the_graphs_precision(graphs):
+    fp16 = plan(graphs["fp16"], preset="thor", trt="11.4")
+    assert (fp16.precision, fp16.strongly_typed, fp16.flags, fp16.notes) == ("fp16", True, [], [])
+    fp32 = plan(graphs["fixed"], preset="agx-orin", trt="11.4")  # no fp16 flag to give the preset's default
+    assert (fp32.precision, fp32.strongly_typed, fp32.flags) == ("fp32", True, [])
+    assert any("export with --fp16" in n for n in fp32.notes)
+    assert plan(graphs["threshold"], preset="thor", trt="11.4").trt == "11.4"
+    assert plan(graphs["fixed"], preset="agx-orin").trt == "10.3"  # the JetPack 6 default stays first
+    assert plan(graphs["fixed"], preset="thor").trt == "10.13"
+
+
+def test_every_fixed_mode_graph_checks_clean_for_every_target(graphs):
+    for kind in ("fixed", "fixed_b2", "fp16", "int8"):
+        for target in TRT_TARGETS:
+            report = check_model(graphs[kind], target)
+            assert report.ok, f"{kind}: " + report.summary()
 
 
 # -- plans and trtexec lines -----------------------------------------------------------------
@@ -177,6 +241,8 @@ def test_jetson_presets_default_to_fp16_flags_with_their_workspace_and_profile(g
         ("fp16", dict(trt="11"), [], ["--fp16", "--stronglyTyped"]),  # always strongly typed, no flags on 11
         ("int8", dict(trt="11"), [], ["--int8", "--stronglyTyped"]),
         ("fixed", dict(trt="11"), [], ["--fp16"]),
+        ("fp16", dict(trt="11.4"), [], ["--fp16", "--stronglyTyped"]),
+        ("int8", dict(trt="11.4"), [], ["--int8", "--stronglyTyped"]),
     ],
 )
 def test_datacenter_precision_becomes_flags_or_strong_typing(graphs, graph, kw, flags, absent):
@@ -245,7 +311,14 @@ def test_a_fixed_batch_graph_gets_no_shape_options(graphs):
 
 
 def test_threshold_graphs_build_for_86_and_newer(graphs):
-    for preset, trt in (("orin-nx", "8.6"), ("orin-nx", "10.3"), ("datacenter", "10"), ("datacenter", "11")):
+    for preset, trt in (
+        ("orin-nx", "8.6"),
+        ("orin-nx", "10.3"),
+        ("datacenter", "10"),
+        ("datacenter", "11"),
+        ("agx-orin", "11.4"),
+        ("thor", "11.4"),
+    ):
         assert plan(graphs["threshold"], preset=preset, trt=trt).trt == trt
 
 
@@ -271,6 +344,10 @@ def test_threshold_graph_for_tensorrt_85_is_refused_listing_the_nodes(graphs):
         ("fixed", dict(preset="datacenter", trt="11", precision="fp16"), "export with --fp16"),
         ("fixed", dict(preset="datacenter", trt="11", precision="bf16"), "ModelOpt"),
         ("fixed", dict(preset="datacenter", trt="11", strongly_typed=False), "strongly typed networks only"),
+        ("fixed", dict(preset="agx-orin", trt="11.4", precision="fp16"), "export with --fp16"),
+        ("fp16", dict(preset="thor", trt="11.4", strongly_typed=False), "strongly typed networks only"),
+        ("fixed", dict(preset="orin-nano", trt="11.4"), "not a target of this preset"),
+        ("fixed", dict(preset="orin-nx", trt="11.4"), "not a target of this preset"),
         ("fixed", dict(preset="orin-nx", trt="8.6", strongly_typed=True), "need TensorRT 10"),
         (
             "fixed",
@@ -461,7 +538,7 @@ def test_build_and_run_matches_onnx_runtime(graphs, tmp_path, graph, precision):
     installed = trt_key(tensorrt_version())
     if installed in ("8.5",) and graph == "threshold":
         pytest.skip("threshold mode needs TensorRT 8.6+")
-    if installed == "11" and precision == "fp16":
+    if strongly_typed_only(installed) and precision == "fp16":
         pytest.skip("TensorRT 11 takes fp16 from an fp16 graph")
     engine = build_engine(
         graphs[graph],

@@ -16,10 +16,12 @@ Precision, by TensorRT version:
 - 10.x (JetPack 6.1/6.2 ship 10.3, JetPack 7.0/7.1 10.13, JetPack 7.2 10.16): strongly typed
   when the graph carries the precision (fp16 export, Q/DQ graph), else the builder flags;
   ``strongly_typed`` overrides.
-- 11.x: always strongly typed, no precision flags: the graph must carry the precision.
+- 11.x (11.4.1: JetPack 7.2.2+ on AGX Orin and Thor): always strongly typed, no precision flags:
+  the graph must carry the precision, and a Jetson preset's fp16 default gives way to the graph's.
 
-DLA (``dla_core``) takes fp16 or int8, one static shape, fixed mode, and a TensorRT that has it
-on Jetson (:data:`ltmp_deploy.runtime.presets.DLA_TRT_VERSIONS`).
+DLA (``dla_core``) takes fp16 or int8, one static shape, fixed mode, and a TensorRT that runs the
+module's DLA (``Preset.dla_trt_versions``: 8.5 to 10.3, and 11.4 on AGX Orin only, where the graph
+must be fp16 or Q/DQ int8).
 
 The ONNX file is read and hashed once (:func:`inspect_graph`); the plan carries the loaded graph.
 """
@@ -40,9 +42,9 @@ from ltmp_deploy.export.onnxgraph import dims, image_io, load
 from ltmp_deploy.export.quantize import has_qdq
 from ltmp_deploy.export.tolerances import PRECISIONS
 from ltmp_deploy.export.trt_check import check_model
-from ltmp_deploy.export.trt_targets import trt_key
+from ltmp_deploy.export.trt_targets import strongly_typed_only, trt_key
 from ltmp_deploy.files import ensure_writable
-from ltmp_deploy.runtime.presets import DLA_TRT_VERSIONS, JETPACK, PRESETS, TRT_VERSIONS, Preset
+from ltmp_deploy.runtime.presets import DLA_ONLY_ON, JETPACK, PRESETS, TRT_VERSIONS, Preset
 
 MAX_OPT_LEVEL = 5
 
@@ -147,13 +149,11 @@ def plan_build(
     if assume_int8 and graph.precision == "fp32":
         graph = replace(graph, precision="int8")
     preset = _preset(options.preset)
-    trt = _target(preset, options.trt, installed)
+    trt = _target(preset, options.trt, installed, options.dla_core)
     where = f"{graph.path} (--preset {preset.name}, TensorRT {trt})"
     notes: list[str] = []
 
-    precision = options.precision
-    if precision is None:
-        precision = graph.precision if graph.precision != "fp32" else (preset.default_precision or "fp32")
+    precision = options.precision if options.precision is not None else _default_precision(graph, preset, trt, notes)
     if precision not in PRECISIONS:
         raise LTMPError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     _check_precision(where, graph, precision, trt)
@@ -166,6 +166,8 @@ def plan_build(
     flags = [] if strongly_typed or precision == "fp32" else [precision]
     if dla is not None and precision == "int8" and not strongly_typed:
         flags.append("fp16")  # DLA runs the layers without Q/DQ in fp16 (or falls back to the GPU)
+    if dla is not None and precision == "int8" and strongly_typed:
+        notes.append("strongly typed on DLA: the layers the graph keeps in fp32 (no Q/DQ) run on the GPU")
     if precision == "int8" and not strongly_typed and trt.startswith("10"):
         notes.append("INT8 through the builder flag is deprecated in TensorRT 10.x; strongly typed builds avoid it")
     workspace = _check_options(where, preset, options, trt)
@@ -221,7 +223,7 @@ def _preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def _target(preset: Preset, asked: str | None, installed: str | None) -> str:
+def _target(preset: Preset, asked: str | None, installed: str | None, dla: int | None) -> str:
     if asked is not None and asked not in TRT_VERSIONS:
         raise LTMPError(f"--trt {asked}: choose one of {', '.join(TRT_VERSIONS)}")
     if installed is not None:
@@ -234,12 +236,28 @@ def _target(preset: Preset, asked: str | None, installed: str | None) -> str:
         asked = have
     target = asked or preset.trt_versions[0]
     if target not in preset.trt_versions:
+        if dla is not None and target in DLA_ONLY_ON and preset.dla_cores:
+            raise LTMPError(f"--preset {preset.name} --dla-core {dla}: {_no_dla(preset, target)}")
         extra = f" ({JETPACK})" if preset.jetson else ""
         raise LTMPError(
             f"--preset {preset.name}: TensorRT {target} is not a target of this preset; "
             f"it takes {', '.join(preset.trt_versions)}{extra}"
         )
     return target
+
+
+def _default_precision(graph: GraphInfo, preset: Preset, trt: str, notes: list[str]) -> str:
+    """The graph's precision, or the preset's for an fp32 graph where builder flags exist."""
+    if graph.precision != "fp32":
+        return graph.precision
+    wanted = preset.default_precision or "fp32"
+    if strongly_typed_only(trt) and wanted != "fp32":
+        notes.append(
+            f"TensorRT {trt} takes the precision from the graph: this fp32 graph builds in fp32; "
+            f"export with --fp16 for {wanted}"
+        )
+        return "fp32"
+    return wanted
 
 
 def _check_precision(where: str, graph: GraphInfo, precision: str, trt: str) -> None:
@@ -258,10 +276,10 @@ def _check_precision(where: str, graph: GraphInfo, precision: str, trt: str) -> 
         )
     if precision == "bf16" and trt in ("8.5", "8.6"):
         raise LTMPError(f"{where}: BF16 needs TensorRT 9.0 or newer; use --precision fp16")
-    if trt == "11" and precision in ("fp16", "bf16") and carried != precision:
+    if strongly_typed_only(trt) and precision in ("fp16", "bf16") and carried != precision:
         fix = "export with --fp16" if precision == "fp16" else "convert the graph to bf16 (NVIDIA ModelOpt AutoCast)"
         raise LTMPError(
-            f"{where}: TensorRT 11 has no {precision.upper()} builder flag (networks are strongly typed): "
+            f"{where}: TensorRT {trt} has no {precision.upper()} builder flag (networks are strongly typed): "
             f"{fix} and build that graph"
         )
 
@@ -271,11 +289,12 @@ def _check_dla(where: str, preset: Preset, graph: GraphInfo, precision: str, dla
         raise LTMPError(f"{where}: --dla-core {dla}: {preset.description} has no DLA")
     if not 0 <= dla < preset.dla_cores:
         raise LTMPError(f"{where}: --dla-core {dla}: {preset.description} has DLA cores 0..{preset.dla_cores - 1}")
-    if trt not in DLA_TRT_VERSIONS:
+    if trt not in preset.dla_trt_versions:
+        raise LTMPError(f"{where}: --dla-core {dla}: {_no_dla(preset, trt)}")
+    if precision not in ("fp16", "int8") and strongly_typed_only(trt):
         raise LTMPError(
-            f"{where}: --dla-core {dla}: TensorRT {trt} does not run DLA on Jetson (TensorRT 10.7 was "
-            f"the last 10.x release with DLA); build for the GPU, or for TensorRT {DLA_TRT_VERSIONS[-1]} "
-            "(JetPack 6)"
+            f"{where}: --dla-core {dla}: DLA runs FP16 or INT8 only and TensorRT {trt} takes the precision from "
+            f"the graph, which is {graph.precision}: export with --fp16, or add --precision int8 --calibration FILE"
         )
     if precision not in ("fp16", "int8"):
         raise LTMPError(f"{where}: DLA runs FP16 or INT8 only; use --precision fp16 or int8 with --dla-core")
@@ -284,6 +303,19 @@ def _check_dla(where: str, preset: Preset, graph: GraphInfo, precision: str, dla
             f"{where}: a threshold-mode graph has data-dependent token counts and DLA takes static shapes "
             "only: export fixed mode for DLA, or build without --dla-core"
         )
+
+
+def _no_dla(preset: Preset, trt: str) -> str:
+    """Why TensorRT ``trt`` does not run this module's DLA, and what does."""
+    why = DLA_ONLY_ON.get(trt, "")
+    if why:
+        why += f", not on {preset.description}"
+    else:
+        why = (
+            f"TensorRT {trt} does not run DLA on Jetson (TensorRT 10.7 was the last 10.x release with DLA, "
+            "and 11.x has it again from 11.4.1)"
+        )
+    return f"{why}; build for the GPU, or for DLA with TensorRT {', '.join(preset.dla_trt_versions)}"
 
 
 def _profile(where: str, preset: Preset, graph: GraphInfo, options: BuildOptions, dla: int | None):  # noqa: ANN202
@@ -319,9 +351,9 @@ def _profile(where: str, preset: Preset, graph: GraphInfo, options: BuildOptions
 
 
 def _typing(where: str, graph: GraphInfo, precision: str, trt: str, asked: bool | None, dla: int | None) -> bool:
-    if trt == "11":
+    if strongly_typed_only(trt):
         if asked is False:
-            raise LTMPError(f"{where}: TensorRT 11 builds strongly typed networks only")
+            raise LTMPError(f"{where}: TensorRT {trt} builds strongly typed networks only")
         return True
     if trt in ("8.5", "8.6"):
         if asked:

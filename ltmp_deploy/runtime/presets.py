@@ -17,12 +17,18 @@ from ltmp_deploy.export.trt_targets import TRT_TARGETS
 TRT_VERSIONS = tuple(TRT_TARGETS)
 JETPACK = (
     "JetPack 5.1.x ships TensorRT 8.5, JetPack 6.0 ships 8.6, JetPack 6.1/6.2 ship 10.3, "
-    "JetPack 7.0/7.1 (Jetson Thor) ship 10.13, JetPack 7.2 (Orin and Thor) ships 10.16"
+    "JetPack 7.0/7.1 (Jetson Thor) ship 10.13, JetPack 7.2 (Orin and Thor) ships 10.16; "
+    "TensorRT 11.4.1 (its Linux SBSA build) supports JetPack 7.2.2 or later on Jetson AGX Orin and Thor"
 )
 # The TensorRT versions whose Jetson builds place layers on DLA. TensorRT 10.7 was the last 10.x
-# release with DLA, and 10.16 (JetPack 7.2) does not support Orin's DLA (its release notes);
-# TensorRT 11 brings it back only from 11.4.1, on AGX Orin with JetPack 7.2.2 or later.
-DLA_TRT_VERSIONS = ("8.5", "8.6", "10.3")
+# release with DLA, 10.16 (JetPack 7.2) does not support Orin's DLA, and 11.0 to 11.3 have none
+# (their release notes); 11.4.1 restores it, strongly typed, on the one module its notes name.
+_JETPACK_DLA = ("8.5", "8.6", "10.3")  # JetPack 5.1 to 6.2
+DLA_TRT_VERSIONS = (*_JETPACK_DLA, "11.4")
+#: Why a TensorRT version with DLA does not run it on every module that has DLA cores.
+DLA_ONLY_ON = {
+    "11.4": "TensorRT 11.4.1's release notes restore DLA on Jetson AGX Orin only (JetPack 7.2.2 or later)",
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class Preset:
     trt_versions: tuple[str, ...]  # the first is the default when TensorRT is not installed
     workspace_mib: int | None  # builder scratch memory cap; None: TensorRT's default (all of it)
     dla_cores: int
+    dla_trt_versions: tuple[str, ...]  # the TensorRT versions that run this module's DLA
     default_precision: str | None  # None: whatever the graph carries
     batch: tuple[int, int, int]  # default min/opt/max for a dynamic batch axis
     jetson: bool
@@ -50,11 +57,13 @@ PRESETS: dict[str, Preset] = {
             _ORIN,
             1024,
             0,
+            (),
             "fp16",
             (1, 1, 4),
             True,
             "4 or 8 GB LPDDR5 shared by CPU and GPU; workspace 1 GiB = a quarter of the 4 GB module; "
-            "no DLA (the Orin Nano modules have none). " + JETPACK,
+            "no DLA (the Orin Nano modules have none); no TensorRT 11.4 target: TensorRT 11.4.1's release notes "
+            "name Jetson AGX Orin and Thor only. " + JETPACK,
         ),
         Preset(
             "orin-nx",
@@ -62,31 +71,36 @@ PRESETS: dict[str, Preset] = {
             _ORIN,
             2048,
             2,
+            _JETPACK_DLA,
             "fp16",
             (1, 1, 8),
             True,
             "8 or 16 GB LPDDR5 shared by CPU and GPU; workspace 2 GiB = a quarter of the 8 GB module; "
             "DLA: 2 cores on the 16 GB module, 1 on the 8 GB module (core 1 exists only on the 16 GB), "
-            "with TensorRT 8.5 to 10.3 (JetPack 5.1 to 6.2). " + JETPACK,
+            "with TensorRT 8.5 to 10.3 (JetPack 5.1 to 6.2); no TensorRT 11.4 target, for the GPU or DLA: "
+            "TensorRT 11.4.1's release notes name Jetson AGX Orin and Thor only. " + JETPACK,
         ),
         Preset(
             "agx-orin",
             "Jetson AGX Orin (32 GB / 64 GB)",
-            _ORIN,
+            (*_ORIN, "11.4"),
             4096,
             2,
+            DLA_TRT_VERSIONS,
             "fp16",
             (1, 4, 16),
             True,
             "32 or 64 GB LPDDR5 shared by CPU and GPU; workspace 4 GiB = an eighth of the 32 GB module; "
-            "2 DLA cores, with TensorRT 8.5 to 10.3 (JetPack 5.1 to 6.2). " + JETPACK,
+            "2 DLA cores, with TensorRT 8.5 to 10.3 (JetPack 5.1 to 6.2) and 11.4.1 (JetPack 7.2.2 or later, "
+            "strongly typed: precision from the graph). " + JETPACK,
         ),
         Preset(
             "thor",
             "Jetson AGX Thor",
-            ("10.13", "10"),
+            ("10.13", "10", "11.4"),
             8192,
             0,
+            (),
             "fp16",
             (1, 4, 16),
             True,
@@ -96,9 +110,10 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "datacenter",
             "datacenter GPU (Ampere or newer for --hardware-compat)",
-            ("10", "11", "10.3", "8.6"),
+            ("10", "11", "11.4", "10.3", "8.6"),
             None,
             0,
+            (),
             None,
             (1, 8, 64),
             False,
@@ -115,4 +130,4 @@ def presets_table() -> list[dict[str, Any]]:
     return [asdict(p) for p in PRESETS.values()]
 
 
-__all__ = ["DLA_TRT_VERSIONS", "JETPACK", "PRESETS", "TRT_VERSIONS", "Preset", "presets_table"]
+__all__ = ["DLA_ONLY_ON", "DLA_TRT_VERSIONS", "JETPACK", "PRESETS", "TRT_VERSIONS", "Preset", "presets_table"]

@@ -17,7 +17,7 @@ from typing import Any
 from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import INPUT_NAME
-from ltmp_deploy.export.trt_targets import normalize_trt_version
+from ltmp_deploy.export.trt_targets import normalize_trt_version, strongly_typed_only
 from ltmp_deploy.files import write_text_atomic
 from ltmp_deploy.runtime.engine import current_gpu, sidecar_path
 from ltmp_deploy.runtime.plan import BuildOptions, BuildPlan, plan_build
@@ -34,7 +34,7 @@ def trtexec_command(plan: BuildPlan, engine: str | os.PathLike, onnx_path: str |
     if plan.workspace_mib is not None:
         args.append(f"--memPoolSize=workspace:{plan.workspace_mib}")
     args += [f"--{flag}" for flag in plan.flags]
-    if plan.strongly_typed and plan.trt != "11":  # always on in 11, where the flag is not needed
+    if plan.strongly_typed and not strongly_typed_only(plan.trt):  # always on from 11: no flag needed
         args.append("--stronglyTyped")
     args.append("--noTF32")  # Polygraphy's builds leave TF32 off too (fp32 parity)
     if plan.dla_core is not None:
