@@ -17,7 +17,8 @@ Options:
   --preset P            orin-nano | orin-nx | agx-orin | thor (default: read from /proc/device-tree/model)
   --precision X         fp16 (default) | fp32 | int8 | bf16 (TensorRT 10.3 / JetPack 6.1+)
   --calibration FILE    int8 on a float graph: preprocessed images (.npy/.npz/Polygraphy JSON, N x C x H x W)
-  --dla-core N          run on DLA core N with GPU fallback (orin-nx, agx-orin, JetPack 5.1-6.2; fixed mode)
+  --dla-core N          run on DLA core N with GPU fallback (orin-nx, agx-orin, JetPack 5.1-6.2; agx-orin,
+                        TensorRT 11.4.1 on JetPack 7.2.2+, from an fp16 or Q/DQ graph; fixed mode)
   --batch N             one batch size (min = opt = max)
   --min-batch N, --opt-batch N, --max-batch N
                         optimization profile of a dynamic batch axis (default from the preset)

@@ -91,7 +91,7 @@ def test_tensorrt_targets_of_each_mode(tmp_path):
         report = check_model(fixed, target)
         assert report.ok, report.summary()
     threshold = export_onnx(deit_tiny_shaped("threshold"), tmp_path / "t.onnx", validate=False).path
-    for target in ("8.6", "10.3", "10", "11"):
+    for target in ("8.6", "10.3", "10", "11", "11.4"):
         report = check_model(threshold, target)
         assert report.ok, report.summary()
     report = check_model(threshold, "8.5")
