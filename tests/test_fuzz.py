@@ -1,0 +1,439 @@
+"""Broken files for every command that reads one: seeded variants of good files the toolkit made.
+
+From each good file (a tiny ViT's checkpoint, its ONNX export, a model description, weights, an
+image, an audit log, INT8 calibration data, a bench and an accuracy result) come broken copies:
+empty, truncated, random bytes, a damaged header, bit flips in the header, the right content under
+a wrong name, and a file of another kind in its place. Each command runs in-process on each copy,
+and must either succeed (a bit flip may hit a value that still reads) or refuse: exit code 2 (1 for
+a parity failure with its report), one line on stderr naming the file, no traceback, and nothing
+left in the output folder or the working folder. The front door's calls on the same files raise an
+LTMPError with the CLI's message.
+
+The quick run tries the variants that must be refused (they fail before any long work); the slow
+run adds those that may succeed and run the whole command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import random
+import shutil
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import one_torch_thread, tiny_ltmp, tiny_vit
+from PIL import Image
+
+import ltmp_deploy as ld
+from ltmp_deploy.cli import main
+from ltmp_deploy.errors import LTMPError
+
+SEED = 14
+TRUNCATIONS = (10, 50, 99)  # percent of the file kept
+BIT_FLIPS = 3  # variants, each flipping a few seeded bits in the header region
+IMAGE_SIZE = 32  # tests/conftest.py's tiny ViT
+DESCRIPTION = {
+    "timm_model": "vit_tiny_patch16_224",
+    "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 3, "num_heads": 3, "num_classes": 5},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    with one_torch_thread():
+        yield
+
+
+# -- the good files ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> dict[str, Path]:
+    """One good file of each kind, made by the toolkit from the tiny ViT."""
+    from safetensors.torch import save_file
+
+    from ltmp_deploy.export.calibration_data import write_calibration_data
+    from ltmp_deploy.export.onnx_export import export_onnx
+    from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+    from ltmp_deploy.report.accuracy import accuracy_document, variant_entry, write_accuracy
+
+    root = tmp_path_factory.mktemp("fuzz-good")
+    files = {"checkpoint": save_checkpoint(tiny_ltmp("threshold"), root / "model.safetensors")}
+    files["onnx"] = export_onnx(files["checkpoint"], root / "model.onnx", decisions=True, validate=False).path
+    files["description"] = root / "model.json"
+    files["description"].write_text(json.dumps(DESCRIPTION, indent=1) + "\n")
+    files["weights"] = root / "weights.safetensors"
+    state = {k: v.contiguous() for k, v in tiny_vit().state_dict().items()}
+    save_file(state, str(files["weights"]))
+    files["image"] = root / "image.png"
+    rng = np.random.default_rng(SEED)
+    Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(files["image"])
+    data = root / "images"
+    for c in range(5):
+        (data / f"class{c}").mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(data / f"class{c}" / f"{i}.png")
+    files["data"] = data
+    files["audit"] = root / "audit.jsonl"
+    assert _cli(["predict", str(files["onnx"]), str(files["image"]), "--no-progress", "--log-decisions",
+                 str(files["audit"])]) == 0  # fmt: skip
+    calib = write_calibration_data(rng.standard_normal((4, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32), root)
+    files.update({f"calibration-{layout}": path for layout, path in calib.items()})
+    bench = root / "bench"
+    one_round = ["--batch", "1", "--rounds", "1", "--warmup", "0", "--backends", "onnxruntime-cpu", "--threads", "1"]
+    assert _cli(["bench", str(files["checkpoint"]), "--targets", "--no-threshold", *one_round, "-o", str(bench)]) == 0
+    files["bench"] = bench / "bench.json"
+    runs = [{"seed": 0, "accuracy": 0.9, "flops_ratio": 1.0}]
+    dataset = {"name": "random", "split": "test", "images": 8}
+    doc = accuracy_document("vit_tiny", dataset, [variant_entry("unpatched", None, runs)])
+    files["accuracy"] = write_accuracy(root / "accuracy.json", doc)
+    return files
+
+
+def _cli(argv: list[str]) -> int:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main(argv)
+
+
+# -- the broken variants -------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    name: str
+    data: bytes
+    must_fail: bool  # False: a copy that may still read (bit flips, another name, another kind)
+    suffix: str | None = None  # the file name's suffix, when not the good file's
+
+
+def header_end(data: bytes) -> int:
+    """Where the part of the file that says what it is ends: the safetensors JSON header, else 512 bytes."""
+    if len(data) > 8 and data[8:9] == b"{":
+        return min(len(data), 8 + int.from_bytes(data[:8], "little"))
+    return min(len(data), 512)
+
+
+def variants(data: bytes, rng: random.Random) -> list[Variant]:
+    n = len(data)
+    out = [Variant("empty", b"", True), Variant("1 byte", data[:1], True)]
+    out += [Variant(f"truncated to {p}%", data[: n * p // 100], True) for p in TRUNCATIONS]
+    out.append(Variant("random bytes", rng.randbytes(n), True))
+    out.append(Variant("first 16 bytes overwritten", bytes(rng.randrange(256) for _ in range(16)) + data[16:], True))
+    if n > 8 and data[8:9] == b"{":  # safetensors: its header length, too long and too short
+        length = int.from_bytes(data[:8], "little")
+        out.append(Variant("header length past the end", (n).to_bytes(8, "little") + data[8:], True))
+        out.append(Variant("header length short by one", (length - 1).to_bytes(8, "little") + data[8:], True))
+    elif data[:1] == b"\x08":  # ONNX: ir_version, the protobuf's first field, given another field's tag
+        out.append(Variant("protobuf start damaged", b"\x0f\xff\xff" + data[3:], True))
+    for i in range(BIT_FLIPS):
+        flipped = bytearray(data)
+        for _ in range(4):
+            pos = rng.randrange(header_end(data))
+            flipped[pos] ^= 1 << rng.randrange(8)
+        out.append(Variant(f"bit flips #{i}", bytes(flipped), False))
+    out.append(Variant("renamed", data, False, suffix=".bin"))
+    return out
+
+
+# -- the commands --------------------------------------------------------------------------------
+
+
+Argv = Callable[[dict[str, Path], Path], list[str]]
+Api = Callable[[dict[str, Path], Path], object]
+
+
+@dataclass
+class Target:
+    """A command line with one file (``slot``) to break; ``api``: the front-door call doing the same."""
+
+    name: str
+    slot: str
+    argv: Argv
+    others: tuple[str, ...] = ()  # good files of other kinds to put in the slot (wrong kind)
+    api: Api | None = None
+    slow: bool = False  # its good run takes seconds: only the must-fail variants run quick
+
+
+def _s(p: Path) -> str:
+    return str(p)
+
+
+def _validate_api(f: dict[str, Path], out: Path) -> object:
+    report = ld.validate(f["onnx"], against=f["checkpoint"], images=2, json_path=out / "parity.json")
+    return report
+
+
+def _predict_api(f: dict[str, Path], out: Path) -> object:
+    with ld.Session(f["onnx"]) as session:
+        return session.predict([f["image"]])
+
+
+def _estimate_api(f: dict[str, Path], out: Path) -> object:
+    from ltmp_deploy.runtime.estimate import estimate_file
+
+    return estimate_file(f["bench"], 1.0)
+
+
+def _report_api(f: dict[str, Path], out: Path) -> object:
+    from ltmp_deploy.report.document import write_report
+
+    return write_report(out / "report", f.get("bench_arg"), f.get("accuracy_arg"), (), variant="unpatched")
+
+
+def _check_api(f: dict[str, Path], out: Path) -> object:
+    from ltmp_deploy.export.trt_check import check_model
+
+    return check_model(f["onnx"], "10.3")
+
+
+def _inspect_api(slot: str) -> Api:
+    def call(f: dict[str, Path], out: Path) -> object:
+        from ltmp_deploy.runtime.inspection import inspect_file
+
+        return inspect_file(f[slot])
+
+    return call
+
+
+CK, ONNX = ("onnx", "description", "image"), ("checkpoint", "description", "image")
+TARGETS = [
+    Target("patch", "description", lambda f, o: ["patch", _s(f["description"]), "-o", _s(o / "p.safetensors")],
+           ("checkpoint", "onnx"), lambda f, o: ld.create_model(_s(f["description"]))),
+    Target("patch", "weights", lambda f, o: ["patch", _s(f["description"]), "--weights", _s(f["weights"]), "-o",
+                                             _s(o / "p.safetensors")],
+           ("onnx", "description"), lambda f, o: ld.create_model(_s(f["description"]), weights=f["weights"])),
+    Target("patch", "checkpoint", lambda f, o: ["patch", _s(f["description"]), "--reference-checkpoint",
+                                                _s(f["checkpoint"]), "-o", _s(o / "p.safetensors")],
+           ("onnx", "weights"),
+           lambda f, o: ld.create_model(_s(f["description"]), reference_checkpoint=f["checkpoint"])),
+    Target("learn", "checkpoint", lambda f, o: ["learn", _s(f["checkpoint"]), "--data", _s(f["data"]), "--target",
+                                                "0.5", "--batch-size", "5", "--limit", "5", "-o",
+                                                _s(o / "l.safetensors")], CK, slow=True),
+    Target("calibrate", "checkpoint", lambda f, o: ["calibrate", _s(f["checkpoint"]), "--flops-target", "0.5",
+                                                    "--no-evaluate", "-o", _s(o / "c.safetensors")], CK),
+    Target("export", "checkpoint", lambda f, o: ["export", _s(f["checkpoint"]), "--no-validate", "-o",
+                                                 _s(o / "x.onnx")], CK,
+           lambda f, o: ld.export_onnx(f["checkpoint"], o / "x.onnx", validate=False), slow=True),
+    Target("check", "onnx", lambda f, o: ["check", _s(f["onnx"]), "--trt", "10.3"], ONNX, _check_api),
+    Target("validate", "onnx", lambda f, o: ["validate", _s(f["onnx"]), "--against", _s(f["checkpoint"]),
+                                             "--images", "2", "--json", _s(o / "parity.json")],
+           ("description", "image"), _validate_api, slow=True),
+    Target("validate", "checkpoint", lambda f, o: ["validate", _s(f["onnx"]), "--against", _s(f["checkpoint"]),
+                                                   "--images", "2", "--json", _s(o / "parity.json")],
+           ("description", "image"), _validate_api, slow=True),
+    Target("build", "onnx", lambda f, o: ["build", _s(f["onnx"]), "--preset", "datacenter", "-o",
+                                          _s(o / "m.engine")], ONNX,
+           lambda f, o: ld.build(f["onnx"], o / "m.engine")),
+    Target("build", "calibration-npy", lambda f, o: ["build", _s(f["onnx"]), "--preset", "datacenter",
+                                                     "--precision", "int8", "--calibration",
+                                                     _s(f["calibration-npy"]), "--print-trtexec", "-o",
+                                                     _s(o / "m.engine")],
+           ("onnx", "image", "calibration-polygraphy"), slow=True),
+    Target("build", "calibration-npz", lambda f, o: ["build", _s(f["onnx"]), "--preset", "datacenter",
+                                                     "--precision", "int8", "--calibration",
+                                                     _s(f["calibration-npz"]), "--print-trtexec", "-o",
+                                                     _s(o / "m.engine")], ("checkpoint",), slow=True),
+    Target("build", "calibration-polygraphy", lambda f, o: ["build", _s(f["onnx"]), "--preset", "datacenter",
+                                                            "--precision", "int8", "--calibration",
+                                                            _s(f["calibration-polygraphy"]), "--print-trtexec",
+                                                            "-o", _s(o / "m.engine")], ("bench",), slow=True),
+    Target("show", "checkpoint", lambda f, o: ["show", _s(f["checkpoint"]), _s(f["image"]), "-o", _s(o / "s.png")],
+           ("description", "image", "bench")),
+    Target("show", "onnx", lambda f, o: ["show", _s(f["onnx"]), _s(f["image"]), "-o", _s(o / "s.png")], ()),
+    Target("show", "image", lambda f, o: ["show", _s(f["onnx"]), _s(f["image"]), "-o", _s(o / "s.png")],
+           ("onnx", "checkpoint")),
+    Target("show", "audit", lambda f, o: ["show", _s(f["audit"]), "--image", "0", "-o", _s(o / "s.png")], ()),
+    Target("predict", "onnx", lambda f, o: ["predict", _s(f["onnx"]), _s(f["image"]), "--no-progress",
+                                            "--log-decisions", _s(o / "a.jsonl")], ONNX[1:], _predict_api),
+    Target("predict", "image", lambda f, o: ["predict", _s(f["onnx"]), _s(f["image"]), "--no-progress",
+                                             "--log-decisions", _s(o / "a.jsonl")], ("onnx", "checkpoint"),
+           _predict_api),
+    Target("inspect", "checkpoint", lambda f, o: ["inspect", _s(f["checkpoint"])], ("description", "image"),
+           _inspect_api("checkpoint")),
+    Target("inspect", "onnx", lambda f, o: ["inspect", _s(f["onnx"])], ("bench",), _inspect_api("onnx")),
+    Target("bench", "checkpoint", lambda f, o: ["bench", _s(f["checkpoint"]), "--targets", "--no-threshold",
+                                                "--batch", "1", "--rounds", "1", "--warmup", "0", "--backends",
+                                                "onnxruntime-cpu", "--threads", "1", "-o", _s(o / "b")],
+           ("onnx", "image"), slow=True),
+    Target("estimate", "bench", lambda f, o: ["estimate", _s(f["bench"]), "--price-per-hour", "1", "--json",
+                                              _s(o / "e.json")], ("accuracy", "onnx"), _estimate_api),
+    Target("report", "bench", lambda f, o: ["report", "--bench", _s(f["bench"]), "--headline", "unpatched", "-o", _s(o / "report")],
+           ("accuracy", "checkpoint"), _report_api),
+    Target("report", "accuracy", lambda f, o: ["report", "--accuracy", _s(f["accuracy"]), "--headline", "unpatched", "-o", _s(o / "report")],
+           ("bench", "image"), _report_api),
+]  # fmt: skip
+
+
+def cases(target: Target, good: dict[str, Path], quick: bool) -> list[Variant]:
+    rng = random.Random(f"{SEED}-{target.name}-{target.slot}")
+    found = [Variant("good", good[target.slot].read_bytes(), False)]
+    found += variants(good[target.slot].read_bytes(), rng)
+    found += [Variant(f"{kind} in its place", good[kind].read_bytes(), False, good[kind].suffix) for kind in
+              target.others]  # fmt: skip
+    return [v for v in found if v.must_fail] if quick and target.slow else found
+
+
+# -- running one case ----------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    rc: int | None
+    err: str
+    out: str
+    crash: str | None  # the exception main let through
+
+
+def run_cli(argv: list[str], capsys) -> Outcome:
+    capsys.readouterr()
+    try:
+        rc, crash = main(argv), None
+    except SystemExit as exit_:
+        rc, crash = exit_.code, None
+    except Exception:  # noqa: BLE001  (what the test looks for)
+        rc, crash = None, traceback.format_exc().strip().splitlines()[-1]
+    captured = capsys.readouterr()
+    return Outcome(rc, captured.err, captured.out, crash)
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def check_case(
+    target: Target, variant: Variant, good: dict[str, Path], root: Path, capsys, good_rc: int | None
+) -> tuple[list[str], int | None]:
+    """What went wrong with one case (empty when it held the rules)."""
+    case = root / f"{target.name}-{target.slot}-{variant.name}".replace(" ", "_").replace("%", "pc")
+    inputs, out = case / "in", case / "out"
+    inputs.mkdir(parents=True)
+    out.mkdir()
+    source = good[target.slot]
+    broken = inputs / (source.stem + (variant.suffix or source.suffix))
+    broken.write_bytes(variant.data)
+    files = {**good, target.slot: broken}
+    files["bench_arg"] = files["bench"] if target.slot == "bench" else None
+    files["accuracy_arg"] = files["accuracy"] if target.slot == "accuracy" else None
+    with contextlib.chdir(case):
+        result = run_cli(target.argv(files, out), capsys)
+    problems = []
+    if result.crash is not None:
+        return [f"traceback: {result.crash}"], None
+    lines = result.err.strip().splitlines()
+    if "Traceback" in result.err + result.out:
+        problems.append("a traceback in its output")
+    if result.rc == 0:
+        if variant.must_fail:
+            problems.append("exit 0 on a file that cannot be good")
+    elif result.rc in (1, 2):
+        line = lines[-1] if lines else ""
+        if len(lines) != 1 and not (result.rc == 1 and result.out):
+            problems.append(f"{len(lines)} lines on stderr: {result.err.strip()[:300]!r}")
+        if result.rc == 2 and broken.name not in line and not _names_missing_module(line):
+            problems.append(f"the line does not name {broken.name}: {line!r}")
+        if result.rc == 2 and listing(out):
+            problems.append(f"left in the output folder: {listing(out)}")
+    else:
+        problems.append(f"exit code {result.rc}: {result.err.strip()[-300:]!r}")
+    stray = sorted(set(listing(case)) - {"in", "out", f"in/{broken.name}"} - {f"out/{p}" for p in listing(out)})
+    stray += [p for p in listing(out) if Path(p).name.startswith(".")]
+    if stray:
+        problems.append(f"stray files: {stray}")
+    if result.rc == 2:
+        problems += _api_problems(target, files, case, lines[-1] if lines else "")
+    if variant.name == "renamed" and result.rc != good_rc:
+        problems.append(f"exit {result.rc} under another name, {good_rc} under its own")
+    return problems, result.rc
+
+
+def _names_missing_module(line: str) -> bool:
+    return "not installed" in line
+
+
+
+def _api_problems(target: Target, files: dict[str, Path], case: Path, line: str) -> list[str]:
+    """The front door's call on the same files: an LTMPError with the CLI's message."""
+    if target.api is None:
+        return []
+    api_out = case.with_name(case.name + "-api")
+    api_out.mkdir()
+    message = line.split(": error: ", 1)[-1]
+    try:
+        target.api(files, api_out)
+    except LTMPError as err:
+        if str(err) != message:
+            return [f"the API says {str(err)!r}, the CLI {message!r}"]
+        if listing(api_out):
+            return [f"the API left {listing(api_out)}"]
+        return []
+    except Exception as err:  # noqa: BLE001
+        return [f"the API raised {type(err).__name__}: {str(err)[:200]}"]
+    return [f"the API succeeded where the CLI said {message!r}"]
+
+
+def run_target(target: Target, good: dict[str, Path], root: Path, capsys, quick: bool) -> None:
+    failures, good_rc = [], None
+    tried = cases(target, good, quick)
+    for variant in tried:
+        problems, rc = check_case(target, variant, good, root, capsys, good_rc)
+        good_rc = rc if variant.name == "good" else good_rc
+        failures += [f"{target.name} {target.slot} [{variant.name}]: {p}" for p in problems]
+    assert not failures, f"{len(failures)} of {len(tried)} cases broke the rules:\n" + "\n".join(failures)
+
+
+def _id(target: Target) -> str:
+    return f"{target.name}-{target.slot}"
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if not t.slow], ids=_id)
+def test_broken_files_get_one_line(target, good, tmp_path, capsys):
+    run_target(target, good, tmp_path, capsys, quick=False)
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.slow], ids=_id)
+def test_broken_files_are_refused_before_long_work(target, good, tmp_path, capsys):
+    run_target(target, good, tmp_path, capsys, quick=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [t for t in TARGETS if t.slow], ids=_id)
+def test_broken_files_that_may_still_read(target, good, tmp_path, capsys):
+    run_target(target, good, tmp_path, capsys, quick=False)
+
+
+def test_the_front_door_load_refuses_broken_checkpoints(good, tmp_path):
+    rng = random.Random(SEED)
+    for variant in variants(good["checkpoint"].read_bytes(), rng):
+        path = tmp_path / f"{variant.name.replace(' ', '_').replace('%', 'pc')}.safetensors"
+        path.write_bytes(variant.data)
+        try:
+            ld.load(path)
+        except LTMPError as err:
+            assert path.name in str(err) and "\n" not in str(err), (variant.name, str(err))
+        else:
+            assert not variant.must_fail, variant.name
+    for kind in ("onnx", "description", "image", "bench"):
+        with pytest.raises(LTMPError, match=good[kind].name):
+            ld.load(good[kind])
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_front_door_session_refuses_broken_graphs(good, tmp_path):
+    rng = random.Random(SEED)
+    for variant in variants(good["onnx"].read_bytes(), rng):
+        path = tmp_path / f"{variant.name.replace(' ', '_').replace('%', 'pc')}.onnx"
+        path.write_bytes(variant.data)
+        try:
+            with ld.Session(path) as session:
+                session.predict([good["image"]])
+        except LTMPError as err:
+            assert path.name in str(err) and "\n" not in str(err), (variant.name, str(err))
+        else:
+            assert not variant.must_fail, variant.name
