@@ -170,18 +170,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _load_model(spec: str):  # noqa: ANN202
-    """A toolkit checkpoint or a model description JSON (by content, whatever the name), or a timm
-    model name patched fresh; a file that is neither is refused rather than looked up as a name."""
-    from ltmp_deploy.formats import FileKind, expect
-    from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint
+    from ltmp_deploy.ltmp.checkpoint import open_model
 
-    if not os.path.exists(spec):
-        return create_model(spec)
-    what = f"{FileKind.TOOLKIT_CHECKPOINT.human}, a model description JSON or a timm model name"
-    kinds = (FileKind.TOOLKIT_CHECKPOINT, FileKind.SAFETENSORS, FileKind.JSON)
-    if expect(spec, *kinds, what=what) is FileKind.JSON:
-        return create_model(spec)
-    return load_checkpoint(spec)  # a plain safetensors file gets its advice there
+    return open_model(spec)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
