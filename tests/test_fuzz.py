@@ -481,3 +481,15 @@ def test_the_front_door_session_refuses_broken_graphs(good, tmp_path):
             assert path.name in str(err) and "\n" not in str(err), (variant.name, str(err))
         else:
             assert not variant.must_fail, variant.name
+
+
+def test_build_without_tensorrt_says_so_in_one_line(good, tmp_path, capsys):
+    from ltmp_deploy.runtime.engine import tensorrt_version
+
+    if tensorrt_version() is not None:
+        pytest.skip("TensorRT is installed here: build gets past this point")
+    result = run_cli(["build", str(good["onnx"]), "--preset", "datacenter", "-o", str(tmp_path / "m.engine")], capsys)
+    assert result.rc == 2 and result.crash is None, result
+    (line,) = result.err.strip().splitlines()
+    assert "TensorRT is not installed" in line and good["onnx"].name in line, line
+    assert listing(tmp_path) == []
