@@ -93,6 +93,26 @@ class GoodFiles(dict):
         save_file({k: v.contiguous() for k, v in tiny_vit().state_dict().items()}, str(root / "weights.safetensors"))
         return root / "weights.safetensors"
 
+    def _other_checkpoint(self, root: Path) -> Path:
+        """A toolkit checkpoint of another model: 3 classes."""
+        from bench_runs import tiny_checkpoint
+
+        (root / "other").mkdir(exist_ok=True)
+        return tiny_checkpoint(root / "other", num_classes=3)
+
+    def _other_weights(self, root: Path) -> Path:
+        """timm weights of another width."""
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in tiny_vit(embed_dim=24).state_dict().items()}
+        save_file(state, str(root / "other-weights.safetensors"))
+        return root / "other-weights.safetensors"
+
+    def _engine(self, root: Path) -> Path:
+        """Bytes that open like a TensorRT engine (its plan magic): no TensorRT here builds a real one."""
+        (root / "model.engine").write_bytes(b"ftrt" + self.rng.bytes(2000))
+        return root / "model.engine"
+
     def _image(self, root: Path) -> Path:
         Image.fromarray(self.rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(root / "image.png")
         return root / "image.png"
@@ -252,10 +272,11 @@ TARGETS = [
            ("checkpoint", "onnx"), lambda f, o: ld.create_model(_s(f["description"]))),
     Target("patch", "weights", lambda f, o: ["patch", _s(f["description"]), "--weights", _s(f["weights"]), "-o",
                                              _s(o / "p.safetensors")],
-           ("onnx", "description"), lambda f, o: ld.create_model(_s(f["description"]), weights=f["weights"])),
+           ("onnx", "description", "other_weights"),
+           lambda f, o: ld.create_model(_s(f["description"]), weights=f["weights"])),
     Target("patch", "checkpoint", lambda f, o: ["patch", _s(f["description"]), "--reference-checkpoint",
                                                 _s(f["checkpoint"]), "-o", _s(o / "p.safetensors")],
-           ("onnx", "weights"),
+           ("onnx", "weights", "other_checkpoint"),
            lambda f, o: ld.create_model(_s(f["description"]), reference_checkpoint=f["checkpoint"])),
     Target("learn", "checkpoint", lambda f, o: ["learn", _s(f["checkpoint"]), "--data", _s(f["data"]), "--target",
                                                 "0.5", "--batch-size", "5", "--limit", "5", "-o",
@@ -268,12 +289,12 @@ TARGETS = [
     Target("check", "onnx", lambda f, o: ["check", _s(f["onnx"]), "--trt", "10.3"], ONNX, _check_api),
     Target("validate", "onnx", lambda f, o: ["validate", _s(f["onnx"]), "--against", _s(f["checkpoint"]),
                                              "--images", "2", "--json", _s(o / "parity.json")],
-           ("description", "image"), _validate_api),
+           ("description", "image", "engine"), _validate_api),
     Target("validate", "checkpoint", lambda f, o: ["validate", _s(f["onnx"]), "--against", _s(f["checkpoint"]),
                                                    "--images", "2", "--json", _s(o / "parity.json")],
-           ("description", "image"), _validate_api),
+           ("description", "image", "other_checkpoint"), _validate_api),
     Target("build", "onnx", lambda f, o: ["build", _s(f["onnx"]), "--preset", "datacenter", "-o",
-                                          _s(o / "m.engine")], ONNX,
+                                          _s(o / "m.engine")], (*ONNX, "engine"),
            lambda f, o: ld.build(f["onnx"], o / "m.engine")),
     Target("build", "calibration-npy", lambda f, o: ["build", _s(f["onnx"]), "--preset", "datacenter",
                                                      "--precision", "int8", "--calibration",
@@ -290,18 +311,18 @@ TARGETS = [
                                                             "-o", _s(o / "m.engine")], ("accuracy",)),
     Target("show", "checkpoint", lambda f, o: ["show", _s(f["checkpoint"]), _s(f["image"]), "-o", _s(o / "s.png")],
            ("description", "image", "accuracy")),
-    Target("show", "onnx", lambda f, o: ["show", _s(f["onnx"]), _s(f["image"]), "-o", _s(o / "s.png")], ()),
+    Target("show", "onnx", lambda f, o: ["show", _s(f["onnx"]), _s(f["image"]), "-o", _s(o / "s.png")], ("engine",)),
     Target("show", "image", lambda f, o: ["show", _s(f["onnx"]), _s(f["image"]), "-o", _s(o / "s.png")],
            ("onnx", "checkpoint")),
     Target("show", "audit", lambda f, o: ["show", _s(f["audit"]), "--image", "0", "-o", _s(o / "s.png")], ()),
     Target("predict", "onnx", lambda f, o: ["predict", _s(f["onnx"]), _s(f["image"]), "--no-progress",
-                                            "--log-decisions", _s(o / "a.jsonl")], ONNX[1:], _predict_api),
+                                            "--log-decisions", _s(o / "a.jsonl")], (*ONNX[1:], "engine"), _predict_api),
     Target("predict", "image", lambda f, o: ["predict", _s(f["onnx"]), _s(f["image"]), "--no-progress",
                                              "--log-decisions", _s(o / "a.jsonl")], ("onnx", "checkpoint"),
            _predict_api),
     Target("inspect", "checkpoint", lambda f, o: ["inspect", _s(f["checkpoint"])], ("description", "image"),
            _inspect_api("checkpoint")),
-    Target("inspect", "onnx", lambda f, o: ["inspect", _s(f["onnx"])], ("accuracy",), _inspect_api("onnx")),
+    Target("inspect", "onnx", lambda f, o: ["inspect", _s(f["onnx"])], ("accuracy", "engine"), _inspect_api("onnx")),
     Target("bench", "checkpoint", lambda f, o: ["bench", _s(f["checkpoint"]), "--targets", "--no-threshold", *ONE_ROUND,
                                                 "-o", _s(o / "b")],
            ("onnx", "image")),
