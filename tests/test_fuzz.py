@@ -40,6 +40,7 @@ BIT_FLIPS = 3  # variants, each flipping a few seeded bits in the header region
 QUICK = ("empty", "truncated to 50%", "random bytes", "first 16 bytes overwritten")  # refused before long work
 IMAGE_SIZE = 32  # tests/conftest.py's tiny ViT
 ONE_ROUND = ("--batch", "1", "--rounds", "1", "--warmup", "0", "--backends", "onnxruntime-cpu", "--threads", "1")
+LEARN = ("--target", "0.5", "--batch-size", "5", "--limit", "5")
 DESCRIPTION = {
     "timm_model": "vit_tiny_patch16_224",
     "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 3, "num_heads": 3, "num_classes": 5},
@@ -112,6 +113,13 @@ class GoodFiles(dict):
         """Bytes that open like a TensorRT engine (its plan magic): no TensorRT here builds a real one."""
         (root / "model.engine").write_bytes(b"ftrt" + self.rng.bytes(2000))
         return root / "model.engine"
+
+    def _resume(self, root: Path) -> Path:
+        """The resume state ``learn`` keeps beside its checkpoint, after one epoch."""
+        (root / "learned").mkdir()
+        argv = ["learn", str(self["checkpoint"]), "--data", str(self["data"]), *LEARN, "-o"]
+        assert _cli([*argv, str(root / "learned" / "l.safetensors")]) == 0
+        return root / "learned" / "l.safetensors.resume.pt"
 
     def _image(self, root: Path) -> Path:
         Image.fromarray(self.rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(root / "image.png")
@@ -278,9 +286,11 @@ TARGETS = [
                                                 _s(f["checkpoint"]), "-o", _s(o / "p.safetensors")],
            ("onnx", "weights", "other_checkpoint"),
            lambda f, o: ld.create_model(_s(f["description"]), reference_checkpoint=f["checkpoint"])),
-    Target("learn", "checkpoint", lambda f, o: ["learn", _s(f["checkpoint"]), "--data", _s(f["data"]), "--target",
-                                                "0.5", "--batch-size", "5", "--limit", "5", "-o",
-                                                _s(o / "l.safetensors")], CK),
+    Target("learn", "checkpoint", lambda f, o: ["learn", _s(f["checkpoint"]), "--data", _s(f["data"]), *LEARN,
+                                                "-o", _s(o / "l.safetensors")], CK),
+    Target("learn", "resume", lambda f, o: ["learn", _s(f["checkpoint"]), "--data", _s(f["data"]), *LEARN,
+                                            "--epochs", "2", "--resume", "-o",
+                                            _s(f["resume"].with_name("l.safetensors"))], ("checkpoint", "onnx")),
     Target("calibrate", "checkpoint", lambda f, o: ["calibrate", _s(f["checkpoint"]), "--flops-target", "0.5",
                                                     "--no-evaluate", "-o", _s(o / "c.safetensors")], CK),
     Target("export", "checkpoint", lambda f, o: ["export", _s(f["checkpoint"]), "--no-validate", "-o",
@@ -326,6 +336,9 @@ TARGETS = [
     Target("bench", "checkpoint", lambda f, o: ["bench", _s(f["checkpoint"]), "--targets", "--no-threshold", *ONE_ROUND,
                                                 "-o", _s(o / "b")],
            ("onnx", "image")),
+    Target("bench", "weights", lambda f, o: ["bench", _s(f["description"]), "--weights", _s(f["weights"]),
+                                             "--targets", "--no-threshold", *ONE_ROUND, "-o", _s(o / "b")],
+           ("onnx", "other_weights")),
     Target("estimate", "bench", lambda f, o: ["estimate", _s(f["bench"]), "--price-per-hour", "1", "--json",
                                               _s(o / "e.json")], ("accuracy", "onnx"), _estimate_api),
     Target("report", "bench", lambda f, o: ["report", "--bench", _s(f["bench"]), "--headline", "unpatched", "-o",
@@ -334,6 +347,8 @@ TARGETS = [
     Target("report", "accuracy", lambda f, o: ["report", "--accuracy", _s(f["accuracy"]), "--headline", "unpatched",
                                                 "-o", _s(o / "report")],
            ("checkpoint", "image"), _report_api),
+    Target("report", "image", lambda f, o: ["report", "--accuracy", _s(f["accuracy"]), "--headline", "unpatched",
+                                            "--grid", _s(f["image"]), "-o", _s(o / "report")], ("onnx", "accuracy")),
 ]  # fmt: skip
 
 
@@ -408,8 +423,8 @@ def check_case(
             problems.append(f"left in the output folder: {listing(out)}")
     else:
         problems.append(f"exit code {result.rc}: {result.err.strip()[-300:]!r}")
-    stray = sorted(set(listing(case)) - {"in", "out", f"in/{broken.name}"} - {f"out/{p}" for p in listing(out)})
-    stray += [p for p in listing(out) if Path(p).name.startswith(".")]
+    made = set(listing(case)) - {"in", "out", f"in/{broken.name}"}
+    stray = sorted(p for p in made if result.rc != 0 and not p.startswith("out/") or Path(p).name.startswith("."))
     if stray:
         problems.append(f"stray files: {stray}")
     if result.rc == 2:
@@ -459,7 +474,7 @@ def _id(target: Target) -> str:
 
 
 def _quick(target: Target) -> bool:
-    return "bench" not in (target.slot, *target.others)  # a bench result takes a bench run
+    return not {"bench", "resume"} & {target.slot, *target.others}  # made by a bench or a learning run
 
 
 @pytest.mark.parametrize("target", [t for t in TARGETS if _quick(t)], ids=_id)
