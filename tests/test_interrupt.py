@@ -61,3 +61,12 @@ def test_a_signal_mid_write_leaves_nothing_behind(signum, tmp_path):
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
     assert lines[0].startswith("ltmp-deploy predict: ") and "interrupted" in lines[0], lines
     assert not partial.exists() and sorted(os.listdir(out)) == []
+
+
+def test_main_hands_sigterm_back_when_it_returns(tmp_path, capsys):
+    from ltmp_deploy.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["inspect", str(tmp_path / "missing.onnx")]) == 2
+    assert "missing.onnx" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
