@@ -417,7 +417,7 @@ def check_case(
         line = lines[-1] if lines else ""
         if len(lines) != 1 and not (result.rc == 1 and result.out):
             problems.append(f"{len(lines)} lines on stderr: {result.err.strip()[:300]!r}")
-        if result.rc == 2 and broken.name not in line and not _names_missing_module(line):
+        if result.rc == 2 and broken.name not in line:
             problems.append(f"the line does not name {broken.name}: {line!r}")
         if result.rc == 2 and listing(out):
             problems.append(f"left in the output folder: {listing(out)}")
@@ -432,11 +432,6 @@ def check_case(
     if variant.name == "renamed" and result.rc != good_rc:
         problems.append(f"exit {result.rc} under another name, {good_rc} under its own")
     return problems, result.rc
-
-
-def _names_missing_module(line: str) -> bool:
-    return "not installed" in line
-
 
 
 def _api_problems(target: Target, files: dict[str, Path], case: Path, line: str) -> list[str]:
