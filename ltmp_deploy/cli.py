@@ -7,9 +7,12 @@ field device without torch can still run the runtime commands.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 from ltmp_deploy import (
     __version__,
@@ -174,18 +177,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _load_model(spec: str):  # noqa: ANN202
-    """A toolkit checkpoint or a model description JSON (by content, whatever the name), or a timm
-    model name patched fresh; a file that is neither is refused rather than looked up as a name."""
-    from ltmp_deploy.formats import FileKind, expect
-    from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint
+    from ltmp_deploy.ltmp.checkpoint import open_model
 
-    if not os.path.exists(spec):
-        return create_model(spec)
-    what = f"{FileKind.TOOLKIT_CHECKPOINT.human}, a model description JSON or a timm model name"
-    kinds = (FileKind.TOOLKIT_CHECKPOINT, FileKind.SAFETENSORS, FileKind.JSON)
-    if expect(spec, *kinds, what=what) is FileKind.JSON:
-        return create_model(spec)
-    return load_checkpoint(spec)  # a plain safetensors file gets its advice there
+    return open_model(spec)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -935,12 +929,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is: Python's default handling ends it without running
+    ``finally`` blocks, and those remove the temporary files of half-written outputs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_cleans_up() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with _sigterm_cleans_up():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command in FULL_COMMANDS:
             require_full(f"ltmp-deploy {args.command}")
@@ -957,9 +978,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
-        print(f"ltmp-deploy {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, _Terminated)
+        print(f"ltmp-deploy {args.command}: interrupted{' by SIGTERM' if terminated else ''}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ltmp_deploy.bench.write import prepare_output, write_bench
     from ltmp_deploy.runtime.bench_results import backends, batches
 
-    prepare_output(args.output_dir, args.results_md)  # fail now, not after the timing
+    prepare_output(args.output_dir, args.results_md, create=False)  # fail now, not after the timing
     config = BenchConfig(
         checkpoint=args.checkpoint,
         weights=args.weights,

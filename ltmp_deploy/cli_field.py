@@ -84,7 +84,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         names = args.image
     else:
         if args.image:
-            raise LTMPError("--image: picks images of an audit log; give image files after the model instead")
+            raise LTMPError(_not_a_log(args.source))
         if not args.images:
             raise LTMPError(f"{args.source}: give at least one image to draw")
         pictures = (
@@ -115,6 +115,15 @@ def _show_kind(source: str) -> str:
             if f'"schema":"{SCHEMA}"'.encode() in f.readline():
                 return "log"
     return "checkpoint"
+
+
+def _not_a_log(source: str) -> str:
+    from ltmp_deploy.formats import sniff
+
+    advice = "--image picks images of an audit log; give image files after a model instead"
+    if not Path(source).is_file():
+        return f"--image: {advice}"
+    return f"{source}: not an audit log ({sniff(source).human}): {advice}"
 
 
 def _outputs(output: str, names: Sequence[str]) -> list[Path]:

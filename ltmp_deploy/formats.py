@@ -116,12 +116,26 @@ def safetensors_header(path: str | os.PathLike) -> dict[str, Any]:
             raise LTMPError(f"{path}: not a safetensors file, or a corrupt one (header is not JSON: {err})") from err
     if not isinstance(header, dict):
         raise LTMPError(f"{path}: corrupt safetensors header (not a JSON object)")
-    ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
-    if max(ends, default=0) > size - 8 - length:
-        raise LTMPError(
-            f"{path}: truncated: its header describes {max(ends)} bytes of tensors, the file holds {size - 8 - length}"
-        )
+    end, held = _tensor_bytes(path, header), size - 8 - length
+    if end > held:
+        raise LTMPError(f"{path}: truncated: its header describes {end} bytes of tensors, the file holds {held}")
+    if end < held:  # the format indexes every byte: a header length off by a few shifts every tensor
+        raise LTMPError(f"{path}: corrupt safetensors file: its header describes {end} bytes of tensors, not {held}")
     return header
+
+
+def _tensor_bytes(path: Path, header: dict[str, Any]) -> int:
+    """Where the last tensor ends, from each entry's ``data_offsets`` (a one-line LTMPError when an
+    entry is not a tensor description)."""
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise LTMPError(f"{path}: corrupt safetensors header (tensor {name[:60]!r} has no data_offsets)")
+        end = max(end, offsets[1])
+    return end
 
 
 def _sniff(path: Path) -> tuple[FileKind, str]:

@@ -73,17 +73,13 @@ def load_model(
 ) -> LTMPVisionTransformer:
     """The model to benchmark: a toolkit checkpoint (.safetensors), a timm model name or description
     JSON (patched fresh, random weights unless ``weights``), or by default the embedded base model."""
-    from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint
+    from ltmp_deploy.ltmp.checkpoint import create_model, open_model
 
     if spec is None:
         from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
 
         return create_model(MODEL_NAME, weights=weights or default_base_checkpoint())
-    if str(spec).endswith(".safetensors"):
-        if weights is not None:
-            raise LTMPError(f"--weights: {spec} is a toolkit checkpoint and carries its own weights")
-        return load_checkpoint(spec)
-    return create_model(str(spec), weights=weights)
+    return open_model(spec, weights)
 
 
 def _fixed_family(model: LTMPVisionTransformer, label: str, schedule: Schedule) -> list[Variant]:

@@ -25,17 +25,34 @@ RAW = {"bench.json": "json", "bench.csv": "csv", "every timed call (CSV)": "samp
 FIGURES = {"latency against block FLOPs": "latency_plot", "throughput against batch size": "throughput_plot"}
 
 
-def prepare_output(out_dir: str | os.PathLike, results_md: str | os.PathLike | None = None) -> Path:
-    """Create ``out_dir`` and check both places can be written, before any long work."""
+def prepare_output(
+    out_dir: str | os.PathLike, results_md: str | os.PathLike | None = None, create: bool = True
+) -> Path:
+    """Check both places can be written, before any long work; create ``out_dir`` when ``create``
+    (a check before the run leaves no empty folder behind when the run fails)."""
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise LTMPError(f"{out}: cannot create the output folder ({err.strerror})") from err
-    ensure_writable(out / FILES["json"])
+    if not create and not out.exists():
+        _check_creatable(out)
+    else:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LTMPError(f"{out}: cannot create the output folder ({err.strerror})") from err
+        ensure_writable(out / FILES["json"])
     if results_md is not None:
         ensure_writable(results_md)
     return out
+
+
+def _check_creatable(out: Path) -> None:
+    """``mkdir -p out`` would succeed: its nearest existing parent is a writable folder."""
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LTMPError(f"{out}: cannot create the output folder ({parent} is a file)")
+    if not os.access(parent, os.W_OK):
+        raise LTMPError(f"{out}: cannot create the output folder ({parent} is not writable)")
 
 
 def write_bench(

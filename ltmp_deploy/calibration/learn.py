@@ -236,14 +236,22 @@ def _save_epoch(
 
 
 def _load_resume(path: Path, model: LTMPVisionTransformer, optimizer: Any, scheduler: Any) -> int:
+    from ltmp_deploy.formats import FileKind, sniff
+
+    kind = sniff(path)
+    if kind not in (FileKind.TORCH_ZIP, FileKind.TORCH_PICKLE):
+        raise LTMPError(f"{path}: cannot resume from this file, it is {kind.human}; delete it to start over")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    except Exception as err:  # noqa: BLE001
-        raise LTMPError(f"{path}: cannot resume from this file ({err}); delete it to start over") from err
-    return int(state["epoch"])
+        return int(state["epoch"])
+    except Exception as err:  # noqa: BLE001  (torch.load raises many kinds, with pages of advice)
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise LTMPError(
+            f"{path}: cannot resume from this file, it may be truncated or corrupt ({reason}); delete it to start over"
+        ) from err
 
 
 def _distributed() -> tuple[int, int]:

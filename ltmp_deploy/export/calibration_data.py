@@ -107,16 +107,15 @@ def _read_file(path: Path) -> np.ndarray:
 def _read_numpy(path: Path) -> np.ndarray:
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise LTMPError(f"{path}: not a NumPy .npy/.npz file ({exc})") from exc
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        return loaded
-    with loaded:
-        keys = list(loaded.files)
-        if INPUT_NAME in keys:
-            return loaded[INPUT_NAME]
-        if len(keys) == 1:
-            return loaded[keys[0]]
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return loaded
+        with loaded:
+            keys = list(loaded.files)
+            if INPUT_NAME in keys or len(keys) == 1:
+                return loaded[INPUT_NAME if INPUT_NAME in keys else keys[0]]
+    except Exception as exc:  # noqa: BLE001  (a damaged header or archive raises zipfile, tokenize, zlib errors)
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise LTMPError(f"{path}: not a NumPy .npy/.npz file, or a truncated or corrupt one ({first})") from exc
     raise LTMPError(f"{path}: .npz holds {keys}; name the calibration array '{INPUT_NAME}'")
 
 

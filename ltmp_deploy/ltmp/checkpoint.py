@@ -204,6 +204,21 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def open_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None) -> LTMPVisionTransformer:
+    """A toolkit checkpoint or a model description JSON (told by content, whatever the name), or a
+    timm model name patched fresh; a file that is neither is refused rather than looked up as a name.
+    ``weights``: timm weights for a name or a description (a checkpoint carries its own)."""
+    if not os.path.exists(spec):
+        return create_model(str(spec), weights=weights)
+    what = f"{FileKind.TOOLKIT_CHECKPOINT.human}, a model description JSON or a timm model name"
+    kinds = (FileKind.TOOLKIT_CHECKPOINT, FileKind.SAFETENSORS, FileKind.JSON)
+    if expect(spec, *kinds, what=what) is FileKind.JSON:
+        return create_model(str(spec), weights=weights)
+    if weights is not None:
+        raise LTMPError(f"--weights: {spec} is a toolkit checkpoint and carries its own weights")
+    return load_checkpoint(spec)  # a plain safetensors file gets its advice there
+
+
 def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> LTMPVisionTransformer:
     """Rebuild the patched model from a toolkit checkpoint, in its saved mode unless told."""
     meta = read_metadata(path)

@@ -258,6 +258,15 @@ def _read_png(path: str | os.PathLike) -> bytes:
         raise LTMPError(f"{path}: cannot read the image ({err.strerror})") from None
     if not data.startswith(PNG_SIGNATURE):
         raise LTMPError(f"{path}: not a PNG image")
+    import io
+
+    from PIL import Image
+
+    try:  # decoded whole: a truncated PNG has the signature and would show as a broken picture
+        with Image.open(io.BytesIO(data)) as picture:
+            picture.load()
+    except Exception as err:  # noqa: BLE001  (Pillow raises OSError, SyntaxError, zlib errors)
+        raise LTMPError(f"{path}: a truncated or corrupt PNG image ({str(err).splitlines()[0][:200]})") from None
     return data
 
 

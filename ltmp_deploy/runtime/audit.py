@@ -131,7 +131,7 @@ def read_log(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise LTMPError(f"{path}: no such audit log")
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:  # each line decoded by json.loads: a bad byte is that line's error
         for i, text in enumerate(f):
             try:
                 entry = json.loads(text)
