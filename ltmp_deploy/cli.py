@@ -388,9 +388,7 @@ def _parser_demo(add: Adder) -> None:
     p.add_argument("--epochs", type=int, default=8, help="threshold-learning epochs on the digits train split")
     p.add_argument("--rounds", type=int, default=20, help="timed rounds per variant")
     p.add_argument(
-        "--threads",
-        type=int,
-        help="ONNX Runtime intra-op threads for the latency step (default: one per physical core)",
+        "--threads", type=int, help="ONNX Runtime intra-op threads for the latency step (default: one per physical core)"
     )
 
 
