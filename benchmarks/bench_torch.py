@@ -149,54 +149,91 @@ def bench_batch(
     size = tuple(model.patch_embed.img_size)
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     sync = device.type == "cuda"
-
-    flops = dict(flops)
-    model.ltmp_set_mode("threshold")
-    decisions = model.forward_ltmp(x).decisions
-    flops["ltmp-threshold"] = sum(r.ratio for r in image_flops(model, decisions)) / batch
-    flops["ltmp-threshold (padded)"] = padded_flops_ratio(model, decisions)
-    del decisions
+    flops = {**flops, **threshold_flops(model, x, batch)}
 
     calls = {name: timed_call(model, model, mode, schedule, x, sync) for name, mode in VARIANTS.items()}
     if compiled is not None:
-        for name, mode in VARIANTS.items():
-            if name in compile_failed:
-                continue
-            call = timed_call(model, compiled, mode, schedule, x, sync)
-            start = time.perf_counter()
-            try:
-                call()  # compiles (or recompiles for this batch) here, not in the timed rounds
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as exc:  # one variant failing to compile never stops the run
-                first = str(exc).splitlines()[0] if str(exc) else ""
-                note(
-                    f"torch.compile failed for {name} at batch {batch} (not tried again for this model and dtype): "
-                    f"{type(exc).__name__}: {first}"[:300]
-                )
-                compile_failed.add(name)
-                continue
-            print(f"  compiled {name} at batch {batch} in {time.perf_counter() - start:.1f} s", flush=True)
-            calls[name + COMPILED] = call
+        calls.update(compiled_calls(model, compiled, schedule, x, sync, note, compile_failed))
     if args.cuda_graph:
-        for name, mode in VARIANTS.items():
-            try:
-                calls[name + GRAPHED] = graphed_call(model, mode, schedule, x)
-            except Exception as exc:  # threshold mode cannot be captured: its token counts are read back
-                first = str(exc).splitlines()[0] if str(exc) else ""
-                note(f"CUDA graph capture failed for {name} at batch {batch}: {type(exc).__name__}: {first}"[:300])
+        calls.update(graphed_calls(model, schedule, x, note))
+    return time_calls(calls, batch, args, note), flops
+
+
+def threshold_flops(model: Any, x: torch.Tensor, batch: int) -> dict[str, float]:
+    """The block FLOPs threshold mode keeps on ``x``: per image, and as the padded batch spends them."""
+    model.ltmp_set_mode("threshold")
+    decisions = model.forward_ltmp(x).decisions
+    return {
+        "ltmp-threshold": sum(r.ratio for r in image_flops(model, decisions)) / batch,
+        "ltmp-threshold (padded)": padded_flops_ratio(model, decisions),
+    }
+
+
+def compiled_calls(
+    model: Any,
+    compiled: Callable,
+    schedule: Any,
+    x: torch.Tensor,
+    sync: bool,
+    note: Callable[[str], None],
+    compile_failed: set[str],
+) -> dict[str, Callable[[], None]]:
+    """The torch.compile'd call of every variant, compiled here (once per batch shape) so that the
+    timed rounds never compile; a variant that fails to compile is noted, added to ``compile_failed``
+    and left out."""
+    batch = x.shape[0]
+    calls = {}
+    for name, mode in VARIANTS.items():
+        if name in compile_failed:
+            continue
+        call = timed_call(model, compiled, mode, schedule, x, sync)
+        start = time.perf_counter()
+        try:
+            call()  # compiles (or recompiles for this batch) here, not in the timed rounds
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # one variant failing to compile never stops the run
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            note(
+                f"torch.compile failed for {name} at batch {batch} (not tried again for this model and dtype): "
+                f"{type(exc).__name__}: {first}"[:300]
+            )
+            compile_failed.add(name)
+            continue
+        print(f"  compiled {name} at batch {batch} in {time.perf_counter() - start:.1f} s", flush=True)
+        calls[name + COMPILED] = call
+    return calls
+
+
+def graphed_calls(
+    model: Any, schedule: Any, x: torch.Tensor, note: Callable[[str], None]
+) -> dict[str, Callable[[], None]]:
+    """The CUDA-graph replay of every variant that can be captured; the others are noted."""
+    calls = {}
+    for name, mode in VARIANTS.items():
+        try:
+            calls[name + GRAPHED] = graphed_call(model, mode, schedule, x)
+        except Exception as exc:  # threshold mode cannot be captured: its token counts are read back
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            note(f"CUDA graph capture failed for {name} at batch {x.shape[0]}: {type(exc).__name__}: {first}"[:300])
+    return calls
+
+
+def time_calls(
+    calls: dict[str, Callable[[], None]], batch: int, args: argparse.Namespace, note: Callable[[str], None]
+) -> dict[str, Timing]:
+    """All ``calls`` timed interleaved; if a compiled one fails while timed, the eager ones again alone."""
     try:
-        timings = interleaved(calls, batch, rounds=args.rounds, warmup=args.warmup)
+        return interleaved(calls, batch, rounds=args.rounds, warmup=args.warmup)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as exc:
         if not any(k.endswith(COMPILED) for k in calls):
             raise
         note(f"a compiled variant failed while timed at batch {batch} ({type(exc).__name__}); timing eager only")
-        timings = interleaved(
+        return interleaved(
             {k: v for k, v in calls.items() if not k.endswith(COMPILED)}, batch, rounds=args.rounds, warmup=args.warmup
         )
-    return timings, flops
 
 
 def records_for(timings: dict[str, Timing], flops: dict[str, float], base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -277,6 +314,21 @@ def set_compile_limits(limit: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args, device = setup(argv)
+    t0 = time.perf_counter()
+    env = environment(device, args.threads)
+    print(", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
+    log = RunLog(env, args)
+    for name in args.model:
+        for dtype_name in args.dtype:
+            bench_model(name, dtype_name, args, device, log, t0)
+    log.save()
+    if args.json is not None:
+        print(f"\nwrote {args.json} ({len(log.results['records'])} records)")
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model", nargs="+", default=["deit_small_patch16_224"], help="timm model names (random weights)"
@@ -301,6 +353,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--profile", action="store_true", help="also print where fixed mode spends its time")
     parser.add_argument("--json", type=Path, help="write every result here (atomically, after each batch)")
+    return parser
+
+
+def setup(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device]:
+    """The command line, checked before anything is timed, and the global settings it asks for."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.json is not None:
@@ -315,115 +373,128 @@ def main(argv: list[str] | None = None) -> None:
     if args.compile:
         for line in set_compile_limits(64):  # 4 modes x (static batch 1 + dynamic batch) per model
             print(line, flush=True)
+    return args, device
 
-    t0 = time.perf_counter()
-    env = environment(device, args.threads)
-    print(", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
-    results: dict[str, Any] = {
-        "environment": env,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "models": {},
-        "records": [],
-        "notes": [],
-    }
 
-    def note(line: str) -> None:
+class RunLog:
+    """What the run measured, as ``--json`` holds it: rewritten whole after every batch, so a run cut
+    short keeps what it measured."""
+
+    def __init__(self, env: dict[str, Any], args: argparse.Namespace) -> None:
+        self.path: Path | None = args.json
+        self.results: dict[str, Any] = {
+            "environment": env,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "models": {},
+            "records": [],
+            "notes": [],
+        }
+
+    def note(self, line: str) -> None:
         print(line, flush=True)
-        results["notes"].append(line)
+        self.results["notes"].append(line)
 
-    def save() -> None:
-        if args.json is not None:
-            write_text_atomic(args.json, json.dumps(results, indent=1) + "\n")
+    def save(self) -> None:
+        if self.path is not None:
+            write_text_atomic(self.path, json.dumps(self.results, indent=1) + "\n")
 
-    for name in args.model:
-        for dtype_name in args.dtype:
-            dtype = DTYPES[dtype_name]
-            torch.manual_seed(0)  # the same random weights for every dtype
-            model = apply_patch(timm.create_model(name, pretrained=False).eval()).to(device, dtype)
-            schedule = schedule_for_flops(model, args.target)
-            fixed = schedule_flops(model, schedule)
-            size = tuple(model.patch_embed.img_size)
-            images = torch.randn(8, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+
+def bench_model(
+    name: str, dtype_name: str, args: argparse.Namespace, device: torch.device, log: RunLog, t0: float
+) -> None:
+    """Every batch of one model in one dtype, on one set of random weights."""
+    dtype = DTYPES[dtype_name]
+    model, schedule, flops = prepare_model(name, dtype_name, args, device, log)
+    compiled, compile_failed = None, set()
+    if args.compile:
+        torch.compiler.reset()
+        compiled = torch.compile(model)
+
+    for batch in args.batch:
+        base = {"model": name, "dtype": dtype_name, "device": str(device), "batch": batch}
+        try:
             with torch.inference_mode():
-                start = time.perf_counter()
-                thr_ratio = thresholds_for_flops(model, images, args.target, args.merge_threshold)
-                bisect_s = time.perf_counter() - start
-            del images
-            merge, prune = model.ltmp_thresholds()
-            flops = {
-                "unpatched": 1.0,
-                "oracle": schedule_flops(model, schedule, reduce=False).ratio,
-                "ltmp-fixed": fixed.ratio,
-            }
-            results["models"][f"{name}/{dtype_name}"] = {
-                "schedule": schedule.pairs(),
-                "fixed_flops": fixed.to_dict(),
-                "threshold_flops_ratio_8_images": thr_ratio,
-                "merge_thresholds": merge,
-                "prune_thresholds": prune,
-            }
-            print(f"\n=== {name}, {dtype_name}, {device}: schedule (r, k) per block {schedule.pairs()}", flush=True)
+                timings, batch_flops = bench_batch(
+                    model, compiled, schedule, flops, batch, args, device, dtype, log.note, compile_failed
+                )
+        except torch.cuda.OutOfMemoryError:
+            log.note(f"{name} {dtype_name} batch {batch}: out of GPU memory, skipped")
+            timings = None
+        if timings is None:
+            gc.collect()  # the traceback is gone now: its tensors can be freed
+            torch.cuda.empty_cache()
+            continue
+        print_batch(f"{name}, {dtype_name}, batch {batch}", timings, batch_flops, t0)
+        log.results["records"].extend(records_for(timings, batch_flops, base))
+        log.save()
+        if args.profile:
+            with torch.inference_mode():
+                profile(model, schedule, batch, device, dtype)
+    del model, compiled
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def prepare_model(
+    name: str, dtype_name: str, args: argparse.Namespace, device: torch.device, log: RunLog
+) -> tuple[Any, Any, dict[str, float]]:
+    """The patched model with its fixed schedule and bisected thresholds, logged; returns it, the
+    schedule and the FLOPs ratio of every variant that does not depend on the batch."""
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(0)  # the same random weights for every dtype
+    model = apply_patch(timm.create_model(name, pretrained=False).eval()).to(device, dtype)
+    schedule = schedule_for_flops(model, args.target)
+    fixed = schedule_flops(model, schedule)
+    size = tuple(model.patch_embed.img_size)
+    images = torch.randn(8, 3, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        thr_ratio = thresholds_for_flops(model, images, args.target, args.merge_threshold)
+        bisect_s = time.perf_counter() - start
+    del images
+    merge, prune = model.ltmp_thresholds()
+    flops = {
+        "unpatched": 1.0,
+        "oracle": schedule_flops(model, schedule, reduce=False).ratio,
+        "ltmp-fixed": fixed.ratio,
+    }
+    log.results["models"][f"{name}/{dtype_name}"] = {
+        "schedule": schedule.pairs(),
+        "fixed_flops": fixed.to_dict(),
+        "threshold_flops_ratio_8_images": thr_ratio,
+        "merge_thresholds": merge,
+        "prune_thresholds": prune,
+    }
+    print(f"\n=== {name}, {dtype_name}, {device}: schedule (r, k) per block {schedule.pairs()}", flush=True)
+    print(
+        f"block FLOPs kept: fixed/oracle {fixed.ratio:.3f} (reduction matmuls add "
+        f"{fixed.reduction / fixed.unpatched_blocks:.4f}); "
+        f"threshold {thr_ratio:.3f} on 8 images (bisected in {bisect_s:.1f} s)",
+        flush=True,
+    )
+    return model, schedule, flops
+
+
+def print_batch(title: str, timings: dict[str, Timing], flops: dict[str, float], t0: float) -> None:
+    """One batch's tables: eager, then each other backend against its own baselines."""
+    kept = ", ".join(f"{k} {v:.3f}" for k, v in flops.items())
+    print(f"\n{title} ({time.perf_counter() - t0:.0f} s into the run): block FLOPs kept: {kept}")
+    print(
+        table(
+            {k: v for k, v in timings.items() if not any(k.endswith(sfx) for sfx in BACKENDS)},
+            baselines=BASELINES,
+        )
+    )
+    for sfx, backend in BACKENDS.items():
+        comp = {k[: -len(sfx)]: replace(v, name=k[: -len(sfx)]) for k, v in timings.items() if k.endswith(sfx)}
+        if comp:
+            print(f"{backend}, against the same baselines under {backend}:")
+            print(table(comp, baselines=BASELINES))
             print(
-                f"block FLOPs kept: fixed/oracle {fixed.ratio:.3f} (reduction matmuls add "
-                f"{fixed.reduction / fixed.unpatched_blocks:.4f}); "
-                f"threshold {thr_ratio:.3f} on 8 images (bisected in {bisect_s:.1f} s)",
-                flush=True,
+                f"{backend} / eager median: "
+                + ", ".join(f"{k} {v.median_ms / timings[k].median_ms:.3f}" for k, v in comp.items())
             )
-
-            compiled, compile_failed = None, set()
-            if args.compile:
-                torch.compiler.reset()
-                compiled = torch.compile(model)
-
-            for batch in args.batch:
-                base = {"model": name, "dtype": dtype_name, "device": str(device), "batch": batch}
-                try:
-                    with torch.inference_mode():
-                        timings, batch_flops = bench_batch(
-                            model, compiled, schedule, flops, batch, args, device, dtype, note, compile_failed
-                        )
-                except torch.cuda.OutOfMemoryError:
-                    note(f"{name} {dtype_name} batch {batch}: out of GPU memory, skipped")
-                    timings = None
-                if timings is None:
-                    gc.collect()  # the traceback is gone now: its tensors can be freed
-                    torch.cuda.empty_cache()
-                    continue
-                kept = ", ".join(f"{k} {v:.3f}" for k, v in batch_flops.items())
-                print(
-                    f"\n{name}, {dtype_name}, batch {batch} ({time.perf_counter() - t0:.0f} s into the run): block "
-                    f"FLOPs kept: {kept}"
-                )
-                print(
-                    table(
-                        {k: v for k, v in timings.items() if not any(k.endswith(sfx) for sfx in BACKENDS)},
-                        baselines=BASELINES,
-                    )
-                )
-                for sfx, backend in BACKENDS.items():
-                    comp = {
-                        k[: -len(sfx)]: replace(v, name=k[: -len(sfx)]) for k, v in timings.items() if k.endswith(sfx)
-                    }
-                    if comp:
-                        print(f"{backend}, against the same baselines under {backend}:")
-                        print(table(comp, baselines=BASELINES))
-                        print(
-                            f"{backend} / eager median: "
-                            + ", ".join(f"{k} {v.median_ms / timings[k].median_ms:.3f}" for k, v in comp.items())
-                        )
-                sys.stdout.flush()
-                results["records"].extend(records_for(timings, batch_flops, base))
-                save()
-                if args.profile:
-                    with torch.inference_mode():
-                        profile(model, schedule, batch, device, dtype)
-            del model, compiled
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    save()
-    if args.json is not None:
-        print(f"\nwrote {args.json} ({len(results['records'])} records)")
-    print(f"done in {time.perf_counter() - t0:.0f} s")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

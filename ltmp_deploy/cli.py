@@ -485,7 +485,6 @@ def _parser_inspect(add: Adder) -> None:
 
 
 def _parser_bench(add: Adder) -> None:
-
     p = add(
         "bench",
         cli_bench.cmd_bench,
@@ -498,6 +497,13 @@ def _parser_bench(add: Adder) -> None:
         "  ltmp-deploy bench deit_tiny_patch16_224 --backends onnxruntime-cpu torch-cpu --threads 1 "
         "-o bench-deit-tiny"
     )
+    _bench_variant_args(p)
+    _bench_timing_args(p)
+    _bench_output_args(p)
+
+
+def _bench_variant_args(p: argparse.ArgumentParser) -> None:
+    """bench: which model and which variants of it are timed."""
     p.add_argument(
         "checkpoint",
         nargs="?",
@@ -529,6 +535,10 @@ def _parser_bench(add: Adder) -> None:
         help="also time the checkpoint's own schedule (ltmp-fixed@calibrated, its oracle, ToMe at its "
         "FLOPs) and its own thresholds (ltmp-threshold@learned) instead of bisected ones",
     )
+
+
+def _bench_timing_args(p: argparse.ArgumentParser) -> None:
+    """bench: how the variants are run and timed."""
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], metavar="N", help="batch sizes (default 1 8 32)")
     p.add_argument(
         "--backends",
@@ -559,6 +569,10 @@ def _parser_bench(add: Adder) -> None:
         default=0.8,
         help="threshold mode's merge threshold when its thresholds are bisected",
     )
+
+
+def _bench_output_args(p: argparse.ArgumentParser) -> None:
+    """bench: where the graphs and the results go."""
     p.add_argument(
         "--workdir", metavar="DIR", help="keep the exported graphs (and engines) here (default: a temporary folder)"
     )
@@ -834,6 +848,12 @@ def _parser_build(add: Adder) -> None:
         choices=TRT_VERSIONS,
         help="target TensorRT version (default: the installed one, else the preset's first)",
     )
+    _build_engine_args(p)
+    _build_output_args(p)
+
+
+def _build_engine_args(p: argparse.ArgumentParser) -> None:
+    """build: the optimization profile, the device and the builder settings."""
     p.add_argument(
         "--min-batch",
         type=int,
@@ -870,6 +890,10 @@ def _parser_build(add: Adder) -> None:
         action="store_true",
         help="TensorRT 10.x: strongly typed network (precision from the graph); always on for 11 and 11.4",
     )
+
+
+def _build_output_args(p: argparse.ArgumentParser) -> None:
+    """build: what is written (an engine, a trtexec line, or a sidecar alone)."""
     p.add_argument(
         "--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit (needs no TensorRT)"
     )

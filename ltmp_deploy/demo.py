@@ -12,9 +12,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ltmp_deploy.files import write_text_atomic
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+    from ltmp_deploy.ltmp.schedule import Schedule
 
 DEMO_TARGET = 0.5
 # The paper trains one epoch on ImageNet (10k steps); the digits train split is 10 steps an
@@ -62,31 +68,53 @@ def run_demo(
     ``train_images``: learn on only the first that many train images (a smoke run)."""
     import torch
 
-    from ltmp_deploy.calibration.learn import LearnConfig, evaluate, learn_thresholds
-    from ltmp_deploy.calibration.schedule import calibrate, tome_schedule
-    from ltmp_deploy.data.sources import dataset_for
-    from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
-    from ltmp_deploy.export.onnx_export import export_onnx
-    from ltmp_deploy.export.trt_check import TRT_TARGETS, check_model
-    from ltmp_deploy.ltmp.checkpoint import create_model, save_checkpoint
-    from ltmp_deploy.ltmp.flops import schedule_flops
-
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     report = DemoReport(workdir)
     torch.manual_seed(0)
 
+    model, train, val, test = _base_model(report)
+    if train_images is not None:
+        train = torch.utils.data.Subset(train, range(min(train_images, len(train))))
+    _learn(model, train, report, target, epochs)
+    schedule = _calibrate(model, val, test, report)
+    _export(model, schedule, report)
+    _check_tensorrt(report)
+
+    _say("6/6 ONNX Runtime latency on this CPU: the variants interleaved, ratios per round, one run")
+    bench = _latency(report, rounds, threads)
+
+    _print_summary(report)
+    report.files["report"] = str(_write_report(report, bench))
+    write_text_atomic(workdir / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
+    print(f"\nartefacts and report.json in {workdir}/")
+    return report
+
+
+def _base_model(report: DemoReport) -> tuple[LTMPVisionTransformer, Dataset, Dataset, Dataset]:
+    """Step 1: the cached base ViT, unpatched, scored on the test split; returns it and the three splits."""
+    from ltmp_deploy.calibration.learn import evaluate
+    from ltmp_deploy.data.sources import dataset_for
+    from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
+    from ltmp_deploy.ltmp.checkpoint import create_model
+
     _say("1/6 base model: a ViT trained on scikit-learn's digits (cached after the first run)")
     base = default_base_checkpoint()
     model = create_model(MODEL_NAME, weights=base)
     train, val, test = (dataset_for("digits", model, s) for s in ("train", "val", "test"))
-    if train_images is not None:
-        train = torch.utils.data.Subset(train, range(min(train_images, len(train))))
     model.ltmp_set_mode("off")
     acc, _, _ = evaluate(model, test)
     report.rows["unpatched"] = {"accuracy": acc, "flops": 1.0}
     print(f"{base}: test accuracy {acc:.4f} on {len(test)} images")
+    return model, train, val, test
 
+
+def _learn(model: LTMPVisionTransformer, train: Dataset, report: DemoReport, target: float, epochs: int) -> None:
+    """Step 2: learn the thresholds in place, saving the patched and the learned checkpoint."""
+    from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
+    from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+
+    workdir = report.workdir
     _say(f"2/6 learn the thresholds: target {target} of the block FLOPs, {epochs} epochs")
     model.ltmp_set_mode("threshold")
     save_checkpoint(model, workdir / "patched.safetensors")
@@ -94,6 +122,16 @@ def run_demo(
     learn_thresholds(model, train, workdir / "learned.safetensors", cfg, progress=True)
     report.files["learned"] = str(workdir / "learned.safetensors")
 
+
+def _calibrate(model: LTMPVisionTransformer, val: Dataset, test: Dataset, report: DemoReport) -> Schedule:
+    """Step 3: the fixed schedule, and the ToMe baseline at its FLOPs; leaves the model in fixed mode
+    and returns the schedule."""
+    from ltmp_deploy.calibration.learn import evaluate
+    from ltmp_deploy.calibration.schedule import calibrate, tome_schedule
+    from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+    from ltmp_deploy.ltmp.flops import schedule_flops
+
+    workdir = report.workdir
     _say("3/6 calibrate a fixed schedule from threshold mode's counts on the validation split")
     cal = calibrate(model, val, statistic=DEMO_STATISTIC, evaluation=test, progress=False)
     print(cal.summary())
@@ -111,7 +149,14 @@ def run_demo(
         f"ToMe (fixed r={tome.merges[0]}, merging only): accuracy {tome_acc:.4f}, block FLOPs kept "
         f"{report.rows['tome-fixed-r']['flops']:.3f}"
     )
+    return schedule
 
+
+def _export(model: LTMPVisionTransformer, schedule: Schedule, report: DemoReport) -> None:
+    """Step 4: both modes and the unpatched baseline to ONNX, each validated against PyTorch."""
+    from ltmp_deploy.export.onnx_export import export_onnx
+
+    workdir = report.workdir
     _say("4/6 export to ONNX and validate against PyTorch (ONNX Runtime, sample digits)")
     for mode in ("fixed", "threshold"):
         model.ltmp_set_mode(mode, schedule if mode == "fixed" else None)
@@ -124,23 +169,23 @@ def run_demo(
     model.ltmp_set_mode("off")
     report.files["onnx_unpatched"] = str(export_onnx(model, workdir / "unpatched.onnx").path)
 
+
+def _check_tensorrt(report: DemoReport) -> None:
+    """Step 5: whether each TensorRT target's ONNX parser takes the two LTMP graphs."""
+    from ltmp_deploy.export.trt_check import TRT_TARGETS, check_model
+
     _say("5/6 TensorRT ONNX-parser check per target")
     print(f"{'graph':<12}" + "".join(f"{t:>7}" for t in TRT_TARGETS))
     for mode in ("fixed", "threshold"):
         report.trt[mode] = {t: check_model(report.files[f"onnx_{mode}"], t).ok for t in TRT_TARGETS}
         print(f"{mode:<12}" + "".join(f"{'ok' if ok else 'no':>7}" for ok in report.trt[mode].values()))
 
-    _say("6/6 ONNX Runtime latency on this CPU: the variants interleaved, ratios per round, one run")
-    bench = _latency(report, rounds, threads)
 
+def _print_summary(report: DemoReport) -> None:
     print("\nsummary (test split):")
     print(f"{'variant':<16}{'accuracy':>10}{'FLOPs kept':>12}")
     for name, row in report.rows.items():
         print(f"{name:<16}{row['accuracy']:>10.4f}{row['flops']:>12.3f}")
-    report.files["report"] = str(_write_report(report, bench))
-    write_text_atomic(workdir / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
-    print(f"\nartefacts and report.json in {workdir}/")
-    return report
 
 
 def _latency(report: DemoReport, rounds: int, threads: int | None) -> dict[str, Any]:

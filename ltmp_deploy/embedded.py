@@ -166,45 +166,73 @@ def train_base(
     the same machine and thread count. ``max_train_images`` cuts the train set, and the test set
     it is scored on, to that many images (for quick tests of the file format only).
     """
-    from safetensors.torch import save_file
-    from tqdm import tqdm
-
     if epochs < 1:
         raise LTMPError(f"epochs must be at least 1, got {epochs}")
     out = ensure_writable(out)  # before minutes of training
-    x_train, y_train = (torch.from_numpy(a) for a in digits_arrays("train"))
-    if max_train_images is not None:
-        x_train, y_train = x_train[:max_train_images], y_train[:max_train_images]
-    x_test, y_test = (torch.from_numpy(a) for a in digits_arrays("test"))
-    if max_train_images is not None:
-        x_test, y_test = x_test[:max_train_images], y_test[:max_train_images]
-    background = -DIGITS_MEAN[0] / DIGITS_STD[0]  # a black pixel after normalisation
-    steps_per_epoch = math.ceil(len(y_train) / BATCH_SIZE)
-    lr_at = _lr_schedule(epochs, steps_per_epoch)
+    x_train, y_train = _digits_tensors("train", max_train_images)
+    x_test, y_test = _digits_tensors("test", max_train_images)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         model = vit_digits_56(patch_drop_rate=PATCH_DROP)  # PatchDropout holds no weights
         _init_position_embedding(model)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=BASE_LR, weight_decay=WEIGHT_DECAY)
-        bar = tqdm(total=epochs * steps_per_epoch, desc=f"training {MODEL_NAME}", unit="step", disable=not progress)
-        step = 0  # counted here: a disabled tqdm bar does not count
-        with bar:
-            for epoch in range(epochs):
-                model.train()
-                for batch in torch.randperm(len(y_train), generator=gen).split(BATCH_SIZE):
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(step)
-                    x = _augment(x_train[batch], background, gen)
-                    loss = F.cross_entropy(model(x), y_train[batch], label_smoothing=LABEL_SMOOTHING)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        _fit(model, x_train, y_train, epochs, gen, progress)
         accuracy = _accuracy(model, x_test, y_test)
+
+    _save_base(model, out, accuracy=accuracy, epochs=epochs, seed=seed)
+    if accuracy < WEAK_BASE_ACCURACY and max_train_images is None:
+        warnings.warn(
+            f"{out}: the base model reached only {accuracy:.1%} test accuracy (seed {seed}); try another --seed",
+            stacklevel=2,
+        )
+    return out
+
+
+def _digits_tensors(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of a digits split, cut to ``limit`` images."""
+    images, labels = (torch.from_numpy(a) for a in digits_arrays(split))
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def _fit(
+    model: VisionTransformer,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    epochs: int,
+    gen: torch.Generator,
+    progress: bool,
+) -> None:
+    """The training loop of :func:`train_base`: every random draw comes from ``gen`` and the seeded global RNG."""
+    from tqdm import tqdm
+
+    background = -DIGITS_MEAN[0] / DIGITS_STD[0]  # a black pixel after normalisation
+    steps_per_epoch = math.ceil(len(y_train) / BATCH_SIZE)
+    lr_at = _lr_schedule(epochs, steps_per_epoch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=BASE_LR, weight_decay=WEIGHT_DECAY)
+    bar = tqdm(total=epochs * steps_per_epoch, desc=f"training {MODEL_NAME}", unit="step", disable=not progress)
+    step = 0  # counted here: a disabled tqdm bar does not count
+    with bar:
+        for epoch in range(epochs):
+            model.train()
+            for batch in torch.randperm(len(y_train), generator=gen).split(BATCH_SIZE):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step)
+                x = _augment(x_train[batch], background, gen)
+                loss = F.cross_entropy(model(x), y_train[batch], label_smoothing=LABEL_SMOOTHING)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+
+
+def _save_base(model: VisionTransformer, out: Path, *, accuracy: float, epochs: int, seed: int) -> None:
+    """``model`` as a plain timm state dict in safetensors, with what made it in the metadata (written whole)."""
+    from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     metadata = {
@@ -217,9 +245,3 @@ def train_base(
     }
     with atomic_output(out, suffix=".safetensors") as tmp:
         save_file(state, str(tmp), metadata=metadata)
-    if accuracy < WEAK_BASE_ACCURACY and max_train_images is None:
-        warnings.warn(
-            f"{out}: the base model reached only {accuracy:.1%} test accuracy (seed {seed}); try another --seed",
-            stacklevel=2,
-        )
-    return out

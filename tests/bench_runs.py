@@ -28,18 +28,25 @@ VARIANTS = {
 }
 
 
-def tiny_checkpoint(folder: Path, num_classes: int = 5) -> Path:
-    """A toolkit checkpoint of a 32x32 ViT (patch 8: 17 tokens, 3 blocks) with peaked attention."""
+def tiny_checkpoint(folder: Path, num_classes: int = 5, img_size: int = 32) -> Path:
+    """A toolkit checkpoint of a small ViT (32x32 in patches of 8: 17 tokens; 3 blocks) with peaked attention."""
     from ltmp_deploy.ltmp.checkpoint import create_model, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model(
-        "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, num_classes=num_classes
+        "vit_tiny_patch16_224",
+        img_size=img_size,
+        patch_size=8,
+        embed_dim=48,
+        depth=3,
+        num_heads=3,
+        num_classes=num_classes,
     )
     with torch.no_grad():
         for blk in model.blocks:
             blk.attn.qkv.weight[: 2 * blk.attn.attn_dim] *= 4.0  # as tests/conftest.py's tiny_vit
-    return save_checkpoint(model, folder / f"tiny{num_classes}.safetensors")
+    size = "" if img_size == 32 else f"-{img_size}px"
+    return save_checkpoint(model, folder / f"tiny{num_classes}{size}.safetensors")
 
 
 @functools.cache

@@ -240,7 +240,7 @@ def test_the_demo_report_hook(tmp_path):
     from ltmp_deploy.report.demo import write_demo_report
 
     with one_torch_thread():
-        model = load_checkpoint(tiny_checkpoint(tmp_path, num_classes=10))
+        model = load_checkpoint(tiny_checkpoint(tmp_path, num_classes=10, img_size=56))  # the digits' size
         n = model.ltmp_num_tokens
         model.ltmp_set_thresholds([0.6, 0.5, 0.4], [0.6 / n, 0.8 / n, 1.0 / n])
         val, test = (dataset_for("digits", model, s) for s in ("val", "test"))

@@ -48,7 +48,7 @@ import onnx
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.calibration_data import METHODS, CalibrationLike, read_calibration_data
 from ltmp_deploy.export.metadata import INPUT_NAME, read_metadata, write_metadata
-from ltmp_deploy.export.onnxgraph import Graph, dims, image_io, load, node_name
+from ltmp_deploy.export.onnxgraph import Graph, Shape, dims, image_io, load, node_name
 from ltmp_deploy.files import atomic_output, ensure_writable
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
@@ -106,19 +106,9 @@ def quantize_int8(
         raise LTMPError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}")
     model = load(src) if model is None else model
     meta = read_metadata(model)
-    if has_qdq(model):
-        raise LTMPError(f"{src}: already has QuantizeLinear/DequantizeLinear nodes; quantize the float graph instead")
-    image_input, _ = image_io(model, str(src))
-    dtype = image_input.type.tensor_type.elem_type
-    if dtype != onnx.TensorProto.FLOAT:
-        raise LTMPError(
-            f"{src}: INT8 quantization needs an fp32 graph (this one takes "
-            f"{onnx.TensorProto.DataType.Name(dtype)}); export without --fp16"
-        )
-    shape = dims(image_input)
+    shape = _float_image_shape(model, src)
     images = read_calibration_data(calibration, shape)
-    mode = meta.get("mode")
-    if method != "minmax" and mode == "threshold":
+    if method != "minmax" and meta.get("mode") == "threshold":
         raise LTMPError(
             f"{src}: {method} calibration collects histograms that need the same tensor shapes in every "
             "batch, but a threshold-mode graph has data-dependent token counts: use minmax"
@@ -135,22 +125,38 @@ def quantize_int8(
         _run_ort(src, staged, images, batch, shape[0] is not None, quantize, method)
         qmodel = onnx.load(str(staged))
     _restore_float_consumers(qmodel, set(quantize))
-    meta.update(
-        precision="int8",
-        quantization={
-            "tool": f"onnxruntime.quantization.quantize_static {_ort_version()}",
-            "format": "QDQ",
-            "weights": "int8 per channel, symmetric",
-            "activations": "int8 per tensor, symmetric",
-            "method": method,
-            "calibration_images": int(images.shape[0]),
-            "quantized_layers": len(quantize),
-            "float_layers": kept,
-        },
-    )
+    meta.update(precision="int8", quantization=_quantization_record(method, int(images.shape[0]), quantize, kept))
     write_metadata(qmodel, meta)
     _write_checked(src, qmodel, out)
     return QuantizeResult(out, method, int(images.shape[0]), quantize, kept, qmodel)
+
+
+def _float_image_shape(model: onnx.ModelProto, src: Path) -> Shape:
+    """The image input's shape, once the graph is known to be a float graph without Q/DQ nodes."""
+    if has_qdq(model):
+        raise LTMPError(f"{src}: already has QuantizeLinear/DequantizeLinear nodes; quantize the float graph instead")
+    image_input, _ = image_io(model, str(src))
+    dtype = image_input.type.tensor_type.elem_type
+    if dtype != onnx.TensorProto.FLOAT:
+        raise LTMPError(
+            f"{src}: INT8 quantization needs an fp32 graph (this one takes "
+            f"{onnx.TensorProto.DataType.Name(dtype)}); export without --fp16"
+        )
+    return dims(image_input)
+
+
+def _quantization_record(method: str, images: int, quantize: list[str], kept: dict[str, str]) -> dict:
+    """The ``quantization`` entry of the metadata: how the graph was quantized, by what."""
+    return {
+        "tool": f"onnxruntime.quantization.quantize_static {_ort_version()}",
+        "format": "QDQ",
+        "weights": "int8 per channel, symmetric",
+        "activations": "int8 per tensor, symmetric",
+        "method": method,
+        "calibration_images": images,
+        "quantized_layers": len(quantize),
+        "float_layers": kept,
+    }
 
 
 def _calibration_batch(src: Path, fixed_batch: int | None, images: int, batch_size: int | None) -> int:

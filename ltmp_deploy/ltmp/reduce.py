@@ -320,57 +320,91 @@ def merge_and_prune(
     x, size, valid = tokens.x, tokens.size, tokens.valid
     if size is None:
         size = x.new_ones(x.shape[:2])
-    device = x.device
-    prefix, src, dst = layout(num_prefix)
+    _, src, dst = layout(num_prefix)
     n = x.shape[1]
-    position = torch.arange(n, device=device)  # one per block: slots, keys and decisions share it
+    position = torch.arange(n, device=x.device)  # one per block: slots, keys and decisions share it
 
-    # Merge: decide once, then apply one assignment matrix to features, sizes and sources alike.
-    # Every source takes part, weighted by its 0/1 merge flag; reductions over sources or
-    # destinations get a -inf guard entry, as either may be empty (token counts are only known at
-    # run time).
-    best, dst_idx = bipartite_match(metric, valid, num_prefix)
-    w = merge_weights(best, plan)
-    nd = x[:, dst].shape[1]
-    # (B, Nd, Ns): destination j receives source i, weighted; destination-major, as the merge
-    # matmul and the max below consume it, so no transpose is needed.
-    assign = (torch.arange(nd, device=device)[:, None] == dst_idx).to(x.dtype) * w
-    hit = assign > 0.5
-    moved = assign * size[:, None, src]  # patches destination j takes from source i
-    x_dst, size_dst = merge_rows(x[:, dst], size[:, dst, None], moved, x[:, src])
-    size_dst = size_dst[..., 0]
-
-    def laid_out(t: Tensor, t_dst: Tensor, t_src: Tensor | None = None) -> Tensor:
-        """``t`` in the merged layout, with its destination rows (and source rows) replaced."""
-        parts = [t[:, src] if t_src is None else t_src, t_dst]
-        return torch.cat([t[:, prefix]] + parts if num_prefix else parts, dim=1)
-
-    # A destination is as important as the most important token merged into it.
-    incoming = torch.where(hit, imp[:, None, src], NEG_INF)
-    incoming = torch.nn.functional.pad(incoming, (0, 1), value=NEG_INF)
-    imp_dst = torch.maximum(imp[:, dst], incoming.max(dim=2).values)
-
+    merge = _merge_by_threshold(x, size, valid, metric, num_prefix, plan)
+    imp_dst = _destination_importance(imp, merge.hit, num_prefix)
     alive_in = torch.ones_like(size) if valid is None else valid
-    alive = laid_out(alive_in, alive_in[:, dst], alive_in[:, src] * (1.0 - w[:, 0]))
-    idx, alive_out = _prune_order(laid_out(imp, imp_dst), alive, plan, num_prefix, position, n)
-
-    new_x = take_rows(laid_out(x, x_dst), idx[..., None])
-    new_size = laid_out(size, size_dst).gather(1, idx)
-    new_source = None
-    if tokens.source is not None:
-        source_dst = tokens.source[:, dst] + assign @ tokens.source[:, src]
-        new_source = take_rows(laid_out(tokens.source, source_dst), idx[..., None])
-
-    tokens = Tokens(new_x, new_size, alive_out, new_source)
+    alive = _laid_out(num_prefix, alive_in, alive_in[:, dst], alive_in[:, src] * (1.0 - merge.w[:, 0]))
+    idx, alive_out = _prune_order(_laid_out(num_prefix, imp, imp_dst), alive, plan, num_prefix, position, n)
+    tokens = _gather_survivors(tokens, size, merge, idx, alive_out, num_prefix)
     if not record:
         return tokens, None
-    kept = torch.where(alive_out > 0.5, laid_out(position[None], position[None, dst])[0][idx], -1)
-    decision = _decision(size, valid, num_prefix, kept, alive_out.sum(dim=1), w[:, 0] > 0.5, dst_idx[:, 0], plan)
-    decision.source = new_source
+
+    kept = torch.where(alive_out > 0.5, _laid_out(num_prefix, position[None], position[None, dst])[0][idx], -1)
+    merged, dst_idx = merge.w[:, 0] > 0.5, merge.dst_idx[:, 0]
+    decision = _decision(size, valid, num_prefix, kept, alive_out.sum(dim=1), merged, dst_idx, plan)
+    decision.source = tokens.source
     if plan.mode == "train":
         decision.soft_keep_in = alive_in.sum(dim=1)
         decision.soft_keep_out = alive_out.sum(dim=1)
     return tokens, decision
+
+
+@dataclass
+class _Merge:
+    """A threshold-mode merge: decided once, applied to the destinations."""
+
+    w: Tensor  # (B, 1, Ns) 1 for every source that merges, 0 otherwise (straight-through in training)
+    dst_idx: Tensor  # (B, 1, Ns) each source's best destination, as an index among the destinations
+    # (B, Nd, Ns): destination j receives source i, weighted; destination-major, as the merge
+    # matmul and the max over sources consume it, so no transpose is needed.
+    assign: Tensor
+    hit: Tensor  # (B, Nd, Ns) ``assign`` as booleans
+    x_dst: Tensor  # (B, Nd, C) destination features after the merge
+    size_dst: Tensor  # (B, Nd) destination sizes after the merge
+
+
+def _merge_by_threshold(
+    x: Tensor, size: Tensor, valid: Tensor | None, metric: Tensor, num_prefix: int, plan: Plan
+) -> _Merge:
+    """Every source whose best similarity passes the merge threshold joins its best destination.
+
+    Every source takes part, weighted by its 0/1 merge flag, so one assignment matrix serves
+    features, sizes and sources alike; reductions over sources or destinations get a -inf guard
+    entry, as either may be empty (token counts are only known at run time).
+    """
+    _, src, dst = layout(num_prefix)
+    best, dst_idx = bipartite_match(metric, valid, num_prefix)
+    w = merge_weights(best, plan)
+    nd = x[:, dst].shape[1]
+    assign = (torch.arange(nd, device=x.device)[:, None] == dst_idx).to(x.dtype) * w
+    hit = assign > 0.5
+    moved = assign * size[:, None, src]  # patches destination j takes from source i
+    x_dst, size_dst = merge_rows(x[:, dst], size[:, dst, None], moved, x[:, src])
+    return _Merge(w, dst_idx, assign, hit, x_dst, size_dst[..., 0])
+
+
+def _destination_importance(imp: Tensor, hit: Tensor, num_prefix: int) -> Tensor:
+    """(B, Nd): a destination is as important as the most important token merged into it."""
+    _, src, dst = layout(num_prefix)
+    incoming = torch.where(hit, imp[:, None, src], NEG_INF)
+    incoming = torch.nn.functional.pad(incoming, (0, 1), value=NEG_INF)
+    return torch.maximum(imp[:, dst], incoming.max(dim=2).values)
+
+
+def _laid_out(num_prefix: int, t: Tensor, t_dst: Tensor, t_src: Tensor | None = None) -> Tensor:
+    """``t`` in the merged layout [prefix, sources, destinations], its destination rows (and source rows)
+    replaced."""
+    prefix, src, _ = layout(num_prefix)
+    parts = [t[:, src] if t_src is None else t_src, t_dst]
+    return torch.cat([t[:, prefix]] + parts if num_prefix else parts, dim=1)
+
+
+def _gather_survivors(
+    tokens: Tokens, size: Tensor, merge: _Merge, idx: Tensor, alive_out: Tensor, num_prefix: int
+) -> Tokens:
+    """The surviving slots ``idx`` of the merged layout, gathered once from every tensor that rides along."""
+    _, src, dst = layout(num_prefix)
+    new_x = take_rows(_laid_out(num_prefix, tokens.x, merge.x_dst), idx[..., None])
+    new_size = _laid_out(num_prefix, size, merge.size_dst).gather(1, idx)
+    new_source = None
+    if tokens.source is not None:
+        source_dst = tokens.source[:, dst] + merge.assign @ tokens.source[:, src]
+        new_source = take_rows(_laid_out(num_prefix, tokens.source, source_dst), idx[..., None])
+    return Tokens(new_x, new_size, alive_out, new_source)
 
 
 @dataclass(frozen=True)
@@ -426,52 +460,84 @@ def _fixed_merge_and_prune(
     c = _fixed_layout(int(n), num_prefix, x.device, x.dtype)
     imp_row = imp[:, None, :] if imp.dim() == 2 else imp
     size_col = size if size is None or size.dim() == 3 else size[:, :, None]  # None: all ones
-    chosen_pos = dst_c = hit = None
     if plan.r:
-        best, dst_idx = bipartite_match(metric, None, num_prefix, every_position=c.src_mask)  # rows (B, 1, N)
-        best_c, chosen_pos = top_k(best, plan.r)  # (B, 1, r) positions of the merging sources, distinct
-        dst_c = dst_idx.gather(2, chosen_pos)
-        hit = c.dst_rank == dst_c  # (B, N, r): position j receives chosen source i
-        rows = chosen_pos.transpose(1, 2)  # (B, r, 1), to gather the chosen rows
-        if size_col is None:  # every token one patch
-            moved = hit.to(x.dtype)
-        else:
-            moved = torch.where(hit, size_col.transpose(1, 2).gather(2, chosen_pos), 0.0)
-        x, size_col = merge_rows(x, 1.0 if size_col is None else size_col, moved, take_rows(x, rows))
-        # A destination is as important as the most important token merged into it; merged
-        # sources drop out (-inf: a plain ScatterElements, without a reduction, which every
-        # TensorRT target imports). Importance is never negative, so -inf marks them apart.
-        incoming = torch.where(hit, imp_row.gather(2, chosen_pos), c.no_merge).amax(dim=2, keepdim=True)
-        imp_col = torch.maximum(imp_row.scatter(2, chosen_pos, best_c - float("inf")).transpose(1, 2), incoming)
+        merge = _fixed_merge(x, size_col, imp_row, metric, num_prefix, plan.r, c)
     else:
-        imp_col = torch.maximum(imp_row.transpose(1, 2), c.no_merge)
+        merge = _FixedMerge(x, size_col, torch.maximum(imp_row.transpose(1, 2), c.no_merge))
 
-    top = top_k(imp_col, plan.k, dim=1)[1]  # (B, k, 1) the k most important live tokens...
+    top = top_k(merge.imp_col, plan.k, dim=1)[1]  # (B, k, 1) the k most important live tokens...
     idx = top.gather(1, smallest_unique(c.slot[top], plan.k, dim=1))  # ...in layout order
+    tokens = _fixed_survivors(tokens, merge, idx)
+    if not record:
+        return tokens, None
+    return tokens, _fixed_decision(merge, idx, c, b, n, plan.k, tokens.source)
+
+
+@dataclass
+class _FixedMerge:
+    """Fixed mode's merge, over the whole token axis in input positions."""
+
+    x: Tensor  # (B, N, C) features after the merge (rows that receive nothing unchanged)
+    size_col: Tensor | None  # (B, N, 1) sizes after the merge; None: every token still one patch
+    imp_col: Tensor  # (B, N, 1) importance after the merge; -inf for merged sources, +inf for the prefix
+    chosen_pos: Tensor | None = None  # (B, 1, r) positions of the merging sources, distinct
+    dst_c: Tensor | None = None  # (B, 1, r) their destinations, as indices among the destinations
+    hit: Tensor | None = None  # (B, N, r) position j receives chosen source i
+    rows: Tensor | None = None  # (B, r, 1) ``chosen_pos`` as a column, to gather the chosen rows
+
+
+def _fixed_merge(
+    x: Tensor, size_col: Tensor | None, imp_row: Tensor, metric: Tensor, num_prefix: int, r: int, c: _FixedLayout
+) -> _FixedMerge:
+    """The ``r`` best-matching sources merge into their best destinations."""
+    best, dst_idx = bipartite_match(metric, None, num_prefix, every_position=c.src_mask)  # rows (B, 1, N)
+    best_c, chosen_pos = top_k(best, r)  # (B, 1, r) positions of the merging sources, distinct
+    dst_c = dst_idx.gather(2, chosen_pos)
+    hit = c.dst_rank == dst_c  # (B, N, r): position j receives chosen source i
+    rows = chosen_pos.transpose(1, 2)  # (B, r, 1), to gather the chosen rows
+    if size_col is None:  # every token one patch
+        moved = hit.to(x.dtype)
+    else:
+        moved = torch.where(hit, size_col.transpose(1, 2).gather(2, chosen_pos), 0.0)
+    x, size_col = merge_rows(x, 1.0 if size_col is None else size_col, moved, take_rows(x, rows))
+    # A destination is as important as the most important token merged into it; merged
+    # sources drop out (-inf: a plain ScatterElements, without a reduction, which every
+    # TensorRT target imports). Importance is never negative, so -inf marks them apart.
+    incoming = torch.where(hit, imp_row.gather(2, chosen_pos), c.no_merge).amax(dim=2, keepdim=True)
+    imp_col = torch.maximum(imp_row.scatter(2, chosen_pos, best_c - float("inf")).transpose(1, 2), incoming)
+    return _FixedMerge(x, size_col, imp_col, chosen_pos, dst_c, hit, rows)
+
+
+def _fixed_survivors(tokens: Tokens, merge: _FixedMerge, idx: Tensor) -> Tokens:
+    """The surviving positions ``idx``, gathered once from every tensor that rides along."""
     new_source = None
     if tokens.source is not None:
         source = tokens.source
-        if hit is not None:
-            source = source + hit.to(source.dtype) @ take_rows(source, rows)
+        if merge.hit is not None:
+            source = source + merge.hit.to(source.dtype) @ take_rows(source, merge.rows)
         new_source = take_rows(source, idx)
-    new_size = None if size_col is None else size_col.gather(1, idx)
-    if size is not None and size.dim() == 2:
+    new_size = None if merge.size_col is None else merge.size_col.gather(1, idx)
+    if tokens.size is not None and tokens.size.dim() == 2:
         new_size = new_size[..., 0]
-    tokens = Tokens(take_rows(x, idx), new_size, None, new_source)
-    if not record:
-        return tokens, None
+    return Tokens(take_rows(merge.x, idx), new_size, None, new_source)
+
+
+def _fixed_decision(
+    merge: _FixedMerge, idx: Tensor, c: _FixedLayout, b: int, n: int, k: int, source: Tensor | None
+) -> Decision:
+    """What a fixed-mode block did, in its input positions (see :func:`_decision`)."""
+    x = merge.x
     merge_dst = torch.full((b, (n + 1) // 2), -1, dtype=torch.long, device=x.device)
-    if chosen_pos is not None:
-        merge_dst = merge_dst.scatter(1, chosen_pos[:, 0] // 2, c.dst_pos[dst_c[:, 0]])
-    decision = Decision(
+    if merge.chosen_pos is not None:
+        merge_dst = merge_dst.scatter(1, merge.chosen_pos[:, 0] // 2, c.dst_pos[merge.dst_c[:, 0]])
+    return Decision(
         kept=idx[..., 0],
         merge_dst=merge_dst,
         n_in=x.new_full((b,), float(n)),
-        n_out=torch.full((b,), plan.k, device=x.device),
+        n_out=torch.full((b,), k, device=x.device),
         length=n,
-        source=new_source,
+        source=source,
     )
-    return tokens, decision
 
 
 def _decision(

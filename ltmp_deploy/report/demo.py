@@ -53,43 +53,15 @@ def write_demo_report(
     """``report``: the demo's DemoReport; ``bench``: its latency run (default: a bench of its calibrated
     checkpoint on ONNX Runtime CPU at batch 1 and 8, ``rounds`` rounds). Writes accuracy.json, bench/
     and report/ into its folder."""
-    from ltmp_deploy.calibration.learn import evaluate
-    from ltmp_deploy.calibration.schedule import per_image_counts
     from ltmp_deploy.data.sources import dataset_for
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint
-    from ltmp_deploy.report.grids import token_grid
 
     workdir = Path(report.workdir)
     model = load_checkpoint(report.files["fixed"])
-    schedule = model.ltmp.schedule
     test = dataset_for(data, model, "test")
-    _, _, decisions = evaluate(model.ltmp_set_mode("threshold"), test)
-    _, keeps = per_image_counts(decisions)
-    fixed = np.tile(np.asarray(schedule.keeps), (len(test), 1))
-    tokens = {
-        variant_name(THRESHOLD, LEARNED): tokens_summary(keeps),
-        variant_name(FIXED, CALIBRATED): tokens_summary(fixed),
-    }
-    rows = [
-        variant_entry(*DEMO_ROWS[name], [{"seed": seed, "accuracy": row["accuracy"], "flops_ratio": row["flops"]}])
-        for name, row in report.rows.items()
-        if name in DEMO_ROWS
-    ]
-    arch = model.ltmp.architecture
-    acc = accuracy_document(
-        arch.get("timm_model") or str(arch.get("timm_class")),
-        {"name": data, "split": "test", "images": len(test)},
-        rows,
-        tokens=model.ltmp_num_tokens,
-        tokens_per_block=tokens,
-        headline=HEADLINE,
-    )
+    acc = _accuracy(report, model, test, data, seed)
     write_accuracy(workdir / "accuracy.json", acc)
-
-    grids = []
-    for i in range(min(GRID_IMAGES, len(test))):
-        image = test[i][0]
-        grids.append(token_grid(model, image, _display(image, model), workdir / f"tokens_{i}.png"))
+    grids = _token_grids(model, test, workdir)
 
     bench = bench or run_bench(
         BenchConfig(
@@ -109,3 +81,43 @@ def write_demo_report(
     print(f"\nreport: {files.html}")
     print("\n".join(files.headline.lines()[1:]))
     return files
+
+
+def _accuracy(report: Any, model: Any, test: Any, data: str, seed: int | None) -> dict[str, Any]:
+    """The accuracy document of the demo's rows, with the tokens per block of both LTMP modes on ``test``."""
+    from ltmp_deploy.calibration.learn import evaluate
+    from ltmp_deploy.calibration.schedule import per_image_counts
+
+    schedule = model.ltmp.schedule
+    _, _, decisions = evaluate(model.ltmp_set_mode("threshold"), test)
+    _, keeps = per_image_counts(decisions)
+    fixed = np.tile(np.asarray(schedule.keeps), (len(test), 1))
+    tokens = {
+        variant_name(THRESHOLD, LEARNED): tokens_summary(keeps),
+        variant_name(FIXED, CALIBRATED): tokens_summary(fixed),
+    }
+    rows = [
+        variant_entry(*DEMO_ROWS[name], [{"seed": seed, "accuracy": row["accuracy"], "flops_ratio": row["flops"]}])
+        for name, row in report.rows.items()
+        if name in DEMO_ROWS
+    ]
+    arch = model.ltmp.architecture
+    return accuracy_document(
+        arch.get("timm_model") or str(arch.get("timm_class")),
+        {"name": data, "split": "test", "images": len(test)},
+        rows,
+        tokens=model.ltmp_num_tokens,
+        tokens_per_block=tokens,
+        headline=HEADLINE,
+    )
+
+
+def _token_grids(model: Any, test: Any, workdir: Path) -> list[Path]:
+    """Token grids of the first test images, as PNGs in ``workdir``."""
+    from ltmp_deploy.report.grids import token_grid
+
+    grids = []
+    for i in range(min(GRID_IMAGES, len(test))):
+        image = test[i][0]
+        grids.append(token_grid(model, image, _display(image, model), workdir / f"tokens_{i}.png"))
+    return grids
