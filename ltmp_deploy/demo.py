@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import write_text_atomic
 
 DEMO_TARGET = 0.5
@@ -71,6 +72,7 @@ def run_demo(
     from ltmp_deploy.ltmp.checkpoint import create_model, save_checkpoint
     from ltmp_deploy.ltmp.flops import schedule_flops
 
+    _check_options(target, epochs, rounds, threads)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     report = DemoReport(workdir)
@@ -139,6 +141,15 @@ def run_demo(
     write_text_atomic(workdir / "report.json", json.dumps(report.to_dict(), indent=2, default=str))
     print(f"\nartefacts and report.json in {workdir}/")
     return report
+
+
+def _check_options(target: float, epochs: int, rounds: int, threads: int | None) -> None:
+    """Refused before the first step: a bad value would otherwise surface only at the end of the run."""
+    if not 0.0 < target <= 1.0:
+        raise LTMPError(f"--target {target}: the fraction of FLOPs kept must lie in (0, 1]")
+    for option, value in (("--epochs", epochs), ("--rounds", rounds), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise LTMPError(f"{option} {value}: must be at least 1")
 
 
 def _latency(report: DemoReport, test: Any, rounds: int, threads: int | None) -> dict[str, dict[str, float]]:
