@@ -175,3 +175,27 @@ def test_cli_check_exit_codes(tmp_path, capsys):
     assert main(["check", str(threshold), "--trt", "8.6"]) == 0
     assert main(["check", str(threshold), "--trt", "8.5"]) == 1
     assert "TopK" in capsys.readouterr().out
+
+
+def test_export_without_onnx_runtime_says_so_before_any_work(tmp_path):
+    """ONNX Runtime absent (an import of it fails, as on an install without it): one line, the
+    pip command or --no-validate, and no graph written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from runtime_models import checkpoint
+
+    out = tmp_path / "m.onnx"
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from ltmp_deploy.cli import main\n"
+        f"sys.exit(main(['export', {str(checkpoint('threshold'))!r}, '-o', {str(out)!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120
+    )
+    err = done.stderr.strip()
+    assert done.returncode == 2 and "\n" not in err, err
+    assert "needs onnxruntime" in err and "pip install onnxruntime" in err and "--no-validate" in err, err
+    assert not out.exists()

@@ -31,6 +31,7 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.compare import ParityReport
 from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names, write_metadata
 from ltmp_deploy.export.validate import compare_with_torch, sample_images
+from ltmp_deploy.extras import ORT, missing
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
@@ -88,6 +89,8 @@ def export_onnx(
     and merged indices.
     """
     ensure_writable(output)
+    if validate and missing(("onnxruntime",)):
+        raise LTMPError(f"{output}: checking the export needs onnxruntime, not installed here: {ORT}; or --no-validate")
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_checkpoint(checkpoint)
     model = model.eval()
     if mode is not None:
