@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -40,7 +41,10 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ltmp_deploy.export.onnx_export import export_onnx
+    from ltmp_deploy.files import ensure_writable_folder
 
+    if args.triton_repo:
+        ensure_writable_folder(args.triton_repo, "--triton-repo")  # before the export, not after it
     result = export_onnx(
         args.checkpoint,
         args.output,
@@ -136,18 +140,24 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ltmp_deploy.calibration.schedule import calibrate, parse_statistic
-    from ltmp_deploy.data.sources import dataset_for, sample_batch
+    from ltmp_deploy.data.sources import EMBEDDED, calibration_split, sample_batch, takes_digits
     from ltmp_deploy.export.calibration_data import write_calibration_data
-    from ltmp_deploy.files import ensure_writable
+    from ltmp_deploy.files import ensure_writable, ensure_writable_folder
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 
     ensure_writable(args.output)
-    if args.int8_calib and args.int8_images < 1:
-        raise LTMPError(f"--int8-images {args.int8_images}: at least 1")
+    if args.int8_calib:
+        ensure_writable_folder(args.int8_calib, "--int8-calib")
     model = _load_model(args.checkpoint)
     statistic = parse_statistic(args.statistic)
-    calibration = dataset_for(args.data, model, "val") if args.flops_target is None or args.int8_calib else None
-    evaluation = dataset_for(args.data, model, "test") if args.evaluate else None
+    spec = EMBEDDED if args.data is None else args.data
+    need_images = args.flops_target is None or args.int8_calib
+    calibration = calibration_split(spec, model, "calibration") if need_images else None
+    evaluation = None
+    if args.evaluate and args.data is None and not takes_digits(model):
+        print("not evaluated: the model does not take the embedded digits; give --data FOLDER to measure accuracy")
+    elif args.evaluate:
+        evaluation = calibration_split(spec, model, "evaluation")
     report = calibrate(
         model,
         calibration if args.flops_target is None else None,
@@ -266,7 +276,7 @@ def _whole(least: int) -> Callable[[str], int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < least:
-            raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {least}")
         return value
 
     return parse
@@ -282,7 +292,7 @@ def _number(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
     return value
 
 
@@ -290,21 +300,21 @@ def fraction(text: str) -> float:
     """A fraction of FLOPs kept, in (0, 1]."""
     value = _number(text)
     if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a fraction of FLOPs kept lies in (0, 1], not {text}")
+        raise argparse.ArgumentTypeError(f"{text}: a fraction of FLOPs kept lies in (0, 1]")
     return value
 
 
 def positive_float(text: str) -> float:
     value = _number(text)
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
     return value
 
 
 def non_negative_float(text: str) -> float:
     value = _number(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
     return value
 
 
@@ -312,6 +322,11 @@ class _Parser(argparse.ArgumentParser):
     """A usage mistake is one line (the option and what is wrong), exit code 2, as every other mistake."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        # "argument --rounds: 0: must be ..." from the types above reads "--rounds 0: must be ...",
+        # as the library's own messages do
+        value = re.match(r"argument (?:\S+/)?(-\S+): (\S+): (.+)$", message)
+        if value:
+            message = f"{value[1]} {value[2]}: {value[3]}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -794,7 +809,10 @@ def _parser_calibrate(add: Adder) -> None:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="threshold-trained toolkit checkpoint")
     p.add_argument(
-        "--data", default="digits", help="'digits' (embedded) or an image folder; calibration uses its val split"
+        "--data",
+        help="'digits' (embedded; the default for a model that takes them) or an image folder. Calibration and "
+        "evaluation never share an image: val/ and test/; with one of them beside train/, a seeded tenth of "
+        "train/ calibrates; a single tree is split the same way",
     )
     p.add_argument(
         "--statistic",
