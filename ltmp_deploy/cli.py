@@ -54,6 +54,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         fp16=args.fp16,
         decisions=args.decisions,
         validate=not args.no_validate,
+        data=args.data,
     )
     meta = result.metadata
     macs = meta["block_macs"]
@@ -416,6 +417,12 @@ def _parser_export(add: Adder) -> None:
         "indices: for audit logs and token pictures (predict --log-decisions, show) and parity debugging",
     )
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
+    p.add_argument(
+        "--data",
+        metavar="DATA",
+        help="threshold mode: measure the FLOPs in the metadata on held-out images of 'digits' or an image folder "
+        "(default: the digits test split for a model that takes it, else random images, as the metadata says)",
+    )
     p.add_argument(
         "--triton-repo",
         metavar="DIR",

@@ -53,6 +53,7 @@ def _model(meta: Mapping[str, Any]) -> dict[str, Any]:
         "thresholds": meta.get("thresholds"),
         "flops_kept": ratio,
         "flops_basis": macs.get("basis"),
+        "flops_measured_on": meta.get("flops_measured_on"),
         "toolkit_version": meta.get("toolkit_version"),
     }
 
@@ -178,6 +179,7 @@ def summary(info: Mapping[str, Any]) -> str:
     add("prune thresholds", thresholds.get("prune") and _fmt(thresholds["prune"]))
     if info.get("flops_kept") is not None:
         add("block FLOPs kept", f"{info['flops_kept']:.3f} of unpatched ({info.get('flops_basis')})")
+        add("measured on", info.get("flops_measured_on"))
     add(
         "parameters",
         info.get("parameters") and f"{info['parameters']:,} in {info['tensors']} tensors ({', '.join(info['dtypes'])})",
