@@ -93,3 +93,17 @@ def test_demo_library_refuses_bad_values_before_the_first_step(tmp_path):
     with pytest.raises(LTMPError, match="--rounds 0"):
         run_demo(tmp_path / "demo", rounds=0)
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_missing_schedule_advice_names_a_command_and_options_that_exist():
+    from conftest import tiny_ltmp
+
+    from ltmp_deploy.errors import LTMPError
+
+    with pytest.raises(LTMPError) as err:
+        tiny_ltmp().ltmp_set_mode("fixed")
+    advice = str(err.value)
+    assert "ltmp-deploy calibrate" in advice, advice
+    options = {o for a in _subcommands()["calibrate"]._actions for o in a.option_strings}
+    advised = {word.strip("`()") for word in advice.split() if word.startswith(("--", "(--"))}
+    assert advised and advised <= options, (advised, options)
