@@ -69,15 +69,17 @@ def calibrate(
     """Give ``model`` a fixed schedule: from threshold-mode counts on ``data``, or from ``flops_target``.
 
     Returns the :class:`~ltmp_deploy.calibration.schedule.CalibrationReport`; ``model`` is left in
-    fixed mode. ``evaluate_on``: data to measure both modes' accuracy on.
+    fixed mode. ``evaluate_on``: data to measure both modes' accuracy on. Named data ("digits" or a
+    folder) gives its calibration part as ``data`` and its evaluation part as ``evaluate_on``: the
+    same name in both never puts an image in both.
     """
     from ltmp_deploy.calibration.schedule import calibrate as calibrate_schedule
     from ltmp_deploy.calibration.schedule import parse_statistic
 
     if data is None and flops_target is None:
         raise LTMPError("calibrate: give data to count tokens on, or a flops_target")
-    calibration = _dataset(data, model, "val") if data is not None and flops_target is None else None
-    evaluation = _dataset(evaluate_on, model, "test") if evaluate_on is not None else None
+    calibration = _dataset(data, model, "calibration") if data is not None and flops_target is None else None
+    evaluation = _dataset(evaluate_on, model, "evaluation") if evaluate_on is not None else None
     return calibrate_schedule(
         model,
         calibration,
@@ -128,8 +130,12 @@ def build(onnx_path: PathLike, output: PathLike, *, preset: str = "datacenter", 
 
 
 def _dataset(data: Any, model: Any, split: str) -> Any:
+    """A named data set's ``split``: "train", or calibrate's "calibration" / "evaluation", which never
+    share an image (data.sources.calibration_split); a Dataset passes as it is."""
     if isinstance(data, (str, os.PathLike)):
-        from ltmp_deploy.data.sources import dataset_for
+        from ltmp_deploy.data.sources import calibration_split, dataset_for
 
+        if split in ("calibration", "evaluation"):
+            return calibration_split(os.fspath(data), model, split)
         return dataset_for(os.fspath(data), model, split)
     return data

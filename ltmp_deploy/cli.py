@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -43,7 +44,10 @@ def cmd_patch(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ltmp_deploy.export.onnx_export import export_onnx
+    from ltmp_deploy.files import ensure_writable_folder
 
+    if args.triton_repo:
+        ensure_writable_folder(args.triton_repo, "--triton-repo")  # before the export, not after it
     result = export_onnx(
         args.checkpoint,
         args.output,
@@ -53,6 +57,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         fp16=args.fp16,
         decisions=args.decisions,
         validate=not args.no_validate,
+        data=args.data,
     )
     meta = result.metadata
     macs = meta["block_macs"]
@@ -84,13 +89,16 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     from ltmp_deploy.embedded import DEFAULT_EPOCHS, DEFAULT_SEED, default_base_checkpoint, train_base
 
     if args.output is None:
-        if args.seed is not None:
-            raise LTMPError("--seed needs -o OUT: the cache holds the model of the recipe's own seed")
+        for option, value in (("--seed", args.seed), ("--epochs", args.epochs)):
+            if value is not None:
+                raise LTMPError(f"{option} needs -o OUT: the cache holds the model of the recipe's own {option[2:]}")
         path = default_base_checkpoint()
         print(f"embedded base model: {path}")
     else:
         path = train_base(
-            args.output, epochs=args.epochs or DEFAULT_EPOCHS, seed=DEFAULT_SEED if args.seed is None else args.seed
+            args.output,
+            epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs,
+            seed=DEFAULT_SEED if args.seed is None else args.seed,
         )
         print(f"wrote {path}")
     return 0
@@ -136,18 +144,24 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ltmp_deploy.calibration.schedule import calibrate, parse_statistic
-    from ltmp_deploy.data.sources import dataset_for, sample_batch
+    from ltmp_deploy.data.sources import EMBEDDED, calibration_split, sample_batch, takes_digits
     from ltmp_deploy.export.calibration_data import write_calibration_data
-    from ltmp_deploy.files import ensure_writable
+    from ltmp_deploy.files import ensure_writable, ensure_writable_folder
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 
     ensure_writable(args.output)
-    if args.int8_calib and args.int8_images < 1:
-        raise LTMPError(f"--int8-images {args.int8_images}: at least 1")
+    if args.int8_calib:
+        ensure_writable_folder(args.int8_calib, "--int8-calib")
     model = _load_model(args.checkpoint)
     statistic = parse_statistic(args.statistic)
-    calibration = dataset_for(args.data, model, "val") if args.flops_target is None or args.int8_calib else None
-    evaluation = dataset_for(args.data, model, "test") if args.evaluate else None
+    spec = EMBEDDED if args.data is None else args.data
+    need_images = args.flops_target is None or args.int8_calib
+    calibration = calibration_split(spec, model, "calibration") if need_images else None
+    evaluation = None
+    if args.evaluate and args.data is None and not takes_digits(model):
+        print("not evaluated: the model does not take the embedded digits; give --data FOLDER to measure accuracy")
+    elif args.evaluate:
+        evaluation = calibration_split(spec, model, "evaluation")
     report = calibrate(
         model,
         calibration if args.flops_target is None else None,
@@ -252,6 +266,69 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _whole(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least``, refused at parse time, before any work."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {least}")
+        return value
+
+    return parse
+
+
+positive_int = _whole(1)
+non_negative_int = _whole(0)
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A fraction of FLOPs kept, in (0, 1]."""
+    value = _number(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a fraction of FLOPs kept lies in (0, 1]")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line (the option and what is wrong), exit code 2, as every other mistake."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # "argument --rounds: 0: must be ..." from the types above reads "--rounds 0: must be ...",
+        # as the library's own messages do
+        value = re.match(r"argument (?:\S+/)?(-\S+): (\S+): (.+)$", message)
+        if value:
+            message = f"{value[1]} {value[2]}: {value[3]}"
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _fmt(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
@@ -291,7 +368,9 @@ def _parser_patch(add: Adder) -> None:
         help="a checkpoint from the authors' LTMP code: weights plus blocks.{i}.merge_masker/prune_masker thresholds",
     )
     p.add_argument(
-        "--num-classes", type=int, help="classifier size, when the weights have a different head than the timm default"
+        "--num-classes",
+        type=positive_int,
+        help="classifier size, when the weights have a different head than the timm default",
     )
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint to write (.safetensors)")
 
@@ -316,11 +395,13 @@ def _parser_export(add: Adder) -> None:
         "ONNX Runtime). Default: the checkpoint's mode",
     )
     p.add_argument(
-        "--opset", type=int, help="ONNX opset (default 16 for fixed, which TensorRT 8.5 reads; 17 for threshold)"
+        "--opset",
+        type=positive_int,
+        help="ONNX opset (default 16 for fixed, which TensorRT 8.5 reads; 17 for threshold)",
     )
     p.add_argument(
         "--batch",
-        type=int,
+        type=positive_int,
         help="a fixed batch size (default: a dynamic batch axis). Pinning lets the shape computations fold, which "
         "pays at small batches",
     )
@@ -335,6 +416,12 @@ def _parser_export(add: Adder) -> None:
     )
     p.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check after export")
     p.add_argument(
+        "--data",
+        metavar="DATA",
+        help="threshold mode: measure the FLOPs in the metadata on held-out images of 'digits' or an image folder "
+        "(default: the digits test split for a model that takes it, else random images, as the metadata says)",
+    )
+    p.add_argument(
         "--triton-repo",
         metavar="DIR",
         help="also write a Triton Inference Server model repository here: NAME_onnx (onnxruntime) and NAME_trt "
@@ -342,7 +429,7 @@ def _parser_export(add: Adder) -> None:
     )
     p.add_argument(
         "--triton-max-batch",
-        type=int,
+        type=positive_int,
         default=8,
         metavar="N",
         help="max_batch_size of the Triton models, with dynamic batching (default 8)",
@@ -382,16 +469,18 @@ def _parser_demo(add: Adder) -> None:
     p.add_argument(
         "--workdir", default="ltmp-demo", help="folder for every artefact and report.json (default ./ltmp-demo)"
     )
-    p.add_argument("--target", type=float, default=0.5, help="fraction of block FLOPs to keep")
-    p.add_argument("--epochs", type=int, default=8, help="threshold-learning epochs on the digits train split")
-    p.add_argument("--rounds", type=int, default=20, help="timed rounds per variant")
+    p.add_argument("--target", type=fraction, default=0.5, help="fraction of block FLOPs to keep")
+    p.add_argument("--epochs", type=positive_int, default=8, help="threshold-learning epochs on the digits train split")
+    p.add_argument("--rounds", type=positive_int, default=20, help="timed rounds per variant")
     p.add_argument(
         "--quick",
         action="store_true",
         help="a smoke run of every step: one learning epoch on 128 train images, 3 timed rounds",
     )
     p.add_argument(
-        "--threads", type=int, help="ONNX Runtime intra-op threads for the latency step (default: every usable core)"
+        "--threads",
+        type=positive_int,
+        help="CPU threads for the latency step (default: every usable core)",
     )
 
 
@@ -449,8 +538,10 @@ def _parser_predict(add: Adder) -> None:
         metavar="IMAGES",
         help="image files, or folders searched recursively for images (recognised by content)",
     )
-    p.add_argument("-k", type=int, default=5, help="classes per image, best first (default 5)")
-    p.add_argument("--batch", type=int, metavar="N", help="images per run (default: a pinned batch's size, else 8)")
+    p.add_argument("-k", type=positive_int, default=5, help="classes per image, best first (default 5)")
+    p.add_argument(
+        "--batch", type=positive_int, metavar="N", help="images per run (default: a pinned batch's size, else 8)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per image on stdout instead of a table")
     p.add_argument(
         "--log-decisions",
@@ -514,7 +605,7 @@ def _bench_variant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="FILE", help="timm weights for a model name")
     p.add_argument(
         "--targets",
-        type=float,
+        type=fraction,
         nargs="*",
         default=[0.9, 0.75, 0.5],
         metavar="F",
@@ -522,7 +613,7 @@ def _bench_variant_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threshold-target",
-        type=float,
+        type=fraction,
         default=0.5,
         metavar="F",
         help="threshold mode's thresholds are bisected to keep this fraction of block FLOPs on sample "
@@ -539,7 +630,9 @@ def _bench_variant_args(p: argparse.ArgumentParser) -> None:
 
 def _bench_timing_args(p: argparse.ArgumentParser) -> None:
     """bench: how the variants are run and timed."""
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], metavar="N", help="batch sizes (default 1 8 32)")
+    p.add_argument(
+        "--batch", type=positive_int, nargs="+", default=[1, 8, 32], metavar="N", help="batch sizes (default 1 8 32)"
+    )
     p.add_argument(
         "--backends",
         nargs="+",
@@ -549,17 +642,20 @@ def _bench_timing_args(p: argparse.ArgumentParser) -> None:
         "missing here are skipped with the reason)",
     )
     p.add_argument(
-        "--rounds", type=int, default=20, help="timed rounds: every variant once per round, interleaved (default 20)"
+        "--rounds",
+        type=positive_int,
+        default=20,
+        help="timed rounds: every variant once per round, interleaved (default 20)",
     )
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first (default 2)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls per variant first (default 2)")
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         help="CPU threads for PyTorch and ONNX Runtime (default: every core this process may use)",
     )
     p.add_argument(
         "--opset",
-        type=int,
+        type=positive_int,
         default=17,
         help="ONNX opset of every exported graph (default 17, which threshold mode needs)",
     )
@@ -603,14 +699,14 @@ def _parser_estimate(add: Adder) -> None:
     p.add_argument("bench", metavar="BENCH.json", help="bench.json from `ltmp-deploy bench`")
     p.add_argument(
         "--price-per-hour",
-        type=float,
+        type=positive_float,
         required=True,
         metavar="P",
         help="what one machine of the benchmarked kind costs per hour (costs come out in its unit)",
     )
     p.add_argument(
         "--images-per-day",
-        type=float,
+        type=positive_float,
         metavar="N",
         help="also the machine-hours, cost and saving per day for this many images",
     )
@@ -673,9 +769,11 @@ def _parser_train_base(add: Adder) -> None:
         metavar="OUT",
         help="write here instead of the cache ($LTMP_DEPLOY_CACHE or ~/.cache/ltmp-deploy)",
     )
-    p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: the recipe's)")
     p.add_argument(
-        "--seed", type=int, help="training seed, with -o (default: the recipe's, whose model the cache holds)"
+        "--seed",
+        type=non_negative_int,
+        help="training seed, with -o (default: the recipe's, whose model the cache holds)",
     )
 
 
@@ -696,24 +794,29 @@ def _parser_learn(add: Adder) -> None:
         "--data", default="digits", help="'digits' (embedded) or an image folder (with train/ or one folder per class)"
     )
     p.add_argument(
-        "--target", type=float, required=True, help="fraction of the unpatched block FLOPs to keep, in (0, 1]"
+        "--target", type=fraction, required=True, help="fraction of the unpatched block FLOPs to keep, in (0, 1]"
     )
     p.add_argument(
-        "--epochs", type=int, default=1, help="default 1 (the paper's recipe on ImageNet; small sets need more)"
+        "--epochs",
+        type=positive_int,
+        default=1,
+        help="default 1 (the paper's recipe on ImageNet; small sets need more)",
     )
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr-merge", type=float, default=5e-3)
-    p.add_argument("--lr-prune", type=float, default=5e-6)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr-merge", type=positive_float, default=5e-3)
+    p.add_argument("--lr-prune", type=positive_float, default=5e-6)
     p.add_argument(
-        "--lr-model", type=float, default=1e-5, help="with --finetune: the learning rate of every other weight"
+        "--lr-model", type=positive_float, default=1e-5, help="with --finetune: the learning rate of every other weight"
     )
-    p.add_argument("--lambda", dest="lam", type=float, default=10.0, help="weight of the FLOPs budget term")
-    p.add_argument("--tau", type=float, default=0.1, help="temperature of the soft masks")
+    p.add_argument(
+        "--lambda", dest="lam", type=non_negative_float, default=10.0, help="weight of the FLOPs budget term"
+    )
+    p.add_argument("--tau", type=positive_float, default=0.1, help="temperature of the soft masks")
     p.add_argument("--finetune", action="store_true", help="train every weight, not only the thresholds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--workers", type=non_negative_int, default=0, help="data loader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT's last finished epoch")
-    p.add_argument("--limit", type=int, metavar="N", help="use only the first N training images (smoke tests)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N training images (smoke tests)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint written after every epoch")
 
 
@@ -730,7 +833,10 @@ def _parser_calibrate(add: Adder) -> None:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="threshold-trained toolkit checkpoint")
     p.add_argument(
-        "--data", default="digits", help="'digits' (embedded) or an image folder; calibration uses its val split"
+        "--data",
+        help="'digits' (embedded; the default for a model that takes them) or an image folder. Calibration and "
+        "evaluation never share an image: val/ and test/; with one of them beside train/, a seeded tenth of "
+        "train/ calibrates; a single tree is split the same way",
     )
     p.add_argument(
         "--statistic",
@@ -739,7 +845,7 @@ def _parser_calibrate(add: Adder) -> None:
     )
     p.add_argument(
         "--flops-target",
-        type=float,
+        type=fraction,
         help="derive the schedule from this fraction of FLOPs kept instead (no data needed)",
     )
     p.add_argument(
@@ -748,7 +854,7 @@ def _parser_calibrate(add: Adder) -> None:
     p.add_argument(
         "--int8-calib", metavar="DIR", help="also write INT8 calibration data (npy, npz, Polygraphy JSON) here"
     )
-    p.add_argument("--int8-images", type=int, default=64, help="images in the INT8 calibration batch")
+    p.add_argument("--int8-images", type=positive_int, default=64, help="images in the INT8 calibration batch")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint with the schedule (mode fixed)")
 
 
@@ -778,11 +884,13 @@ def _parser_validate(add: Adder) -> None:
     p.add_argument("--json", metavar="REPORT", help="write the full report as JSON here")
     p.add_argument(
         "--images",
-        type=int,
+        type=positive_int,
         help="sample images (default 16; against a checkpoint, the embedded digits model gets real digits)",
     )
     p.add_argument(
-        "--batch", type=int, help="batch size for dynamic-batch files (default 4; fixed-batch files use theirs)"
+        "--batch",
+        type=positive_int,
+        help="batch size for dynamic-batch files (default 4; fixed-batch files use theirs)",
     )
     from ltmp_deploy.runtime.backends import BACKENDS
 
@@ -856,26 +964,29 @@ def _build_engine_args(p: argparse.ArgumentParser) -> None:
     """build: the optimization profile, the device and the builder settings."""
     p.add_argument(
         "--min-batch",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="optimization profile of a dynamic batch axis (default from the preset)",
     )
-    p.add_argument("--opt-batch", type=int, metavar="N")
-    p.add_argument("--max-batch", type=int, metavar="N")
+    p.add_argument("--opt-batch", type=positive_int, metavar="N")
+    p.add_argument("--max-batch", type=positive_int, metavar="N")
     p.add_argument(
         "--dla-core",
-        type=int,
+        type=non_negative_int,
         metavar="N",
         help="run on DLA core N with GPU fallback "
         "(orin-nx, agx-orin with JetPack 5.1-6.2; agx-orin with TensorRT 11.4 on JetPack 7.2.2+, from an fp16 "
         "or Q/DQ graph; fp16/int8, fixed mode, one batch size)",
     )
     p.add_argument(
-        "--workspace", type=int, metavar="MIB", help="builder workspace cap in MiB (default from the preset)"
+        "--workspace", type=positive_int, metavar="MIB", help="builder workspace cap in MiB (default from the preset)"
     )
     p.add_argument("--timing-cache", metavar="FILE", help="load and update this tactic timing cache (faster rebuilds)")
     p.add_argument(
-        "--opt-level", type=int, metavar="N", help="builder optimization level 0-5 (TensorRT >= 8.6; default 3)"
+        "--opt-level",
+        type=non_negative_int,
+        metavar="N",
+        help="builder optimization level 0-5 (TensorRT >= 8.6; default 3)",
     )
     p.add_argument(
         "--hardware-compat",
@@ -932,7 +1043,7 @@ PARSERS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ltmp-deploy",
         description="Learned-threshold token merging and pruning (LTMP) for Vision Transformers: "
         "patch a timm ViT, learn its thresholds, calibrate, export to ONNX, build TensorRT engines, validate.",
@@ -977,7 +1088,10 @@ def _sigterm_cleans_up() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version or a usage mistake: an exit code, as for every other outcome
+        return done.code if isinstance(done.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

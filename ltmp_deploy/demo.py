@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import write_text_atomic
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ def run_demo(
     ``train_images``: learn on only the first that many train images (a smoke run)."""
     import torch
 
+    _check_options(target, epochs, rounds, threads)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     report = DemoReport(workdir)
@@ -186,6 +188,15 @@ def _print_summary(report: DemoReport) -> None:
     print(f"{'variant':<16}{'accuracy':>10}{'FLOPs kept':>12}")
     for name, row in report.rows.items():
         print(f"{name:<16}{row['accuracy']:>10.4f}{row['flops']:>12.3f}")
+
+
+def _check_options(target: float, epochs: int, rounds: int, threads: int | None) -> None:
+    """Refused before the first step: a bad value would otherwise surface only at the end of the run."""
+    if not 0.0 < target <= 1.0:
+        raise LTMPError(f"--target {target}: the fraction of FLOPs kept must lie in (0, 1]")
+    for option, value in (("--epochs", epochs), ("--rounds", rounds), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise LTMPError(f"{option} {value}: must be at least 1")
 
 
 def _latency(report: DemoReport, rounds: int, threads: int | None) -> dict[str, Any]:

@@ -23,11 +23,36 @@ def ensure_writable(path: str | os.PathLike) -> Path:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise LTMPError(f"{target}: cannot write, folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise LTMPError(f"{target}: cannot write, folder {folder} is not writable")
+    _probe(folder, f"{target}: cannot write, folder {folder} is not writable")
     if target.is_dir():
         raise LTMPError(f"{target}: is a folder, expected a file path")
     return target
+
+
+def ensure_writable_folder(path: str | os.PathLike, option: str = "") -> Path:
+    """Fail early, before long work, when files cannot be written into the folder ``path`` (made
+    later if missing). ``option`` (e.g. "--triton-repo") is named in the message."""
+    folder = Path(path)
+    label = f"{option} {folder}" if option else str(folder)
+    if folder.exists() and not folder.is_dir():
+        raise LTMPError(f"{label}: is a file, not a folder")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise LTMPError(f"{label}: cannot be made, {existing} is a file")
+    _probe(existing, f"{label}: cannot write into {existing}; choose another folder")
+    return folder
+
+
+def _probe(folder: Path, message: str) -> None:
+    """Write and drop a file in ``folder``: the mode bits do not tell (root ignores them, a read-only
+    mount does not)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise LTMPError(f"{message} ({err.strerror or err})") from None
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 from ltmp_deploy.errors import LTMPError
 
 CHECKPOINT_METADATA_KEY = "ltmp_deploy"
+CHECKPOINT_FORMAT = "ltmp-deploy-checkpoint"  # the "format" entry of that metadata
 # Toolkit checkpoints keep each block's two thresholds under the authors' names.
 THRESHOLD_SUFFIXES = (".merge_masker.threshold", ".prune_masker.threshold")
 # The safetensors format caps its header at 100 MB; a length beyond it, or beyond the file, is
@@ -94,6 +95,63 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``__metadata__`` string map of a safetensors file (empty when it has none)."""
     meta = safetensors_header(path).get("__metadata__")
     return dict(meta) if isinstance(meta, dict) else {}
+
+
+def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ltmp-deploy metadata of a toolkit checkpoint, checked entry by entry (whatever reads it
+    next can trust its shape); one line naming the file and the entry when it is damaged."""
+    path = Path(path)
+    raw = safetensors_metadata(path).get(CHECKPOINT_METADATA_KEY)
+    if raw is None:
+        raise LTMPError(f"{path}: a safetensors file without ltmp-deploy metadata: weights, not a toolkit checkpoint")
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise LTMPError(f"{path}: its ltmp-deploy metadata is not readable JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise LTMPError(f"{path}: its ltmp-deploy metadata is not a JSON object")
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise LTMPError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    for key, ok, shape in _CHECKPOINT_ENTRIES:
+        if key not in meta:
+            raise LTMPError(f"{path}: its ltmp-deploy metadata lacks {key!r}; {_REWRITE}")
+        if not ok(meta[key]):
+            raise LTMPError(f"{path}: its ltmp-deploy metadata entry {key!r} is not {shape}; {_REWRITE}")
+    return meta
+
+
+def _numbers(value: Any, count: int | None = None) -> bool:
+    ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return ok and (count is None or len(value) == count)
+
+
+_REWRITE = "the checkpoint is damaged or was edited: write it again with ltmp-deploy patch, learn or calibrate"
+# (entry, check, what it should be) for every entry a checkpoint's reader relies on.
+_CHECKPOINT_ENTRIES = (
+    (
+        "architecture",
+        lambda v: isinstance(v, dict) and any(isinstance(v.get(k), str) and v[k] for k in ("timm_model", "timm_class")),
+        "an object with timm_model or timm_class",
+    ),
+    ("mode", lambda v: isinstance(v, str), "a mode name"),
+    ("num_classes", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive whole number"),
+    (
+        "data_config",
+        lambda v: isinstance(v, dict) and _numbers(v.get("input_size"), 3),
+        "an object with input_size [C, H, W]",
+    ),
+    (
+        "thresholds",
+        lambda v: isinstance(v, dict) and _numbers(v.get("merge")) and _numbers(v.get("prune")),
+        "an object with merge and prune lists",
+    ),
+    (
+        "schedule",
+        lambda v: v is None or (isinstance(v, list) and all(_numbers(p, 2) for p in v)),
+        "null or a list of [r, k] pairs",
+    ),
+    ("tau", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number"),
+)
 
 
 def safetensors_header(path: str | os.PathLike) -> dict[str, Any]:

@@ -146,7 +146,7 @@ def test_refusals_are_one_line_before_any_work(tmp_path, capsys):
         (["--backends", "opencl"], "--backends opencl: choose from"),
         (["--backends", "torch-cuda"], "no backend can run here: torch-cuda"),
         (["--targets", "1.5"], "--targets 1.5"),
-        (["--batch", "0"], "--batch [0]"),
+        (["--batch", "0"], "--batch 0: must be at least 1"),  # refused when parsed, before any work
         (["--results-md", str(tmp_path / "missing" / "R.md")], "folder"),
     ]
     for extra, message in cases:

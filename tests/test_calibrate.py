@@ -160,3 +160,93 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, digits_checkpoint, cap
             == 0
         )
     assert out.is_file()
+
+
+def unique_images(root, split, per_class, first_id):
+    """One folder per class of 5; every image one flat colour that encodes its id across the tree."""
+    ids = iter(range(first_id, first_id + 5 * per_class))
+    for c in range(5):
+        (root / split / f"c{c}").mkdir(parents=True)
+        for _ in range(per_class):
+            i = next(ids)
+            Image.fromarray(np.full((32, 32, 3), (i % 256, i // 256, 7), np.uint8)).save(
+                root / split / f"c{c}" / f"{i}.png"
+            )
+    return set(range(first_id, first_id + 5 * per_class))
+
+
+def image_ids(dataset, model):
+    """The ids of the images ``dataset`` serves, read back from the preprocessed pixels."""
+    from ltmp_deploy.ltmp.data_config import model_data_config
+
+    cfg = model_data_config(model)
+    mean, std = (np.asarray(cfg[k], np.float32).reshape(3, 1, 1) for k in ("mean", "std"))
+    found = []
+    for i in range(len(dataset)):
+        pixels = np.rint((np.asarray(dataset[i][0]) * std + mean) * 255)
+        found.append(int(pixels[0, 0, 0] + 256 * pixels[1, 0, 0]))
+    return found
+
+
+LAYOUTS = {
+    "train and val": ("train", "val"),
+    "val and test": ("val", "test"),
+    "train, val and test": ("train", "val", "test"),
+    "train and test": ("train", "test"),
+    "one tree": (".",),
+    "train alone": ("train",),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_calibration_and_evaluation_never_share_an_image(tmp_path, layout):
+    from ltmp_deploy.data.sources import calibration_split
+
+    model = tiny_ltmp()
+    trees = {split: unique_images(tmp_path, split, 8, 1000 * n) for n, split in enumerate(LAYOUTS[layout])}
+    calibration = image_ids(calibration_split(str(tmp_path), model, "calibration"), model)
+    evaluation = image_ids(calibration_split(str(tmp_path), model, "evaluation"), model)
+    assert calibration and evaluation and not set(calibration) & set(evaluation)
+    assert len(set(calibration)) == len(calibration) and len(set(evaluation)) == len(evaluation)
+    if "val" in trees and "test" in trees:
+        assert set(calibration) == trees["val"] and set(evaluation) == trees["test"]
+    elif "train" in trees and len(trees) == 2:  # a held-out part of train calibrates, the held-out folder evaluates
+        held = trees["val" if "val" in trees else "test"]
+        assert set(evaluation) == held and set(calibration) < trees["train"] and len(calibration) == 4
+    else:  # one tree: a seeded tenth calibrates, the rest evaluates
+        (tree,) = trees.values()
+        assert set(calibration) | set(evaluation) == tree and len(calibration) == 4
+    again = image_ids(calibration_split(str(tmp_path), model, "calibration"), model)
+    assert again == calibration  # seeded
+
+
+def test_flops_target_needs_no_data_and_evaluates_only_on_data_the_model_takes(tmp_path, capsys):
+    ckpt = save_checkpoint(tiny_ltmp(), tmp_path / "tiny.safetensors")
+    out = tmp_path / "fixed.safetensors"
+    assert main(["calibrate", str(ckpt), "--flops-target", "0.5", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "not evaluated: the model does not take the embedded digits" in printed and "mode: accuracy" not in printed
+    assert load_checkpoint(out).ltmp.mode == "fixed"
+    unique_images(tmp_path / "data", "val", 2, 0)
+    assert (
+        main(["calibrate", str(ckpt), "--flops-target", "0.5", "--data", str(tmp_path / "data"), "-o", str(out)]) == 0
+    )
+    assert "fixed mode:     accuracy" in capsys.readouterr().out
+
+
+def test_int8_calib_must_be_a_writable_folder(tmp_path, capsys):
+    ckpt = save_checkpoint(tiny_ltmp(), tmp_path / "tiny.safetensors")
+    unique_images(tmp_path / "data", "val", 2, 0)
+    (tmp_path / "calib.npy").write_bytes(b"")
+    out = tmp_path / "fixed.safetensors"
+    for folder, says in (
+        (tmp_path / "calib.npy", "is a file, not a folder"),
+        (tmp_path / "calib.npy" / "d", "is a file"),
+    ):
+        argv = ["calibrate", str(ckpt), "--data", str(tmp_path / "data"), "--int8-calib", str(folder), "-o", str(out)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"--int8-calib {folder}" in err and says in err, err
+    assert not out.exists()
+    with pytest.raises(LTMPError, match="--int8-calib"):
+        write_calibration_data(np.zeros((1, 3, 4, 4), np.float32), tmp_path / "calib.npy")

@@ -180,3 +180,102 @@ def test_written_files_get_the_usual_mode_not_mkstemps_private_one(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o644
+
+
+TINY_CLASS = "timm.models.vision_transformer.VisionTransformer"
+TINY_CONFIG = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "num_classes": 5}
+
+
+@pytest.mark.parametrize(
+    ("description", "says"),
+    [
+        ({"timm_class": TINY_CLASS, "kwargs": [1, 2]}, "'kwargs' must be a JSON object"),
+        ({"timm_class": TINY_CLASS, "config": "big"}, "'config' must be a JSON object"),
+        ({"timm_class": TINY_CLASS, "config": {**TINY_CONFIG, "embed_dim": 50}}, "divisible by num_heads"),
+        ({"timm_class": TINY_CLASS, "config": {**TINY_CONFIG, "bogus": 3}}, "unexpected keyword argument 'bogus'"),
+        ({"timm_model": "no_such_vit", "kwargs": {}}, "timm_model 'no_such_vit': not a timm model name"),
+    ],
+)
+def test_patch_refuses_a_bad_model_description_in_one_line(tmp_path, capsys, description, says):
+    desc = tmp_path / "desc.json"
+    desc.write_text(json.dumps(description))
+    out = tmp_path / "o.safetensors"
+    expect_error(capsys, ["patch", str(desc), "-o", str(out)], "desc.json", says)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("no_such_vit_xyz", "no_such_vit_xyz: neither a file nor a timm model name"),
+        ("missing.onnx", "missing.onnx: no such file"),
+        ("./missing.safetensors", "missing.safetensors: no such file"),
+    ],
+)
+def test_a_name_that_is_neither_a_file_nor_a_timm_model(tmp_path, capsys, name, says):
+    expect_error(capsys, ["patch", name, "-o", str(tmp_path / "o.safetensors")], says)
+    expect_error(capsys, ["show", name, "digits:0", "-o", str(tmp_path / "o.png")], says)
+    assert not list(tmp_path.iterdir())
+
+
+def test_num_classes_applies_to_a_model_description(tmp_path, capsys):
+    desc = tmp_path / "desc.json"
+    desc.write_text(json.dumps({"timm_class": TINY_CLASS, "config": TINY_CONFIG}))
+    out = tmp_path / "o.safetensors"
+    assert main(["patch", str(desc), "--num-classes", "7", "-o", str(out)]) == 0
+    model = load_checkpoint(out)
+    assert model.num_classes == 7 and model.head.out_features == 7
+    assert read_metadata(out)["architecture"]["config"]["num_classes"] == 7
+
+
+def _with_metadata(source, path, text):
+    """A copy of the checkpoint ``source`` whose ltmp-deploy metadata entry is ``text``."""
+    import struct
+
+    from ltmp_deploy.formats import CHECKPOINT_METADATA_KEY
+
+    raw = source.read_bytes()
+    length = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + length])
+    header["__metadata__"] = {CHECKPOINT_METADATA_KEY: text}
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + raw[8 + length :])
+    return path
+
+
+def header_meta(raw: bytes) -> str:
+    import struct
+
+    from ltmp_deploy.formats import CHECKPOINT_METADATA_KEY
+
+    length = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8 : 8 + length])["__metadata__"][CHECKPOINT_METADATA_KEY]
+
+
+DAMAGE = [
+    ("not JSON", lambda m: '{"format": "ltmp-deploy-checkpoint", ', "not readable JSON"),
+    ("a list", lambda m: "[1]", "not a JSON object"),
+    *(
+        (f"no {k}", lambda m, k=k: {x: v for x, v in m.items() if x != k}, f"lacks '{k}'")
+        for k in ("architecture", "mode", "num_classes", "data_config", "thresholds", "schedule", "tau")
+    ),
+    ("architecture a list", lambda m: {**m, "architecture": [1]}, "entry 'architecture'"),
+    ("schedule a string", lambda m: {**m, "schedule": "x"}, "entry 'schedule'"),
+    ("tau a string", lambda m: {**m, "tau": "hot"}, "entry 'tau'"),
+    ("thresholds without prune", lambda m: {**m, "thresholds": {"merge": [0.5]}}, "entry 'thresholds'"),
+]
+
+
+@pytest.mark.parametrize(("what", "damage", "says"), DAMAGE, ids=[d[0] for d in DAMAGE])
+def test_damaged_checkpoint_metadata_is_one_line_in_every_reader(tmp_path, capsys, what, damage, says):
+    good = save_checkpoint(create_model(str(DESCRIPTION)), tmp_path / "good.safetensors")
+    meta = json.loads(header_meta(good.read_bytes()))
+    changed = damage(meta)
+    text = changed if isinstance(changed, str) else json.dumps(changed)
+    path = _with_metadata(good, tmp_path / "damaged.safetensors", text)
+    with pytest.raises(LTMPError, match="damaged.safetensors"):
+        load_checkpoint(path)
+    for argv in (["inspect", str(path)], ["export", str(path), "--no-validate", "-o", str(tmp_path / "m.onnx")]):
+        expect_error(capsys, argv, "damaged.safetensors", says)
+    assert not (tmp_path / "m.onnx").exists()

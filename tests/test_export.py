@@ -175,3 +175,56 @@ def test_cli_check_exit_codes(tmp_path, capsys):
     assert main(["check", str(threshold), "--trt", "8.6"]) == 0
     assert main(["check", str(threshold), "--trt", "8.5"]) == 1
     assert "TopK" in capsys.readouterr().out
+
+
+def test_export_without_onnx_runtime_says_so_before_any_work(tmp_path):
+    """ONNX Runtime absent (an import of it fails, as on an install without it): one line, the
+    pip command or --no-validate, and no graph written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from runtime_models import checkpoint
+
+    out = tmp_path / "m.onnx"
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from ltmp_deploy.cli import main\n"
+        f"sys.exit(main(['export', {str(checkpoint('threshold'))!r}, '-o', {str(out)!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120
+    )
+    err = done.stderr.strip()
+    assert done.returncode == 2 and "\n" not in err, err
+    assert "needs onnxruntime" in err and "pip install onnxruntime" in err and "--no-validate" in err, err
+    assert not out.exists()
+
+
+def test_threshold_flops_are_measured_on_real_held_out_images_and_labelled(tmp_path, capsys):
+    """Without data the metadata says its FLOPs come from random images; with --data they come from
+    the held-out images of the folder, and inspect shows which."""
+    from PIL import Image
+    from runtime_models import checkpoint
+
+    from ltmp_deploy.data.sources import HELD_OUT_FRACTION
+
+    ckpt = checkpoint("threshold")
+    noise = export_onnx(ckpt, tmp_path / "noise.onnx", validate=False).metadata
+    assert "random images: no data given" in noise["flops_measured_on"]
+    for c in range(5):  # one tree of 5 classes x 6 images: a tenth calibrates, the rest is held out
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            picture = np.random.default_rng(10 * c + i).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(picture).save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+    out = tmp_path / "real.onnx"
+    assert main(["export", str(ckpt), "--no-validate", "--data", str(tmp_path / "data"), "-o", str(out)]) == 0
+    held_out = 30 - round(30 * HELD_OUT_FRACTION)
+    meta = read_metadata(onnx.load(str(out)))
+    assert meta["flops_measured_on"] == f"{held_out} images of {tmp_path / 'data'} (held-out images)"
+    assert meta["block_macs"]["basis"] == f"mean over {held_out} images"
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    assert f"measured on:      {held_out} images of" in capsys.readouterr().out
+    fixed = export_onnx(checkpoint("fixed"), tmp_path / "fixed.onnx", validate=False).metadata
+    assert fixed["flops_measured_on"] == "the schedule (no images)"

@@ -151,3 +151,37 @@ def test_what_cannot_be_served_is_refused(tmp_path):
     with pytest.raises(LTMPError, match="cannot read ONNX"):
         write_triton_repo(bad, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+def _unwritable_folder(tmp_path):
+    """A folder this process cannot write into: read-only by its mode, or for root (who ignores
+    modes) one on a filesystem that takes no new files."""
+    import os
+    from pathlib import Path
+
+    folder = tmp_path / "read-only"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return folder
+    sysfs = Path("/sys")
+    try:
+        (sysfs / "ltmp-deploy-probe").touch()
+    except OSError:
+        return sysfs
+    pytest.skip("running as root, and no read-only folder to try")
+
+
+def test_an_unwritable_repository_is_refused_before_the_export(tmp_path, capsys):
+    from runtime_models import checkpoint
+
+    ckpt = checkpoint("threshold")
+    out = tmp_path / "m.onnx"
+    (tmp_path / "file").write_text("x")
+    for repo in (tmp_path / "file", tmp_path / "file" / "repo", _unwritable_folder(tmp_path) / "repo"):
+        assert main(["export", str(ckpt), "--no-validate", "--triton-repo", str(repo), "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"--triton-repo {repo}" in err, err
+        assert not out.exists(), "refused before the export, not after it"
+    with pytest.raises(LTMPError, match="--triton-repo"):
+        write_triton_repo(toy_graph(tmp_path / "t.onnx"), _unwritable_folder(tmp_path / "again"))

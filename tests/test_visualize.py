@@ -103,6 +103,30 @@ def test_cli_show_on_an_image_file_and_a_bad_one(tmp_path, capsys):
     assert "bad.png" in capsys.readouterr().err and not (tmp_path / "o2.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("image", "says"),
+    [
+        ("digits:x", "digits:x: the digits test split has images digits:0 to digits:358"),
+        ("digits:99999", "digits:99999: the digits test split has images digits:0 to digits:358"),
+        ("digits:-1", "digits:-1: the digits test split has images"),
+        ("model.onnx", "model.onnx: image file does not exist"),
+    ],
+)
+def test_show_refuses_bad_digits_and_images_in_one_line(tmp_path, capsys, image, says):
+    ckpt = save_checkpoint(reducing(), tmp_path / "m.safetensors")
+    assert main(["show", str(ckpt), image, "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and says in err, err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_show_draws_a_digit_for_a_model_of_any_input_size(tmp_path, golden_model):
+    """The 8x8 digit is resized to what the model takes (64 px here, not the digits model's 56)."""
+    ckpt = save_checkpoint(golden_model, tmp_path / "g.safetensors")
+    assert main(["show", str(ckpt), "digits:3", "-o", str(tmp_path / "d.png")]) == 0
+    assert Image.open(tmp_path / "d.png").size[1] == PANEL + LABEL
+
+
 def test_checkpoint_graph_and_audit_log_draw_the_same_picture(tmp_path):
     files = exported("threshold")
     image = tmp_path / "x.png"

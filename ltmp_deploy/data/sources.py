@@ -10,33 +10,89 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.data
 from torch.utils.data import Dataset
 
 from ltmp_deploy.errors import LTMPError
 
 EMBEDDED = "digits"
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test", "val", "validation")}
+# calibrate's share of a tree it also evaluates on (see calibration_split); seeded, so reruns agree.
+HELD_OUT_FRACTION = 0.1
+HELD_OUT_MAX = 10_000
+HELD_OUT_SEED = 0
 
 
 def dataset_for(spec: str, model: object, split: str) -> Dataset:
     """The ``split`` of ``spec`` preprocessed for ``model`` (its timm data config)."""
     if spec == EMBEDDED:
-        from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES, DigitsDataset
-
-        size = tuple(model.patch_embed.img_size)
-        if size != (IMAGE_SIZE, IMAGE_SIZE) or model.num_classes != NUM_CLASSES:
-            raise LTMPError(
-                f"--data digits: the embedded set is {IMAGE_SIZE}x{IMAGE_SIZE} with {NUM_CLASSES} classes, "
-                f"the model takes {size[0]}x{size[1]} with {model.num_classes}; point --data at an image folder"
-            )
-        return DigitsDataset(split)
-    from ltmp_deploy.data.folder import ImageFolderDataset, check_classes, transform_for_model
-
+        return _digits(model, split)
     root = Path(spec)
     for name in SPLIT_FOLDERS[split]:
         if (root / name).is_dir():
             root = root / name
             break
+    return _folder(root, model)
+
+
+def takes_digits(model: object) -> bool:
+    """Whether ``model`` takes the embedded digits: their size and their 10 classes."""
+    from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES
+
+    return tuple(model.patch_embed.img_size) == (IMAGE_SIZE, IMAGE_SIZE) and model.num_classes == NUM_CLASSES
+
+
+def calibration_split(spec: str, model: object, part: str) -> Dataset:
+    """The ``part`` ("calibration" or "evaluation") of ``spec`` for ``calibrate``: the two never
+    share an image, so the accuracy reported is not measured on the images the schedule came from.
+
+    The digits: val and test. A folder with ``val/`` and ``test/``: those. With one held-out folder
+    (``val/`` or ``test/``) beside ``train/``: calibration on a seeded held-out part of ``train/``,
+    evaluation on the held-out folder. A single tree (no split folders, ``train/`` alone, or a
+    held-out folder alone): a seeded held-out part calibrates, the rest evaluates.
+    """
+    if part not in ("calibration", "evaluation"):
+        raise ValueError(f"part {part!r}: expected 'calibration' or 'evaluation'")
+    if spec == EMBEDDED:
+        return _digits(model, "val" if part == "calibration" else "test")
+    root = Path(spec)
+    train = root / "train" if (root / "train").is_dir() else None
+    held = [root / n for n in ("val", "validation", "test") if (root / n).is_dir()]
+    if len(held) > 1:
+        return _folder(held[0] if part == "calibration" else held[-1], model)
+    if held and train is not None:
+        return _folder(held[0], model) if part == "evaluation" else _held_out(_folder(train, model), True)
+    tree = held[0] if held else train or root
+    return _held_out(_folder(tree, model), part == "calibration")
+
+
+def _held_out(dataset: Dataset, calibration: bool) -> Dataset:
+    """A seeded part of ``dataset`` (HELD_OUT_FRACTION of it, at most HELD_OUT_MAX images) for
+    calibration, or the rest of it."""
+    n = len(dataset)
+    count = min(HELD_OUT_MAX, max(1, round(n * HELD_OUT_FRACTION)))
+    if n < 2:
+        raise LTMPError(f"{getattr(dataset, 'root', 'the data')}: calibration and evaluation need 2 images or more")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(HELD_OUT_SEED))
+    chosen = order[:count] if calibration else order[count:]
+    return torch.utils.data.Subset(dataset, sorted(int(i) for i in chosen))
+
+
+def _digits(model: object, split: str) -> Dataset:
+    from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES, DigitsDataset
+
+    if not takes_digits(model):
+        size = tuple(model.patch_embed.img_size)
+        raise LTMPError(
+            f"--data digits: the embedded set is {IMAGE_SIZE}x{IMAGE_SIZE} with {NUM_CLASSES} classes, "
+            f"the model takes {size[0]}x{size[1]} with {model.num_classes}; point --data at an image folder"
+        )
+    return DigitsDataset(split)
+
+
+def _folder(root: Path, model: object) -> Dataset:
+    from ltmp_deploy.data.folder import ImageFolderDataset, check_classes, transform_for_model
+
     dataset = ImageFolderDataset(root, transform_for_model(model))
     check_classes(dataset, model.num_classes, root)
     return dataset

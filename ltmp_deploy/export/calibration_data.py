@@ -27,7 +27,7 @@ import numpy as np
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import INPUT_NAME
-from ltmp_deploy.files import atomic_output
+from ltmp_deploy.files import atomic_output, ensure_writable_folder
 
 CalibrationLike = Union[np.ndarray, str, os.PathLike]
 FILES = {"npy": "calib.npy", "npz": "calib.npz", "polygraphy": "calib_polygraphy.json"}
@@ -38,7 +38,7 @@ _NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK"
 def write_calibration_data(images: np.ndarray, folder: str | os.PathLike, batch_size: int = 8) -> dict[str, Path]:
     """Write ``images`` (N, C, H, W) in every layout under ``folder``; return the paths by layout name."""
     images = _checked(images, where="calibration images")
-    folder = Path(folder)
+    folder = ensure_writable_folder(folder, "--int8-calib")
     folder.mkdir(parents=True, exist_ok=True)
     from polygraphy.json import save_json
 

@@ -31,6 +31,7 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.compare import ParityReport
 from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names, write_metadata
 from ltmp_deploy.export.validate import compare_with_torch, sample_images
+from ltmp_deploy.extras import ORT, missing
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
@@ -42,6 +43,7 @@ from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 DEFAULT_OPSET = {"fixed": 16, "threshold": 17, "off": 16, "oracle": 16}
 MIN_OPSET = 13  # TopK with K as an input and Unsqueeze with axes as an input
 TWO_GB = 2**31
+FLOPS_IMAGES = 256  # held-out images threshold mode's FLOPs are measured on, for the metadata
 
 
 class ExportWrapper(torch.nn.Module):
@@ -80,14 +82,20 @@ def export_onnx(
     decisions: bool = False,
     validate: bool = True,
     num_samples: int = 8,
+    data: str | None = None,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``output``; raise LTMPError if it cannot or if validation fails.
 
     ``batch``: a fixed batch size; None gives a dynamic batch axis. ``fp16``: an fp16 graph
     (for strongly typed TensorRT builds). ``decisions``: extra outputs with each block's kept
-    and merged indices.
+    and merged indices. ``data``: "digits" or an image folder (see ``data.sources.calibration_split``)
+    on whose held-out images threshold mode's FLOPs are measured for the metadata; by default the
+    digits test split for a model that takes it, else the random sample images, and the metadata's
+    ``flops_measured_on`` says which.
     """
     ensure_writable(output)
+    if validate and missing(("onnxruntime",)):
+        raise LTMPError(f"{output}: checking the export needs onnxruntime, not installed here: {ORT}; or --no-validate")
     model = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_checkpoint(checkpoint)
     model = model.eval()
     if mode is not None:
@@ -101,16 +109,16 @@ def export_onnx(
     if batch is not None and batch < 1:
         raise LTMPError(f"--batch {batch}: must be at least 1")
 
-    pictures, data = sample_images(model_metadata(model), max(num_samples, batch or 0, 2))
+    pictures, sample_data = sample_images(model_metadata(model), max(num_samples, batch or 0, 2))
     images = torch.from_numpy(pictures)
     graph = _export(model, opset, batch, fp16, images)
-    meta = _metadata(model, opset, fp16, images, batch)
+    meta = _metadata(model, opset, fp16, *_flops_images(model, data, images, sample_data), batch)
     write_metadata(graph, meta)
 
     report = None
     if validate:
         checked = images if batch is None else images[:batch]
-        report = compare_with_torch(graph, model, checked, fp16, file=str(output), data=data)
+        report = compare_with_torch(graph, model, checked, fp16, file=str(output), data=sample_data)
         if not report.ok:
             raise LTMPError(f"{output}: exported graph does not match PyTorch, nothing written:\n{report.summary()}")
     if not decisions:
@@ -186,8 +194,32 @@ def _drop_decision_outputs(graph: onnx.ModelProto) -> onnx.ModelProto:
     return _simplify(graph)
 
 
+def _flops_images(
+    model: LTMPVisionTransformer, data: str | None, samples: torch.Tensor, sample_data: str
+) -> tuple[torch.Tensor | None, str]:
+    """The images threshold mode's FLOPs are measured on, and what they are: real held-out images
+    whenever there are some, the random samples (said so) otherwise. Other modes need none."""
+    from ltmp_deploy.data.sources import EMBEDDED, calibration_split, sample_batch, takes_digits
+
+    if model.ltmp.mode != "threshold":
+        return None, "the schedule (no images)" if model.ltmp.mode != "off" else "the unpatched model (no images)"
+    if data is None and takes_digits(model):
+        data = EMBEDDED
+    if data is None:
+        return samples, f"{len(samples)} {sample_data}: no data given, not what real images cost"
+    held_out = calibration_split(data, model, "evaluation")
+    count = min(FLOPS_IMAGES, len(held_out))
+    where = "the digits test split" if data == EMBEDDED else f"{data} (held-out images)"
+    return torch.from_numpy(sample_batch(held_out, count)), f"{count} images of {where}"
+
+
 def _metadata(
-    model: LTMPVisionTransformer, opset: int, fp16: bool, images: torch.Tensor, batch: int | None
+    model: LTMPVisionTransformer,
+    opset: int,
+    fp16: bool,
+    images: torch.Tensor | None,
+    measured_on: str,
+    batch: int | None,
 ) -> dict[str, Any]:
     base = {k: v for k, v in model_metadata(model).items() if k != "format"}  # "schema" says what this is
     if model.ltmp.mode in ("fixed", "oracle"):
@@ -197,14 +229,14 @@ def _metadata(
         patched, flops_note = unpatched_flops(model), "unpatched"
     else:
         with torch.no_grad():
-            reports = image_flops(model, model.forward_ltmp(images).decisions)
+            reports = [r for part in images.split(32) for r in image_flops(model, model.forward_ltmp(part).decisions)]
         patched = reports[0].__class__(
             **{
                 k: float(np.mean([getattr(r, k) for r in reports]))
                 for k in ("blocks", "reduction", "embed_and_head", "unpatched_blocks")
             }
         )
-        flops_note = f"mean over {len(reports)} sample images"
+        flops_note = f"mean over {len(reports)} images"
     return {
         **base,
         "toolkit_version": __version__,
@@ -222,6 +254,7 @@ def _metadata(
             "reduction": patched.reduction,
             "basis": flops_note,
         },
+        "flops_measured_on": measured_on,
     }
 
 

@@ -26,7 +26,7 @@ import onnx
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import load_onnx, read_metadata
 from ltmp_deploy.export.onnxgraph import dims, image_io
-from ltmp_deploy.files import atomic_output, write_text_atomic
+from ltmp_deploy.files import atomic_output, ensure_writable_folder, write_text_atomic
 
 DEFAULT_MAX_BATCH = 8
 DEFAULT_QUEUE_DELAY_US = 100
@@ -92,9 +92,7 @@ def write_triton_repo(
     images, logits = _io(graph, src)
     fixed_batch = images[2][0]
     batch = 0 if fixed_batch is not None else max_batch_size
-    root = Path(repo_dir)
-    if root.exists() and not root.is_dir():
-        raise LTMPError(f"{root}: exists and is not a folder")
+    root = ensure_writable_folder(repo_dir, "--triton-repo")
     onnx_dir, trt_dir = root / f"{model_name}_onnx", root / f"{model_name}_trt"
     for d in (onnx_dir / "1", trt_dir / "1"):
         d.mkdir(parents=True, exist_ok=True)

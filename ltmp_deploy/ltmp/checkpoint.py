@@ -27,36 +27,53 @@ from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output
 from ltmp_deploy.formats import (
+    CHECKPOINT_FORMAT,
     CHECKPOINT_METADATA_KEY,
     SAFETENSORS_KINDS,
     STATE_DICT_KINDS,
     THRESHOLD_SUFFIXES,
     FileKind,
+    checkpoint_metadata,
     expect,
-    safetensors_metadata,
 )
 from ltmp_deploy.ltmp.data_config import model_data_config
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer, apply_patch
 from ltmp_deploy.ltmp.schedule import Schedule
 
-FORMAT = "ltmp-deploy-checkpoint"
+# Names that look like files, so a missing file is reported as one rather than looked up in timm.
+FILE_SUFFIXES = (".safetensors", ".onnx", ".json", ".pth", ".pt", ".bin", ".ckpt", ".engine", ".plan", ".jsonl")
 
 
-def build_model(architecture: dict[str, Any]) -> torch.nn.Module:
+def build_model(architecture: dict[str, Any], source: str | os.PathLike | None = None) -> torch.nn.Module:
     """An unpatched timm model from ``{"timm_model": name, "kwargs": {...}}`` or
-    ``{"timm_class": "module.Class", "config": {...}}`` (the authors' golden JSON shape)."""
-    kwargs = dict(architecture.get("kwargs") or architecture.get("config") or {})
-    try:
-        if architecture.get("timm_model"):
-            import ltmp_deploy.ltmp.embedded_vit  # noqa: F401  registers the embedded default with timm
+    ``{"timm_class": "module.Class", "config": {...}}`` (the authors' golden JSON shape).
 
-            return timm.create_model(architecture["timm_model"], pretrained=False, **kwargs)
+    ``source``: the file the architecture came from, named in errors."""
+    where = f"{source}: " if source is not None else ""
+    if not isinstance(architecture, dict):
+        raise LTMPError(f"{where}the architecture must be a JSON object, not {type(architecture).__name__}")
+    key = "kwargs" if "kwargs" in architecture else "config"
+    kwargs = architecture.get(key) or {}
+    if not isinstance(kwargs, dict):
+        raise LTMPError(f"{where}'{key}' must be a JSON object of model arguments, not {type(kwargs).__name__}")
+    name = architecture.get("timm_model")
+    if name:
+        import ltmp_deploy.ltmp.embedded_vit  # noqa: F401  registers the embedded default with timm
+
+        if not isinstance(name, str) or not timm.is_model(name):
+            raise LTMPError(f"{where}timm_model {name!r}: not a timm model name (timm.list_models() lists them)")
+    try:
+        if name:
+            return timm.create_model(name, pretrained=False, **kwargs)
         module, _, cls = str(architecture.get("timm_class", "")).rpartition(".")
         if not module.startswith("timm."):
-            raise LTMPError(f"architecture {architecture!r}: expected a timm model name or a timm class")
+            raise LTMPError(f"{where}architecture {architecture!r}: expected a timm model name or a timm class")
         return getattr(importlib.import_module(module), cls)(**kwargs)
-    except (RuntimeError, TypeError, AttributeError, ImportError) as err:
-        raise LTMPError(f"cannot build model from {architecture!r}: {err}") from err
+    except (RuntimeError, TypeError, AttributeError, ImportError, AssertionError, ValueError) as err:
+        # timm checks its arguments with assert (e.g. a width its heads do not divide)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        what = name or architecture.get("timm_class")
+        raise LTMPError(f"{where}timm cannot build {what} with {key} {kwargs}: {reason}") from err
 
 
 def architecture_from_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -85,19 +102,43 @@ def create_model(
     checkpoint (weights and thresholds). Nothing is downloaded: timm's pretrained weights are
     not fetched, pass them as ``weights``.
     """
+    source = None
     if isinstance(model, dict):
-        architecture = model
+        architecture = _with_kwargs(model, kwargs)
     elif Path(model).is_file():
         expect(model, FileKind.JSON, what="a model description JSON or a timm model name")
-        architecture = architecture_from_file(model)
+        source = model
+        architecture = _with_kwargs(architecture_from_file(model), kwargs)
     else:
+        _check_model_name(str(model))
         architecture = {"timm_model": str(model), "kwargs": dict(kwargs)}
-    net = apply_patch(build_model(architecture).eval(), mode=mode, architecture=architecture)
+    net = apply_patch(build_model(architecture, source).eval(), mode=mode, architecture=architecture)
     if weights is not None:
         _load_into(net, read_state_dict(weights), weights, need_thresholds=False)
     if reference_checkpoint is not None:
         _load_into(net, read_state_dict(reference_checkpoint), reference_checkpoint, need_thresholds=True)
     return net
+
+
+def _with_kwargs(architecture: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``architecture`` with ``kwargs`` (e.g. num_classes) over its own arguments: they are recorded
+    in the checkpoint, so it rebuilds the same model."""
+    if not kwargs:
+        return architecture
+    key = "kwargs" if "kwargs" in architecture or "timm_model" in architecture else "config"
+    own = architecture.get(key) or {}
+    return {**architecture, key: {**own, **kwargs} if isinstance(own, dict) else own}
+
+
+def _check_model_name(name: str) -> None:
+    """A name that is no file: a timm model name, or a file the user meant that is not there."""
+    import ltmp_deploy.ltmp.embedded_vit  # noqa: F401  registers the embedded default with timm
+
+    if timm.is_model(name):
+        return
+    if os.sep in name or "/" in name or name.lower().endswith(FILE_SUFFIXES):
+        raise LTMPError(f"{name}: no such file (nor a timm model name)")
+    raise LTMPError(f"{name}: neither a file nor a timm model name (timm.list_models() lists the names)")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -150,7 +191,7 @@ def metadata(model: LTMPVisionTransformer) -> dict[str, Any]:
     merge, prune = model.ltmp_thresholds()
     data = model_data_config(model)
     return {
-        "format": FORMAT,
+        "format": CHECKPOINT_FORMAT,
         "toolkit_version": __version__,
         "architecture": model.ltmp.architecture,
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()},
@@ -193,15 +234,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: a safetensors file without ltmp-deploy metadata (pass it as --weights or "
             "--reference-checkpoint instead)"
         )
-    try:
-        meta = json.loads(safetensors_metadata(path)[CHECKPOINT_METADATA_KEY])
-    except (TypeError, ValueError) as err:
-        raise LTMPError(f"{path}: its ltmp-deploy metadata is not readable JSON ({err})") from err
-    if not isinstance(meta, dict):
-        raise LTMPError(f"{path}: its ltmp-deploy metadata is not a JSON object")
-    if meta.get("format") != FORMAT:
-        raise LTMPError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
-    return meta
+    return checkpoint_metadata(path)
 
 
 def open_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None) -> LTMPVisionTransformer:
@@ -222,11 +255,12 @@ def open_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None
 def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> LTMPVisionTransformer:
     """Rebuild the patched model from a toolkit checkpoint, in its saved mode unless told."""
     meta = read_metadata(path)
-    model = apply_patch(build_model(meta["architecture"]).eval(), mode="threshold", architecture=meta["architecture"])
+    net = build_model(meta["architecture"], path).eval()
+    model = apply_patch(net, mode="threshold", architecture=meta["architecture"])
     _load_into(model, read_state_dict(path), path, need_thresholds=True)
-    model.ltmp.tau = float(meta.get("tau", model.ltmp.tau))
-    schedule = Schedule.from_pairs(meta["schedule"]) if meta.get("schedule") else None
+    model.ltmp.tau = float(meta["tau"])
     try:
+        schedule = Schedule.from_pairs(meta["schedule"]) if meta["schedule"] else None
         model.ltmp_set_mode(mode or meta["mode"], schedule)
     except LTMPError as err:
         raise LTMPError(f"{path}: {err}") from err

@@ -61,7 +61,10 @@ class LTMPVisionTransformer(VisionTransformer):
         schedule = schedule if schedule is not None else self.ltmp.schedule
         if mode in ("fixed", "oracle"):
             if schedule is None:
-                raise LTMPError(f"mode {mode!r} needs a schedule: calibrate one or pass --schedule")
+                raise LTMPError(
+                    f"mode {mode!r} needs a schedule: make one with `ltmp-deploy calibrate CHECKPOINT --data DATA` "
+                    "(or --flops-target F) and use the checkpoint it writes"
+                )
             schedule.validate(len(self.blocks), self.ltmp_num_tokens, self.num_prefix_tokens)
         self.ltmp.mode, self.ltmp.schedule = mode, schedule
         return self

@@ -13,19 +13,17 @@ outputs for a graph, TensorRT version, GPU and profiles for an engine.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import sha256
 from ltmp_deploy.formats import (
-    CHECKPOINT_METADATA_KEY,
     THRESHOLD_SUFFIXES,
     FileKind,
+    checkpoint_metadata,
     expect,
     safetensors_header,
 )
@@ -55,19 +53,14 @@ def _model(meta: Mapping[str, Any]) -> dict[str, Any]:
         "thresholds": meta.get("thresholds"),
         "flops_kept": ratio,
         "flops_basis": macs.get("basis"),
+        "flops_measured_on": meta.get("flops_measured_on"),
         "toolkit_version": meta.get("toolkit_version"),
     }
 
 
 def _checkpoint(path: Path) -> dict[str, Any]:
     header = safetensors_header(path)
-    raw = (header.get("__metadata__") or {}).get(CHECKPOINT_METADATA_KEY)
-    if raw is None:
-        raise LTMPError(f"{path}: a safetensors file without ltmp-deploy metadata: weights, not a toolkit checkpoint")
-    try:
-        meta = json.loads(raw)
-    except ValueError as err:
-        raise LTMPError(f"{path}: corrupt ltmp-deploy metadata in its header ({err})") from err
+    meta = checkpoint_metadata(path)
     tensors = {k: t for k, t in header.items() if k != "__metadata__"}
     weights = [t for k, t in tensors.items() if not k.endswith(THRESHOLD_SUFFIXES)]
     return {
@@ -186,6 +179,7 @@ def summary(info: Mapping[str, Any]) -> str:
     add("prune thresholds", thresholds.get("prune") and _fmt(thresholds["prune"]))
     if info.get("flops_kept") is not None:
         add("block FLOPs kept", f"{info['flops_kept']:.3f} of unpatched ({info.get('flops_basis')})")
+        add("measured on", info.get("flops_measured_on"))
     add(
         "parameters",
         info.get("parameters") and f"{info['parameters']:,} in {info['tensors']} tensors ({', '.join(info['dtypes'])})",
