@@ -13,18 +13,22 @@ interrupted run continues from the last finished epoch.
 
 from __future__ import annotations
 
+import array
 import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ltmp_deploy.calibration.schedule import TokenCounts, per_image_counts
+from ltmp_deploy.data.folder import warn_skipped
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
@@ -153,6 +157,7 @@ def learn_thresholds(
             )
         if world > 1:
             dist.barrier()
+    warn_skipped(data)
     model.eval()
     model.ltmp_set_mode("threshold")
     return history
@@ -256,25 +261,33 @@ def _distributed() -> tuple[int, int]:
 
 def evaluate(
     model: LTMPVisionTransformer, data: Dataset, batch_size: int = 256, progress: bool = False
-) -> tuple[float, float, list[Any]]:
-    """(accuracy, mean FLOPs ratio, decisions per batch) of the model in its current mode."""
+) -> tuple[float, float, TokenCounts | None]:
+    """(accuracy, mean FLOPs ratio, per-image token counts) of the model in its current mode.
+
+    Only the counts are kept of each batch's decisions, so memory does not grow with the images
+    beyond a few integers each; the counts are None in a mode that makes no decisions."""
     from ltmp_deploy.ltmp.flops import image_flops, schedule_flops
 
     model.eval()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     correct = seen = 0
-    ratios: list[float] = []
-    decisions = []
+    ratios = array.array("d")
+    merges, keeps = [], []
     with torch.no_grad():
         for images, labels in tqdm(loader, desc=f"evaluate {model.ltmp.mode}", disable=not progress, leave=False):
             out = model.forward_ltmp(images)
             correct += int((out.logits.argmax(-1) == labels).sum())
             seen += len(labels)
             if model.ltmp.mode == "fixed":
-                ratios += [schedule_flops(model, model.ltmp.schedule).ratio] * len(labels)
+                ratios.extend([schedule_flops(model, model.ltmp.schedule).ratio] * len(labels))
             elif out.decisions:
-                ratios += [r.ratio for r in image_flops(model, out.decisions)]
+                ratios.extend([r.ratio for r in image_flops(model, out.decisions)])
             else:
-                ratios += [1.0] * len(labels)
-            decisions.append(out.decisions)
-    return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), decisions
+                ratios.extend([1.0] * len(labels))
+            if out.decisions:
+                batch_merges, batch_keeps = per_image_counts([out.decisions])
+                merges.append(batch_merges)
+                keeps.append(batch_keeps)
+    warn_skipped(data)
+    counts = TokenCounts(np.concatenate(merges), np.concatenate(keeps)) if merges else None
+    return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), counts

@@ -46,7 +46,6 @@ def write_demo_report(
 ) -> ReportFiles:
     """``report``: the demo's DemoReport. Writes accuracy.json, bench/ and report/ into its folder."""
     from ltmp_deploy.calibration.learn import evaluate
-    from ltmp_deploy.calibration.schedule import per_image_counts
     from ltmp_deploy.data.sources import dataset_for
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint
     from ltmp_deploy.report.grids import token_grid
@@ -55,8 +54,7 @@ def write_demo_report(
     model = load_checkpoint(report.files["fixed"])
     schedule = model.ltmp.schedule
     test = dataset_for(data, model, "test")
-    _, _, decisions = evaluate(model.ltmp_set_mode("threshold"), test)
-    _, keeps = per_image_counts(decisions)
+    keeps = evaluate(model.ltmp_set_mode("threshold"), test)[2].keeps
     fixed = np.tile(np.asarray(schedule.keeps), (len(test), 1))
     tokens = {
         variant_name(THRESHOLD, LEARNED): tokens_summary(keeps),
