@@ -192,6 +192,14 @@ def _folder(dataset: Any) -> ImageFolderDataset | None:
     return dataset if isinstance(dataset, ImageFolderDataset) else None
 
 
+def unreadable_marks(dataset: Any) -> torch.Tensor | None:
+    """The uint8 mark per sample of an image folder (or a Subset of one) that was found unreadable,
+    in place: processes of a distributed run combine theirs (elementwise max) before
+    :func:`warn_skipped`. None for other datasets."""
+    folder = _folder(dataset)
+    return folder._bad if folder is not None else None
+
+
 def warn_skipped(dataset: Any) -> None:
     """One warning with the number of files ``dataset`` (an image folder or a Subset of one) has
     skipped so far, if any; other datasets skip nothing."""
