@@ -160,3 +160,37 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, digits_checkpoint, cap
             == 0
         )
     assert out.is_file()
+
+
+class LiveTensorsPerBatch(torch.utils.data.Dataset):
+    """``inner``, noting how many tensors are alive whenever evaluation starts a new batch."""
+
+    def __init__(self, inner, batch):
+        self.inner, self.batch, self.live = inner, batch, []
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        if i % self.batch == 0:
+            import gc
+
+            self.live.append(sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects()))
+        return self.inner[i]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [768, 3072])
+def test_calibration_keeps_counts_not_decisions(n):
+    from ltmp_deploy.calibration.learn import evaluate
+
+    data = LiveTensorsPerBatch(images(n), 256)  # 256: evaluate's batch
+    report = calibrate(reducing_model(), data, progress=False)
+    assert len(data.live) == n // 256
+    # Each batch's decisions are several tensors per block; none may outlive its batch.
+    assert data.live[1:] == [data.live[1]] * (len(data.live) - 1), data.live
+    counts = evaluate(reducing_model(), images(n // 8))[2]
+    assert counts.merges.shape == counts.keeps.shape == (n // 8, 3)
+    assert counts.keeps.dtype.kind == "i" and sorted(vars(report)) == sorted(
+        ["schedule", "statistic", "threshold_accuracy", "threshold_flops", "fixed_accuracy", "fixed_flops"]
+    )
