@@ -247,6 +247,42 @@ def test_image_folder_survives_a_file_that_breaks_after_indexing(image_tree):
     assert victim in ds.skipped_files
 
 
+def _synthetic_folder():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "folder_scale.py"
+    spec = importlib.util.spec_from_file_location("folder_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.synthetic_folder
+
+
+@pytest.mark.slow
+def test_image_folder_of_10k_images_in_1000_classes(tmp_path):
+    corrupt = _synthetic_folder()(tmp_path, 10_000, classes=1000, corrupt_every=499)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = ImageFolderDataset(tmp_path)
+    assert corrupt == 20 and len(ds) == 10_000 and len(ds.classes) == 1000 and ds.skipped == 0
+    # c0000 holds images 0, 1000, ..., 9000: sample i is image (i % 10) * 1000 + i // 10 of class i // 10.
+    assert ds.targets == [i // 10 for i in range(10_000)]
+    names = [ds.samples[i][0].name for i in (0, 1, 10, 9999)]
+    assert names == ["0000000.png", "0001000.png", "0000001.png", "0009999.png"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=500, num_workers=2, collate_fn=lambda items: items)
+    labels = [label for batch in loader for _, label in batch]
+    broken = sorted(f"{i:07d}.png" for i in range(498, 10_000, 499))
+    assert ds.skipped == 20 and sorted(p.name for p in ds.skipped_files) == broken
+    # A corrupt file's slot holds the next image: of the same class unless it was the class's last.
+    expected = [i // 10 for i in range(10_000)]
+    for name in broken:
+        image = int(name[:7])
+        index = (image % 1000) * 10 + image // 1000
+        expected[index] = (index + 1) // 10
+    assert labels == expected
+    with pytest.warns(UserWarning, match="skipped 20 file"):
+        warn_skipped(ds)
+
+
 def test_image_folder_errors_name_the_path(tmp_path):
     with pytest.raises(LTMPError, match="missing.*does not exist"):
         ImageFolderDataset(tmp_path / "missing")
