@@ -250,3 +250,37 @@ def test_int8_calib_must_be_a_writable_folder(tmp_path, capsys):
     assert not out.exists()
     with pytest.raises(LTMPError, match="--int8-calib"):
         write_calibration_data(np.zeros((1, 3, 4, 4), np.float32), tmp_path / "calib.npy")
+
+
+class LiveTensorsPerBatch(torch.utils.data.Dataset):
+    """``inner``, noting how many tensors are alive whenever evaluation starts a new batch."""
+
+    def __init__(self, inner, batch):
+        self.inner, self.batch, self.live = inner, batch, []
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        if i % self.batch == 0:
+            import gc
+
+            self.live.append(sum(issubclass(type(o), torch.Tensor) for o in gc.get_objects()))
+        return self.inner[i]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [768, 3072])
+def test_calibration_keeps_counts_not_decisions(n):
+    from ltmp_deploy.calibration.learn import evaluate
+
+    data = LiveTensorsPerBatch(images(n), 256)  # 256: evaluate's batch
+    report = calibrate(reducing_model(), data, progress=False)
+    assert len(data.live) == n // 256
+    # Each batch's decisions are several tensors per block; none may outlive its batch.
+    assert data.live[1:] == [data.live[1]] * (len(data.live) - 1), data.live
+    counts = evaluate(reducing_model(), images(n // 8))[2]
+    assert counts.merges.shape == counts.keeps.shape == (n // 8, 3)
+    assert counts.keeps.dtype.kind == "i" and sorted(vars(report)) == sorted(
+        ["schedule", "statistic", "threshold_accuracy", "threshold_flops", "fixed_accuracy", "fixed_flops"]
+    )

@@ -10,6 +10,7 @@ import ast
 import hashlib
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from PIL import Image
 from ltmp_deploy import embedded
 from ltmp_deploy.data import digits
 from ltmp_deploy.data.digits import DIGITS_MEAN, DIGITS_STD, DigitsDataset, digits_arrays, split_indices
-from ltmp_deploy.data.folder import ImageFolderDataset, check_classes, transform_for_model
+from ltmp_deploy.data.folder import ImageFolderDataset, check_classes, transform_for_model, warn_skipped
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.runtime.preprocess import preprocess
 
@@ -210,27 +211,76 @@ def image_tree(tmp_path) -> Path:
 
 def test_image_folder_skips_and_counts_unreadable_files(image_tree):
     model = timm.create_model("vit_digits_56")
-    with pytest.warns(UserWarning, match="skipped 2 file"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # listing opens nothing but the first image: no warning yet
         ds = ImageFolderDataset(image_tree, transform=transform_for_model(model))
-    assert ds.classes == ["cat", "dog", "emu"] and ds.skipped == 2
-    assert sorted(p.name for p in ds.skipped_files) == ["corrupt.jpg", "notes.txt"]
-    assert len(ds) == 4 and ds.targets == [0, 0, 1, 2]
+    # notes.txt is not named as an image: left out when listing; corrupt.jpg is found when read.
+    assert ds.classes == ["cat", "dog", "emu"] and ds.skipped == 1
+    assert len(ds) == 5 and ds.targets == [0, 0, 1, 1, 2]
     items = [ds[i] for i in range(len(ds))]
     assert all(x.shape == (3, 56, 56) and x.dtype == torch.float32 for x, _ in items)
+    assert [label for _, label in items] == [0, 0, 1, 2, 2]  # corrupt.jpg replaced by the next image
+    assert torch.equal(items[3][0], items[4][0])
+    assert ds.skipped == 2 and sorted(p.name for p in ds.skipped_files) == ["corrupt.jpg", "notes.txt"]
+    with pytest.warns(UserWarning, match="skipped 2 file"):
+        warn_skipped(torch.utils.data.Subset(ds, [0, 1]))
     check_classes(ds, 3, image_tree)
     with pytest.raises(LTMPError, match=r"images.*3 class folder\(s\).*10 classes"):
         check_classes(ds, 10, image_tree)
 
 
+def test_image_folder_counts_files_found_unreadable_in_dataloader_workers(image_tree):
+    ds = ImageFolderDataset(image_tree)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=lambda items: items)
+    labels = [label for batch in loader for _, label in batch]
+    assert labels == [0, 0, 1, 2, 2] and ds.skipped == 2
+
+
 def test_image_folder_survives_a_file_that_breaks_after_indexing(image_tree):
-    with pytest.warns(UserWarning):
-        ds = ImageFolderDataset(image_tree)
-    # Truncate an indexed JPEG: verify() passed at index time, decoding now fails.
+    ds = ImageFolderDataset(image_tree)
+    assert ds[1][1] == 0
+    # Truncate an indexed JPEG that was read once: decoding it now fails.
     victim = ds.samples[1][0]
     victim.write_bytes(victim.read_bytes()[:200])
-    with pytest.warns(UserWarning, match="cannot decode"):
-        image, label = ds[1]
+    image, label = ds[1]
     assert isinstance(image, Image.Image) and label == ds.samples[2][1]
+    assert victim in ds.skipped_files
+
+
+def _synthetic_folder():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "folder_scale.py"
+    spec = importlib.util.spec_from_file_location("folder_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.synthetic_folder
+
+
+@pytest.mark.slow
+def test_image_folder_of_10k_images_in_1000_classes(tmp_path):
+    corrupt = _synthetic_folder()(tmp_path, 10_000, classes=1000, corrupt_every=499)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = ImageFolderDataset(tmp_path)
+    assert corrupt == 20 and len(ds) == 10_000 and len(ds.classes) == 1000 and ds.skipped == 0
+    # c0000 holds images 0, 1000, ..., 9000: sample i is image (i % 10) * 1000 + i // 10 of class i // 10.
+    assert ds.targets == [i // 10 for i in range(10_000)]
+    names = [ds.samples[i][0].name for i in (0, 1, 10, 9999)]
+    assert names == ["0000000.png", "0001000.png", "0000001.png", "0009999.png"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=500, num_workers=2, collate_fn=lambda items: items)
+    labels = [label for batch in loader for _, label in batch]
+    broken = sorted(f"{i:07d}.png" for i in range(498, 10_000, 499))
+    assert ds.skipped == 20 and sorted(p.name for p in ds.skipped_files) == broken
+    # A corrupt file's slot holds the next image: of the same class unless it was the class's last.
+    expected = [i // 10 for i in range(10_000)]
+    for name in broken:
+        image = int(name[:7])
+        index = (image % 1000) * 10 + image // 1000
+        expected[index] = (index + 1) // 10
+    assert labels == expected
+    with pytest.warns(UserWarning, match="skipped 20 file"):
+        warn_skipped(ds)
 
 
 def test_image_folder_errors_name_the_path(tmp_path):

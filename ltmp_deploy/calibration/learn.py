@@ -13,22 +13,26 @@ interrupted run continues from the last finished epoch.
 
 from __future__ import annotations
 
+import array
 import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ltmp_deploy.calibration.schedule import TokenCounts, per_image_counts
+from ltmp_deploy.data.folder import unreadable_marks, warn_skipped
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
-from ltmp_deploy.ltmp.flops import kept_flops_ratio
+from ltmp_deploy.ltmp.flops import flops_ratio_of_token_means, soft_token_means
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 
 
@@ -65,7 +69,7 @@ class EpochStats:
 
 
 class _TrainStep(nn.Module):
-    """images -> (logits, kept FLOPs ratio): one module, so DDP sees the whole forward."""
+    """images -> (logits, soft token means per block): one module, so DDP sees the whole forward."""
 
     def __init__(self, model: LTMPVisionTransformer) -> None:
         super().__init__()
@@ -73,7 +77,20 @@ class _TrainStep(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model.forward_ltmp(images)
-        return out.logits, kept_flops_ratio(self.model, out.decisions)
+        return out.logits, soft_token_means(out.decisions)
+
+
+def _global_ratio(model: LTMPVisionTransformer, means: torch.Tensor, world: int) -> torch.Tensor:
+    """The kept FLOPs ratio of the global batch, whose gradient on each process is its own share.
+
+    The ratio is not linear in the token means, so the mean of per-process ratios is not the ratio
+    of the global batch. The means are averaged over processes (detached); the local means' gradient
+    is let through, and DDP's gradient averaging then gives exactly the one-process gradient."""
+    if world > 1:
+        total = means.detach().clone()
+        dist.all_reduce(total)
+        means = total / world + (means - means.detach())
+    return flops_ratio_of_token_means(model, means)
 
 
 def _threshold_params(model: LTMPVisionTransformer) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -136,8 +153,7 @@ def learn_thresholds(
         # The order of every epoch depends on the seed and the epoch only, so a resumed run
         # sees exactly the batches an uninterrupted one would have.
         order.manual_seed(cfg.seed + epoch)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         bar = tqdm(loader, desc=f"learn epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
         sums = _train_epoch(model, step, bar, optimizer, scheduler, cfg, epoch, output if epoch > start else None)
         if world > 1:
@@ -153,19 +169,32 @@ def learn_thresholds(
             )
         if world > 1:
             dist.barrier()
+    _warn_skipped(data, rank, world)
     model.eval()
     model.ltmp_set_mode("threshold")
     return history
 
 
+def _warn_skipped(data: Dataset, rank: int, world: int) -> None:
+    marks = unreadable_marks(data)
+    if marks is not None and world > 1:
+        combined = marks.int()
+        dist.all_reduce(combined, op=dist.ReduceOp.MAX)
+        marks.copy_(combined)
+    if rank == 0:
+        warn_skipped(data)
+
+
 def _loader(data: Dataset, cfg: LearnConfig, rank: int, world: int) -> tuple[DataLoader, Any, torch.Generator]:
-    """Batches of ``data``: each process takes its share of the global batch; the order is seeded."""
-    sampler = torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
-    order = torch.Generator()
+    """Batches of ``data``: each process takes its share of the global batch; the order is seeded.
+
+    One process uses the same sampler as many: global batch ``b`` is then the same images however
+    many processes share it (process ``p`` takes every ``world``-th image of it)."""
+    sampler = torch.utils.data.DistributedSampler(data, world, rank, shuffle=True, seed=cfg.seed)
+    order = torch.Generator()  # the workers' seeds
     loader = DataLoader(
         data,
         batch_size=max(1, cfg.batch_size // world),
-        shuffle=sampler is None,
         sampler=sampler,
         num_workers=cfg.workers,
         drop_last=len(data) >= cfg.batch_size,
@@ -189,8 +218,10 @@ def _train_epoch(
     merge, prune = _threshold_params(model)
     model.train()
     sums = torch.zeros(4)
+    world = dist.get_world_size() if dist.is_initialized() else 1
     for images, labels in batches:
-        logits, ratio = step(images)
+        logits, means = step(images)
+        ratio = _global_ratio(model, means, world)
         loss = criterion(logits, labels) + cfg.lam * (ratio - cfg.target) ** 2
         if not torch.isfinite(loss):
             raise LTMPError(
@@ -264,25 +295,33 @@ def _distributed() -> tuple[int, int]:
 
 def evaluate(
     model: LTMPVisionTransformer, data: Dataset, batch_size: int = 256, progress: bool = False
-) -> tuple[float, float, list[Any]]:
-    """(accuracy, mean FLOPs ratio, decisions per batch) of the model in its current mode."""
+) -> tuple[float, float, TokenCounts | None]:
+    """(accuracy, mean FLOPs ratio, per-image token counts) of the model in its current mode.
+
+    Only the counts are kept of each batch's decisions, so memory does not grow with the images
+    beyond a few integers each; the counts are None in a mode that makes no decisions."""
     from ltmp_deploy.ltmp.flops import image_flops, schedule_flops
 
     model.eval()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     correct = seen = 0
-    ratios: list[float] = []
-    decisions = []
+    ratios = array.array("d")
+    merges, keeps = [], []
     with torch.no_grad():
         for images, labels in tqdm(loader, desc=f"evaluate {model.ltmp.mode}", disable=not progress, leave=False):
             out = model.forward_ltmp(images)
             correct += int((out.logits.argmax(-1) == labels).sum())
             seen += len(labels)
             if model.ltmp.mode == "fixed":
-                ratios += [schedule_flops(model, model.ltmp.schedule).ratio] * len(labels)
+                ratios.extend([schedule_flops(model, model.ltmp.schedule).ratio] * len(labels))
             elif out.decisions:
-                ratios += [r.ratio for r in image_flops(model, out.decisions)]
+                ratios.extend([r.ratio for r in image_flops(model, out.decisions)])
             else:
-                ratios += [1.0] * len(labels)
-            decisions.append(out.decisions)
-    return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), decisions
+                ratios.extend([1.0] * len(labels))
+            if out.decisions:
+                batch_merges, batch_keeps = per_image_counts([out.decisions])
+                merges.append(batch_merges)
+                keeps.append(batch_keeps)
+    warn_skipped(data)
+    counts = TokenCounts(np.concatenate(merges), np.concatenate(keeps)) if merges else None
+    return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), counts

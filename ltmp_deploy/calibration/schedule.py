@@ -4,7 +4,7 @@ and the ToMe baseline: fixed-r merging alone, through the same code path."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -16,6 +16,13 @@ from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.ltmp.schedule import Schedule
 
 Statistic = Union[str, float]  # "mean", or a quantile in [0, 1]
+
+
+class TokenCounts(NamedTuple):
+    """Per-image token counts of threshold mode, each (images, blocks): all a schedule needs of the decisions."""
+
+    merges: np.ndarray  # tokens each block merged away
+    keeps: np.ndarray  # tokens each block passed on
 
 
 def per_image_counts(decisions: list[list[Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -135,9 +142,9 @@ def calibrate(
         if calibration is None or len(calibration) == 0:
             raise LTMPError("calibration needs images (or --flops-target)")
         model.ltmp_set_mode("threshold")
-        _, _, decisions = evaluate(model, calibration, progress=progress)
-        merges, keeps = per_image_counts(decisions)
-        schedule = schedule_from_counts(model, merges, keeps, statistic)
+        counts = evaluate(model, calibration, progress=progress)[2]
+        assert counts is not None  # threshold mode always decides
+        schedule = schedule_from_counts(model, counts.merges, counts.keeps, statistic)
         label = "mean" if statistic == "mean" else f"q{statistic}"
     if evaluation is not None and flops_target is None:
         thr_acc, thr_flops, _ = evaluate(model.ltmp_set_mode("threshold"), evaluation, progress=progress)

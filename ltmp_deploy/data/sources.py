@@ -106,5 +106,9 @@ def sample_batch(dataset: Dataset, count: int, seed: int = 0) -> np.ndarray:
         raise LTMPError(f"--int8-images {count}: at least 1")
     if len(dataset) == 0:
         raise LTMPError("the calibration data holds no images")
+    from ltmp_deploy.data.folder import warn_skipped
+
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
-    return np.stack([np.asarray(dataset[int(i)][0], dtype=np.float32) for i in order])
+    images = np.stack([np.asarray(dataset[int(i)][0], dtype=np.float32) for i in order])
+    warn_skipped(dataset)
+    return images

@@ -150,9 +150,19 @@ def kept_flops_ratio(model: Any, decisions: list[Decision]) -> Tensor:
     From the batch-mean token counts entering and leaving each block: ``r_flops`` of the budget loss
     (docs/arithmetic.md#budget-loss).
     """
+    return flops_ratio_of_token_means(model, soft_token_means(decisions))
+
+
+def soft_token_means(decisions: list[Decision]) -> Tensor:
+    """(blocks, 2): the batch means of the soft token counts entering and leaving each block."""
+    return torch.stack([torch.stack([d.soft_keep_in.mean(), d.soft_keep_out.mean()]) for d in decisions])
+
+
+def flops_ratio_of_token_means(model: Any, means: Tensor) -> Tensor:
+    """:func:`kept_flops_ratio` from :func:`soft_token_means` (of one batch, or averaged over processes)."""
     dims = model_dims(model)
     n = dims.num_tokens
-    kept = sum(block_macs(dims, d.soft_keep_in.mean(), d.soft_keep_out.mean()) for d in decisions)
+    kept = sum(block_macs(dims, m_in, m_out) for m_in, m_out in means)
     return kept / (dims.depth * block_macs(dims, n, n))
 
 

@@ -86,11 +86,9 @@ def write_demo_report(
 def _accuracy(report: Any, model: Any, test: Any, data: str, seed: int | None) -> dict[str, Any]:
     """The accuracy document of the demo's rows, with the tokens per block of both LTMP modes on ``test``."""
     from ltmp_deploy.calibration.learn import evaluate
-    from ltmp_deploy.calibration.schedule import per_image_counts
 
     schedule = model.ltmp.schedule
-    _, _, decisions = evaluate(model.ltmp_set_mode("threshold"), test)
-    _, keeps = per_image_counts(decisions)
+    keeps = evaluate(model.ltmp_set_mode("threshold"), test)[2].keeps
     fixed = np.tile(np.asarray(schedule.keeps), (len(test), 1))
     tokens = {
         variant_name(THRESHOLD, LEARNED): tokens_summary(keeps),
