@@ -24,6 +24,12 @@ IMAGES = 4000  # the same picture listed again and again: seconds of work after 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+def _default_sigint() -> None:
+    """A shell starts background jobs with SIGINT ignored, and the child would inherit that (Python
+    then never raises KeyboardInterrupt): give the child the default, as a terminal's Ctrl-C meets it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for_partial_file(folder: Path, proc: subprocess.Popen, timeout: float = 120.0) -> Path:
     """The temporary file once it holds something; fails if the run ends or writes nothing first."""
     deadline = time.monotonic() + timeout
@@ -48,7 +54,15 @@ def test_a_signal_mid_write_leaves_nothing_behind(signum, tmp_path):
     argv = [sys.executable, "-m", "ltmp_deploy.cli", "predict", str(model), *[str(image)] * IMAGES]
     argv += ["--batch", "1", "--no-progress", "--json", "--log-decisions", str(out / "audit.jsonl")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
     try:
         partial = wait_for_partial_file(out, proc)
         proc.send_signal(signum)
