@@ -68,6 +68,13 @@ def test_clean_graph_passes_with_a_json_report(tmp_path, capsys, mode):
     assert report["versions"]["polygraphy"] and report["versions"]["onnxruntime"]
 
 
+def test_graphs_of_two_modes_in_one_run_are_refused_in_one_line(capsys):
+    fixed, threshold = exported("fixed"), exported("threshold")
+    code = main(["validate", str(fixed.onnx), str(threshold.onnx), "--against", str(fixed.checkpoint)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "(fixed mode)" in err and "(threshold mode)" in err, err
+
+
 def test_tampered_mlp_weights_fail_on_the_logits(tmp_path, capsys):
     files = exported("fixed")
     bad = tamper(files.onnx, tmp_path / "tampered.onnx", "/blocks.2/mlp/fc2/MatMul", 1.01)

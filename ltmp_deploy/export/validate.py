@@ -100,6 +100,7 @@ def validate_checkpoint(
             paths = [_export_for(checkpoint, mode, work)]
             notes.append(f"{checkpoint.name} exported to a temporary ONNX graph with decision outputs for this check")
         targets = [(open_file or _graph_file)(p) for p in paths]
+        _check_one_mode(targets)
         meta = next((t.metadata for t in targets if t.metadata), {})
         _check_same_model(checkpoint, reference_meta, meta)
         graph_mode = meta.get("mode")
@@ -154,6 +155,14 @@ def _export_for(checkpoint: Path, mode: str | None, folder: str) -> Path:
 
     out = Path(folder) / f"{checkpoint.stem}.onnx"
     return export_onnx(checkpoint, out, mode=mode, decisions=True, validate=False).path
+
+
+def _check_one_mode(targets: Sequence[Target]) -> None:
+    """The PyTorch reference runs in one mode per comparison, so every file must be in that mode."""
+    modes = {t.file: t.metadata.get("mode") for t in targets if t.metadata.get("mode")}
+    if len(set(modes.values())) > 1:
+        which = ", ".join(f"{Path(f).name} ({m} mode)" for f, m in modes.items())
+        raise LTMPError(f"{which}: the reference runs in one mode per run; validate each mode's files on their own")
 
 
 def _check_same_model(checkpoint: Path, reference: dict[str, Any], meta: dict[str, Any]) -> None:
