@@ -182,11 +182,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ltmp_deploy.demo import run_demo
 
-    quick = dict(epochs=1, rounds=3, train_images=128) if args.quick else {}
-    run_demo(
-        args.workdir,
-        **{"target": args.target, "epochs": args.epochs, "rounds": args.rounds, "threads": args.threads, **quick},
-    )
+    chosen = {"target": args.target, "epochs": args.epochs, "rounds": args.rounds, "threads": args.threads}
+    if args.quick:
+        chosen.update(epochs=1, rounds=3, train_images=128)
+    run_demo(args.workdir, **chosen)
     return 0
 
 
@@ -469,9 +468,20 @@ def _parser_demo(add: Adder) -> None:
     p.add_argument(
         "--workdir", default="ltmp-demo", help="folder for every artefact and report.json (default ./ltmp-demo)"
     )
-    p.add_argument("--target", type=fraction, default=0.5, help="fraction of block FLOPs to keep")
-    p.add_argument("--epochs", type=positive_int, default=8, help="threshold-learning epochs on the digits train split")
-    p.add_argument("--rounds", type=positive_int, default=20, help="timed rounds per variant")
+    from ltmp_deploy.demo import DEMO_EPOCHS, DEMO_ROUNDS, DEMO_TARGET, DEMO_THREADS
+
+    p.add_argument(
+        "--target", type=fraction, default=DEMO_TARGET, help="fraction of block FLOPs to keep (default %(default)s)"
+    )
+    p.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=DEMO_EPOCHS,
+        help="threshold-learning epochs on the digits train split (default %(default)s)",
+    )
+    p.add_argument(
+        "--rounds", type=positive_int, default=DEMO_ROUNDS, help="timed rounds per variant (default %(default)s)"
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -480,7 +490,9 @@ def _parser_demo(add: Adder) -> None:
     p.add_argument(
         "--threads",
         type=positive_int,
-        help="CPU threads for the latency step (default: every usable core)",
+        default=DEMO_THREADS,
+        help="CPU threads for the latency step (default %(default)s: steady on a shared machine; more to see the "
+        "graphs split over cores)",
     )
 
 
