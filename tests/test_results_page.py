@@ -27,3 +27,31 @@ def test_results_page_is_the_bench_output():
     assert text == page(doc, {kind: source.parent / name for kind, name in FILES.items()}, BENCHMARKS)
     for kind, name in FILES.items():
         assert (source.parent / name).is_file(), f"{kind}: {name} is not kept beside bench.json"
+
+
+def _readme_results() -> list[str]:
+    text = (BENCHMARKS.parent / "README.md").read_text()
+    section = text[text.index("## Results\n") : text.index("\n## ", text.index("## Results\n") + 1)]
+    return [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+
+
+def test_readme_results_are_copied_from_the_measurements():
+    import json
+
+    bench_rows = set((BENCHMARKS / "RESULTS.md").read_text().splitlines())
+    doc = json.loads((BENCHMARKS / "results" / "cpu-digits-accuracy.json").read_text())
+    accuracy = {v["name"]: v for v in doc["variants"]}
+    rows = _readme_results()
+    assert len(rows) > 10
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if row in bench_rows:
+            continue
+        if cells[0] == "block FLOPs target":  # the accuracy table's header
+            continue
+        expected = [
+            f"{100 * accuracy[f'{kind}@{cells[0]}']['accuracy']:.2f} +- "
+            f"{100 * accuracy[f'{kind}@{cells[0]}']['accuracy_std']:.2f}"
+            for kind in ("ltmp-threshold", "ltmp-fixed", "tome")
+        ]
+        assert cells[1:] == expected, f"README row not in benchmarks/RESULTS.md nor the accuracy result: {row}"
