@@ -206,20 +206,11 @@ def _check_options(target: float, epochs: int, rounds: int, threads: int | None)
 def _latency(report: DemoReport, rounds: int, threads: int | None) -> dict[str, Any]:
     """``ltmp-deploy bench`` on the calibrated checkpoint: ONNX Runtime CPU at batch 1 and 8, the
     variants interleaved, ratios per round. The report reads its headline from this same run."""
-    from ltmp_deploy.bench.run import BenchConfig, run_bench
+    from ltmp_deploy.bench.run import run_bench
     from ltmp_deploy.bench.tables import LATENCY_HEADER, latency_rows, markdown_table
+    from ltmp_deploy.report.demo import demo_bench_config
 
-    config = BenchConfig(
-        checkpoint=report.files["fixed"],
-        targets=(),
-        threshold_target=None,
-        from_checkpoint=True,
-        batches=(1, 8),
-        backends=("onnxruntime-cpu",),
-        rounds=rounds,
-        threads=threads,
-        command="ltmp-deploy demo",
-    )
+    config = demo_bench_config(report.files["fixed"], rounds, threads)
     bench = run_bench(config)
     for batch in config.batches:
         rows = latency_rows(bench, "onnxruntime-cpu", batch)

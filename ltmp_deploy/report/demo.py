@@ -41,6 +41,25 @@ def _display(image: torch.Tensor, model: Any) -> np.ndarray:
     return ((image * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
+def demo_bench_config(
+    checkpoint: str | os.PathLike, rounds: int, threads: int | None = None, progress: bool = True
+) -> BenchConfig:
+    """The demo's latency run: its calibrated checkpoint on ONNX Runtime CPU at batch 1 and 8, with
+    the oracle, ToMe at its FLOPs and its learned thresholds beside it."""
+    return BenchConfig(
+        checkpoint=os.fspath(checkpoint),
+        targets=(),
+        threshold_target=None,
+        from_checkpoint=True,
+        batches=(1, 8),
+        backends=("onnxruntime-cpu",),
+        rounds=rounds,
+        threads=threads,
+        progress=progress,
+        command="ltmp-deploy demo",
+    )
+
+
 def write_demo_report(
     report: Any,
     bench: dict[str, Any] | None = None,
@@ -63,19 +82,7 @@ def write_demo_report(
     write_accuracy(workdir / "accuracy.json", acc)
     grids = _token_grids(model, test, workdir)
 
-    bench = bench or run_bench(
-        BenchConfig(
-            checkpoint=os.fspath(report.files["fixed"]),
-            targets=(),
-            threshold_target=None,
-            from_checkpoint=True,
-            batches=(1, 8),
-            backends=("onnxruntime-cpu",),
-            rounds=rounds,
-            progress=progress,
-            command="ltmp-deploy demo",
-        )
-    )
+    bench = bench or run_bench(demo_bench_config(report.files["fixed"], rounds, progress=progress))
     write_bench(bench, workdir / "bench")
     files = write_report(workdir / "report", bench, acc, grids, variant=HEADLINE, backend="onnxruntime-cpu")
     print(f"\nreport: {files.html}")
