@@ -161,6 +161,7 @@ def test_show_refuses_bad_input_in_one_line(tmp_path, capsys):
         ([str(log)], "--image"),
         ([str(log), str(image)], "--image"),
         ([str(log), "--image", "y.png"], "no image 'y.png'"),
+        ([str(tmp_path / "gone.jsonl"), "--image", "0"], "gone.jsonl: no such file"),
         ([str(files.onnx), str(tmp_path / "missing.png")], "does not exist"),
     ]
     for argv, says in cases:
