@@ -458,6 +458,8 @@ def _parser_check(add: Adder) -> None:
 
 
 def _parser_demo(add: Adder) -> None:
+    from ltmp_deploy.demo import DEMO_EPOCHS, DEMO_ROUNDS, DEMO_TARGET, DEMO_THREADS
+
     p = add(
         "demo",
         cmd_demo,
@@ -468,8 +470,6 @@ def _parser_demo(add: Adder) -> None:
     p.add_argument(
         "--workdir", default="ltmp-demo", help="folder for every artefact and report.json (default ./ltmp-demo)"
     )
-    from ltmp_deploy.demo import DEMO_EPOCHS, DEMO_ROUNDS, DEMO_TARGET, DEMO_THREADS
-
     p.add_argument(
         "--target", type=fraction, default=DEMO_TARGET, help="fraction of block FLOPs to keep (default %(default)s)"
     )

@@ -121,7 +121,7 @@ def _not_a_log(source: str) -> str:
     from ltmp_deploy.formats import sniff
 
     advice = "--image picks images of an audit log; give image files after a model instead"
-    if not Path(source).exists() and Path(source).suffix.lower() in (".jsonl", ".json"):
+    if not Path(source).exists():
         return f"{source}: no such file (--image picks images of an audit log)"
     if not Path(source).is_file():
         return f"--image: {advice}"

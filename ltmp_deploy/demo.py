@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ltmp_deploy.ltmp.schedule import Schedule
 
 DEMO_TARGET = 0.5
-# The paper trains one epoch on ImageNet (10k steps); the digits train split is 10 steps an
+# The paper trains one epoch on ImageNet (10k steps); the digits train split is 9 steps an
 # epoch, so the demo takes more epochs and a larger merge step to travel as far: enough of them
 # to reach each FLOPs target of benchmarks/accuracy_table.py.
 DEMO_EPOCHS = 8
