@@ -52,15 +52,15 @@ VARIANTS = (  # name, method, mode
 def predict(model: LTMPVisionTransformer, data: Dataset) -> tuple[np.ndarray, float]:
     """Per-image correctness (bool) and the mean FLOPs ratio, in the model's current mode."""
     model.eval()
+    fixed = model.ltmp.mode == "fixed"  # one schedule: the same FLOPs for every image
     correct, ratios = [], []
     for images, labels in DataLoader(data, batch_size=256, shuffle=False):
         out = model.forward_ltmp(images)
         correct.append((out.logits.argmax(-1) == labels).numpy())
-        if model.ltmp.mode == "fixed":
-            ratios += [schedule_flops(model, model.ltmp.schedule).ratio] * len(labels)
-        else:
+        if not fixed:
             ratios += [r.ratio for r in image_flops(model, out.decisions)] if out.decisions else [1.0] * len(labels)
-    return np.concatenate(correct), float(np.mean(ratios))
+    flops = schedule_flops(model, model.ltmp.schedule).ratio if fixed else float(np.mean(ratios))
+    return np.concatenate(correct), flops
 
 
 def paired_error(a: np.ndarray, b: np.ndarray) -> float:
