@@ -17,6 +17,7 @@ from ltmp_deploy.ltmp.reduce import (
     Plan,
     Tokens,
     attention_received,
+    key_row,
     merge_and_prune,
     reshape_keep,
     slice_tokens,
@@ -49,16 +50,14 @@ def proportional_attention(
     q, k = attn.q_norm(q), attn.k_norm(k)
 
     logits = (q * attn.scale) @ k.transpose(-2, -1)
-    if size is not None and size.dim() == 3:  # fixed mode's column (see Tokens): the row the merge reads too
-        logits = logits + size.transpose(1, 2).log()[:, None]
-    elif size is not None or (valid is not None and not soft):  # None: one patch each, log 1 = 0
+    if size is not None or (valid is not None and not soft):  # None: one patch each, log 1 = 0
         bias = size.log() if size is not None else torch.zeros_like(valid)
         if valid is not None and not soft:
             bias = torch.where(valid > 0.5, bias, float("-inf"))
-        logits = logits + bias[:, None, None, :]
+        logits = logits + key_row(bias)
     probs = logits.softmax(dim=-1)
     if valid is not None and soft:
-        probs = probs * valid[:, None, None, :]
+        probs = probs * key_row(valid)
         probs = probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
     out = reshape_keep((attn.attn_drop(probs) @ v).transpose(1, 2), 0, 0, -1)
@@ -94,7 +93,7 @@ class LTMPBlock(Block):
             if plan.mode == "fixed":  # no padding, and the reduction keeps the prefix by itself
                 imp = attention_received(probs, keepdim=True)
             else:
-                imp = token_importance(probs, tokens.valid, num_prefix)
+                imp = token_importance(probs, tokens.valid, num_prefix, keepdim=True)
             tokens, decision = merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
 
         x = tokens.x + self.drop_path2(self.ls2(self.mlp(self.norm2(tokens.x))))

@@ -66,15 +66,16 @@ def block_macs(dims: Dims, n_in: Count, n_out: Count) -> Count:
 
 
 def reduction_macs(dims: Dims, n_in: Count, merging: Count | None = None) -> Count:
-    """MACs of the merge/prune matmuls: the destination x source similarity, and the merge
-    matmul that moves the merging sources' features into the destinations. Threshold mode
-    (``merging`` None) computes both over the sources and destinations alone, every source
-    weighted by its merge flag; fixed mode (``merging``: its r) over the whole token axis, where
-    positions that are not sources, or receive nothing, come out masked or unchanged."""
+    """MACs of the merge/prune matmuls: the similarity, and the merge matmul that moves the
+    merging sources' features into the destinations. Both modes compute over the whole token
+    axis, where positions that are not sources, or receive nothing, come out masked or unchanged:
+    threshold mode (``merging`` None) every position against every position, then every source
+    weighted by its merge flag; fixed mode (``merging``: its r) the destinations against every
+    position, then its r chosen sources alone."""
     sources = (n_in + 1) // 2 - (dims.num_prefix + 1) // 2
     dests = n_in // 2 - dims.num_prefix // 2
     if merging is None:
-        return sources * dests * dims.head_dim + dests * sources * dims.dim
+        return n_in * n_in * dims.head_dim + n_in * sources * dims.dim
     return n_in * dests * dims.head_dim + n_in * merging * dims.dim
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ltmp_deploy.errors import LTMPError, UnsupportedModelError
 from ltmp_deploy.ltmp.block import LTMPBlock, Threshold
-from ltmp_deploy.ltmp.reduce import Decision, Plan, Tokens
+from ltmp_deploy.ltmp.reduce import Decision, Plan, Tokens, as_column
 from ltmp_deploy.ltmp.schedule import Schedule
 
 MODES = ("off", "train", "threshold", "fixed", "oracle")
@@ -90,7 +90,8 @@ class LTMPVisionTransformer(VisionTransformer):
         for i, blk in enumerate(self.blocks):
             r = schedule.merges[i] if schedule is not None and mode in ("fixed", "oracle") else 0
             k = schedule.keeps[i] if schedule is not None and mode in ("fixed", "oracle") else 0
-            plans.append(Plan(mode, r, k, blk.merge_masker.threshold, blk.prune_masker.threshold, self.ltmp.tau))
+            thresholds = blk.merge_masker.threshold, blk.prune_masker.threshold
+            plans.append(Plan(mode, r, k, *thresholds, self.ltmp.tau, self.ltmp_num_tokens))
         return plans
 
     def forward_ltmp(self, x: Tensor, track_source: bool = False, record: bool = True) -> LTMPOutput:
@@ -121,6 +122,8 @@ class LTMPVisionTransformer(VisionTransformer):
             tokens = replace(tokens, size=x.new_ones(b, n))
         elif tokens.size.dim() == 3:
             tokens = replace(tokens, size=tokens.size[..., 0])
+        if tokens.valid is not None and tokens.valid.dim() == 3:
+            tokens = replace(tokens, valid=tokens.valid[..., 0])
         return LTMPOutput(logits, decisions, tokens)
 
     def _ltmp_head(self, x: Tensor, valid: Tensor | None) -> Tensor:
@@ -130,7 +133,7 @@ class LTMPVisionTransformer(VisionTransformer):
         if valid is None:
             pooled = patches.mean(dim=1)
         else:  # padding and dead tokens are left out of the mean
-            weight = valid[:, self.num_prefix_tokens :, None]
+            weight = as_column(valid)[:, self.num_prefix_tokens :]
             pooled = (patches * weight).sum(dim=1) / weight.sum(dim=1)
         return self.head(self.head_drop(self.fc_norm(pooled)))
 

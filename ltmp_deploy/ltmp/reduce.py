@@ -42,9 +42,10 @@ class Tokens:
     # (B, N) how many input patches each token stands for; None before the first block, where
     # every token is one patch (attention then adds no bias and the merge needs no sizes, as in
     # ToMe). Between fixed-mode blocks a column (B, N, 1): the merge broadcasts sizes per
-    # position, and a column spares a reshape there and one after the gather, in every block.
+    # position, and a column spares a reshape there and one after the gather, in every block;
+    # between threshold-mode blocks too, with ``valid``.
     size: Tensor | None
-    valid: Tensor | None = None  # (B, N) 1 real token, 0 padding/dead; None: all real
+    valid: Tensor | None = None  # (B, N) or (B, N, 1) 1 real token, 0 padding/dead; None: all real
     source: Tensor | None = None  # (B, N, P) which input patches each token stands for
 
 
@@ -58,6 +59,7 @@ class Plan:
     merge_threshold: Tensor | None = None
     prune_threshold: Tensor | None = None
     tau: float = 0.1  # train: temperature of the soft masks
+    length: int = 0  # threshold / train: the model's token count, the longest a block sees (0: this block's)
 
 
 @dataclass
@@ -172,6 +174,33 @@ def reshape_keep(t: Tensor, *shape: int) -> Tensor:
     return t.reshape([t.shape[i] if d == 0 else d for i, d in enumerate(shape)])
 
 
+class _Leading(torch.autograd.Function):
+    """Export spelling of :func:`leading`: a Slice whose end is read from ``like``'s shape."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, like: Tensor, axis: int) -> Tensor:  # noqa: ANN001
+        return table.narrow(axis, 0, like.shape[1])
+
+    @staticmethod
+    def symbolic(g, table, like, axis):  # noqa: ANN001, ANN205  (torch.onnx graph values)
+        def const(v: int):  # noqa: ANN202
+            return g.op("Constant", value_t=torch.tensor([v], dtype=torch.long))
+
+        n = g.op("Slice", g.op("Shape", like), const(1), const(2))
+        return g.op("Slice", table, const(0), n, const(axis))
+
+
+def leading(table: Tensor, like: Tensor, axis: int) -> Tensor:
+    """The first ``like.shape[1]`` entries of a constant ``table`` along ``axis``.
+
+    A block's token count in threshold mode is a run-time value of exported graphs, which
+    slicing with ``[:n]`` would freeze at the count of the example the exporter traced.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return _Leading.apply(table, like, axis)
+    return table.narrow(axis, 0, like.shape[1])
+
+
 def attention_received(attn: Tensor, keepdim: bool = False) -> Tensor:
     """Mean attention each key receives over heads and every query row: (B, N), or (B, 1, N).
 
@@ -182,20 +211,32 @@ def attention_received(attn: Tensor, keepdim: bool = False) -> Tensor:
     return attn.mean(dim=2).mean(dim=1, keepdim=keepdim)
 
 
-def token_importance(attn: Tensor, valid: Tensor | None, num_prefix: int) -> Tensor:
+def as_column(t: Tensor | None) -> Tensor | None:
+    """Per-token values (B, N) as a column (B, N, 1); a column (or None) as it is."""
+    return t if t is None or t.dim() == 3 else t[:, :, None]
+
+
+def key_row(t: Tensor) -> Tensor:
+    """Per-token values, (B, N) or a column (B, N, 1), as (B, 1, 1, N): one per key of attention."""
+    return reshape_keep(t, 0, 1, 1, -1)
+
+
+def token_importance(attn: Tensor, valid: Tensor | None, num_prefix: int, keepdim: bool = False) -> Tensor:
     """Mean attention each key receives, over heads and valid query rows; prefix gets +inf.
 
-    attn: (B, H, N, N) post-softmax. Padding queries are left out of the mean so that an image
-    in a padded batch gets what it gets alone.
+    attn: (B, H, N, N) post-softmax; valid: (B, N) or a column. Padding queries are left out of
+    the mean so that an image in a padded batch gets what it gets alone. Returns (B, N), or
+    (B, 1, N) with ``keepdim``.
     """
     if valid is None:
-        imp = attention_received(attn)
+        imp = attention_received(attn, keepdim=True)
     else:
         # Valid queries only: a (1 x N) @ (N x N) product per head instead of a masked copy of attn.
-        received = (valid[:, None, None, :] @ attn).mean(dim=1)[:, 0]
-        imp = received / valid.sum(dim=-1, keepdim=True)
-    # Pad rather than a mask: a position mask needs the token count read back from the shape.
-    return torch.nn.functional.pad(imp[:, num_prefix:], (num_prefix, 0), value=float("inf")) if num_prefix else imp
+        valid = as_column(valid)
+        imp = (key_row(valid) @ attn).mean(dim=1) / valid.sum(dim=1, keepdim=True)
+    if num_prefix:  # a pad rather than a mask: a position mask needs the token count read back from the shape
+        imp = torch.nn.functional.pad(imp[..., num_prefix:], (num_prefix, 0), value=float("inf"))
+    return imp if keepdim else imp[:, 0]
 
 
 def layout(num_prefix: int) -> tuple[slice, slice, slice]:
@@ -211,38 +252,20 @@ def layout(num_prefix: int) -> tuple[slice, slice, slice]:
     return slice(0, num_prefix), slice(first_src, None, 2), slice(first_dst, None, 2)
 
 
-def bipartite_match(
-    metric: Tensor,
-    valid: Tensor | None,
-    num_prefix: int,
-    guard: bool = True,
-    every_position: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Best destination for every non-prefix source by cosine similarity (see :func:`layout`).
+def bipartite_match(metric: Tensor, num_prefix: int, every_position: Tensor) -> tuple[Tensor, Tensor]:
+    """Best destination for every position by cosine similarity (see :func:`layout`), fixed mode.
 
-    Returns ``(best, dst)``, both rows (B, 1, Ns): the similarity of each source's best destination
-    (-inf where the source may not merge) and that destination's index among the destinations.
-    The similarity matrix is destination-major (B, Nd, Ns), so that the best destination comes out
-    as a row per image, the orientation in which the merge broadcasts per-source values.
-    ``every_position`` (N,), 0 at sources and -inf elsewhere: rows (B, 1, N) over every position
-    instead (fixed mode, whose static counts then need no slicing of the sources and no mapping
-    of source indices back to positions), non-sources at -inf; ``valid`` and ``guard`` unused.
+    Returns ``(best, dst)``, both rows (B, 1, N): the similarity of each position's best
+    destination and that destination's index among the destinations; ``every_position`` (N,),
+    0 at sources and -inf elsewhere, masks every position that may not merge. The similarity
+    matrix is destination-major (B, Nd, N), so that the best destination comes out as a row per
+    image, the orientation in which the merge broadcasts per-source values; the static counts
+    need no slicing of the sources and no mapping of source indices back to positions.
     """
-    _, src, dst = layout(num_prefix)
+    _, _, dst = layout(num_prefix)
     metric = unit_rows(metric)
-    if every_position is not None:
-        best, dst_idx = best_of(metric[:, dst] @ metric.transpose(1, 2), dim=1)
-        return best + every_position, dst_idx
-    sim = metric[:, dst] @ metric[:, src].transpose(1, 2)
-    if valid is not None:
-        alive = valid > 0.5
-        sim = torch.where(alive[:, dst, None] & alive[:, None, src], sim, NEG_INF)
-    # A -inf row past the last destination: a block left with no destination at all would
-    # reduce over an empty axis, an error in PyTorch and ONNX alike. Callers that know there is
-    # a destination (fixed mode's token counts are static) leave it out.
-    if guard:
-        sim = torch.nn.functional.pad(sim, (0, 0, 0, 1), value=NEG_INF)
-    return best_of(sim, dim=1)
+    best, dst_idx = best_of(metric[:, dst] @ metric.transpose(1, 2), dim=1)
+    return best + every_position, dst_idx
 
 
 def merge_weights(best: Tensor, plan: Plan) -> Tensor:
@@ -276,7 +299,11 @@ class _GatherRowsND(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, t, idx):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        return g.op("GatherND", t, idx, batch_dims_i=1)
+        out = g.op("GatherND", t, idx, batch_dims_i=1)
+        rank = t.type().dim()
+        if rank is not None:  # how many rows is a run-time value: a traced count would be folded into constants
+            out.setType(t.type().with_sizes([None] * rank))
+        return out
 
 
 def _take_rows(t: Tensor, idx: Tensor) -> Tensor:
@@ -308,103 +335,174 @@ def merge_and_prune(
     original order (so that a distillation token, an odd position, stays where the head reads
     it), then the sources and the destinations in their original orders
     (docs/arithmetic.md#order-after-merging). Survivors leave in that order.
-    ``imp``: (B, N) with +inf for prefix tokens (:func:`token_importance`); fixed mode also takes
-    the plain (B, 1, N) mean (:func:`attention_received`) and keeps the prefix by itself.
-    With ``record`` False no :class:`Decision` is built (None): nothing reads it when only the
-    logits are wanted, and its bookkeeping is a dozen small kernels per block on a GPU.
+    ``imp``: (B, N) or (B, 1, N); threshold and training modes take +inf for prefix tokens
+    (:func:`token_importance`), fixed mode the plain mean (:func:`attention_received`) and keeps
+    the prefix by itself. With ``record`` False no :class:`Decision` is built (None): nothing
+    reads it when only the logits are wanted, and its bookkeeping is a dozen small kernels per
+    block on a GPU.
     """
     if plan.mode == "fixed":
         return _fixed_merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
     if plan.mode not in ("threshold", "train"):
         raise ValueError(f"no merging in mode {plan.mode!r}")
-    x, size, valid = tokens.x, tokens.size, tokens.valid
-    if size is None:
-        size = x.new_ones(x.shape[:2])
-    _, src, dst = layout(num_prefix)
-    n = x.shape[1]
-    position = torch.arange(n, device=x.device)  # one per block: slots, keys and decisions share it
-
-    merge = _merge_by_threshold(x, size, valid, metric, num_prefix, plan)
-    imp_dst = _destination_importance(imp, merge.hit, num_prefix)
-    alive_in = torch.ones_like(size) if valid is None else valid
-    alive = _laid_out(num_prefix, alive_in, alive_in[:, dst], alive_in[:, src] * (1.0 - merge.w[:, 0]))
-    idx, alive_out = _prune_order(_laid_out(num_prefix, imp, imp_dst), alive, plan, num_prefix, position, n)
-    tokens = _gather_survivors(tokens, size, merge, idx, alive_out, num_prefix)
-    if not record:
-        return tokens, None
-
-    kept = torch.where(alive_out > 0.5, _laid_out(num_prefix, position[None], position[None, dst])[0][idx], -1)
-    merged, dst_idx = merge.w[:, 0] > 0.5, merge.dst_idx[:, 0]
-    decision = _decision(size, valid, num_prefix, kept, alive_out.sum(dim=1), merged, dst_idx, plan)
-    decision.source = tokens.source
-    if plan.mode == "train":
-        decision.soft_keep_in = alive_in.sum(dim=1)
-        decision.soft_keep_out = alive_out.sum(dim=1)
-    return tokens, decision
+    return _threshold_merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
 
 
-@dataclass
-class _Merge:
-    """A threshold-mode merge: decided once, applied to the destinations."""
+@dataclass(frozen=True)
+class _Positions:
+    """Threshold mode's per-position constants for blocks of up to ``length`` tokens.
 
-    w: Tensor  # (B, 1, Ns) 1 for every source that merges, 0 otherwise (straight-through in training)
-    dst_idx: Tensor  # (B, 1, Ns) each source's best destination, as an index among the destinations
-    # (B, Nd, Ns): destination j receives source i, weighted; destination-major, as the merge
-    # matmul and the max over sources consume it, so no transpose is needed.
-    assign: Tensor
-    hit: Tensor  # (B, Nd, Ns) ``assign`` as booleans
-    x_dst: Tensor  # (B, Nd, C) destination features after the merge
-    size_dst: Tensor  # (B, Nd) destination sizes after the merge
-
-
-def _merge_by_threshold(
-    x: Tensor, size: Tensor, valid: Tensor | None, metric: Tensor, num_prefix: int, plan: Plan
-) -> _Merge:
-    """Every source whose best similarity passes the merge threshold joins its best destination.
-
-    Every source takes part, weighted by its 0/1 merge flag, so one assignment matrix serves
-    features, sizes and sources alike; reductions over sources or destinations get a -inf guard
-    entry, as either may be empty (token counts are only known at run time).
+    A block's token count is only known at run time there, so the constants are made once for
+    the longest block (the model's token count) and each block slices them to its own count: one
+    Slice each in an exported graph, where computing them from the positions would take several
+    nodes. Columns (N, 1) index receivers and rows (1, N) senders (see
+    :func:`_threshold_merge_and_prune`).
     """
-    _, src, dst = layout(num_prefix)
-    best, dst_idx = bipartite_match(metric, valid, num_prefix)
-    w = merge_weights(best, plan)
-    nd = x[:, dst].shape[1]
-    assign = (torch.arange(nd, device=x.device)[:, None] == dst_idx).to(x.dtype) * w
-    hit = assign > 0.5
-    moved = assign * size[:, None, src]  # patches destination j takes from source i
-    x_dst, size_dst = merge_rows(x[:, dst], size[:, dst, None], moved, x[:, src])
-    return _Merge(w, dst_idx, assign, hit, x_dst, size_dst[..., 0])
+
+    length: int
+    recv: Tensor  # (N, 1) 0 at destinations, -inf elsewhere
+    send: Tensor  # (1, N) 0 at sources, -inf elsewhere
+    pos: Tensor  # (N, 1) the position (int64, as TopK's indices)
+    # (N, 1) rank in the merged layout [prefix, sources, destinations] as float, up to a shift of
+    # the destinations that keeps the order: a key to sort survivors into output order.
+    key: Tensor
+
+    def sliced(self, like: Tensor) -> _Positions:
+        """These constants for the block whose tokens are ``like`` (B, N, ...)."""
+        recv, send = leading(self.recv, like, 0), leading(self.send, like, 1)
+        return replace(self, recv=recv, send=send, pos=leading(self.pos, like, 0), key=leading(self.key, like, 0))
 
 
-def _destination_importance(imp: Tensor, hit: Tensor, num_prefix: int) -> Tensor:
-    """(B, Nd): a destination is as important as the most important token merged into it."""
-    _, src, dst = layout(num_prefix)
-    incoming = torch.where(hit, imp[:, None, src], NEG_INF)
-    incoming = torch.nn.functional.pad(incoming, (0, 1), value=NEG_INF)
-    return torch.maximum(imp[:, dst], incoming.max(dim=2).values)
+@functools.lru_cache(maxsize=64)
+def _positions(length: int, num_prefix: int, device: torch.device, dtype: torch.dtype) -> _Positions:
+    prefix, src, dst = layout(num_prefix)
+    pos = list(range(length))
+    sources, destinations = set(pos[src]), set(pos[dst])
+    key = [0.0] * length
+    for rank, p in enumerate(pos[prefix] + pos[src] + pos[dst]):
+        key[p] = float(rank)
+    return _Positions(
+        length=length,
+        recv=torch.tensor([[0.0] if p in destinations else [NEG_INF] for p in pos], dtype=dtype, device=device),
+        send=torch.tensor([[0.0 if p in sources else NEG_INF for p in pos]], dtype=dtype, device=device),
+        pos=torch.tensor(pos, dtype=torch.long, device=device)[:, None],
+        key=torch.tensor(key, dtype=torch.float32, device=device)[:, None],
+    )
 
 
-def _laid_out(num_prefix: int, t: Tensor, t_dst: Tensor, t_src: Tensor | None = None) -> Tensor:
-    """``t`` in the merged layout [prefix, sources, destinations], its destination rows (and source rows)
-    replaced."""
-    prefix, src, _ = layout(num_prefix)
-    parts = [t[:, src] if t_src is None else t_src, t_dst]
-    return torch.cat([t[:, prefix]] + parts if num_prefix else parts, dim=1)
+def _block_positions(plan: Plan, x: Tensor, num_prefix: int) -> _Positions:
+    """The per-position constants for the block whose tokens are ``x``."""
+    if torch.onnx.is_in_onnx_export() and not plan.length:
+        raise ValueError("exporting threshold mode needs Plan.length, the model's token count")
+    return _positions(plan.length or int(x.shape[1]), num_prefix, x.device, x.dtype).sliced(x)
 
 
-def _gather_survivors(
-    tokens: Tokens, size: Tensor, merge: _Merge, idx: Tensor, alive_out: Tensor, num_prefix: int
-) -> Tokens:
-    """The surviving slots ``idx`` of the merged layout, gathered once from every tensor that rides along."""
-    _, src, dst = layout(num_prefix)
-    new_x = take_rows(_laid_out(num_prefix, tokens.x, merge.x_dst), idx[..., None])
-    new_size = _laid_out(num_prefix, size, merge.size_dst).gather(1, idx)
-    new_source = None
+def _threshold_merge_and_prune(
+    tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan, record: bool
+) -> tuple[Tokens, Decision | None]:
+    """Threshold and training modes: every decision by threshold, token counts known at run time.
+
+    Like fixed mode, the work is done in input positions, over the whole token axis, so no part
+    is sliced out and reassembled: the similarity of every position to every other, masked to
+    destinations down the rows and to sources across (each a bias, -inf where excluded, padding
+    included); the merge as a receiver x sender matrix; survivors sorted into layout order by a
+    per-position key. Per-sender values are rows (B, 1, N), per-receiver values and the token
+    state columns (B, N, 1), so products broadcast without reshapes.
+    """
+    x, size, valid = tokens.x, as_column(tokens.size), as_column(tokens.valid)
+    n = x.shape[1]
+    t = _block_positions(plan, x, num_prefix)
+    imp_row = imp[:, None, :] if imp.dim() == 2 else imp  # +inf for prefix tokens
+    live = None if valid is None else valid > 0.5  # (B, N, 1)
+
+    m = unit_rows(metric)
+    recv = t.recv if live is None else torch.where(live, t.recv, NEG_INF)
+    best, dst = best_of(m @ m.transpose(1, 2) + recv, dim=1)  # (B, 1, N): each sender's best receiver
+    best = best + (t.send if live is None else torch.where(live.transpose(1, 2), t.send, NEG_INF))
+    merging, w = _merging(best, plan)  # (B, 1, N), False / 0 at every position that is no live source
+    best_for = t.pos == dst  # (B, N, N): receiver j is sender i's best
+    hit = best_for & merging  # receiver j takes sender i
+    _, src, _ = layout(num_prefix)
+    # In training every best pair is weighted by w, so that a source that stays gets the gradient
+    # of merging too.
+    pair = hit if w is None else best_for
+    moved = _moved(pair, w, None if size is None else size.transpose(1, 2), x.dtype)  # patches j takes from i
+    x, size = merge_rows(x, 1.0 if size is None else size, moved[:, :, src], x[:, src])
+
+    # A receiver is as important as the most important token merged into it.
+    incoming = torch.where(hit, imp_row, NEG_INF).amax(dim=2, keepdim=True)
+    imp_col = torch.maximum(imp_row.transpose(1, 2), incoming)
+    keep, keep_value = _keep(imp_col, merging.transpose(1, 2), w, valid, live, plan, num_prefix, t)
+    # Survivors first, in layout order, then the dead (keys stay distinct).
+    key = torch.where(keep, t.key, t.key + t.length)
+    idx = smallest_unique(key, n if plan.mode == "train" else padded_length(keep, t.pos), dim=1)  # (B, K, 1)
+    source = None
     if tokens.source is not None:
-        source_dst = tokens.source[:, dst] + merge.assign @ tokens.source[:, src]
-        new_source = take_rows(_laid_out(num_prefix, tokens.source, source_dst), idx[..., None])
-    return Tokens(new_x, new_size, alive_out, new_source)
+        source = take_rows(tokens.source + _moved(pair, w, None, x.dtype)[:, :, src] @ tokens.source[:, src], idx)
+    out = Tokens(take_rows(x, idx), take_rows(size, idx), take_rows(keep_value, idx), source)
+    if tokens.size is not None and tokens.size.dim() == 2:  # given as (B, N), returned so
+        out.size, out.valid = out.size[..., 0], out.valid[..., 0]
+    if not record:
+        return out, None
+    alive_in = torch.ones_like(imp_row[:, 0]) if valid is None else valid[..., 0]
+    return out, _threshold_decision(out, alive_in, idx, torch.where(merging, dst, -1), plan, n)
+
+
+def _merging(best: Tensor, plan: Plan) -> tuple[Tensor, Tensor | None]:
+    """Which senders merge (booleans), and in training their straight-through weights (else None)."""
+    if plan.mode == "threshold":
+        return best > plan.merge_threshold, None
+    w = merge_weights(best, plan)
+    return w > 0.5, w
+
+
+def _moved(pair: Tensor, w: Tensor | None, size_row: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """(B, N, N) what receiver j takes from sender i: the sender's size (1 if None) where ``pair``,
+    times its weight ``w`` in training."""
+    per_sender = size_row if w is None else w if size_row is None else w * size_row
+    return pair.to(dtype) if per_sender is None else torch.where(pair, per_sender, 0.0)
+
+
+def _keep(
+    imp: Tensor,
+    merged: Tensor,
+    w: Tensor | None,
+    valid: Tensor | None,
+    live: Tensor | None,
+    plan: Plan,
+    num_prefix: int,
+    t: _Positions,
+) -> tuple[Tensor, Tensor]:
+    """Which tokens survive pruning: (B, N, 1) as booleans and as the validity they carry.
+    ``merged``: (B, N, 1) the sources that merged, dead from here on."""
+    if plan.mode == "threshold":
+        alive = ~merged if live is None else live & ~merged
+        keep = alive & (imp > plan.prune_threshold)
+        if num_prefix == 0:  # no class token to fall back on: the most important token stays
+            top = torch.where(alive, imp, NEG_INF).argmax(dim=1, keepdim=True)
+            keep = keep | (t.pos == top)
+        return keep, keep.to(imp.dtype)
+    alive = 1.0 - w.transpose(1, 2)
+    if valid is not None:
+        alive = alive * valid
+    keep_value = alive * straight_through(imp, plan.prune_threshold, plan.tau)
+    return keep_value > 0.5, keep_value
+
+
+def _threshold_decision(out: Tokens, alive_in: Tensor, idx: Tensor, merge_dst: Tensor, plan: Plan, n: int) -> Decision:
+    """What a threshold-mode (or training) block did, in its input positions. ``alive_in``: (B, N)
+    the block's valid inputs; ``merge_dst``: (B, 1, N) each merged source's destination, -1 elsewhere."""
+    decision = Decision(
+        kept=torch.where(as_column(out.valid) > 0.5, idx, -1)[..., 0],
+        merge_dst=merge_dst[:, 0, 0::2],  # every even position, prefix sources included
+        n_in=alive_in.sum(dim=1),
+        n_out=as_column(out.valid).sum(dim=(1, 2)),
+        length=n,
+        source=out.source,
+    )
+    if plan.mode == "train":
+        decision.soft_keep_in, decision.soft_keep_out = decision.n_in, decision.n_out
+    return decision
 
 
 @dataclass(frozen=True)
@@ -490,7 +588,7 @@ def _fixed_merge(
     x: Tensor, size_col: Tensor | None, imp_row: Tensor, metric: Tensor, num_prefix: int, r: int, c: _FixedLayout
 ) -> _FixedMerge:
     """The ``r`` best-matching sources merge into their best destinations."""
-    best, dst_idx = bipartite_match(metric, None, num_prefix, every_position=c.src_mask)  # rows (B, 1, N)
+    best, dst_idx = bipartite_match(metric, num_prefix, c.src_mask)  # rows (B, 1, N)
     best_c, chosen_pos = top_k(best, r)  # (B, 1, r) positions of the merging sources, distinct
     dst_c = dst_idx.gather(2, chosen_pos)
     hit = c.dst_rank == dst_c  # (B, N, r): position j receives chosen source i
@@ -538,55 +636,6 @@ def _fixed_decision(
         length=n,
         source=source,
     )
-
-
-def _decision(
-    size: Tensor,
-    valid: Tensor | None,
-    num_prefix: int,
-    kept: Tensor,
-    n_out: Tensor,
-    merged: Tensor,
-    dst_idx: Tensor,
-    plan: Plan,
-) -> Decision:
-    """What the block did, in its input positions (read by parity checks and the visualizer;
-    exports drop it unless asked for decision outputs). ``merged``, ``dst_idx``: (B, Ns)."""
-    b, n = size.shape
-    _, _, dst = layout(num_prefix)
-    alive_in = torch.ones_like(size) if valid is None else valid
-    # Every even position has an entry, prefix sources included (they never merge).
-    merge_dst = torch.where(merged, 2 * dst_idx + dst.start, -1)
-    if num_prefix:
-        merge_dst = torch.cat([dst_idx.new_full((b, (num_prefix + 1) // 2), -1), merge_dst], dim=1)
-    return Decision(kept=kept, merge_dst=merge_dst, n_in=alive_in.sum(dim=1), n_out=n_out, length=n)
-
-
-def _prune_order(
-    imp: Tensor, alive: Tensor, plan: Plan, num_prefix: int, slot: Tensor, n: int
-) -> tuple[Tensor, Tensor]:
-    """Which merged-layout slots survive pruning, in output order; and their validity.
-
-    Slot order is output order (see :func:`merge_and_prune`), so survivors are only sorted by
-    slot. ``slot``: arange over the layout, ``n`` its length (the block's token count, the very
-    value the arange was made from, so exported graphs read the shape once). Returns
-    ``(idx, valid)``: (B, K) slots to gather, and their (B, K) validity.
-    """
-    if plan.mode == "threshold":
-        keep = (alive > 0.5) & (imp > plan.prune_threshold)
-        if num_prefix == 0:  # no class token to fall back on: the most important token stays
-            top = torch.where(alive > 0.5, imp, NEG_INF).argmax(dim=1, keepdim=True)
-            keep = keep | (slot[None, :] == top)
-        keep_value = keep.to(imp.dtype)
-    else:
-        keep_value = alive * straight_through(imp, plan.prune_threshold, plan.tau)
-        keep = keep_value > 0.5
-
-    # Survivors first (in slot order), then the dead: the key stays unique.
-    order_key = torch.where(keep, slot, slot + n)
-    count = n if plan.mode == "train" else padded_length(keep, slot)  # training removes nothing
-    idx = smallest_unique(order_key, count)
-    return idx, keep_value.gather(1, idx)
 
 
 def padded_length(keep: Tensor, slots: Tensor | None = None) -> int:
