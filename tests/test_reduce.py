@@ -7,9 +7,9 @@ import torch
 from timm.layers import Attention
 
 from ltmp_deploy.ltmp.block import proportional_attention
-from ltmp_deploy.ltmp.reduce import Plan, Tokens, merge_and_prune, token_importance
+from ltmp_deploy.ltmp.reduce import Plan, Tokens, merge_and_prune, prefix_importance, token_importance
 
-INF = float("inf")
+PREFIX = prefix_importance(torch.float32)  # what a prefix token's importance is, above every threshold
 
 
 def case():
@@ -19,7 +19,7 @@ def case():
     )[None]
     x = torch.tensor([[t, 10.0 * t] for t in range(7)])[None]
     size = torch.tensor([[1.0, 1, 2, 1, 3, 1, 1]])
-    imp = torch.tensor([[INF, 0.1, 0.5, 0.05, 0.2, 0.01, 0.3]])
+    imp = torch.tensor([[PREFIX, 0.1, 0.5, 0.05, 0.2, 0.01, 0.3]])
     return Tokens(x, size), metric, imp
 
 
@@ -60,7 +60,7 @@ def test_prefix_tokens_never_merge_or_get_pruned_and_stay_in_front(num_prefix):
     metric[0, 0] = metric[0, 3]  # a prefix source identical to a patch destination
     x = torch.randn(1, n, 2)
     imp = torch.rand(1, n)
-    imp[0, :num_prefix] = INF
+    imp[0, :num_prefix] = PREFIX
     out, decision = merge_and_prune(Tokens(x, torch.ones(1, n)), metric, imp, num_prefix, threshold_plan(-1.0, 0.5))
     kept = decision.kept[0].tolist()
     assert kept[:num_prefix] == list(range(num_prefix))
@@ -90,14 +90,15 @@ def test_importance_ignores_padding_queries_and_keys():
     a[0, :, :3, :3] = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]])
     a[0, :, 3, :] = 0.25  # a padding query row (garbage that must not count)
     imp = token_importance(a, torch.tensor([[1.0, 1, 1, 0]]), num_prefix=1)
-    assert imp[0, 0] == INF
+    assert imp[0, 0] == PREFIX
     torch.testing.assert_close(imp[0, 1:], torch.tensor([(0.25 + 0.6 + 0.1) / 3, (0.25 + 0.2 + 0.8) / 3, 0.0]))
     assert not math.isnan(float(imp.sum()))
 
 
 def test_a_block_left_with_only_the_class_token_still_runs():
     tokens = Tokens(torch.randn(2, 1, 4), torch.ones(2, 1))
-    out, decision = merge_and_prune(tokens, torch.randn(2, 1, 3), torch.full((2, 1), INF), 1, threshold_plan(0.1, 0.5))
+    imp = torch.full((2, 1), PREFIX)
+    out, decision = merge_and_prune(tokens, torch.randn(2, 1, 3), imp, 1, threshold_plan(0.1, 0.5))
     assert out.x.shape == (2, 1, 4) and decision.merge_dst.tolist() == [[-1], [-1]]
 
 

@@ -221,8 +221,19 @@ def key_row(t: Tensor) -> Tensor:
     return reshape_keep(t, 0, 1, 1, -1)
 
 
+def prefix_importance(dtype: torch.dtype) -> float:
+    """The importance prefix tokens carry in threshold mode and training: above every threshold.
+
+    The largest finite value of ``dtype`` rather than +inf, because the merge masks importance
+    by multiplying with 0/1 (a product, several times faster than a select on a CPU), and
+    0 x inf is NaN.
+    """
+    return torch.finfo(dtype).max
+
+
 def token_importance(attn: Tensor, valid: Tensor | None, num_prefix: int, keepdim: bool = False) -> Tensor:
-    """Mean attention each key receives, over heads and valid query rows; prefix gets +inf.
+    """Mean attention each key receives, over heads and valid query rows; prefix tokens get
+    :func:`prefix_importance`.
 
     attn: (B, H, N, N) post-softmax; valid: (B, N) or a column. Padding queries are left out of
     the mean so that an image in a padded batch gets what it gets alone. Returns (B, N), or
@@ -235,7 +246,7 @@ def token_importance(attn: Tensor, valid: Tensor | None, num_prefix: int, keepdi
         valid = as_column(valid)
         imp = (key_row(valid) @ attn).mean(dim=1) / valid.sum(dim=1, keepdim=True)
     if num_prefix:  # a pad rather than a mask: a position mask needs the token count read back from the shape
-        imp = torch.nn.functional.pad(imp[..., num_prefix:], (num_prefix, 0), value=float("inf"))
+        imp = torch.nn.functional.pad(imp[..., num_prefix:], (num_prefix, 0), value=prefix_importance(imp.dtype))
     return imp if keepdim else imp[:, 0]
 
 
@@ -412,7 +423,7 @@ def _threshold_merge_and_prune(
     x, size, valid = tokens.x, as_column(tokens.size), as_column(tokens.valid)
     n = x.shape[1]
     t = _block_positions(plan, x, num_prefix)
-    imp_row = imp[:, None, :] if imp.dim() == 2 else imp  # +inf for prefix tokens
+    imp_row = imp[:, None, :] if imp.dim() == 2 else imp  # prefix tokens: prefix_importance
     live = None if valid is None else valid > 0.5  # (B, N, 1)
 
     m = unit_rows(metric)
@@ -421,24 +432,24 @@ def _threshold_merge_and_prune(
     best = best + (t.send if live is None else torch.where(live.transpose(1, 2), t.send, NEG_INF))
     merging, w = _merging(best, plan)  # (B, 1, N), False / 0 at every position that is no live source
     best_for = t.pos == dst  # (B, N, N): receiver j is sender i's best
-    hit = best_for & merging  # receiver j takes sender i
+    hit = (best_for & merging).to(x.dtype)  # 1 where receiver j takes sender i
     _, src, _ = layout(num_prefix)
     # In training every best pair is weighted by w, so that a source that stays gets the gradient
     # of merging too.
-    pair = hit if w is None else best_for
-    moved = _moved(pair, w, None if size is None else size.transpose(1, 2), x.dtype)  # patches j takes from i
+    assign = hit if w is None else torch.where(best_for, w, 0.0)
+    moved = assign if size is None else assign * size.transpose(1, 2)  # patches j takes from i
     x, size = merge_rows(x, 1.0 if size is None else size, moved[:, :, src], x[:, src])
 
-    # A receiver is as important as the most important token merged into it.
-    incoming = torch.where(hit, imp_row, NEG_INF).amax(dim=2, keepdim=True)
-    imp_col = torch.maximum(imp_row.transpose(1, 2), incoming)
+    # A receiver is as important as the most important token merged into it (importance is never
+    # negative, so a 0 from the mask never wins).
+    imp_col = torch.maximum(imp_row.transpose(1, 2), (hit * imp_row).amax(dim=2, keepdim=True))
     keep, keep_value = _keep(imp_col, merging.transpose(1, 2), w, valid, live, plan, num_prefix, t)
     # Survivors first, in layout order, then the dead (keys stay distinct).
     key = torch.where(keep, t.key, t.key + t.length)
     idx = smallest_unique(key, n if plan.mode == "train" else padded_length(keep, t.pos), dim=1)  # (B, K, 1)
     source = None
     if tokens.source is not None:
-        source = take_rows(tokens.source + _moved(pair, w, None, x.dtype)[:, :, src] @ tokens.source[:, src], idx)
+        source = take_rows(tokens.source + assign[:, :, src] @ tokens.source[:, src], idx)
     out = Tokens(take_rows(x, idx), take_rows(size, idx), take_rows(keep_value, idx), source)
     if tokens.size is not None and tokens.size.dim() == 2:  # given as (B, N), returned so
         out.size, out.valid = out.size[..., 0], out.valid[..., 0]
@@ -456,13 +467,6 @@ def _merging(best: Tensor, plan: Plan) -> tuple[Tensor, Tensor | None]:
     return w > 0.5, w
 
 
-def _moved(pair: Tensor, w: Tensor | None, size_row: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """(B, N, N) what receiver j takes from sender i: the sender's size (1 if None) where ``pair``,
-    times its weight ``w`` in training."""
-    per_sender = size_row if w is None else w if size_row is None else w * size_row
-    return pair.to(dtype) if per_sender is None else torch.where(pair, per_sender, 0.0)
-
-
 def _keep(
     imp: Tensor,
     merged: Tensor,
@@ -476,7 +480,8 @@ def _keep(
     """Which tokens survive pruning: (B, N, 1) as booleans and as the validity they carry.
     ``merged``: (B, N, 1) the sources that merged, dead from here on."""
     if plan.mode == "threshold":
-        alive = ~merged if live is None else live & ~merged
+        # Only live sources merge (the sender mask), so live and not merged is live xor merged: one op.
+        alive = ~merged if live is None else live ^ merged
         keep = alive & (imp > plan.prune_threshold)
         if num_prefix == 0:  # no class token to fall back on: the most important token stays
             top = torch.where(alive, imp, NEG_INF).argmax(dim=1, keepdim=True)
