@@ -144,13 +144,29 @@ class CheckReport:
         head = f"{TRT_TARGETS.get(self.target, self.target)}, model opset {self.opset}: "
         if self.ok:
             return head + "OK"
-        return "\n".join(
-            [head + f"{len(self.findings)} problem(s)"]
-            + [
-                f"  {f.node} [{f.op_type}]: {f.reason}" if f.op_type else f"  {f.node}: {f.reason}"
-                for f in self.findings
-            ]
-        )
+        return "\n".join([head + f"{len(self.findings)} problem(s)"] + [f"  {_line(f)}" for f in self.findings])
+
+    def one_line(self) -> str:
+        """The findings in one line: each kind of problem once, with how many nodes and the first."""
+        if self.ok:
+            return "OK"
+        kinds: dict[tuple[str, str], list[str]] = {}
+        for f in self.findings:
+            kinds.setdefault((f.op_type, f.reason), []).append(f.node)
+        parts = [
+            f"{reason} ({len(nodes)} {op or 'model'} node{'s' if len(nodes) > 1 else ''}, first {nodes[0]})"
+            for (op, reason), nodes in kinds.items()
+        ]
+        return _printable(f"{len(self.findings)} problem(s): " + "; ".join(parts))
+
+
+def _line(f: Finding) -> str:
+    return _printable(f"{f.node} [{f.op_type}]: {f.reason}" if f.op_type else f"{f.node}: {f.reason}")
+
+
+def _printable(text: str) -> str:
+    """``text`` as one printable line: names read from a damaged file may hold control characters."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _check_graph(g: Graph, target: str) -> list[Finding]:

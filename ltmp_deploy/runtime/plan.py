@@ -380,8 +380,8 @@ def _check_parser(graph: GraphInfo, trt: str, preset: Preset) -> None:
             "export fixed mode for this target)"
         )
     raise LTMPError(
-        f"{graph.path}: the TensorRT {trt} parser (--preset {preset.name}) would reject this graph{why}:\n"
-        + report.summary()
+        f"{graph.path}: the TensorRT {trt} parser (--preset {preset.name}) would reject this graph{why}: "
+        f"{report.one_line()}; `ltmp-deploy check {graph.path} --trt {trt}` lists every node"
     )
 
 
