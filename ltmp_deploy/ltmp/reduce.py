@@ -279,15 +279,6 @@ def bipartite_match(metric: Tensor, num_prefix: int, every_position: Tensor) -> 
     return best + every_position, dst_idx
 
 
-def merge_weights(best: Tensor, plan: Plan) -> Tensor:
-    """(B, 1, Ns): 1 for every source that merges and 0 otherwise (straight-through in training)."""
-    if plan.mode == "threshold":
-        return (best > plan.merge_threshold).to(best.dtype)
-    if plan.mode == "train":
-        return straight_through(best, plan.merge_threshold, plan.tau)
-    raise ValueError(f"no merging by threshold in mode {plan.mode!r}")
-
-
 def merge_rows(x: Tensor, size: Tensor, moved: Tensor, x_merging: Tensor) -> tuple[Tensor, Tensor]:
     """Rows ``x`` (B, R, C) of sizes ``size`` (B, R, 1) absorb the merging rows ``x_merging`` (B, M, C).
 
@@ -443,7 +434,7 @@ def _threshold_merge_and_prune(
     # A receiver is as important as the most important token merged into it (importance is never
     # negative, so a 0 from the mask never wins).
     imp_col = torch.maximum(imp_row.transpose(1, 2), (hit * imp_row).amax(dim=2, keepdim=True))
-    keep, keep_value = _keep(imp_col, merging.transpose(1, 2), w, valid, live, plan, num_prefix, t)
+    keep, keep_value = _keep(imp_col, _alive(merging, w, valid, live), plan, num_prefix, t)
     # Survivors first, in layout order, then the dead (keys stay distinct).
     key = torch.where(keep, t.key, t.key + t.length)
     idx = smallest_unique(key, n if plan.mode == "train" else padded_length(keep, t.pos), dim=1)  # (B, K, 1)
@@ -463,33 +454,29 @@ def _merging(best: Tensor, plan: Plan) -> tuple[Tensor, Tensor | None]:
     """Which senders merge (booleans), and in training their straight-through weights (else None)."""
     if plan.mode == "threshold":
         return best > plan.merge_threshold, None
-    w = merge_weights(best, plan)
+    w = straight_through(best, plan.merge_threshold, plan.tau)
     return w > 0.5, w
 
 
-def _keep(
-    imp: Tensor,
-    merged: Tensor,
-    w: Tensor | None,
-    valid: Tensor | None,
-    live: Tensor | None,
-    plan: Plan,
-    num_prefix: int,
-    t: _Positions,
-) -> tuple[Tensor, Tensor]:
-    """Which tokens survive pruning: (B, N, 1) as booleans and as the validity they carry.
-    ``merged``: (B, N, 1) the sources that merged, dead from here on."""
-    if plan.mode == "threshold":
+def _alive(merging: Tensor, w: Tensor | None, valid: Tensor | None, live: Tensor | None) -> Tensor:
+    """(B, N, 1) the tokens left after merging (merged sources are dead): booleans in threshold
+    mode (``w`` None), straight-through weights in training."""
+    if w is None:
+        merged = merging.transpose(1, 2)
         # Only live sources merge (the sender mask), so live and not merged is live xor merged: one op.
-        alive = ~merged if live is None else live ^ merged
+        return ~merged if live is None else live ^ merged
+    alive = 1.0 - w.transpose(1, 2)
+    return alive if valid is None else alive * valid
+
+
+def _keep(imp: Tensor, alive: Tensor, plan: Plan, num_prefix: int, t: _Positions) -> tuple[Tensor, Tensor]:
+    """Which tokens survive pruning: (B, N, 1) as booleans and as the validity they carry."""
+    if plan.mode == "threshold":
         keep = alive & (imp > plan.prune_threshold)
         if num_prefix == 0:  # no class token to fall back on: the most important token stays
             top = torch.where(alive, imp, NEG_INF).argmax(dim=1, keepdim=True)
             keep = keep | (t.pos == top)
         return keep, keep.to(imp.dtype)
-    alive = 1.0 - w.transpose(1, 2)
-    if valid is not None:
-        alive = alive * valid
     keep_value = alive * straight_through(imp, plan.prune_threshold, plan.tau)
     return keep_value > 0.5, keep_value
 
@@ -497,11 +484,12 @@ def _keep(
 def _threshold_decision(out: Tokens, alive_in: Tensor, idx: Tensor, merge_dst: Tensor, plan: Plan, n: int) -> Decision:
     """What a threshold-mode (or training) block did, in its input positions. ``alive_in``: (B, N)
     the block's valid inputs; ``merge_dst``: (B, 1, N) each merged source's destination, -1 elsewhere."""
+    valid = as_column(out.valid)
     decision = Decision(
-        kept=torch.where(as_column(out.valid) > 0.5, idx, -1)[..., 0],
+        kept=torch.where(valid > 0.5, idx, -1)[..., 0],
         merge_dst=merge_dst[:, 0, 0::2],  # every even position, prefix sources included
         n_in=alive_in.sum(dim=1),
-        n_out=as_column(out.valid).sum(dim=(1, 2)),
+        n_out=valid.sum(dim=(1, 2)),
         length=n,
         source=out.source,
     )
