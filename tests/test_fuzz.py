@@ -483,17 +483,22 @@ def test_every_broken_variant_holds_the_rules(target, good, tmp_path, capsys):
     run_target(target, good, tmp_path, capsys, quick=False)
 
 
-def test_the_front_door_load_refuses_broken_checkpoints(good, tmp_path):
-    rng = random.Random(SEED)
-    for variant in variants(good["checkpoint"].read_bytes(), rng):
-        path = tmp_path / f"{variant.name.replace(' ', '_').replace('%', 'pc')}.safetensors"
+def refused_in_one_line(good_file: Path, tmp_path: Path, use) -> None:
+    """Every broken variant of ``good_file`` either works with ``use(path)`` or fails with a one-line
+    LTMPError naming the file; variants that must fail do."""
+    for variant in variants(good_file.read_bytes(), random.Random(SEED)):
+        path = tmp_path / f"{variant.name.replace(' ', '_').replace('%', 'pc')}{good_file.suffix}"
         path.write_bytes(variant.data)
         try:
-            ld.load(path)
+            use(path)
         except LTMPError as err:
             assert path.name in str(err) and "\n" not in str(err), (variant.name, str(err))
         else:
             assert not variant.must_fail, variant.name
+
+
+def test_the_front_door_load_refuses_broken_checkpoints(good, tmp_path):
+    refused_in_one_line(good["checkpoint"], tmp_path, ld.load)
     for kind in ("onnx", "description", "image", "accuracy"):
         with pytest.raises(LTMPError, match=good[kind].name):
             ld.load(good[kind])
@@ -501,17 +506,11 @@ def test_the_front_door_load_refuses_broken_checkpoints(good, tmp_path):
 
 
 def test_the_front_door_session_refuses_broken_graphs(good, tmp_path):
-    rng = random.Random(SEED)
-    for variant in variants(good["onnx"].read_bytes(), rng):
-        path = tmp_path / f"{variant.name.replace(' ', '_').replace('%', 'pc')}.onnx"
-        path.write_bytes(variant.data)
-        try:
-            with ld.Session(path) as session:
-                session.predict([good["image"]])
-        except LTMPError as err:
-            assert path.name in str(err) and "\n" not in str(err), (variant.name, str(err))
-        else:
-            assert not variant.must_fail, variant.name
+    def predict(path: Path) -> None:
+        with ld.Session(path) as session:
+            session.predict([good["image"]])
+
+    refused_in_one_line(good["onnx"], tmp_path, predict)
 
 
 def test_build_without_tensorrt_says_so_in_one_line(good, tmp_path, capsys):
