@@ -39,10 +39,15 @@ def _bench_command(args: argparse.Namespace) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from ltmp_deploy.bench.run import BenchConfig, run_bench
     from ltmp_deploy.bench.tables import LATENCY_HEADER, latency_rows, markdown_table
-    from ltmp_deploy.bench.write import prepare_output, write_bench
+    from ltmp_deploy.bench.write import FILES, prepare_output, write_bench
+    from ltmp_deploy.files import ensure_writable_folder, refuse_overwriting_inputs
     from ltmp_deploy.runtime.bench_results import backends, batches
 
     prepare_output(args.output_dir, args.results_md, create=False)  # fail now, not after the timing
+    if args.workdir:
+        ensure_writable_folder(args.workdir, "--workdir")
+    written = [("-o", f"{args.output_dir}/{name}") for name in FILES.values()] + [("--results-md", args.results_md)]
+    refuse_overwriting_inputs(written, [args.checkpoint, args.weights])
     config = BenchConfig(
         checkpoint=args.checkpoint,
         weights=args.weights,
@@ -72,9 +77,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from ltmp_deploy.files import write_text_atomic
+    from ltmp_deploy.files import ensure_writable, refuse_overwriting_inputs, write_text_atomic
     from ltmp_deploy.runtime.estimate import cost_document, cost_table, estimate_file
 
+    if args.json not in (None, "-"):
+        ensure_writable(args.json)
+        refuse_overwriting_inputs([("--json", args.json)], [args.bench])
     rows = estimate_file(args.bench, args.price_per_hour, args.images_per_day)
     if args.json is None:
         print(cost_table(rows, args.price_per_hour, args.images_per_day))

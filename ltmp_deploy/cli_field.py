@@ -8,6 +8,7 @@ the field install only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,14 +26,18 @@ Picture = Any  # (picture the model saw, per-block PatchMaps, patch grid)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from ltmp_deploy.files import ensure_writable, refuse_overwriting_inputs
     from ltmp_deploy.runtime.audit import AuditLog
     from ltmp_deploy.runtime.predict import image_files, predict_files
     from ltmp_deploy.runtime.session import Session
 
+    images = image_files(args.images)
+    if args.log_decisions:
+        ensure_writable(args.log_decisions)
+        refuse_overwriting_inputs([("--log-decisions", args.log_decisions)], [args.file, *images])
     with Session(args.file, providers=args.provider) as session:
         log = AuditLog(args.log_decisions, session) if args.log_decisions else None
         try:
-            images = image_files(args.images)
             rows = predict_files(session, images, k=args.k, batch=args.batch, log=log, progress=not args.no_progress)
             if args.json:
                 _print_json(rows)
@@ -67,7 +72,7 @@ def _print_table(rows: Iterator[Any], images: Sequence[Path]) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from ltmp_deploy.runtime.visualize import draw, save_png
+    from ltmp_deploy.files import refuse_overwriting_inputs
 
     kind = _show_kind(args.source)
     if kind != "checkpoint" and args.mode:
@@ -80,28 +85,54 @@ def cmd_show(args: argparse.Namespace) -> int:
             )
         if not args.image:
             raise LTMPError(f"{args.source}: choose the logged images to draw with --image NAME or --image INDEX")
-        pictures = _from_log(args.source, args.image)
-        names = args.image
+        names, logged = args.image, []
+        outs = _outputs(args.output, names)
+        refuse_overwriting_inputs([("-o", o) for o in outs], [args.source])
+        pictures = list(_from_log(args.source, args.image, logged))  # every picture drawn before any is written
+        refuse_overwriting_inputs([("-o", o) for o in outs], logged)
     else:
         if args.image:
             raise LTMPError(_not_a_log(args.source))
         if not args.images:
             raise LTMPError(f"{args.source}: give at least one image to draw")
-        pictures = (
+        names = args.images
+        outs = _outputs(args.output, names)
+        refuse_overwriting_inputs([("-o", o) for o in outs], [args.source, *names])
+        pictures = list(
             _from_runtime(args.source, args.images)
             if kind == "runtime"
             else _from_checkpoint(args.source, args.images, args.mode)
         )
-        names = args.images
-    for out, (picture, maps, grid) in zip(_outputs(args.output, names), pictures):
-        print(f"wrote {save_png(draw(picture, maps, grid), out)}")
+    for out in _write_all(outs, pictures):
+        print(f"wrote {out}")
     return 0
+
+
+def _write_all(outs: Sequence[Path], pictures: Sequence[Picture]) -> list[Path]:
+    """Draw every picture, then write them all or none: each goes to a temporary file first, and
+    the files are renamed into place only when every one was written."""
+    from ltmp_deploy.files import atomic_output
+    from ltmp_deploy.runtime.visualize import draw
+
+    drawn = [draw(picture, maps, grid) for picture, maps, grid in pictures]
+    folder = outs[0].parent
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            for out, image in zip(outs, drawn):
+                image.save(stack.enter_context(atomic_output(out, suffix=".png")), format="PNG")
+    except BaseException:
+        if made and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    return list(outs)
 
 
 def _show_kind(source: str) -> str:
     """What ``source`` is, from its content: "log", "runtime" (an exported graph or engine) or "checkpoint"."""
     from ltmp_deploy.formats import FileKind
-    from ltmp_deploy.runtime.audit import SCHEMA
+    from ltmp_deploy.runtime.audit import is_audit_log
     from ltmp_deploy.runtime.engine import model_file_kind
 
     path = Path(source)
@@ -110,10 +141,8 @@ def _show_kind(source: str) -> str:
     kind = model_file_kind(path)
     if kind in (FileKind.ONNX, FileKind.ENGINE):
         return "runtime"
-    if kind is FileKind.JSON:
-        with path.open("rb") as f:
-            if f'"schema":"{SCHEMA}"'.encode() in f.readline():
-                return "log"
+    if kind is FileKind.JSON and is_audit_log(path):
+        return "log"
     return "checkpoint"
 
 
@@ -129,13 +158,16 @@ def _not_a_log(source: str) -> str:
 
 
 def _outputs(output: str, names: Sequence[str]) -> list[Path]:
-    """``output`` itself for one image; for several, a file per image in the folder ``output``."""
+    """``output`` itself for one image; for several, a file per image in the folder ``output``
+    (made when the pictures are written). Checked here, before any drawing."""
+    from ltmp_deploy.files import ensure_writable, ensure_writable_folder
+
     target = Path(output)
     if len(names) == 1 and not target.is_dir():
-        return [target]
+        return [ensure_writable(target)]
     if target.exists() and not target.is_dir():
         raise LTMPError(f"-o {output}: {len(names)} images need a folder to write into, and this is a file")
-    target.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(target, "-o")
     outs, seen = [], set()
     for name in names:
         stem = Path(name.replace(":", "-")).stem or "image"
@@ -148,7 +180,8 @@ def _outputs(output: str, names: Sequence[str]) -> list[Path]:
     return outs
 
 
-def _from_log(path: str, wanted: Sequence[str]) -> Iterator[Picture]:
+def _from_log(path: str, wanted: Sequence[str], logged: list[str]) -> Iterator[Picture]:
+    """The pictures of the ``wanted`` entries of the log; ``logged`` gets each image file read."""
     from ltmp_deploy.files import sha256
     from ltmp_deploy.runtime.audit import entry_maps, select
     from ltmp_deploy.runtime.preprocess import model_view
@@ -163,6 +196,7 @@ def _from_log(path: str, wanted: Sequence[str]) -> Iterator[Picture]:
                 f"{where}: the file changed since it was logged (its sha256 differs); the log no longer describes it"
             )
         grid, maps = entry_maps(entry, where)
+        logged.append(image)
         yield model_view(image, entry["input"]["data_config"]), maps, grid
 
 

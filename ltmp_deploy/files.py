@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ltmp_deploy.errors import LTMPError
@@ -43,6 +43,38 @@ def ensure_writable_folder(path: str | os.PathLike, option: str = "") -> Path:
         raise LTMPError(f"{label}: cannot be made, {existing} is a file")
     _probe(existing, f"{label}: cannot write into {existing}; choose another folder")
     return folder
+
+
+def _identity(path: str | os.PathLike) -> tuple[str, tuple[int, int] | None]:
+    """The resolved path and, for an existing file, its (device, inode): a link or a second name of
+    the same file gives the same identity."""
+    try:
+        st = os.stat(path)
+        inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except OSError:
+        inode = None
+    return os.path.realpath(path), inode
+
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[tuple[str, str | os.PathLike | None]], inputs: Iterable[str | os.PathLike | None]
+) -> None:
+    """A one-line LTMPError, before anything is written, when an output (``(option, path)``) is one
+    of the command's inputs: the same path, or the same file through a link or another name."""
+    known: dict[object, str] = {}
+    for item in inputs:
+        if item is None or not os.path.exists(item) or os.path.isdir(item):
+            continue
+        real, inode = _identity(item)
+        known[real] = known[inode] = os.fspath(item)
+    for option, out in outputs:
+        if out is None:
+            continue
+        real, inode = _identity(out)
+        same = known.get(real) or (known.get(inode) if inode is not None else None)
+        if same is not None:
+            label = f"{option} {os.fspath(out)}" if option else os.fspath(out)
+            raise LTMPError(f"{label}: is the input {same}; writing it would destroy it, choose another path")
 
 
 def _probe(folder: Path, message: str) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -112,46 +113,20 @@ def checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise LTMPError(f"{path}: its ltmp-deploy metadata is not a JSON object")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise LTMPError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
-    for key, ok, shape in _CHECKPOINT_ENTRIES:
-        if key not in meta:
-            raise LTMPError(f"{path}: its ltmp-deploy metadata lacks {key!r}; {_REWRITE}")
-        if not ok(meta[key]):
-            raise LTMPError(f"{path}: its ltmp-deploy metadata entry {key!r} is not {shape}; {_REWRITE}")
-    return meta
+    from ltmp_deploy.schemas import problem
 
-
-def _numbers(value: Any, count: int | None = None) -> bool:
-    ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    return ok and (count is None or len(value) == count)
+    found = problem(meta, "checkpoint-metadata")
+    if found is None:
+        return meta
+    field = re.match(r"\$\.(\w+)(\S*): (.*)$", found)
+    if field and field[3] == "missing" and not field[2]:
+        raise LTMPError(f"{path}: its ltmp-deploy metadata lacks {field[1]!r}; {_REWRITE}")
+    if field:
+        found = f"entry {field[1]!r}{field[2]}: {field[3]}"
+    raise LTMPError(f"{path}: its ltmp-deploy metadata {found}; {_REWRITE}")
 
 
 _REWRITE = "the checkpoint is damaged or was edited: write it again with ltmp-deploy patch, learn or calibrate"
-# (entry, check, what it should be) for every entry a checkpoint's reader relies on.
-_CHECKPOINT_ENTRIES = (
-    (
-        "architecture",
-        lambda v: isinstance(v, dict) and any(isinstance(v.get(k), str) and v[k] for k in ("timm_model", "timm_class")),
-        "an object with timm_model or timm_class",
-    ),
-    ("mode", lambda v: isinstance(v, str), "a mode name"),
-    ("num_classes", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive whole number"),
-    (
-        "data_config",
-        lambda v: isinstance(v, dict) and _numbers(v.get("input_size"), 3),
-        "an object with input_size [C, H, W]",
-    ),
-    (
-        "thresholds",
-        lambda v: isinstance(v, dict) and _numbers(v.get("merge")) and _numbers(v.get("prune")),
-        "an object with merge and prune lists",
-    ),
-    (
-        "schedule",
-        lambda v: v is None or (isinstance(v, list) and all(_numbers(p, 2) for p in v)),
-        "null or a list of [r, k] pairs",
-    ),
-    ("tau", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a positive number"),
-)
 
 
 def safetensors_header(path: str | os.PathLike) -> dict[str, Any]:

@@ -523,3 +523,498 @@ def test_build_without_tensorrt_says_so_in_one_line(good, tmp_path, capsys):
     (line,) = result.err.strip().splitlines()
     assert "TensorRT is not installed" in line and good["onnx"].name in line, line
     assert listing(tmp_path) == []
+
+
+# -- files the toolkit wrote, broken field by field --------------------------------------------------
+#
+# The byte-level variants above say whether a file is one at all. These break a good JSON document
+# (an audit log line, a bench, accuracy or estimate result, an engine sidecar, the metadata of a
+# checkpoint or a graph) one field at a time: the field missing, null, of another type, out of
+# range, an extra field beside it; the document truncated; and the same document spelled another
+# way (spaces, indentation, key order), which must still load. Every command and front-door call
+# that reads the format runs on each, and must work or refuse in one line naming the file, exit 2,
+# nothing written.
+
+EXTRA = "zz_extra_field"
+SPELLINGS = {  # valid JSON spellings of the same document: each must load as the original does
+    "re-serialised with spaces": {"separators": (", ", ": ")},
+    "re-serialised indented and sorted": {"indent": 4, "sort_keys": True},
+    "re-serialised compact": {"separators": (",", ":")},
+}
+JSON_COUNTS: dict[str, list[int]] = {}  # target -> [cases, failures]
+
+
+@dataclass
+class DocVariant:
+    name: str
+    text: str | None  # the whole file's text (None: from ``doc``)
+    doc: object = None
+    must_load: bool = False
+
+
+def _paths(node: object, prefix: tuple = (), depth: int = 0) -> list[tuple]:
+    """Every field of ``node`` (keys of objects, the first item of lists), depth first."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found.append((*prefix, key))
+            if depth < 4:
+                found += _paths(value, (*prefix, key), depth + 1)
+    elif isinstance(node, list) and node and isinstance(node[0], (dict, list)):
+        found.append((*prefix, 0))
+        found += _paths(node[0], (*prefix, 0), depth + 1)
+    return found
+
+
+def _get(doc: object, path: tuple) -> object:
+    for p in path:
+        doc = doc[p]
+    return doc
+
+
+def _replaced(doc: object, path: tuple, value: object, delete: bool = False) -> object:
+    new = json.loads(json.dumps(doc))
+    parent = _get(new, path[:-1])
+    if delete:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return new
+
+
+def _wrong_type(value: object) -> object:
+    if isinstance(value, bool) or value is None:
+        return "yes"
+    if isinstance(value, (int, float)):
+        return "12"
+    if isinstance(value, str):
+        return {"text": value}
+    if isinstance(value, list):
+        return {"0": value[:1]}
+    return ["not", "an", "object"]
+
+
+def _out_of_range(value: object) -> object:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return -1 if value else -3.5
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+        return [0] * len(value) if any(value) else [-1] * len(value)
+    return None
+
+
+def doc_variants(doc: object, dump: Callable[[object], str]) -> list[DocVariant]:
+    """The broken and the re-spelled variants of ``doc``; ``dump`` writes one as the file's text."""
+    out = []
+    for path in _paths(doc):
+        field = ".".join(str(p) for p in path)
+        value = _get(doc, path)
+        if isinstance(path[-1], str):
+            out.append(DocVariant(f"{field} missing", None, _replaced(doc, path, None, delete=True)))
+        out.append(DocVariant(f"{field} null", None, _replaced(doc, path, None)))
+        out.append(DocVariant(f"{field} wrong type", None, _replaced(doc, path, _wrong_type(value))))
+        bad = _out_of_range(value)
+        if bad is not None:
+            out.append(DocVariant(f"{field} out of range", None, _replaced(doc, path, bad)))
+        if isinstance(value, dict):
+            out.append(DocVariant(f"{field} extra field", None, _replaced(doc, (*path, EXTRA), 1)))
+    out.append(DocVariant("extra field", None, _replaced(doc, (EXTRA,), [1, 2])))
+    text = dump(doc)
+    out.append(DocVariant("truncated", text[: len(text) // 2]))
+    for name, how in SPELLINGS.items():
+        out.append(DocVariant(name, None, ("spelled", how), must_load=True))
+    return out
+
+
+@dataclass
+class Format:
+    """A file format: how to read a good file's document, and how to write one back."""
+
+    name: str
+    good: str  # the GoodFiles kind
+    read: Callable[[Path], object]
+    write: Callable[[Path, object, dict], None]  # (path, document, json.dumps options)
+
+
+def _read_text_json(path: Path) -> object:
+    return json.loads(path.read_text().splitlines()[0] if path.suffix == ".jsonl" else path.read_text())
+
+
+def _write_text_json(path: Path, doc: object, how: dict) -> None:
+    path.write_text(json.dumps(doc, **how) + "\n")
+
+
+def _write_audit(path: Path, doc: object, how: dict) -> None:
+    path.write_text(json.dumps(doc, **{k: v for k, v in how.items() if k != "indent"}) + "\n")
+
+
+def _read_graph_meta(path: Path) -> object:
+    import onnx
+
+    from ltmp_deploy.export.metadata import read_metadata
+
+    return read_metadata(onnx.load(str(path), load_external_data=False))
+
+
+def _write_graph_meta(path: Path, doc: object, how: dict) -> None:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    del graph.metadata_props[:]
+    for key, value in doc.items():
+        graph.metadata_props.append(onnx.StringStringEntryProto(key=key, value=json.dumps(value, **how)))
+    onnx.save(graph, str(path))
+
+
+def _read_checkpoint_meta(path: Path) -> object:
+    from ltmp_deploy.formats import CHECKPOINT_METADATA_KEY, safetensors_metadata
+
+    return json.loads(safetensors_metadata(path)[CHECKPOINT_METADATA_KEY])
+
+
+def _write_checkpoint_meta(path: Path, doc: object, how: dict) -> None:
+    from ltmp_deploy.formats import CHECKPOINT_METADATA_KEY
+
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"][CHECKPOINT_METADATA_KEY] = json.dumps(doc, **how)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + length :])
+
+
+FORMATS = {
+    f.name: f
+    for f in (
+        Format("audit", "audit", _read_text_json, _write_audit),
+        Format("bench", "bench", _read_text_json, _write_text_json),
+        Format("accuracy", "accuracy", _read_text_json, _write_text_json),
+        Format("sidecar", "sidecar", _read_text_json, _write_text_json),
+        Format("graph", "onnx", _read_graph_meta, _write_graph_meta),
+        Format("checkpoint", "checkpoint", _read_checkpoint_meta, _write_checkpoint_meta),
+    )
+}
+
+
+def _sidecar(good: GoodFiles) -> Path:
+    """An engine's sidecar as ``build --sidecar-only`` writes it (the engine: bytes with the plan magic)."""
+    engine = good.root / "sidecar" / "model.engine"
+    if not engine.exists():
+        engine.parent.mkdir()
+        engine.write_bytes(good["engine"].read_bytes())
+        argv = ["build", str(good["onnx"]), "--preset", "datacenter", "--sidecar-only", "10.3.0", "-o", str(engine)]
+        assert _cli(argv) == 0
+    return engine.with_name("model.engine.json")
+
+
+@dataclass
+class JsonTarget:
+    """A command (``argv``) or a front-door call (``api``) that reads the file ``fmt`` names."""
+
+    name: str
+    fmt: str
+    argv: Argv | None = None
+    api: Api | None = None
+    limit: int | None = None  # a seeded sample of this many cases, for commands that take a while
+
+
+def _engine_of(f: dict[str, Path]) -> str:
+    return str(f["sidecar"].with_suffix(""))
+
+
+JSON_TARGETS = [
+    JsonTarget("show", "audit", lambda f, o: ["show", _s(f["audit"]), "--image", "0", "-o", _s(o / "s.png")]),
+    JsonTarget("read_log", "audit", api=lambda f, o: list(__import__("ltmp_deploy.runtime.audit").runtime.audit
+                                                        .read_log(f["audit"]))),
+    JsonTarget("estimate", "bench", lambda f, o: ["estimate", _s(f["bench"]), "--price-per-hour", "1",
+                                                  "--images-per-day", "1000", "--json", _s(o / "e.json")]),
+    JsonTarget("estimate_file", "bench", api=_estimate_api),
+    JsonTarget("report", "bench", lambda f, o: ["report", "--bench", _s(f["bench"]), "--headline", "unpatched", "-o",
+                                              _s(o / "report")],
+               limit=40),
+    JsonTarget("report", "accuracy", lambda f, o: ["report", "--accuracy", _s(f["accuracy"]), "--headline",
+                                                   "unpatched", "-o", _s(o / "report")], limit=40),
+    JsonTarget("read_accuracy", "accuracy", api=lambda f, o: __import__("ltmp_deploy.report.accuracy").report
+               .accuracy.read_accuracy(f["accuracy"])),
+    JsonTarget("inspect", "sidecar", lambda f, o: ["inspect", _engine_of(f)]),
+    JsonTarget("inspect_file", "sidecar", api=lambda f, o: _inspect_api("engine")({"engine": _engine_of(f)}, o)),
+    JsonTarget("predict", "graph", lambda f, o: ["predict", _s(f["onnx"]), _s(f["image"]), "--no-progress",
+                                                 "--log-decisions", _s(o / "a.jsonl")]),
+    JsonTarget("Session.predict", "graph", api=_predict_api),
+    JsonTarget("show", "graph", lambda f, o: ["show", _s(f["onnx"]), _s(f["image"]), "-o", _s(o / "s.png")]),
+    JsonTarget("inspect", "graph", lambda f, o: ["inspect", _s(f["onnx"])]),
+    JsonTarget("inspect", "checkpoint", lambda f, o: ["inspect", _s(f["checkpoint"])]),
+    JsonTarget("inspect_file", "checkpoint", api=_inspect_api("checkpoint")),
+]  # fmt: skip
+
+
+def _json_case(target: JsonTarget, variant: DocVariant, good: GoodFiles, root: Path, capsys) -> list[str]:
+    fmt = FORMATS[target.fmt]
+    source = _sidecar(good) if target.fmt == "sidecar" else good[fmt.good]
+    case = root / f"case{len(list(root.iterdir()))}"
+    inputs, out = case / "in", case / "out"
+    inputs.mkdir(parents=True)
+    out.mkdir()
+    broken = inputs / source.name
+    if target.fmt == "sidecar":
+        shutil.copyfile(source.with_suffix(""), broken.with_suffix(""))
+    if variant.text is not None:
+        shutil.copyfile(source, broken)  # a graph or checkpoint keeps its weights; JSON files are replaced
+        broken.write_text(variant.text)
+    elif isinstance(variant.doc, tuple):
+        shutil.copyfile(source, broken)
+        fmt.write(broken, fmt.read(source), variant.doc[1])
+    else:
+        shutil.copyfile(source, broken)
+        fmt.write(broken, variant.doc, {})
+    files = Files(good, **{fmt.good: broken, "sidecar": broken})
+    before = listing(case)
+    if target.api is not None:
+        return _json_api_problems(target, files, out, broken, variant)
+    with contextlib.chdir(case):
+        result = run_cli(target.argv(files, out), capsys)
+    if result.crash is not None:
+        return [f"traceback: {result.crash}"]
+    problems = []
+    lines = result.err.strip().splitlines()
+    if "Traceback" in result.err + result.out:
+        problems.append("a traceback in its output")
+    if variant.must_load and result.rc != 0:
+        problems.append(f"a valid spelling refused: {result.err.strip()[:300]!r}")
+    elif result.rc == 2:
+        if len(lines) != 1:
+            problems.append(f"{len(lines)} lines on stderr: {result.err.strip()[:300]!r}")
+        elif broken.name not in lines[0]:
+            problems.append(f"the line does not name {broken.name}: {lines[0][:300]!r}")
+        made = sorted(set(listing(case)) - set(before))
+        if made:
+            problems.append(f"written on a refusal: {made}")
+    elif result.rc != 0:
+        problems.append(f"exit code {result.rc}: {result.err.strip()[-300:]!r}")
+    return problems
+
+
+def _json_api_problems(target: JsonTarget, files: dict, out: Path, broken: Path, variant: DocVariant) -> list[str]:
+    try:
+        target.api(files, out)
+    except LTMPError as err:
+        if variant.must_load:
+            return [f"a valid spelling refused: {err}"]
+        if "\n" in str(err) or broken.name not in str(err):
+            return [f"not one line naming {broken.name}: {str(err)[:300]!r}"]
+        return [f"left {listing(out)}"] if listing(out) else []
+    except Exception as err:  # noqa: BLE001  (what the test looks for)
+        return [f"raised {type(err).__name__}: {str(err)[:200]}"]
+    return []
+
+
+def _json_id(target: JsonTarget) -> str:
+    return f"{target.name}-{target.fmt}"
+
+
+@pytest.mark.parametrize("target", JSON_TARGETS, ids=_json_id)
+def test_toolkit_files_broken_field_by_field(target, good, tmp_path, capsys):
+    fmt = FORMATS[target.fmt]
+    source = _sidecar(good) if target.fmt == "sidecar" else good[fmt.good]
+    dump = (lambda d: json.dumps(d) + "\n") if fmt.write in (_write_text_json, _write_audit) else json.dumps
+    tried = doc_variants(fmt.read(source), dump)
+    if target.limit is not None and len(tried) > target.limit:
+        keep = [v for v in tried if v.must_load or v.name == "truncated"]
+        tried = keep + random.Random(f"{SEED}-{_json_id(target)}").sample(
+            [v for v in tried if v not in keep], target.limit - len(keep)
+        )
+    failures = []
+    for variant in tried:
+        failures += [f"{_json_id(target)} [{variant.name}]: {p}" for p in _json_case(target, variant, good, tmp_path,
+                                                                                     capsys)]  # fmt: skip
+    JSON_COUNTS[_json_id(target)] = [len(tried), len(failures)]
+    assert not failures, f"{len(failures)} of {len(tried)} cases broke the rules:\n" + "\n".join(failures)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _json_counts():
+    yield
+    for name, (cases, failed) in sorted(JSON_COUNTS.items()):
+        print(f"\nfuzz cases {name}: {cases} ({failed} broke the rules)", end="")
+
+
+# -- an output that is an input, options naming files, untrusted images ----------------------------
+
+
+def _refused(result: Outcome, *names: str) -> list[str]:
+    lines = result.err.strip().splitlines()
+    if result.crash is not None:
+        return [f"traceback: {result.crash}"]
+    if result.rc != 2 or len(lines) != 1:
+        return [f"exit {result.rc}, stderr {result.err.strip()[-300:]!r}"]
+    return [f"the line does not name {n}: {lines[0]!r}" for n in names if n not in lines[0]]
+
+
+# (name, slot, argv with the output in place of the file in ``slot``)
+OVERWRITES = [
+    ("predict --log-decisions", "onnx", lambda f, p: ["predict", _s(f["onnx"]), _s(f["image"]), "--no-progress",
+                                                      "--log-decisions", p]),
+    ("predict --log-decisions", "image", lambda f, p: ["predict", _s(f["onnx"]), _s(f["image"]), "--no-progress",
+                                                       "--log-decisions", p]),
+    ("estimate --json", "bench", lambda f, p: ["estimate", _s(f["bench"]), "--price-per-hour", "1", "--json", p]),
+    ("show -o", "image", lambda f, p: ["show", _s(f["onnx"]), _s(f["image"]), "-o", p]),
+    ("show -o", "audit", lambda f, p: ["show", _s(f["audit"]), "--image", "0", "-o", p]),
+    ("export -o", "checkpoint", lambda f, p: ["export", _s(f["checkpoint"]), "--no-validate", "-o", p]),
+    ("calibrate -o", "checkpoint", lambda f, p: ["calibrate", _s(f["checkpoint"]), "--flops-target", "0.5",
+                                                 "--no-evaluate", "-o", p]),
+    ("learn -o", "checkpoint", lambda f, p: ["learn", _s(f["checkpoint"]), "--data", _s(f["data"]), *LEARN, "-o", p]),
+    ("patch -o", "weights", lambda f, p: ["patch", _s(f["description"]), "--weights", _s(f["weights"]), "-o", p]),
+    ("validate --json", "onnx", lambda f, p: ["validate", _s(f["onnx"]), "--against", _s(f["checkpoint"]),
+                                              "--images", "2", "--json", p]),
+    ("build -o", "onnx", lambda f, p: ["build", _s(f["onnx"]), "--preset", "datacenter", "-o", p]),
+    ("bench --results-md", "checkpoint", lambda f, p: ["bench", _s(f["checkpoint"]), "--targets", "--no-threshold",
+                                                       *ONE_ROUND, "--results-md", p, "-o", "b"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["same path", "through a link"])
+@pytest.mark.parametrize("case", OVERWRITES, ids=lambda c: f"{c[0]}={c[1]}")
+def test_an_output_never_replaces_an_input(case, how, good, tmp_path, capsys):
+    name, slot, argv = case
+    source = tmp_path / good[slot].name
+    shutil.copyfile(good[slot], source)
+    target = source
+    if how == "through a link":
+        target = tmp_path / "link" / f"other{source.suffix}"
+        target.parent.mkdir()
+        target.symlink_to(source)
+    files = Files(good, **{slot: source})
+    before = listing(tmp_path)
+    with contextlib.chdir(tmp_path):
+        result = run_cli(argv(files, str(target)), capsys)
+    problems = _refused(result, target.name)
+    if source.read_bytes() != good[slot].read_bytes():
+        problems.append("the input was changed")
+    if listing(tmp_path) != before:
+        problems.append(f"written: {sorted(set(listing(tmp_path)) - set(before))}")
+    JSON_COUNTS[f"{name} is {slot}, {how}"] = [1, int(bool(problems))]
+    assert not problems, problems
+
+
+def test_show_writes_all_its_pictures_or_none(good, tmp_path, capsys):
+    missing = tmp_path / "gone.png"
+    result = run_cli(["show", str(good["onnx"]), str(good["image"]), str(missing), "-o", str(tmp_path / "pics")],
+                     capsys)  # fmt: skip
+    problems = _refused(result, missing.name)
+    assert not problems and not (tmp_path / "pics").exists(), (problems, listing(tmp_path))
+
+
+def _bomb(path: Path) -> Path:
+    """A PNG over Pillow's decompression-bomb limit as the test lowers it (MAX_IMAGE_PIXELS)."""
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(path)
+    return path
+
+
+BOMB_PIXELS = 1000  # the 64x64 image is over twice this: Pillow's DecompressionBombError
+
+
+IMAGE_USES = [
+    ("predict", lambda f, img: run_cli_quiet(["predict", _s(f["onnx"]), _s(img), "--no-progress"])),
+    ("show", lambda f, img: run_cli_quiet(["show", _s(f["onnx"]), _s(img), "-o", _s(img.with_name("o.png"))])),
+    ("Session.predict", lambda f, img: ld.Session(f["onnx"]).predict([img])),
+    ("preprocess", lambda f, img: __import__("ltmp_deploy.runtime.preprocess").runtime.preprocess.preprocess(
+        img, {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3})),
+]  # fmt: skip
+
+
+def run_cli_quiet(argv: list[str]) -> int:
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    if rc == 2:
+        raise LTMPError(err.getvalue().strip().split(": error: ", 1)[-1])
+    return rc
+
+
+@pytest.mark.parametrize("use", IMAGE_USES, ids=lambda u: u[0])
+@pytest.mark.parametrize("kind", ["decompression bomb", "over the warning limit", "unsupported mode"])
+def test_untrusted_images_are_one_line(use, kind, good, tmp_path, monkeypatch):
+    image = tmp_path / "field.png"
+    if kind == "unsupported mode":
+        image = Image.new("La", (8, 8))  # a PIL image whose mode Pillow cannot turn into RGB
+        if use[0] in ("predict", "show"):
+            pytest.skip("the CLI takes files; no file format holds this mode")
+    else:
+        _bomb(image)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_PIXELS if kind == "decompression bomb" else 3000)
+    try:
+        use[1](good, image)
+    except LTMPError as err:
+        assert "\n" not in str(err) and (kind == "unsupported mode" or image.name in str(err)), str(err)
+        JSON_COUNTS[f"image {kind} {use[0]}"] = [1, 0]
+    except Exception as err:  # noqa: BLE001
+        JSON_COUNTS[f"image {kind} {use[0]}"] = [1, 1]
+        raise AssertionError(f"{type(err).__name__}: {err}") from err
+    else:
+        JSON_COUNTS[f"image {kind} {use[0]}"] = [1, 1]
+        raise AssertionError("accepted")
+
+
+def test_folders_skip_bombs_with_a_count(good, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copyfile(good["image"], folder / "a.png")
+    Image.open(good["image"]).resize((30, 30)).save(folder / "b.png")
+    _bomb(folder / "c.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    result = run_cli(["predict", str(good["onnx"]), str(folder), "--no-progress", "--json"], capsys)
+    assert result.rc == 0 and result.crash is None, result
+    assert len(result.out.strip().splitlines()) == 0 or all("c.png" not in line for line in result.out.splitlines())
+    assert "skipped 1" in result.err and "c.png" in result.err, result.err
+
+
+# (option, argv whose option names the wrong kind of thing)
+OPTION_PATHS = [
+    ("bench --workdir FILE", lambda f, t: ["bench", _s(f["checkpoint"]), "--targets", "--no-threshold", *ONE_ROUND,
+                                           "--workdir", _s(t["file"]), "-o", _s(t["dir"] / "b")]),
+    ("bench -o FILE", lambda f, t: ["bench", _s(f["checkpoint"]), "--targets", "--no-threshold", *ONE_ROUND,
+                                    "-o", _s(t["file"])]),
+    ("report -o FILE", lambda f, t: ["report", "--accuracy", _s(f["accuracy"]), "-o", _s(t["file"])]),
+    ("report --grid MISSING", lambda f, t: ["report", "--accuracy", _s(f["accuracy"]), "--grid", _s(t["missing"]),
+                                            "-o", _s(t["dir"] / "r")]),
+    ("estimate --json DIR", lambda f, t: ["estimate", _s(f["bench"]), "--price-per-hour", "1", "--json",
+                                          _s(t["dir"])]),
+    ("predict --log-decisions DIR", lambda f, t: ["predict", _s(f["onnx"]), _s(f["image"]), "--no-progress",
+                                                  "--log-decisions", _s(t["dir"])]),
+    ("predict --log-decisions NOFOLDER", lambda f, t: ["predict", _s(f["onnx"]), _s(f["image"]), "--no-progress",
+                                                       "--log-decisions", _s(t["missing"] / "a.jsonl")]),
+    ("show -o NOFOLDER", lambda f, t: ["show", _s(f["onnx"]), _s(f["image"]), "-o", _s(t["missing"] / "s.png")]),
+    ("validate --json DIR", lambda f, t: ["validate", _s(f["onnx"]), "--against", _s(f["checkpoint"]), "--json",
+                                          _s(t["dir"])]),
+    ("calibrate --int8-calib FILE", lambda f, t: ["calibrate", _s(f["checkpoint"]), "--flops-target", "0.5",
+                                                  "--no-evaluate", "--int8-calib", _s(t["file"]), "-o",
+                                                  _s(t["dir"] / "c.safetensors")]),
+    ("export --triton-repo FILE", lambda f, t: ["export", _s(f["checkpoint"]), "--no-validate", "--triton-repo",
+                                                _s(t["file"]), "-o", _s(t["dir"] / "x.onnx")]),
+    ("build --timing-cache DIR", lambda f, t: ["build", _s(f["onnx"]), "--preset", "datacenter", "--print-trtexec",
+                                               "--timing-cache", _s(t["dir"]), "-o", _s(t["dir"] / "m.engine")]),
+    ("build --calibration MISSING", lambda f, t: ["build", _s(f["onnx"]), "--preset", "datacenter", "--precision",
+                                                  "int8", "--calibration", _s(t["missing"]), "--print-trtexec", "-o",
+                                                  _s(t["dir"] / "m.engine")]),
+    ("demo --workdir FILE", lambda f, t: ["demo", "--quick", "--workdir", _s(t["file"])]),
+    ("learn --data FILE", lambda f, t: ["learn", _s(f["checkpoint"]), "--data", _s(t["file"]), *LEARN, "-o",
+                                        _s(t["dir"] / "l.safetensors")]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", OPTION_PATHS, ids=lambda c: c[0])
+def test_options_naming_files_are_checked_first(case, good, tmp_path, capsys):
+    name, argv = case
+    places = {"file": tmp_path / "a-file.txt", "dir": tmp_path / "a-folder", "missing": tmp_path / "missing"}
+    places["file"].write_text("not a folder\n")
+    places["dir"].mkdir()
+    before = listing(tmp_path)
+    with contextlib.chdir(tmp_path):
+        result = run_cli(argv(good, places), capsys)
+    problems = _refused(result)
+    if listing(tmp_path) != before:
+        problems.append(f"written: {sorted(set(listing(tmp_path)) - set(before))}")
+    JSON_COUNTS[f"option {name}"] = [1, int(bool(problems))]
+    assert not problems, problems

@@ -13,6 +13,7 @@ from typing import Any
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.formats import FileKind, sniff
+from ltmp_deploy.schemas import check
 
 SCHEMA = "ltmp-deploy-onnx/1"
 # The modes an exported graph runs in (the model also has train, and off/oracle baselines).
@@ -35,14 +36,16 @@ def encode(meta: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def decode(props: Mapping[str, str]) -> dict[str, Any]:
+def decode(props: Mapping[str, str], where: str | None = None) -> dict[str, Any]:
+    """The metadata from its string map; checked against the onnx-metadata schema when ``where``
+    (the file, for the message) is given, as every reader that acts on it does."""
     meta = {}
     for k, v in props.items():
         try:
             meta[k] = json.loads(v)
         except ValueError:
             meta[k] = v  # a key someone else added by hand
-    return meta
+    return meta if where is None else check(meta, "onnx-metadata", where)
 
 
 def load_onnx(path: Any) -> Any:
@@ -77,6 +80,6 @@ def write_metadata(graph: Any, meta: Mapping[str, Any]) -> None:
         graph.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
 
 
-def read_metadata(graph: Any) -> dict[str, Any]:
-    """Metadata of an onnx ModelProto."""
-    return decode({p.key: p.value for p in graph.metadata_props})
+def read_metadata(graph: Any, where: str | None = None) -> dict[str, Any]:
+    """Metadata of an onnx ModelProto (checked when ``where`` names its file, see :func:`decode`)."""
+    return decode({p.key: p.value for p in graph.metadata_props}, where)

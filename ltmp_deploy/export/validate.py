@@ -133,7 +133,7 @@ def _onnxruntime_target(source: Union[bytes, str], file: str) -> Target:
     except Exception as err:  # noqa: BLE001  (ONNX Runtime raises InvalidProtobuf, Fail, RuntimeException...)
         reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         raise LTMPError(f"{file}: not a loadable ONNX graph, it may be truncated or corrupt ({reason})") from err
-    meta = decode(session.get_modelmeta().custom_metadata_map)
+    meta = decode(session.get_modelmeta().custom_metadata_map, str(file))
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in session.get_inputs()[0].shape)
     batch_range = (1, None) if not shape or shape[0] is None else (shape[0], shape[0])
     runner = OnnxrtRunner(session, name=f"onnxruntime[CPU] {Path(file).name}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,7 @@ import numpy as np
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import read_json, write_text_atomic
 from ltmp_deploy.runtime.bench_results import KINDS, variant_name
+from ltmp_deploy.schemas import check
 
 SCHEMA = "ltmp-deploy-accuracy/1"
 
@@ -109,33 +109,15 @@ def read_accuracy(path: str | os.PathLike) -> dict[str, Any]:
     return check_accuracy(read_json(path, "an accuracy result"), str(path))
 
 
-def _fraction(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
-
-
 def check_accuracy(doc: Any, where: str = "accuracy result") -> dict[str, Any]:
     """``doc`` if it follows the schema, else a one-line LTMPError."""
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise LTMPError(f"{where}: not an ltmp-deploy accuracy result (schema {found!r}, expected {SCHEMA!r})")
-    if not isinstance(doc.get("dataset"), dict) or "name" not in doc["dataset"]:
-        raise LTMPError(f"{where}: 'dataset' must say at least the data set's name")
-    variants = doc.get("variants")
-    if not isinstance(variants, list) or not variants:
-        raise LTMPError(f"{where}: no variants")
-    names = set()
-    for v in variants:
-        if not isinstance(v, dict) or v.get("method") not in KINDS or not isinstance(v.get("name"), str):
-            raise LTMPError(f"{where}: every variant needs a name and a method among {', '.join(KINDS)}")
-        if (
-            not _fraction(v.get("accuracy"))
-            or not isinstance(v.get("flops_ratio"), (int, float))
-            or v["flops_ratio"] <= 0
-        ):
-            raise LTMPError(f"{where}: {v['name']}: accuracy must be a fraction in [0, 1] and flops_ratio positive")
-        names.add(v["name"])
+    check(doc, "accuracy-result", where)
+    names = {v["name"] for v in doc["variants"]}
     for name, t in (doc.get("tokens_per_block") or {}).items():
-        if not isinstance(t, dict) or not isinstance(t.get("mean"), list) or len(t.get("std") or []) != len(t["mean"]):
+        if len(t["std"]) != len(t["mean"]):
             raise LTMPError(f"{where}: tokens_per_block[{name!r}] needs per-block 'mean' and 'std' lists of one length")
     if doc.get("headline") is not None and doc["headline"] not in names:
         raise LTMPError(f"{where}: headline {doc['headline']!r} is not among its variants")

@@ -11,6 +11,7 @@ the same, its figures written next to it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import os
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from typing import Any
 
 from ltmp_deploy.bench.tables import LATENCY_HEADER, latency_rows, markdown_table
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.files import write_bytes_atomic, write_text_atomic
+from ltmp_deploy.files import atomic_output, ensure_writable_folder, refuse_overwriting_inputs
 from ltmp_deploy.report.accuracy import check_accuracy, read_accuracy
 from ltmp_deploy.runtime.bench_results import (
     FIXED,
@@ -285,6 +286,7 @@ def write_report(
     ``bench`` / ``accuracy``: a result file or its document (at least one). ``grids``: PNG token
     grids. ``variant``: the headline's variant (default :func:`choose_headline`); ``backend``: the
     one its latency is read on (default ONNX Runtime CPU when measured)."""
+    ensure_writable_folder(out_dir, "-o")
     bench_doc = _load(bench, read_bench, check_bench)
     acc_doc = _load(accuracy, read_accuracy, check_accuracy)
     if bench_doc is None and acc_doc is None:
@@ -295,15 +297,17 @@ def write_report(
     title = title or f"LTMP report: {model}"
     sections = _sections(bench_doc, acc_doc, head, pngs)
     out = Path(out_dir)
+    contents = {out / f"report_{b[1]}": b[3] for b in sections if b[0] == "img"}
+    contents[out / "report.md"] = _markdown(title, sections, "report_").encode("utf-8")
+    contents[out / "report.html"] = _html(title, sections).encode("utf-8")
+    inputs = [s for s in (bench, accuracy) if isinstance(s, (str, os.PathLike))]
+    refuse_overwriting_inputs([("-o", p) for p in contents], [*inputs, *grids])
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise LTMPError(f"{out}: cannot create the report folder ({err.strerror})") from err
-    figures = []
-    for block in sections:
-        if block[0] == "img":
-            write_bytes_atomic(out / f"report_{block[1]}", block[3])
-            figures.append(out / f"report_{block[1]}")
-    write_text_atomic(out / "report.md", _markdown(title, sections, "report_"))
-    write_text_atomic(out / "report.html", _html(title, sections))
+    with contextlib.ExitStack() as stack:  # every file written before any is moved into place
+        for path, data in contents.items():
+            stack.enter_context(atomic_output(path)).write_bytes(data)
+    figures = [p for p in contents if p.suffix == ".png"]
     return ReportFiles(out / "report.md", out / "report.html", figures, head)

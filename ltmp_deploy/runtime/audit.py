@@ -27,6 +27,7 @@ from ltmp_deploy.files import atomic_output, sha256
 from ltmp_deploy.runtime.preprocess import ImageLike
 from ltmp_deploy.runtime.session import Result, Session
 from ltmp_deploy.runtime.sources import PatchMap, image_maps, patch_grid
+from ltmp_deploy.schemas import check
 
 SCHEMA = "ltmp-deploy-audit/1"
 LABELS_KEY = "labels"  # metadata key: one class name per class, in class order
@@ -140,7 +141,17 @@ def read_log(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
             if not isinstance(entry, dict) or entry.get("schema") != SCHEMA:
                 found = entry.get("schema") if isinstance(entry, dict) else type(entry).__name__
                 raise LTMPError(f"{path}: line {i + 1} has schema {found!r}, expected {SCHEMA!r}")
-            yield i, entry
+            yield i, check(entry, "audit-log", f"{path}: line {i + 1}")
+
+
+def is_audit_log(path: str | os.PathLike) -> bool:
+    """Whether the first line of ``path`` is an audit log entry, read as JSON (any spelling)."""
+    try:
+        with open(path, "rb") as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and first.get("schema") == SCHEMA
 
 
 def select(path: str | os.PathLike, wanted: Sequence[str]) -> list[dict[str, Any]]:
@@ -175,4 +186,4 @@ def entry_maps(entry: Mapping[str, Any], where: str) -> tuple[tuple[int, int], l
     return (grid[0], grid[1]), maps
 
 
-__all__ = ["SCHEMA", "AuditLog", "class_labels", "entry_maps", "read_log", "select", "topk_entries"]
+__all__ = ["SCHEMA", "AuditLog", "class_labels", "entry_maps", "is_audit_log", "read_log", "select", "topk_entries"]

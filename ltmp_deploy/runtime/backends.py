@@ -161,7 +161,7 @@ class OnnxruntimeBackend(Backend):
         self.input_shape = static_dims(inputs[0].shape)
         self.batch_range = shape_batch_range(self.input_shape)
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.metadata = decode(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata = decode(self.session.get_modelmeta().custom_metadata_map, str(path))
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         try:

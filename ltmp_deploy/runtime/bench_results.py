@@ -32,6 +32,7 @@ from typing import Any
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import read_json
 from ltmp_deploy.runtime.bench import percentile
+from ltmp_deploy.schemas import check
 
 SCHEMA = "ltmp-deploy-bench/1"
 
@@ -93,9 +94,8 @@ def check_bench(doc: Any, where: str = "bench result") -> dict[str, Any]:
             f"{where}: not an ltmp-deploy bench result (schema {found!r}, expected {SCHEMA!r}; "
             "write one with `ltmp-deploy bench`)"
         )
-    variants, records = doc.get("variants"), doc.get("records")
-    if not isinstance(variants, dict) or not isinstance(records, list) or not records:
-        raise LTMPError(f"{where}: bench result without variants or records")
+    check(doc, "bench-result", where)
+    variants, records = doc["variants"], doc["records"]
     for i, rec in enumerate(records):
         _check_record(rec, variants, f"{where}: record {i}")
     return doc

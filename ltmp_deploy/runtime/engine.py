@@ -22,6 +22,7 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.compare import quiet_polygraphy
 from ltmp_deploy.export.trt_targets import normalize_trt_version
 from ltmp_deploy.formats import FileKind, sniff
+from ltmp_deploy.schemas import check
 
 REBUILD = "rebuild it with `ltmp-deploy build` on this device"
 TENSORRT_HINT = (
@@ -73,7 +74,7 @@ def read_sidecar(engine: str | os.PathLike) -> dict[str, Any]:
         raise LTMPError(f"{path}: engine sidecar is not readable JSON ({err}); {REBUILD}") from err
     if not isinstance(doc, dict):
         raise LTMPError(f"{path}: engine sidecar is not a JSON object; {REBUILD}")
-    return doc
+    return check(doc, "engine-sidecar", str(path))
 
 
 def current_gpu() -> str | None:

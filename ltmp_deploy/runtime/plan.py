@@ -132,7 +132,7 @@ def inspect_graph(onnx_path: str | os.PathLike, model: onnx.ModelProto | None = 
         precision = "fp16"
     else:
         precision = "fp32"
-    return GraphInfo(path, _sha256(path), read_metadata(model), shape, precision, model)
+    return GraphInfo(path, _sha256(path), read_metadata(model, str(path)), shape, precision, model)
 
 
 def plan_build(
