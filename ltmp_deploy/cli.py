@@ -31,6 +31,7 @@ FULL_COMMANDS = frozenset({"patch", "export", "train-base", "learn", "calibrate"
 def cmd_patch(args: argparse.Namespace) -> int:
     from ltmp_deploy.ltmp.checkpoint import create_model, save_checkpoint
 
+    _outputs_not_inputs([("-o", args.output)], [args.model, args.weights, args.reference_checkpoint])
     kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
     model = create_model(args.model, weights=args.weights, reference_checkpoint=args.reference_checkpoint, **kwargs)
     save_checkpoint(model, args.output)
@@ -48,6 +49,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.triton_repo:
         ensure_writable_folder(args.triton_repo, "--triton-repo")  # before the export, not after it
+    _outputs_not_inputs([("-o", args.output)], [args.checkpoint])
     result = export_onnx(
         args.checkpoint,
         args.output,
@@ -108,6 +110,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
     from ltmp_deploy.data.sources import dataset_for
 
+    _outputs_not_inputs([("-o", args.output)], [args.model])
     model = _load_model(args.model)
     cfg = LearnConfig(
         target=args.target,
@@ -152,6 +155,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     ensure_writable(args.output)
     if args.int8_calib:
         ensure_writable_folder(args.int8_calib, "--int8-calib")
+    _outputs_not_inputs([("-o", args.output)], [args.checkpoint])
     model = _load_model(args.checkpoint)
     statistic = parse_statistic(args.statistic)
     spec = EMBEDDED if args.data is None else args.data
@@ -181,12 +185,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ltmp_deploy.demo import run_demo
+    from ltmp_deploy.files import ensure_writable_folder
 
+    ensure_writable_folder(args.workdir, "--workdir")
     chosen = {"target": args.target, "epochs": args.epochs, "rounds": args.rounds, "threads": args.threads}
     if args.quick:
         chosen.update(epochs=1, rounds=3, train_images=128)
     run_demo(args.workdir, **chosen)
     return 0
+
+
+def _outputs_not_inputs(outputs: Sequence[tuple[str, str | None]], inputs: Sequence[str | None]) -> None:
+    from ltmp_deploy.files import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(outputs, inputs)
 
 
 def _load_model(spec: str):  # noqa: ANN202
@@ -206,6 +218,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     def checkpoint(path: str | None) -> bool:
         return path is not None and resolve_backend(Path(path), "auto") == "torch"
 
+    _outputs_not_inputs([("--json", args.json)], [*args.files, args.against])
     alone = args.against is None and len(args.files) == 1 and checkpoint(args.files[0])
     common = {"batch": args.batch, "json_path": args.json}
     if args.images is not None:
@@ -229,8 +242,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ltmp_deploy.runtime.build import build
+    from ltmp_deploy.runtime.build import build, quantized_path
+    from ltmp_deploy.runtime.engine import sidecar_path
     from ltmp_deploy.runtime.plan import BuildOptions
+
+    written = [("-o", args.output), ("-o", sidecar_path(args.output)), ("-o", quantized_path(args.output))]
+    _outputs_not_inputs(written, [args.onnx, args.calibration])
 
     options = BuildOptions(
         preset=args.preset,

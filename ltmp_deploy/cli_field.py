@@ -31,7 +31,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ltmp_deploy.runtime.predict import image_files, predict_files
     from ltmp_deploy.runtime.session import Session
 
-    images = image_files(args.images)
+    skipped: list[str] = []
+    images = image_files(args.images, skipped)
     if args.log_decisions:
         ensure_writable(args.log_decisions)
         refuse_overwriting_inputs([("--log-decisions", args.log_decisions)], [args.file, *images])
@@ -49,6 +50,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise
         if log is not None:
             print(f"wrote {log.close()}: {log.count} lines", file=sys.stderr)
+    if skipped:
+        print(f"skipped {len(skipped)} image(s) that cannot be read safely: {'; '.join(skipped[:3])}", file=sys.stderr)
     return 0
 
 

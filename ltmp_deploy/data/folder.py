@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Subset
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.data_config import model_data_config
+from ltmp_deploy.runtime.images import open_image
 
 
 def transform_for_model(model: torch.nn.Module) -> Callable[[Image.Image], torch.Tensor]:
@@ -165,10 +166,9 @@ class ImageFolderDataset(Dataset):
         """The RGB image of sample ``index``, or None (and the sample marked) when it cannot be decoded."""
         if self._bad[index]:
             return None
-        try:
-            with Image.open(self.root / self._index.path(index)) as im:
-                return im.convert("RGB")
-        except Exception:  # noqa: BLE001  (Pillow raises many types: UnidentifiedImageError, OSError...)
+        try:  # the field runtime's opener: decoder errors, decompression bombs and odd modes all refused
+            return open_image(self.root / self._index.path(index))
+        except LTMPError:
             self._bad[index] = 1
             return None
 

@@ -263,9 +263,13 @@ def _read_png(path: str | os.PathLike) -> bytes:
 
     from PIL import Image
 
+    from ltmp_deploy.runtime.images import to_rgb
+
     try:  # decoded whole: a truncated PNG has the signature and would show as a broken picture
         with Image.open(io.BytesIO(data)) as picture:
-            picture.load()
+            to_rgb(picture, os.fspath(path))
+    except LTMPError:
+        raise
     except Exception as err:  # noqa: BLE001  (Pillow raises OSError, SyntaxError, zlib errors)
         raise LTMPError(f"{path}: a truncated or corrupt PNG image ({str(err).splitlines()[0][:200]})") from None
     return data

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from PIL import Image
 from tqdm import tqdm
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.runtime.audit import AuditLog, class_labels, image_name, topk_entries
+from ltmp_deploy.runtime.images import NOT_AN_IMAGE, image_problem
 from ltmp_deploy.runtime.preprocess import ImageLike
 from ltmp_deploy.runtime.session import Session
 
@@ -31,25 +31,24 @@ T = TypeVar("T")
 
 
 def is_image(path: str | os.PathLike) -> bool:
-    """Whether Pillow recognises the file as an image (from its header; nothing is decoded)."""
-    try:
-        with Image.open(path):
-            return True
-    except Exception:  # noqa: BLE001  (Pillow raises many types for what it cannot read)
-        return False
+    """Whether Pillow recognises the file as an image within its limits (from its header; nothing is decoded)."""
+    return image_problem(path) is None
 
 
-def image_files(items: Sequence[str | os.PathLike]) -> list[Path]:
+def image_files(items: Sequence[str | os.PathLike], skipped: list[str] | None = None) -> list[Path]:
     """Image files from files (each must be an image) and folders (walked recursively in sorted
-    order, keeping the images and skipping hidden entries and other files)."""
+    order, keeping the images and skipping hidden entries and other files). A folder's files that
+    Pillow recognises but refuses (damaged headers, decompression bombs) are skipped; ``skipped``
+    gets the reason for each."""
     found: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found += _walk(path)
+            found += _walk(path, skipped if skipped is not None else [])
         elif path.is_file():
-            if not is_image(path):
-                raise LTMPError(f"{path}: not an image Pillow can read")
+            problem = image_problem(path)
+            if problem is not None:
+                raise LTMPError(problem)
             found.append(path)
         else:
             raise LTMPError(f"{path}: no such file or folder")
@@ -58,11 +57,16 @@ def image_files(items: Sequence[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def _walk(folder: Path) -> list[Path]:
+def _walk(folder: Path, skipped: list[str]) -> list[Path]:
     images = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        images += [Path(root, f) for f in sorted(files) if not f.startswith(".") and is_image(Path(root, f))]
+        for name in sorted(f for f in files if not f.startswith(".")):
+            problem = image_problem(Path(root, name))
+            if problem is None:
+                images.append(Path(root, name))
+            elif not problem.endswith(NOT_AN_IMAGE):  # other files in a folder of images are no news
+                skipped.append(problem)
     return images
 
 

@@ -16,9 +16,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.runtime.images import open_image, to_rgb
 
 ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
 
@@ -37,7 +38,7 @@ DEFAULT_CROP_PCT = 0.875  # timm's default when crop_pct is None
 def _open(item: ImageLike, index: int) -> Image.Image:
     """Any accepted input as an RGB PIL image (timm's dataset readers also convert to RGB)."""
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return to_rgb(item, f"image {index}")
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
             raise LTMPError(
@@ -46,18 +47,9 @@ def _open(item: ImageLike, index: int) -> Image.Image:
             )
         if item.ndim == 3 and item.shape[2] == 1:
             item = item[:, :, 0]
-        return Image.fromarray(np.ascontiguousarray(item)).convert("RGB")
+        return to_rgb(Image.fromarray(np.ascontiguousarray(item)), f"image {index}")
     if isinstance(item, (str, os.PathLike)):
-        path = os.fspath(item)
-        if not os.path.isfile(path):
-            raise LTMPError(f"{path}: image file does not exist")
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except UnidentifiedImageError as exc:
-            raise LTMPError(f"{path}: not an image Pillow can read") from exc
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise LTMPError(f"{path}: corrupt or truncated image ({exc})") from exc
+        return open_image(item)
     raise LTMPError(f"image {index}: expected a PIL image, a file path or a uint8 array, got {type(item).__name__}")
 
 
