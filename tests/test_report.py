@@ -200,7 +200,7 @@ def test_refusals(capsys, tmp_path):
     assert "in neither result" in refusal(capsys, "--bench", bench, "--headline", "ltmp-fixed@0.1", *out)
     assert "--backend tensorrt" in refusal(capsys, "--bench", bench, "--backend", "tensorrt", *out)
     assert not (tmp_path / "r" / "report.html").exists()
-    with pytest.raises(LTMPError, match="accuracy must be a fraction"):
+    with pytest.raises(LTMPError, match=r"\$\.variants\[0\]\.accuracy: 98 is out of range"):
         accuracy_document(
             "m", {"name": "d"}, [{"name": "unpatched", "method": "unpatched", "accuracy": 98, "flops_ratio": 1}]
         )

@@ -1,8 +1,9 @@
-"""Writing a bench result: JSON, CSV (summary and every sample), Markdown and figures, each whole or not
-at all; optionally a results page elsewhere (``benchmarks/RESULTS.md``) that links back to them."""
+"""Writing a bench result: JSON, CSV (summary and every sample), Markdown and figures, all of them or
+none; optionally a results page elsewhere (``benchmarks/RESULTS.md``) that links back to them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from ltmp_deploy.bench.tables import markdown, records_csv, samples_csv
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.files import ensure_writable, write_bytes_atomic, write_text_atomic
+from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.runtime.bench_results import check_bench
 
 FILES = {
@@ -65,15 +66,21 @@ def write_bench(
     check_bench(doc)
     out = prepare_output(out_dir, results_md)
     paths = {kind: out / name for kind, name in FILES.items()}
-    write_text_atomic(paths["json"], json.dumps(doc, indent=1) + "\n")
-    write_text_atomic(paths["csv"], records_csv(doc))
-    write_text_atomic(paths["samples"], samples_csv(doc))
-    write_bytes_atomic(paths["latency_plot"], plots.latency_vs_flops(doc))
-    write_bytes_atomic(paths["throughput_plot"], plots.throughput_vs_batch(doc))
-    write_text_atomic(paths["markdown"], page(doc, paths, out))
+    contents = {
+        "json": json.dumps(doc, indent=1) + "\n",
+        "csv": records_csv(doc),
+        "samples": samples_csv(doc),
+        "latency_plot": plots.latency_vs_flops(doc),
+        "throughput_plot": plots.throughput_vs_batch(doc),
+        "markdown": page(doc, paths, out),
+    }
     if results_md is not None:
-        write_text_atomic(results_md, page(doc, paths, Path(results_md).parent))
+        contents["results_md"] = page(doc, paths, Path(results_md).parent)
         paths["results_md"] = Path(results_md)
+    with contextlib.ExitStack() as stack:  # every file written before any is moved into place: all or none
+        for kind, data in contents.items():
+            tmp = stack.enter_context(atomic_output(paths[kind]))
+            tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return paths
 
 

@@ -28,8 +28,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.images import open_image
 from ltmp_deploy.ltmp.data_config import model_data_config
-from ltmp_deploy.runtime.images import open_image
 
 
 def transform_for_model(model: torch.nn.Module) -> Callable[[Image.Image], torch.Tensor]:

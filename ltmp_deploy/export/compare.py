@@ -31,6 +31,7 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME
 from ltmp_deploy.export.tolerances import decisions_gated, gates
 from ltmp_deploy.files import ensure_writable, write_text_atomic
+from ltmp_deploy.schemas import check
 
 DEFAULT_IMAGES = 16
 DEFAULT_BATCH = 4
@@ -135,7 +136,8 @@ class ParityReport:
         return {"ok": self.ok, **doc}
 
     def write_json(self, path: str | os.PathLike) -> Path:
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        doc = check(self.to_dict(), "validation-report", str(path))  # what is written follows the published schema
+        write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return Path(path)
 
     def summary(self) -> str:

@@ -263,7 +263,7 @@ def _read_png(path: str | os.PathLike) -> bytes:
 
     from PIL import Image
 
-    from ltmp_deploy.runtime.images import to_rgb
+    from ltmp_deploy.images import to_rgb
 
     try:  # decoded whole: a truncated PNG has the signature and would show as a broken picture
         with Image.open(io.BytesIO(data)) as picture:

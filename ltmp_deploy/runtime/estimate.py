@@ -22,6 +22,7 @@ from typing import Any
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.runtime.bench import paired_samples
 from ltmp_deploy.runtime.bench_results import UNPATCHED, find_record, read_bench
+from ltmp_deploy.schemas import check
 
 SCHEMA = "ltmp-deploy-estimate/1"
 SECONDS_PER_HOUR = 3600.0
@@ -131,10 +132,11 @@ def cost_table(rows: Sequence[CostRow], price_per_hour: float, images_per_day: f
 def cost_document(
     rows: Sequence[CostRow], source: str, price_per_hour: float, images_per_day: float | None = None
 ) -> dict[str, Any]:
-    return {
+    doc = {
         "schema": SCHEMA,
         "source": source,
         "price_per_hour": price_per_hour,
         "images_per_day": images_per_day,
         "rows": [asdict(r) for r in rows],
     }
+    return check(doc, "estimate", f"estimate of {source}")  # what is written follows the published schema

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.images import NOT_AN_IMAGE, image_problem
 from ltmp_deploy.runtime.audit import AuditLog, class_labels, image_name, topk_entries
-from ltmp_deploy.runtime.images import NOT_AN_IMAGE, image_problem
 from ltmp_deploy.runtime.preprocess import ImageLike
 from ltmp_deploy.runtime.session import Session
 

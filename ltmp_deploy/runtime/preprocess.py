@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.runtime.images import open_image, to_rgb
+from ltmp_deploy.images import open_image, to_rgb
+from ltmp_deploy.schemas import check, plain
 
 ImageLike = Union[Image.Image, str, os.PathLike, np.ndarray]
 
@@ -123,6 +124,7 @@ def _one(img: Image.Image, cfg: Mapping[str, Any]) -> np.ndarray:
 def model_view(image: ImageLike, cfg: Mapping[str, Any]) -> np.ndarray:
     """The picture the model sees, resized and cropped as :func:`preprocess` does but not
     normalised: (H, W, 3) uint8, what token pictures are drawn over."""
+    check(plain(dict(cfg)) if isinstance(cfg, Mapping) else cfg, "data-config", "preprocess config")
     return np.ascontiguousarray(_one(_open(image, 0), cfg).transpose(1, 2, 0))
 
 
@@ -135,9 +137,7 @@ def preprocess(images: ImageLike | Sequence[ImageLike], cfg: Mapping[str, Any]) 
     """
     if isinstance(images, (Image.Image, str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim < 4):
         images = [images]
-    for key in ("input_size", "mean", "std"):
-        if key not in cfg:
-            raise LTMPError(f"preprocess config: missing {key!r} (pass timm's resolve_data_config output)")
+    check(plain(dict(cfg)) if isinstance(cfg, Mapping) else cfg, "data-config", "preprocess config")
     pixels = np.stack([_one(_open(item, i), cfg) for i, item in enumerate(images)]) if len(images) else None
     if pixels is None:
         _, h, w = (int(v) for v in cfg["input_size"])

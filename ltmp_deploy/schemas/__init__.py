@@ -42,13 +42,17 @@ def _schemas() -> dict[str, Any]:
     return {PREFIX + name: json.loads(schema_path(name).read_text(encoding="utf-8")) for name in (*FORMATS, "common")}
 
 
+# Parts of a format that are also handed over on their own (a preprocessing config to preprocess()).
+FRAGMENTS = {"data-config": {"$ref": PREFIX + "common#/$defs/data_config"}}
+
+
 @functools.lru_cache(maxsize=None)  # noqa: UP033  (functools.cache is 3.9+; the field runtime runs on 3.8)
 def validator(name: str) -> Any:
-    """A jsonschema validator of format ``name`` that resolves the other schemas here, not online."""
+    """A jsonschema validator of format ``name`` (or a fragment) that resolves the other schemas here, not online."""
     import jsonschema
 
     schemas = _schemas()
-    schema = schemas[PREFIX + name]
+    schema = FRAGMENTS.get(name) or schemas[PREFIX + name]
     cls = jsonschema.validators.validator_for(schema)
     try:  # jsonschema >= 4.18 resolves references through a registry
         from referencing import Registry, Resource
@@ -68,12 +72,23 @@ def problem(doc: Any, name: str) -> str | None:
     return None if error is None else _describe(error)
 
 
+def plain(value: Any) -> Any:
+    """``value`` with tuples as lists and mappings as dicts: how JSON would hand it over (timm's
+    data configs hold tuples)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
 def check(doc: Any, name: str, where: str) -> Any:
     """``doc`` when it is a valid document of format ``name``; else a one-line LTMPError that starts
     with ``where`` (the file), then the field and what is wrong with it."""
     found = problem(doc, name)
     if found is not None:
-        raise LTMPError(f"{where}: {found} (not a valid {name} per the schema {schema_path(name).name})")
+        schema = "common.schema.json" if name in FRAGMENTS else schema_path(name).name
+        raise LTMPError(f"{where}: {found} (not a valid {name} per the schema {schema})")
     return doc
 
 
@@ -112,4 +127,4 @@ def _describe(error: Any) -> str:
     return f"{at}: {' '.join(error.message.split())[:200]}"
 
 
-__all__ = ["FORMATS", "check", "problem", "schema_path", "validator"]
+__all__ = ["FORMATS", "FRAGMENTS", "check", "plain", "problem", "schema_path", "validator"]
