@@ -646,7 +646,10 @@ def _write_text_json(path: Path, doc: object, how: dict) -> None:
 
 
 def _write_audit(path: Path, doc: object, how: dict) -> None:
-    path.write_text(json.dumps(doc, **{k: v for k, v in how.items() if k != "indent"}) + "\n")
+    """One line, compact as AuditLog writes it unless ``how`` spells it otherwise (never indented:
+    a log is one document per line)."""
+    how = {k: v for k, v in how.items() if k != "indent"} or {"separators": (",", ":")}
+    path.write_text(json.dumps(doc, **how) + "\n")
 
 
 def _read_graph_meta(path: Path) -> object:
@@ -1036,3 +1039,47 @@ def test_options_naming_files_are_checked_first(case, good, tmp_path, capsys):
         problems.append(f"written: {sorted(set(listing(tmp_path)) - set(before))}")
     JSON_COUNTS[f"option {name}"] = [1, int(bool(problems))]
     assert not problems, problems
+
+
+def _edited(good: GoodFiles, kind: str, tmp_path: Path, change: Callable[[dict], None]) -> Path:
+    """A copy of a good file whose document ``change`` edited."""
+    fmt = FORMATS[kind]
+    source = _sidecar(good) if kind == "sidecar" else good[fmt.good]
+    copy = tmp_path / source.name
+    shutil.copyfile(source, copy)
+    if kind == "sidecar":
+        shutil.copyfile(source.with_suffix(""), copy.with_suffix(""))
+    doc = fmt.read(source)
+    change(doc)
+    fmt.write(copy, doc, {})
+    return copy
+
+
+# The tracebacks the issue names, one each: (format, the edit, the command on the edited file, what the line says)
+ISSUE_EXAMPLES = [
+    ("sidecar", lambda d: d.update(metadata=[1]), lambda p, o: ["inspect", _s(p.with_suffix(""))], "$.metadata"),
+    ("sidecar", lambda d: d.update(profiles="min"), lambda p, o: ["inspect", _s(p.with_suffix(""))], "$.profiles"),
+    ("audit", lambda d: d["input"].pop("data_config"), lambda p, o: ["show", _s(p), "--image", "0", "-o",
+                                                                     _s(o / "s.png")], "$.input.data_config"),
+    ("audit", lambda d: d["input"].update(grid=[4, 0]), lambda p, o: ["show", _s(p), "--image", "0", "-o",
+                                                                      _s(o / "s.png")], "$.input.grid[1]"),
+    ("bench", lambda d: d["records"][0].update(flops_ratio=None), lambda p, o: ["estimate", _s(p),
+                                                                                "--price-per-hour", "1"],
+     "$.records[0].flops_ratio"),
+    ("bench", lambda d: d.pop("machine"), lambda p, o: ["report", "--bench", _s(p), "--headline", "unpatched", "-o",
+                                                        _s(o / "r")], "$.machine"),
+    ("graph", lambda d: d["data_config"].update(crop_pct=-0.5), lambda p, o: ["predict", _s(p), "--no-progress",
+                                                                              _s(o.parent / "image.png")],
+     "$.data_config.crop_pct"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("example", ISSUE_EXAMPLES, ids=lambda e: f"{e[0]} {e[3]}")
+def test_the_tracebacks_found_are_one_line_naming_file_and_field(example, good, tmp_path, capsys):
+    kind, change, argv, field = example
+    path = _edited(good, kind, tmp_path, change)
+    shutil.copyfile(good["image"], tmp_path / "image.png")
+    (tmp_path / "out").mkdir()
+    result = run_cli(argv(path, tmp_path / "out"), capsys)
+    assert not _refused(result, path.name, field), result
+    assert listing(tmp_path / "out") == []

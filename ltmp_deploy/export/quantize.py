@@ -105,7 +105,7 @@ def quantize_int8(
     if method not in METHODS:
         raise LTMPError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}")
     model = load(src) if model is None else model
-    meta = read_metadata(model)
+    meta = read_metadata(model, str(src))
     shape = _float_image_shape(model, src)
     images = read_calibration_data(calibration, shape)
     if method != "minmax" and meta.get("mode") == "threshold":

@@ -92,12 +92,12 @@ def write_triton_repo(
     images, logits = _io(graph, src)
     fixed_batch = images[2][0]
     batch = 0 if fixed_batch is not None else max_batch_size
+    meta = read_metadata(graph, str(src))
     root = ensure_writable_folder(repo_dir, "--triton-repo")
     onnx_dir, trt_dir = root / f"{model_name}_onnx", root / f"{model_name}_trt"
     for d in (onnx_dir / "1", trt_dir / "1"):
         d.mkdir(parents=True, exist_ok=True)
 
-    meta = read_metadata(graph)
     with atomic_output(onnx_dir / "1" / "model.onnx", suffix=".onnx") as tmp:
         tmp.write_bytes(src.read_bytes())
     shared = (images, logits, batch, max_queue_delay_us, meta)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.files import atomic_output, sha256
+from ltmp_deploy.files import atomic_output, refuse_overwriting_inputs, sha256
 from ltmp_deploy.runtime.preprocess import ImageLike
 from ltmp_deploy.runtime.session import Result, Session
 from ltmp_deploy.runtime.sources import PatchMap, image_maps, patch_grid
@@ -63,6 +63,7 @@ class AuditLog:
     def __init__(self, path: str | os.PathLike, session: Session) -> None:
         if not session.has_decisions:
             raise LTMPError(f"{session.path}: {NO_DECISIONS}")
+        refuse_overwriting_inputs([("", path)], [session.path])
         meta = session.metadata
         self.path = Path(path)
         self.grid = patch_grid(meta, session.path)
