@@ -39,7 +39,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with Session(args.file, providers=args.provider) as session:
         log = AuditLog(args.log_decisions, session) if args.log_decisions else None
         try:
-            rows = predict_files(session, images, k=args.k, batch=args.batch, log=log, progress=not args.no_progress)
+            named = {Path(i) for i in args.images if not Path(i).is_dir()}  # their refusal ends the run
+            options = {"k": args.k, "batch": args.batch, "log": log, "progress": not args.no_progress}
+            rows = predict_files(session, images, **options, skipped=skipped, explicit=named)
             if args.json:
                 _print_json(rows)
             else:

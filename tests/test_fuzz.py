@@ -967,11 +967,16 @@ def test_folders_skip_bombs_with_a_count(good, tmp_path, monkeypatch, capsys):
     shutil.copyfile(good["image"], folder / "a.png")
     Image.open(good["image"]).resize((30, 30)).save(folder / "b.png")
     _bomb(folder / "c.png")
+    data = (folder / "b.png").read_bytes()
+    (folder / "d.png").write_bytes(data[: len(data) // 2])  # its header reads, its pixels are cut off
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)  # a.png and b.png are under it, c.png over twice it
     result = run_cli(["predict", str(good["onnx"]), str(folder), "--no-progress", "--json"], capsys)
     assert result.rc == 0 and result.crash is None, result
-    assert len(result.out.strip().splitlines()) == 0 or all("c.png" not in line for line in result.out.splitlines())
-    assert "skipped 1" in result.err and "c.png" in result.err, result.err
+    assert [json.loads(line)["image"] for line in result.out.splitlines()] == [str(folder / f"{n}.png") for n in "ab"]
+    assert "skipped 2" in result.err and "c.png" in result.err and "d.png" in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    named = run_cli(["predict", str(good["onnx"]), str(folder / "d.png"), "--no-progress"], capsys)
+    assert not _refused(named, "d.png"), named  # a file named on its own is refused, not skipped
 
 
 # (option, argv whose option names the wrong kind of thing)

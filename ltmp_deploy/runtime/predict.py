@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.images import NOT_AN_IMAGE, image_problem
+from ltmp_deploy.images import NOT_AN_IMAGE, image_problem, open_image
 from ltmp_deploy.runtime.audit import AuditLog, class_labels, image_name, topk_entries
 from ltmp_deploy.runtime.preprocess import ImageLike
 from ltmp_deploy.runtime.session import Session
@@ -110,9 +110,14 @@ def predict_files(
     batch: int | None = None,
     log: AuditLog | None = None,
     progress: bool = False,
+    skipped: list[str] | None = None,
+    explicit: Collection[ImageLike] = (),
 ) -> Iterator[Prediction]:
     """Run ``images`` through ``session`` a batch at a time, writing each batch to ``log`` if given;
-    ``progress``: a progress bar on stderr."""
+    ``progress``: a progress bar on stderr. With ``skipped``, image files that cannot be decoded
+    (truncated, corrupt, over the decompression-bomb limit) are left out and their reasons added
+    to it, instead of ending the run; but for the files in ``explicit`` (named one by one, not found
+    in a folder), which end it with their one line."""
     if k < 1:
         raise LTMPError(f"-k {k}: must be at least 1")
     step = batch_size(session, batch)
@@ -120,12 +125,36 @@ def predict_files(
     total = len(images) if isinstance(images, Sequence) else None
     with tqdm(total=total, unit="image", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
         for chunk in batches(images, step):
-            result = session.predict(chunk, k=k)
-            if log is not None:
-                log.write(chunk, result)
-            for i, image in enumerate(chunk):
-                yield Prediction(image_name(image), topk_entries(result.topk_indices[i], result.topk_probs[i], labels))
+            kept, pictures = (chunk, chunk) if skipped is None else _decodable(chunk, skipped, explicit)
+            if kept:
+                result = session.predict(pictures, k=k)
+                if log is not None:
+                    log.write(kept, result)
+                for i, image in enumerate(kept):
+                    top = topk_entries(result.topk_indices[i], result.topk_probs[i], labels)
+                    yield Prediction(image_name(image), top)
             bar.update(len(chunk))
+
+
+def _decodable(
+    chunk: list[ImageLike], skipped: list[str], explicit: Collection[ImageLike]
+) -> tuple[list[ImageLike], list[ImageLike]]:
+    """The files of ``chunk`` that decode, and their decoded pictures (each file read once)."""
+    kept, pictures = [], []
+    for item in chunk:
+        if not isinstance(item, (str, os.PathLike)):
+            kept.append(item)
+            pictures.append(item)
+            continue
+        try:
+            pictures.append(open_image(item))
+        except LTMPError as err:
+            if item in explicit:
+                raise
+            skipped.append(str(err))
+            continue
+        kept.append(item)
+    return kept, pictures
 
 
 __all__ = ["DEFAULT_BATCH", "Prediction", "batch_size", "batches", "image_files", "is_image", "predict_files"]
