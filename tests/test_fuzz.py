@@ -1088,3 +1088,17 @@ def test_the_tracebacks_found_are_one_line_naming_file_and_field(example, good, 
     result = run_cli(argv(path, tmp_path / "out"), capsys)
     assert not _refused(result, path.name, field), result
     assert listing(tmp_path / "out") == []
+
+
+def test_image_folders_for_training_skip_bombs_with_a_count(good, tmp_path, monkeypatch):
+    from ltmp_deploy.data.folder import ImageFolderDataset
+
+    for c in ("ant", "bee"):
+        (tmp_path / c).mkdir()
+        shutil.copyfile(good["image"], tmp_path / c / "a.png")
+    _bomb(tmp_path / "bee" / "c.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # over it (Pillow's warning), but not over twice it
+    data = ImageFolderDataset(tmp_path)
+    pictures = [data[i] for i in range(len(data))]
+    assert all(p.size == (36, 40) for p, _ in pictures)  # the bomb's place taken by a readable image
+    assert data.skipped == 1 and data.skipped_files == [tmp_path / "bee" / "c.png"]

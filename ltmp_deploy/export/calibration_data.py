@@ -18,6 +18,7 @@ Torch-free: numpy, and Polygraphy for its JSON format.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,13 +44,17 @@ def write_calibration_data(images: np.ndarray, folder: str | os.PathLike, batch_
     from polygraphy.json import save_json
 
     paths = {layout: folder / name for layout, name in FILES.items()}
-    with atomic_output(paths["npy"], suffix=".npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, images)
-    with atomic_output(paths["npz"], suffix=".npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, **{INPUT_NAME: images})
     feeds = [{INPUT_NAME: images[i : i + batch_size]} for i in range(0, len(images), batch_size)]
-    with atomic_output(paths["polygraphy"], suffix=".json") as tmp:
-        save_json(feeds, str(tmp), description="LTMP INT8 calibration feeds")
+    with contextlib.ExitStack() as stack:  # the three layouts all appear, or none does
+        with open(stack.enter_context(atomic_output(paths["npy"], suffix=".npy")), "wb") as f:
+            np.save(f, images)
+        with open(stack.enter_context(atomic_output(paths["npz"], suffix=".npz")), "wb") as f:
+            np.savez(f, **{INPUT_NAME: images})
+        save_json(
+            feeds,
+            str(stack.enter_context(atomic_output(paths["polygraphy"], suffix=".json"))),
+            description="LTMP INT8 calibration feeds",
+        )
     return paths
 
 
