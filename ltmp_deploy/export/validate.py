@@ -36,7 +36,7 @@ from ltmp_deploy.export.compare import (
     split_batches,
     whole_batches,
 )
-from ltmp_deploy.export.metadata import decode
+from ltmp_deploy.export.metadata import check_graph_file, decode
 from ltmp_deploy.export.runner import LTMPTorchRunner
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
 from ltmp_deploy.ltmp.checkpoint import read_metadata
@@ -127,6 +127,8 @@ def _onnxruntime_target(source: Union[bytes, str], file: str) -> Target:
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.logger import G_LOGGER
 
+    if isinstance(source, str):
+        check_graph_file(source)
     try:
         with G_LOGGER.verbosity(G_LOGGER.ERROR):
             session = SessionFromOnnx(source, providers=["CPUExecutionProvider"])()

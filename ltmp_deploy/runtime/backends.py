@@ -28,7 +28,7 @@ from typing import Any, Union
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import decode
+from ltmp_deploy.export.metadata import check_graph_file, decode
 from ltmp_deploy.extras import FULL, ORT
 from ltmp_deploy.formats import FileKind, expect
 from ltmp_deploy.runtime.engine import batch_range, engine_runner, model_file_kind, quiet_polygraphy
@@ -132,6 +132,7 @@ def ort_session(path: Path, providers: Sequence[Provider] | None = None) -> Any:
     """An ONNX Runtime InferenceSession via Polygraphy's SessionFromOnnx, with one-line errors."""
     ort = require("onnxruntime", path, ORT)
     chosen = choose_providers(ort, providers, path)
+    check_graph_file(path)  # external weights outside its folder: refused before ONNX Runtime reads them
     from polygraphy.backend.onnxrt import SessionFromOnnx
 
     try:
