@@ -26,13 +26,6 @@ from ltmp_deploy.errors import LTMPError
 PathLike = Union[str, os.PathLike]
 
 
-def load(path: PathLike, mode: str | None = None) -> Any:
-    """A toolkit checkpoint, rebuilt as the patched timm model (in its saved mode unless told)."""
-    from ltmp_deploy.ltmp.checkpoint import load_checkpoint
-
-    return load_checkpoint(path, mode=mode)
-
-
 def learn(
     model: Any,
     data: Any = "digits",
@@ -90,24 +83,42 @@ def calibrate(
     )
 
 
-def validate(files: Union[PathLike, Sequence[PathLike]], against: PathLike | None = None, **options: Any) -> Any:
-    """Parity of graphs or engines against a checkpoint (PyTorch) or an ONNX file (ONNX Runtime).
+def validate(
+    files: Union[PathLike, Sequence[PathLike]],
+    against: PathLike | None = None,
+    *,
+    backend: str = "auto",
+    providers: Sequence[Any] | None = None,
+    mode: str | None = None,
+    **options: Any,
+) -> Any:
+    """Parity of graphs or engines against a checkpoint (PyTorch) or an ONNX file (ONNX Runtime);
+    a checkpoint alone is exported to a temporary graph and compared with itself.
 
-    Returns the :class:`~ltmp_deploy.export.compare.ParityReport`; ``report.ok`` is the verdict.
+    ``backend``/``providers``: how the files run (see :class:`~ltmp_deploy.runtime.session.Session`).
+    ``mode``: the mode a checkpoint alone is exported and run in (default: its own). ``options``:
+    ``images``, ``batch``, ``json_path``. Returns the :class:`~ltmp_deploy.export.compare.ParityReport`;
+    ``report.ok`` is the verdict.
     """
-    from ltmp_deploy.formats import STATE_DICT_KINDS, sniff
+    from pathlib import Path
+
+    from ltmp_deploy.extras import FULL
+    from ltmp_deploy.runtime.backends import require, resolve_backend
+    from ltmp_deploy.runtime.validate import open_target
+    from ltmp_deploy.runtime.validate import validate as validate_files
 
     listed = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     reference = against if against is not None else (listed[0] if len(listed) == 1 else None)
-    if reference is not None and os.path.isfile(reference) and sniff(reference) in STATE_DICT_KINDS:
-        from ltmp_deploy.export.validate import validate_checkpoint
-        from ltmp_deploy.runtime.validate import open_target
+    if reference is None or resolve_backend(Path(reference), "auto") != "torch":
+        return validate_files(listed, against, backend=backend, providers=providers, **options)
+    require("torch", Path(reference), FULL)
+    from ltmp_deploy.export.validate import validate_checkpoint
 
-        rest = [f for f in listed if os.fspath(f) != os.fspath(reference)]
-        return validate_checkpoint(reference, rest, open_file=open_target, **options)
-    from ltmp_deploy.runtime.validate import validate as validate_files
+    def open_file(path: Path) -> Any:
+        return open_target(path, backend, providers)
 
-    return validate_files(listed, against, **options)
+    rest = [f for f in listed if os.fspath(f) != os.fspath(reference)]
+    return validate_checkpoint(reference, rest, mode=mode, open_file=open_file, **options)
 
 
 def build(onnx_path: PathLike, output: PathLike, *, preset: str = "datacenter", **options: Any) -> Any:

@@ -105,10 +105,11 @@ def cmd_train_base(args: argparse.Namespace) -> int:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
+    from ltmp_deploy import load
     from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
     from ltmp_deploy.data.sources import dataset_for
 
-    model = _load_model(args.model)
+    model = load(args.model)
     cfg = LearnConfig(
         target=args.target,
         epochs=args.epochs,
@@ -143,6 +144,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ltmp_deploy import load
     from ltmp_deploy.calibration.schedule import calibrate, parse_statistic
     from ltmp_deploy.data.sources import EMBEDDED, calibration_split, sample_batch, takes_digits
     from ltmp_deploy.export.calibration_data import write_calibration_data
@@ -152,7 +154,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     ensure_writable(args.output)
     if args.int8_calib:
         ensure_writable_folder(args.int8_calib, "--int8-calib")
-    model = _load_model(args.checkpoint)
+    model = load(args.checkpoint)
     statistic = parse_statistic(args.statistic)
     spec = EMBEDDED if args.data is None else args.data
     need_images = args.flops_target is None or args.int8_calib
@@ -189,39 +191,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(spec: str):  # noqa: ANN202
-    from ltmp_deploy.ltmp.checkpoint import open_model
-
-    return open_model(spec)
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     """A checkpoint in play means PyTorch as the reference (the full toolkit); else ONNX Runtime."""
-    from pathlib import Path
+    from ltmp_deploy.api import validate
 
-    from ltmp_deploy.extras import FULL
-    from ltmp_deploy.runtime.backends import require, resolve_backend
-    from ltmp_deploy.runtime.validate import open_target, validate
-
-    def checkpoint(path: str | None) -> bool:
-        return path is not None and resolve_backend(Path(path), "auto") == "torch"
-
-    alone = args.against is None and len(args.files) == 1 and checkpoint(args.files[0])
-    common = {"batch": args.batch, "json_path": args.json}
+    options = {"batch": args.batch, "json_path": args.json, "backend": args.backend, "providers": args.provider}
     if args.images is not None:
-        common["images"] = args.images
-    if alone or checkpoint(args.against):
-        reference = args.files[0] if alone else args.against
-        require("torch", Path(reference), FULL)
-        from ltmp_deploy.export.validate import validate_checkpoint
-
-        def open_file(path: Path):  # noqa: ANN202  (a comparison Target)
-            return open_target(path, args.backend, args.provider)
-
-        files = [] if alone else args.files
-        report = validate_checkpoint(reference, files, mode=args.mode, open_file=open_file, **common)
-    else:
-        report = validate(args.files, args.against, backend=args.backend, providers=args.provider, **common)
+        options["images"] = args.images
+    report = validate(args.files, args.against, mode=args.mode, **options)
     print(report.summary())
     if args.json:
         print(f"wrote {args.json}")

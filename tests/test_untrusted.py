@@ -17,7 +17,7 @@ from test_checkpoint import _with_metadata, expect_error, header_meta
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.architecture import build_model, check_architecture, supported_classes
-from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint, open_model, read_state_dict, save_checkpoint
+from ltmp_deploy.ltmp.checkpoint import create_model, load, load_checkpoint, read_state_dict, save_checkpoint
 
 TINY = {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 3, "num_classes": 5}
 
@@ -89,9 +89,9 @@ def test_a_checkpoint_with_a_crafted_architecture_runs_nothing_in_any_command(
         ["show", str(path), "digits:0", "-o", str(out / "s.png")],
     ):
         expect_error(capsys, argv, "crafted.safetensors")
-    for load in (load_checkpoint, open_model):
+    for opener in (load_checkpoint, load):
         with pytest.raises(LTMPError, match="crafted.safetensors"):
-            load(path)
+            opener(path)
     assert not marker.exists() and not list(out.iterdir())
 
 

@@ -193,19 +193,24 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint_metadata(path)
 
 
-def open_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None) -> LTMPVisionTransformer:
-    """A toolkit checkpoint or a model description JSON (told by content, whatever the name), or a
-    timm model name patched fresh; a file that is neither is refused rather than looked up as a name.
-    ``weights``: timm weights for a name or a description (a checkpoint carries its own)."""
-    if not os.path.exists(spec):
-        return create_model(str(spec), weights=weights)
-    what = f"{FileKind.TOOLKIT_CHECKPOINT.human}, a model description JSON or a timm model name"
-    kinds = (FileKind.TOOLKIT_CHECKPOINT, FileKind.SAFETENSORS, FileKind.JSON)
-    if expect(spec, *kinds, what=what) is FileKind.JSON:
-        return create_model(str(spec), weights=weights)
-    if weights is not None:
-        raise LTMPError(f"--weights: {spec} is a toolkit checkpoint and carries its own weights")
-    return load_checkpoint(spec)  # a plain safetensors file gets its advice there
+def load(
+    spec: str | os.PathLike, *, weights: str | os.PathLike | None = None, mode: str | None = None
+) -> LTMPVisionTransformer:
+    """The front door for a model a user names: a toolkit checkpoint or a model description JSON (told
+    by content, whatever the name), or a timm model name patched fresh; a file that is neither is
+    refused rather than looked up as a name. ``weights``: timm weights for a name or a description (a
+    checkpoint carries its own). ``mode``: "fixed" or "threshold" (default: a checkpoint's saved mode)."""
+    if os.path.exists(spec):
+        what = f"{FileKind.TOOLKIT_CHECKPOINT.human}, a model description JSON or a timm model name"
+        kinds = (FileKind.TOOLKIT_CHECKPOINT, FileKind.SAFETENSORS, FileKind.JSON)
+        if expect(spec, *kinds, what=what) is not FileKind.JSON:
+            if weights is not None:
+                raise LTMPError(f"--weights: {spec} is a toolkit checkpoint and carries its own weights")
+            return load_checkpoint(spec, mode=mode)  # a plain safetensors file gets its advice there
+    model = create_model(str(spec), weights=weights)
+    if mode is not None:
+        model.ltmp_set_mode(mode)
+    return model
 
 
 def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> LTMPVisionTransformer:
