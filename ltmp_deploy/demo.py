@@ -99,7 +99,7 @@ def run_demo(
 
 def _base_model(report: DemoReport) -> tuple[LTMPVisionTransformer, Dataset, Dataset, Dataset]:
     """Step 1: the cached base ViT, unpatched, scored on the test split; returns it and the three splits."""
-    from ltmp_deploy.calibration.learn import evaluate
+    from ltmp_deploy.calibration.evaluate import evaluate
     from ltmp_deploy.data.sources import dataset_for
     from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
     from ltmp_deploy.ltmp.checkpoint import create_model
@@ -132,7 +132,7 @@ def _learn(model: LTMPVisionTransformer, train: Dataset, report: DemoReport, tar
 def _calibrate(model: LTMPVisionTransformer, val: Dataset, test: Dataset, report: DemoReport) -> Schedule:
     """Step 3: the fixed schedule, and the ToMe baseline at its FLOPs; leaves the model in fixed mode
     and returns the schedule."""
-    from ltmp_deploy.calibration.learn import evaluate
+    from ltmp_deploy.calibration.evaluate import evaluate
     from ltmp_deploy.calibration.schedule import calibrate, tome_schedule
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
     from ltmp_deploy.ltmp.flops import schedule_flops

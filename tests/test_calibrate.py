@@ -268,7 +268,7 @@ class LiveTensorsPerBatch(torch.utils.data.Dataset):
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [768, 3072])
 def test_calibration_keeps_counts_not_decisions(n):
-    from ltmp_deploy.calibration.learn import evaluate
+    from ltmp_deploy.calibration.evaluate import evaluate
 
     data = LiveTensorsPerBatch(images(n), 256)  # 256: evaluate's batch
     report = calibrate(reducing_model(), data, progress=False)

@@ -10,8 +10,8 @@ from timm.models.vision_transformer import VisionTransformer
 from ltmp_deploy.cli import main
 from ltmp_deploy.export.metadata import decision_output_names, read_metadata
 from ltmp_deploy.export.onnx_export import export_onnx
+from ltmp_deploy.export.reference import compare_with_torch
 from ltmp_deploy.export.trt_check import check_model
-from ltmp_deploy.export.validate import compare_with_torch
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 from ltmp_deploy.ltmp.flops import schedule_for_flops
 from ltmp_deploy.ltmp.patch import apply_patch

@@ -30,7 +30,7 @@ from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.compare import ParityReport
 from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names, write_metadata
-from ltmp_deploy.export.validate import compare_with_torch, sample_images
+from ltmp_deploy.export.reference import compare_with_torch, sample_images
 from ltmp_deploy.extras import ORT, missing
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint

@@ -92,7 +92,7 @@ def write_demo_report(
 
 def _accuracy(report: Any, model: Any, test: Any, data: str, seed: int | None) -> dict[str, Any]:
     """The accuracy document of the demo's rows, with the tokens per block of both LTMP modes on ``test``."""
-    from ltmp_deploy.calibration.learn import evaluate
+    from ltmp_deploy.calibration.evaluate import evaluate
 
     schedule = model.ltmp.schedule
     keeps = evaluate(model.ltmp_set_mode("threshold"), test)[2].keeps
