@@ -23,6 +23,7 @@ from ltmp_deploy.cli_field import cmd_inspect, cmd_predict, cmd_show
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import EXPORT_MODES
 from ltmp_deploy.extras import explain_missing, require_full
+from ltmp_deploy.runtime.inspection import format_values
 
 # Commands that patch, train or export a PyTorch model: the full toolkit, not the field runtime.
 FULL_COMMANDS = frozenset({"patch", "export", "train-base", "learn", "calibrate", "demo", "bench", "report"})
@@ -36,8 +37,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     save_checkpoint(model, args.output)
     merge, prune = model.ltmp_thresholds()
     print(
-        f"wrote {args.output}: {len(model.blocks)} LTMP blocks, merge thresholds {_fmt(merge)}, prune thresholds "
-        f"{_fmt(prune)}"
+        f"wrote {args.output}: {len(model.blocks)} LTMP blocks, merge thresholds {format_values(merge)}, "
+        f"prune thresholds {format_values(prune)}"
     )
     return 0
 
@@ -139,7 +140,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             f"learned thresholds for target {cfg.target}: FLOPs kept {last.flops_ratio:.3f} (training masks), train "
             f"accuracy {last.accuracy:.3f}"
         )
-    print(f"merge thresholds {_fmt(merge)}\nprune thresholds {_fmt(prune)}\nwrote {args.output}")
+    print(f"merge thresholds {format_values(merge)}\nprune thresholds {format_values(prune)}\nwrote {args.output}")
     return 0
 
 
@@ -303,10 +304,6 @@ class _Parser(argparse.ArgumentParser):
         if value:
             message = f"{value[1]} {value[2]}: {value[3]}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _fmt(values: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 class _ExampleFormatter(argparse.HelpFormatter):

@@ -34,6 +34,21 @@ PACKAGES: dict[str, tuple[str, str]] = {
 FULL_TOOLKIT = ("torch", "timm", "safetensors", "sklearn", "onnxscript", "onnxslim")
 
 
+def installed_versions(dists: tuple[str, ...]) -> dict[str, str | None]:
+    """The Python version and each of ``dists``' installed version (None when it is not installed),
+    read from the distributions' metadata: nothing is imported."""
+    import importlib.metadata
+    import platform
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in dists:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
 def missing(modules: tuple[str, ...] = FULL_TOOLKIT) -> list[str]:
     """The modules of ``modules`` that cannot be imported here (without importing them)."""
     return [m for m in modules if importlib.util.find_spec(m) is None]

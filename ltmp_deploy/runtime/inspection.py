@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,8 @@ def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _fmt(values: list[float] | None) -> str:
+def format_values(values: Sequence[float] | None) -> str:
+    """Thresholds and the like for people: ``[0.9, 0.85]``, or ``-`` when there are none."""
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]" if values is not None else "-"
 
 
@@ -175,8 +176,8 @@ def summary(info: Mapping[str, Any]) -> str:
     if info.get("schedule"):
         add("schedule (r, k)", " ".join(f"{r},{k}" for r, k in info["schedule"]))
     thresholds = info.get("thresholds") or {}
-    add("merge thresholds", thresholds.get("merge") and _fmt(thresholds["merge"]))
-    add("prune thresholds", thresholds.get("prune") and _fmt(thresholds["prune"]))
+    add("merge thresholds", thresholds.get("merge") and format_values(thresholds["merge"]))
+    add("prune thresholds", thresholds.get("prune") and format_values(thresholds["prune"]))
     if info.get("flops_kept") is not None:
         add("block FLOPs kept", f"{info['flops_kept']:.3f} of unpatched ({info.get('flops_basis')})")
         add("measured on", info.get("flops_measured_on"))

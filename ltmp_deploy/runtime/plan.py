@@ -28,7 +28,6 @@ The ONNX file is read and hashed once (:func:`inspect_graph`); the plan carries 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,7 +42,7 @@ from ltmp_deploy.export.quantize import has_qdq
 from ltmp_deploy.export.tolerances import PRECISIONS
 from ltmp_deploy.export.trt_check import check_model
 from ltmp_deploy.export.trt_targets import strongly_typed_only, trt_key
-from ltmp_deploy.files import ensure_writable
+from ltmp_deploy.files import ensure_writable, sha256
 from ltmp_deploy.runtime.presets import DLA_ONLY_ON, JETPACK, PRESETS, TRT_VERSIONS, Preset
 
 MAX_OPT_LEVEL = 5
@@ -132,7 +131,7 @@ def inspect_graph(onnx_path: str | os.PathLike, model: onnx.ModelProto | None = 
         precision = "fp16"
     else:
         precision = "fp32"
-    return GraphInfo(path, _sha256(path), read_metadata(model), shape, precision, model)
+    return GraphInfo(path, sha256(path), read_metadata(model), shape, precision, model)
 
 
 def plan_build(
@@ -383,11 +382,3 @@ def _check_parser(graph: GraphInfo, trt: str, preset: Preset) -> None:
         f"{graph.path}: the TensorRT {trt} parser (--preset {preset.name}) would reject this graph{why}: "
         f"{report.one_line()}; `ltmp-deploy check {graph.path} --trt {trt}` lists every node"
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
