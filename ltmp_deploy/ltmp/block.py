@@ -12,6 +12,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from ltmp_deploy.ltmp.onnx_ops import reshape_keep
 from ltmp_deploy.ltmp.reduce import (
     Decision,
     Plan,
@@ -19,7 +20,6 @@ from ltmp_deploy.ltmp.reduce import (
     attention_received,
     key_row,
     merge_and_prune,
-    reshape_keep,
     slice_tokens,
     token_importance,
 )

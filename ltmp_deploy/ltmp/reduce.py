@@ -25,11 +25,14 @@ Modes differ only in how the two decisions are taken (docs/arithmetic.md#fixed-m
 
 from __future__ import annotations
 
+import enum
 import functools
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+
+from ltmp_deploy.ltmp.onnx_ops import best_of, constants_length, leading, reshape_keep, take_rows, top_k, unit_rows
 
 NEG_INF = float("-inf")
 
@@ -49,17 +52,50 @@ class Tokens:
     source: Tensor | None = None  # (B, N, P) which input patches each token stands for
 
 
+class Mode(str, enum.Enum):
+    """How a patched model runs its blocks (docs/arithmetic.md#fixed-mode-and-threshold-mode).
+
+    A ``str``, so a mode compares equal to its name and goes into JSON as it: ``Mode("fixed") ==
+    "fixed"``, ``json.dumps(Mode.FIXED) == '"fixed"'``; formatted and repr'd as the plain name too.
+    """
+
+    OFF = "off"  # the unpatched model, timm's own blocks
+    TRAIN = "train"  # threshold mode's decisions made soft, nothing removed
+    THRESHOLD = "threshold"  # decisions by the learned thresholds, per image
+    FIXED = "fixed"  # a schedule's static counts
+    ORACLE = "oracle"  # timm's own blocks keeping a schedule's first k tokens, no decision
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    @property
+    def reduces(self) -> bool:
+        """Whether blocks merge and prune (and so run LTMP's own attention)."""
+        return self in (Mode.TRAIN, Mode.THRESHOLD, Mode.FIXED)
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the token counts come from a fixed-mode schedule."""
+        return self in (Mode.FIXED, Mode.ORACLE)
+
+
 @dataclass
 class Plan:
     """How one block reduces: the mode and its parameters."""
 
-    mode: str  # "fixed" | "threshold" | "train" | "oracle" | "off"
+    mode: Mode  # a mode's name is taken too
     r: int = 0  # fixed: sources merged
     k: int = 0  # fixed / oracle: tokens left after pruning
     merge_threshold: Tensor | None = None
     prune_threshold: Tensor | None = None
     tau: float = 0.1  # train: temperature of the soft masks
     length: int = 0  # threshold / train: the model's token count, the longest a block sees (0: this block's)
+
+    def __post_init__(self) -> None:
+        self.mode = Mode(self.mode)
 
 
 @dataclass
@@ -98,107 +134,12 @@ def straight_through(score: Tensor, threshold: Tensor, tau: float) -> Tensor:
     return hard + soft - soft.detach()
 
 
-def top_k(score: Tensor, k: int, dim: int = -1, largest: bool = True) -> tuple[Tensor, Tensor]:
-    """The ``k`` largest (or smallest) entries along ``dim`` and their indices, sorted, ties to the lower index.
-
-    LTMP breaks ties by lower index (docs/arithmetic.md#which-sources-merge). ONNX's TopK promises
-    exactly that, so exported graphs use TopK; PyTorch's ``topk`` promises no order among equal
-    values, so eager mode uses a stable sort, which the TorchScript exporter cannot express. Same
-    answer, two spellings.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return torch.topk(score, k, dim=dim, largest=largest, sorted=True)
-    values, indices = torch.sort(score, dim=dim, descending=largest, stable=True)
-    return values.narrow(dim, 0, k), indices.narrow(dim, 0, k)
-
-
-def best_of(score: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """The largest entry along ``dim`` (kept as a size-1 axis) and its index, ties to the lower index.
-
-    ``max`` returns the first maximal index, as TopK does; exported as one TopK (k = 1) rather
-    than the ReduceMax and ArgMax pair ``max`` becomes.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return torch.topk(score, 1, dim=dim, largest=True, sorted=True)
-    return score.max(dim=dim, keepdim=True)
-
-
 def smallest_unique(key: Tensor, k: int | Tensor, dim: int = -1) -> Tensor:
     """Indices of the ``k`` smallest of distinct keys along ``dim``, in ascending order (a TopK in ONNX).
 
     Keys are small integers (< 2N), exact in float32; TensorRT 8.5 has no integer TopK.
     """
     return torch.topk(key.float(), k, dim=dim, largest=False, sorted=True).indices
-
-
-class _UnitRowsLp(torch.autograd.Function):
-    """Export spelling of :func:`unit_rows`: one LpNormalization instead of ReduceL2 and Div."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:  # noqa: ANN001
-        return t / t.norm(dim=-1, keepdim=True)
-
-    @staticmethod
-    def symbolic(g, t):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        return g.op("LpNormalization", t, axis_i=-1, p_i=2)
-
-
-def unit_rows(t: Tensor) -> Tensor:
-    """``t`` with every row (last axis) scaled to unit L2 norm."""
-    if torch.onnx.is_in_onnx_export():
-        return _UnitRowsLp.apply(t)
-    return t / t.norm(dim=-1, keepdim=True)
-
-
-class _ReshapeKeep(torch.autograd.Function):
-    """Export spelling of :func:`reshape_keep`: one Reshape with a constant shape."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor, shape: tuple[int, ...]) -> Tensor:  # noqa: ANN001
-        return t.reshape([t.shape[i] if d == 0 else d for i, d in enumerate(shape)])
-
-    @staticmethod
-    def symbolic(g, t, shape):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        return g.op("Reshape", t, g.op("Constant", value_t=torch.tensor(shape, dtype=torch.long)))
-
-
-def reshape_keep(t: Tensor, *shape: int) -> Tensor:
-    """``t`` reshaped to ``shape``, where a 0 keeps that axis of ``t`` (ONNX's Reshape rule) and one
-    entry is -1.
-
-    Exported as one Reshape with a constant shape: with a data-dependent token count (threshold
-    mode) a reshape to sizes read from the tensor would be a chain of four nodes, in every block.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return _ReshapeKeep.apply(t, tuple(shape))
-    return t.reshape([t.shape[i] if d == 0 else d for i, d in enumerate(shape)])
-
-
-class _Leading(torch.autograd.Function):
-    """Export spelling of :func:`leading`: a Slice whose end is read from ``like``'s shape."""
-
-    @staticmethod
-    def forward(ctx, table: Tensor, like: Tensor, axis: int) -> Tensor:  # noqa: ANN001
-        return table.narrow(axis, 0, like.shape[1])
-
-    @staticmethod
-    def symbolic(g, table, like, axis):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        def const(v: int):  # noqa: ANN202
-            return g.op("Constant", value_t=torch.tensor([v], dtype=torch.long))
-
-        n = g.op("Slice", g.op("Shape", like), const(1), const(2))
-        return g.op("Slice", table, const(0), n, const(axis))
-
-
-def leading(table: Tensor, like: Tensor, axis: int) -> Tensor:
-    """The first ``like.shape[1]`` entries of a constant ``table`` along ``axis``.
-
-    A block's token count in threshold mode is a run-time value of exported graphs, which
-    slicing with ``[:n]`` would freeze at the count of the example the exporter traced.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return _Leading.apply(table, like, axis)
-    return table.narrow(axis, 0, like.shape[1])
 
 
 def attention_received(attn: Tensor, keepdim: bool = False) -> Tensor:
@@ -292,42 +233,6 @@ def merge_rows(x: Tensor, size: Tensor, moved: Tensor, x_merging: Tensor) -> tup
     return x * (size / new_size) + (moved / new_size) @ x_merging, new_size
 
 
-class _GatherRowsND(torch.autograd.Function):
-    """Export spelling of :func:`take_rows`: one GatherND with ``batch_dims=1``."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor, idx: Tensor) -> Tensor:  # noqa: ANN001
-        return _take_rows(t, idx)
-
-    @staticmethod
-    def symbolic(g, t, idx):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        out = g.op("GatherND", t, idx, batch_dims_i=1)
-        rank = t.type().dim()
-        if rank is not None:  # how many rows is a run-time value: a traced count would be folded into constants
-            out.setType(t.type().with_sizes([None] * rank))
-        return out
-
-
-def _take_rows(t: Tensor, idx: Tensor) -> Tensor:
-    b, n = t.shape[0], t.shape[1]
-    rows = idx[..., 0] + torch.arange(0, b * n, n, device=idx.device)[:, None]
-    return t.flatten(0, 1)[rows]
-
-
-def take_rows(t: Tensor, idx: Tensor) -> Tensor:
-    """``t[b, idx[b, j, 0]]`` for every image: (B, N, ...) and (B, K, 1) give (B, K, ...).
-
-    Whole rows are copied: eager PyTorch indexes the batch flattened into rows (faster on a CPU
-    than ``gather`` with the index expanded over the row), and exports use ONNX's GatherND with
-    one batch dimension, which TensorRT imports from 8.2 on. Exported, ``gather`` would be an
-    Expand materialised in int64 and a GatherElements that reads an index per element, slower in
-    ONNX Runtime. Same rows either way.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return _GatherRowsND.apply(t, idx)
-    return _take_rows(t, idx)
-
-
 def merge_and_prune(
     tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan, record: bool = True
 ) -> tuple[Tokens, Decision | None]:
@@ -394,9 +299,7 @@ def _positions(length: int, num_prefix: int, device: torch.device, dtype: torch.
 
 def _block_positions(plan: Plan, x: Tensor, num_prefix: int) -> _Positions:
     """The per-position constants for the block whose tokens are ``x``."""
-    if torch.onnx.is_in_onnx_export() and not plan.length:
-        raise ValueError("exporting threshold mode needs Plan.length, the model's token count")
-    return _positions(plan.length or int(x.shape[1]), num_prefix, x.device, x.dtype).sliced(x)
+    return _positions(constants_length(plan.length, x), num_prefix, x.device, x.dtype).sliced(x)
 
 
 def _threshold_merge_and_prune(
