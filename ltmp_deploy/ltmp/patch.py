@@ -42,7 +42,7 @@ class LTMPConfig:
 class LTMPOutput:
     logits: Tensor
     decisions: list[Decision]
-    tokens: Tokens  # the state after the last block (before the final norm)
+    tokens: Tokens  # the state after the last block (before the final norm); sizes and validity as rows (B, N)
 
 
 class LTMPVisionTransformer(VisionTransformer):
@@ -119,13 +119,10 @@ class LTMPVisionTransformer(VisionTransformer):
             if decision is not None:
                 decisions.append(decision)
         logits = self._ltmp_head(self.norm(tokens.x), tokens.valid)
-        if tokens.size is None:
-            tokens = replace(tokens, size=x.new_ones(b, n))
-        elif tokens.size.dim() == 3:
-            tokens = replace(tokens, size=tokens.size[..., 0])
-        if tokens.valid is not None and tokens.valid.dim() == 3:
-            tokens = replace(tokens, valid=tokens.valid[..., 0])
-        return LTMPOutput(logits, decisions, tokens)
+        # Per-token values leave the model as rows (B, N).
+        size = x.new_ones(b, n) if tokens.size is None else tokens.size[..., 0]
+        valid = None if tokens.valid is None else tokens.valid[..., 0]
+        return LTMPOutput(logits, decisions, replace(tokens, size=size, valid=valid))
 
     def _ltmp_head(self, x: Tensor, valid: Tensor | None) -> Tensor:
         if self.global_pool != "avg":
