@@ -1,5 +1,6 @@
 """A hand-built case checked by value: the arithmetic of docs/arithmetic.md, step by step."""
 
+import json
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from timm.layers import Attention
 
 from ltmp_deploy.ltmp.block import proportional_attention
-from ltmp_deploy.ltmp.reduce import Plan, Tokens, merge_and_prune, prefix_importance, token_importance
+from ltmp_deploy.ltmp.reduce import Mode, Plan, Tokens, merge_and_prune, prefix_importance, token_importance
 
 PREFIX = prefix_importance(torch.float32)  # what a prefix token's importance is, above every threshold
 
@@ -109,3 +110,16 @@ def test_without_prefix_tokens_the_most_important_token_survives():
     imp[0, 0] = 0.02
     out, decision = merge_and_prune(tokens, metric, imp, num_prefix=0, plan=threshold_plan(2.0, 10.0))
     assert decision.kept.tolist() == [[2]] and decision.n_out.tolist() == [1]
+
+
+def test_a_mode_is_its_name_in_text_json_and_lookups():
+    mode = Mode("fixed")
+    assert mode is Mode.FIXED and mode == "fixed" and {"fixed": 1}[mode] == 1
+    assert (str(mode), f"{mode}", repr(mode), json.dumps(mode)) == ("fixed", "fixed", "'fixed'", '"fixed"')
+    assert Plan("train").mode is Mode.TRAIN and Plan("train").mode.soft and not Plan("threshold").mode.soft
+    assert [m for m in Mode if m.reduces] == ["train", "threshold", "fixed"]
+    assert [m for m in Mode if m.scheduled] == ["fixed", "oracle"]
+    with pytest.raises(ValueError):
+        Mode("fast")
+    with pytest.raises(ValueError, match="no merging in mode 'oracle'"):
+        merge_and_prune(*case(), num_prefix=1, plan=Plan("oracle", k=3))
