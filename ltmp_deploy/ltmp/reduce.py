@@ -322,7 +322,8 @@ def merge_and_prune(
     """
     if not plan.mode.reduces:
         raise ValueError(f"no merging in mode {plan.mode!r}")
-    rule = (_FixedRule if plan.mode.scheduled else _ThresholdRule)(tokens, metric, imp, num_prefix, plan)
+    imp_row = imp[:, None, :] if imp.dim() == 2 else imp
+    rule = (_FixedRule if plan.mode.scheduled else _ThresholdRule)(tokens, metric, imp_row, num_prefix, plan)
     if rule.merge is not None:
         tokens = rule.merge.apply(tokens)
     keep = rule.keep()
@@ -383,12 +384,12 @@ class _ThresholdRule:
     every decision by its straight-through mask and removes nothing.
     """
 
-    def __init__(self, tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan) -> None:
+    def __init__(self, tokens: Tokens, metric: Tensor, imp_row: Tensor, num_prefix: int, plan: Plan) -> None:
         x, valid = tokens.x, tokens.valid
         self.plan, self.num_prefix, self.valid, self.soft = plan, num_prefix, valid, plan.mode.soft
         self.n = x.shape[1]
         t = self.t = _positions(constants_length(plan.length, x), num_prefix, x.device, x.dtype).sliced(x)
-        self.imp_row = imp[:, None, :] if imp.dim() == 2 else imp  # prefix tokens: prefix_importance
+        self.imp_row = imp_row  # (B, 1, N); prefix tokens: prefix_importance
         self.live = live = None if valid is None else valid > 0.5  # (B, N, 1)
 
         m = unit_rows(metric)
@@ -504,11 +505,11 @@ class _FixedRule:
     per-position values columns (B, N, 1), so every product broadcasts without a reshape.
     """
 
-    def __init__(self, tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan) -> None:
+    def __init__(self, tokens: Tokens, metric: Tensor, imp_row: Tensor, num_prefix: int, plan: Plan) -> None:
         x = tokens.x
         self.b, self.n, self.k = x.shape[0], x.shape[1], plan.k
         self.c = _fixed_layout(int(self.n), num_prefix, x.device, x.dtype)
-        self.imp_row = imp[:, None, :] if imp.dim() == 2 else imp
+        self.imp_row = imp_row  # (B, 1, N)
         self.merge: Merge | None = None
         if plan.r:
             best, dst_idx = bipartite_match(metric, num_prefix, self.c.src_mask)  # rows (B, 1, N)
