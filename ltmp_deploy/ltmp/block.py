@@ -42,6 +42,7 @@ def proportional_attention(
     Invalid keys (padding, or tokens already removed in training) get no attention: in
     inference by a -inf bias before the softmax; in training by a multiplicative mask after
     it, so the straight-through gradient reaches the mask (as DynamicViT's masked softmax).
+    ``size`` and ``valid``: columns (B, N, 1), or None (every token one patch; every token real).
     Returns the output, the post-softmax matrix (B, H, N, N) and the head-averaged keys.
     """
     heads, head_dim = attn.num_heads, attn.head_dim
