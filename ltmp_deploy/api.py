@@ -61,13 +61,13 @@ def calibrate(
 ) -> Any:
     """Give ``model`` a fixed schedule: from threshold-mode counts on ``data``, or from ``flops_target``.
 
-    Returns the :class:`~ltmp_deploy.calibration.schedule.CalibrationReport`; ``model`` is left in
+    Returns the :class:`~ltmp_deploy.calibration.calibrate.CalibrationReport`; ``model`` is left in
     fixed mode. ``evaluate_on``: data to measure both modes' accuracy on. Named data ("digits" or a
     folder) gives its calibration part as ``data`` and its evaluation part as ``evaluate_on``: the
     same name in both never puts an image in both.
     """
-    from ltmp_deploy.calibration.schedule import calibrate as calibrate_schedule
-    from ltmp_deploy.calibration.schedule import parse_statistic
+    from ltmp_deploy.calibration.calibrate import calibrate as calibrate_schedule
+    from ltmp_deploy.calibration.calibrate import parse_statistic
 
     if data is None and flops_target is None:
         raise LTMPError("calibrate: give data to count tokens on, or a flops_target")
@@ -112,7 +112,7 @@ def validate(
     if reference is None or resolve_backend(Path(reference), "auto") != "torch":
         return validate_files(listed, against, backend=backend, providers=providers, **options)
     require("torch", Path(reference), FULL)
-    from ltmp_deploy.export.validate import validate_checkpoint
+    from ltmp_deploy.export.checkpoint_parity import validate_checkpoint
 
     def open_file(path: Path) -> Any:
         return open_target(path, backend, providers)
@@ -142,9 +142,9 @@ def build(onnx_path: PathLike, output: PathLike, *, preset: str = "datacenter", 
 
 def _dataset(data: Any, model: Any, split: str) -> Any:
     """A named data set's ``split``: "train", or calibrate's "calibration" / "evaluation", which never
-    share an image (data.sources.calibration_split); a Dataset passes as it is."""
+    share an image (data.datasets.calibration_split); a Dataset passes as it is."""
     if isinstance(data, (str, os.PathLike)):
-        from ltmp_deploy.data.sources import calibration_split, dataset_for
+        from ltmp_deploy.data.datasets import calibration_split, dataset_for
 
         if split in ("calibration", "evaluation"):
             return calibration_split(os.fspath(data), model, split)

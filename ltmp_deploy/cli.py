@@ -108,7 +108,7 @@ def cmd_train_base(args: argparse.Namespace) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     from ltmp_deploy import load
     from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
-    from ltmp_deploy.data.sources import dataset_for
+    from ltmp_deploy.data.datasets import dataset_for
 
     model = load(args.model)
     cfg = LearnConfig(
@@ -146,8 +146,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ltmp_deploy import load
-    from ltmp_deploy.calibration.schedule import calibrate, parse_statistic
-    from ltmp_deploy.data.sources import EMBEDDED, calibration_split, sample_batch, takes_digits
+    from ltmp_deploy.calibration.calibrate import calibrate, parse_statistic
+    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, sample_batch, takes_digits
     from ltmp_deploy.export.calibration_data import write_calibration_data
     from ltmp_deploy.files import ensure_writable, ensure_writable_folder
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint

@@ -207,7 +207,7 @@ def test_threshold_flops_are_measured_on_real_held_out_images_and_labelled(tmp_p
     from PIL import Image
     from runtime_models import checkpoint
 
-    from ltmp_deploy.data.sources import HELD_OUT_FRACTION
+    from ltmp_deploy.data.datasets import HELD_OUT_FRACTION
 
     ckpt = checkpoint("threshold")
     noise = export_onnx(ckpt, tmp_path / "noise.onnx", validate=False).metadata

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ltmp_deploy.bench.backends import BACKENDS, ONNX_BACKENDS, open_timer, unavailable
 from ltmp_deploy.bench.machine import load_average, machine, usable_cores
+from ltmp_deploy.bench.timers import BACKENDS, ONNX_BACKENDS, open_timer, unavailable
 from ltmp_deploy.bench.variants import Variant, build_variants
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.reference import sample_images

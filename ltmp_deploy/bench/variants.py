@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltmp_deploy.calibration.schedule import tome_schedule
+from ltmp_deploy.calibration.calibrate import tome_schedule
 from ltmp_deploy.calibration.thresholds import thresholds_for_flops
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, schedule_for_flops, unpatched_flops

@@ -1,6 +1,6 @@
 """The PyTorch reference: the images a model is checked on, and the model or a checkpoint on
 PyTorch and a graph on ONNX Runtime's CPU provider as comparison targets, for the check right after
-export (:func:`compare_with_torch`) and for :func:`ltmp_deploy.export.validate.validate_checkpoint`.
+export (:func:`compare_with_torch`) and for :func:`ltmp_deploy.export.checkpoint_parity.validate_checkpoint`.
 
 Both sample the same images: the embedded digits' test split when the model takes digits (32x32 RGB,
 ten classes), seeded random images in its normalised input space otherwise; so the check after export

@@ -72,7 +72,7 @@ def write_demo_report(
     """``report``: the demo's DemoReport; ``bench``: its latency run (default: a bench of its calibrated
     checkpoint on ONNX Runtime CPU at batch 1 and 8, ``rounds`` rounds). Writes accuracy.json, bench/
     and report/ into its folder."""
-    from ltmp_deploy.data.sources import dataset_for
+    from ltmp_deploy.data.datasets import dataset_for
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint
 
     workdir = Path(report.workdir)
