@@ -341,7 +341,7 @@ class _ExampleFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-Adder = Callable[..., argparse.ArgumentParser]
+Adder = "Callable[..., argparse.ArgumentParser]"  # a string: Python 3.8 cannot subscript collections.abc.Callable
 
 
 def _example(*lines: str) -> str:
