@@ -76,9 +76,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ltmp_deploy.export.trt_check import check_model
+    from ltmp_deploy.runtime.plan import check_preset_mode
 
+    targets = list(args.trt or [])
+    if args.preset is not None:
+        targets += [t for t in check_preset_mode(args.onnx, args.preset) if t not in targets]
+    if not targets:
+        raise LTMPError("check: name a TensorRT version with --trt, or a build target with --preset")
     failed = 0
-    for target in args.trt:
+    for target in targets:
         report = check_model(args.onnx, target)
         print(report.summary())
         failed += not report.ok
@@ -443,14 +449,22 @@ def _parser_check(add: Adder) -> None:
         "Check an ONNX graph against what a TensorRT version's ONNX parser imports; exit 1 listing the offending "
         "nodes.",
     )
-    p.epilog = _example("ltmp-deploy check fixed.onnx --trt 8.5 --trt 10.3 --trt 10.13")
+    p.epilog = _example(
+        "ltmp-deploy check fixed.onnx --trt 8.5 --trt 10.3 --trt 10.13",
+        "ltmp-deploy check fixed.onnx --preset xavier-nx",
+    )
     p.add_argument("onnx", metavar="FILE.onnx")
     from ltmp_deploy.export.trt_targets import TRT_TARGETS
+    from ltmp_deploy.runtime.presets import PRESETS
 
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="check for every TensorRT version of this build target (and the export modes it builds)",
+    )
     p.add_argument(
         "--trt",
         action="append",
-        required=True,
         choices=list(TRT_TARGETS),
         metavar="VERSION",
         help="; ".join(f"{k}: {v}" for k, v in TRT_TARGETS.items()) + "; repeat for several",
