@@ -121,6 +121,21 @@ def test_the_field_side_needs_nothing_newer_than_python_3_8():
     assert 'requires-python = ">=3.8"' in (REPO / "pyproject.toml").read_text()
 
 
+def test_the_whole_package_needs_nothing_newer_than_python_3_10():
+    """The toolkit's floor (the full extra's markers): JetPack 6's Python runs all of it."""
+    vermin = shutil.which("vermin", path=str(Path(sys.executable).parent)) or shutil.which("vermin")
+    if vermin is None:
+        pytest.skip("vermin is not installed (pip install vermin, the dev extra)")
+    done = subprocess.run(
+        [vermin, "-t=3.10-", "--no-tips", "--violations", "--eval-annotations", str(REPO / "ltmp_deploy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "python_version >= '3.10'" in (REPO / "pyproject.toml").read_text()
+
+
 def test_no_builtin_generic_is_evaluated_at_import_or_run_time_on_the_field_side():
     found = [hit for path in field_modules() for hit in generics_evaluated_at_run_time(path)]
     assert found == [], "Python 3.8 cannot subscript these outside annotations:\n" + "\n".join(found)
