@@ -1001,7 +1001,8 @@ def _build_engine_args(p: argparse.ArgumentParser) -> None:
         type=non_negative_int,
         metavar="N",
         help="run on DLA core N with GPU fallback "
-        "(orin-nx, agx-orin with JetPack 5.1-6.2; agx-orin with TensorRT 11.4 on JetPack 7.2.2+, from an fp16 "
+        "(xavier-nx, agx-xavier with JetPack 5.1; orin-nx, agx-orin with JetPack 5.1-6.2; agx-orin with TensorRT "
+        "11.4 on JetPack 7.2.2+, from an fp16 "
         "or Q/DQ graph; fp16/int8, fixed mode, one batch size)",
     )
     p.add_argument(
