@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ltmp_deploy import (
     __version__,
@@ -347,7 +348,8 @@ class _ExampleFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-Adder = "Callable[..., argparse.ArgumentParser]"  # a string: Python 3.8 cannot subscript collections.abc.Callable
+if TYPE_CHECKING:  # annotations only: Python 3.8 (JetPack 5.1) cannot subscript collections.abc.Callable
+    Adder = Callable[..., argparse.ArgumentParser]
 
 
 def _example(*lines: str) -> str:

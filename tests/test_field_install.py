@@ -3,8 +3,9 @@ as the README says (pip's normal resolver, the package index reachable), no torc
 runtime there answering exactly as the full install does on a graph the full toolkit exported.
 
 Three installs: the newest releases on this machine's Python; the oldest the requirements allow (each
-lower bound in pyproject.toml pinned, as an "oldest dependencies" CI job would); and Python 3.8, the
-Python of JetPack 5.1, where this machine has one (pyenv's), which gets the last releases for 3.8."""
+lower bound in pyproject.toml pinned, as an "oldest dependencies" CI job would); and Python 3.8 and
+3.12, the Pythons of JetPack 5.1 and 7, where this machine has them (pyenv's builds): 3.8 gets the
+last releases for 3.8 (numpy 1.24, onnx 1.17, onnxruntime 1.19, Pillow 10.4)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 # The README's field install, with the checkout in place of the package name.
 FIELD_EXTRA = "cpu"
 TOOLKIT_PACKAGES = ("torch", "timm", "torchvision", "sklearn", "onnxscript", "onnxslim", "safetensors")
-INSTALLS = ("newest", "oldest", "python3.8")
+# JetPack 5.1 brings Python 3.8 and JetPack 7 Python 3.12 (JetPack 6's 3.10 lies between 3.8 and this 3.11).
+INSTALLS = ("newest", "oldest", "python3.8", "python3.12")
 
 pytestmark = pytest.mark.slow
 
@@ -44,13 +46,15 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kwargs)
 
 
-def python38() -> str | None:
-    """A CPython 3.8 interpreter on this machine (one pyenv built, or on PATH), or None."""
+def find_python(version: str) -> str | None:
+    """A CPython ``version`` interpreter on this machine (one pyenv built, or on PATH), or None."""
     versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    builds = sorted(versions.glob("3.8*/bin/python3.8"))  # any 3.8 will do
-    on_path = shutil.which("python3.8")  # may be a pyenv shim that refuses to run
+    builds = sorted(versions.glob(f"{version}.*/bin/python{version}"))  # any patch release will do
+    on_path = shutil.which(f"python{version}")  # may be a pyenv shim that refuses to run
+    wanted = tuple(int(x) for x in version.split("."))
+    probe = f"import sys, venv; assert sys.version_info[:2] == {wanted}"
     for candidate in [*map(str, reversed(builds)), *([on_path] if on_path else [])]:
-        if _run([candidate, "-c", "import sys, venv; assert sys.version_info[:2] == (3, 8)"]).returncode == 0:
+        if _run([candidate, "-c", probe]).returncode == 0:
             return candidate
     return None
 
@@ -74,15 +78,16 @@ def installed_versions(python: Path, names) -> dict[str, str]:
 @pytest.fixture(scope="module", params=INSTALLS)
 def field_env(request, tmp_path_factory) -> Path:
     """A fresh venv holding only the field install of this checkout: the newest releases, the oldest
-    the lower bounds allow, or on Python 3.8."""
+    the lower bounds allow, or on another Python (JetPack 5.1's 3.8, JetPack 7's 3.12)."""
     root = tmp_path_factory.mktemp(f"field-venv-{request.param}")
     # A copy of the sources: building from the checkout itself would leave build/ in it.
     source = shutil.copytree(REPO, tmp_path_factory.mktemp("source") / "ltmp-deploy", ignore=_not_sources)
     options = []
-    if request.param == "python3.8":
-        interpreter = python38()
+    if request.param.startswith("python"):
+        version = request.param[len("python") :]
+        interpreter = find_python(version)
         if interpreter is None:
-            pytest.skip("no Python 3.8 here (JetPack 5.1's Python): test_field_python.py checks 3.8 without one")
+            pytest.skip(f"no Python {version} here: test_field_python.py checks the field side for it without one")
         assert _run([interpreter, "-m", "venv", str(root)]).returncode == 0
     else:
         venv.create(root, with_pip=True, clear=True)
@@ -179,9 +184,12 @@ def test_field_commands_run_in_the_field_install(field_env, tmp_path):
         ["inspect", threshold],
         ["validate", threshold, "--against", threshold],
         ["estimate", str(bench), "--price-per-hour", "1.5"],
+        ["check", fixed, "--preset", "xavier-nx"],
+        ["build", fixed, "--preset", "xavier-nx", "--dla-core", "0", "--print-trtexec", "-o", "fixed.engine"],
     ]
     for command in commands:
         done = _run([cli, *command], cwd=tmp_path)
         assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
     assert len(log.read_text().splitlines()) == 3
+    assert "--useDLACore=0" in done.stdout and "--allowGPUFallback" in done.stdout  # the build's trtexec line
     assert (tmp_path / "from_log.png").stat().st_size > 0 and (tmp_path / "from_graph.png").stat().st_size > 0

@@ -61,6 +61,17 @@ def field_modules() -> list[Path]:
     return sorted(files)
 
 
+def _type_checking_nodes(tree: ast.Module) -> set[int]:
+    """ids of the nodes inside ``if TYPE_CHECKING:`` (never run)."""
+    return {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for statement in node.body
+        for n in ast.walk(statement)
+    }
+
+
 def _annotation_nodes(tree: ast.Module) -> set[int]:
     """ids of the nodes inside annotations (never evaluated under ``from __future__ import annotations``)."""
     inside = set()
@@ -90,7 +101,7 @@ def generics_evaluated_at_run_time(path: Path) -> list[str]:
         if isinstance(n, ast.ImportFrom) and n.module == "collections.abc"
         for a in n.names
     }
-    skip = _annotation_nodes(tree) if lazy else set()
+    skip = _type_checking_nodes(tree) | (_annotation_nodes(tree) if lazy else set())
     where = path.relative_to(REPO) if REPO in path.parents else path
     return [
         f"{where}:{n.lineno}: {ast.unparse(n)}"
@@ -146,6 +157,7 @@ def test_the_import_time_check_finds_what_python_3_8_refuses(tmp_path):
         "from __future__ import annotations\nfrom collections.abc import Callable\nfrom typing import Union\n"
         "def fine(x: list[int]) -> dict[str, Callable[..., int]]: ...\n"
         "Alias = Union[str, tuple[str, int]]\nHook = Callable[..., None]\n"
+        "if TYPE_CHECKING:\n    Typed = Callable[..., dict[str, int]]\n"
     )
     found = generics_evaluated_at_run_time(tmp_path / "bad.py")
     assert sorted(hit.split(": ", 1)[1] for hit in found) == ["Callable[..., None]", "tuple[str, int]"]
