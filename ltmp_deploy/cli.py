@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ltmp_deploy import (
     __version__,
@@ -77,9 +78,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ltmp_deploy.export.trt_check import check_model
+    from ltmp_deploy.runtime.plan import check_preset_mode
 
+    targets = list(args.trt or [])
+    if args.preset is not None:
+        targets += [t for t in check_preset_mode(args.onnx, args.preset) if t not in targets]
+    if not targets:
+        raise LTMPError("check: name a TensorRT version with --trt, or a build target with --preset")
     failed = 0
-    for target in args.trt:
+    for target in targets:
         report = check_model(args.onnx, target)
         print(report.summary())
         failed += not report.ok
@@ -315,7 +322,8 @@ class _ExampleFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-Adder = Callable[..., argparse.ArgumentParser]
+if TYPE_CHECKING:  # annotations only: Python 3.8 (JetPack 5.1) cannot subscript collections.abc.Callable
+    Adder = Callable[..., argparse.ArgumentParser]
 
 
 def _example(*lines: str) -> str:
@@ -417,14 +425,22 @@ def _parser_check(add: Adder) -> None:
         "Check an ONNX graph against what a TensorRT version's ONNX parser imports; exit 1 listing the offending "
         "nodes.",
     )
-    p.epilog = _example("ltmp-deploy check fixed.onnx --trt 8.5 --trt 10.3 --trt 10.13")
+    p.epilog = _example(
+        "ltmp-deploy check fixed.onnx --trt 8.5 --trt 10.3 --trt 10.13",
+        "ltmp-deploy check fixed.onnx --preset xavier-nx",
+    )
     p.add_argument("onnx", metavar="FILE.onnx")
     from ltmp_deploy.export.trt_targets import TRT_TARGETS
+    from ltmp_deploy.runtime.presets import PRESETS
 
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="check for every TensorRT version of this build target (and the export modes it builds)",
+    )
     p.add_argument(
         "--trt",
         action="append",
-        required=True,
         choices=list(TRT_TARGETS),
         metavar="VERSION",
         help="; ".join(f"{k}: {v}" for k, v in TRT_TARGETS.items()) + "; repeat for several",
@@ -961,7 +977,8 @@ def _build_engine_args(p: argparse.ArgumentParser) -> None:
         type=non_negative_int,
         metavar="N",
         help="run on DLA core N with GPU fallback "
-        "(orin-nx, agx-orin with JetPack 5.1-6.2; agx-orin with TensorRT 11.4 on JetPack 7.2.2+, from an fp16 "
+        "(xavier-nx, agx-xavier with JetPack 5.1; orin-nx, agx-orin with JetPack 5.1-6.2; agx-orin with TensorRT "
+        "11.4 on JetPack 7.2.2+, from an fp16 "
         "or Q/DQ graph; fp16/int8, fixed mode, one batch size)",
     )
     p.add_argument(

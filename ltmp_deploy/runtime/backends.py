@@ -23,7 +23,7 @@ import importlib.metadata
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Dict, Tuple, Union
 
 import numpy as np
 
@@ -39,7 +39,9 @@ KIND_BACKEND = {FileKind.ONNX: "onnxruntime", FileKind.ENGINE: "tensorrt", FileK
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PLUGIN_GROUP = "ltmp_deploy.backends"
 
-Provider = Union[str, tuple[str, dict[str, Any]]]
+# typing's generics, not the builtins': this alias is evaluated at import, and Python 3.8 (JetPack 5.1)
+# cannot subscript tuple or dict.
+Provider = Union[str, Tuple[str, Dict[str, Any]]]
 
 
 def resolve_backend(path: Path, backend: str) -> str:

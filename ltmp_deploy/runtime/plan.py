@@ -151,6 +151,7 @@ def plan_build(
     trt = _target(preset, options.trt, installed, options.dla_core)
     where = f"{graph.path} (--preset {preset.name}, TensorRT {trt})"
     notes: list[str] = []
+    _check_mode(where, graph, preset, trt)
 
     precision = options.precision if options.precision is not None else _default_precision(graph, preset, trt, notes)
     if precision not in PRECISIONS:
@@ -160,6 +161,7 @@ def plan_build(
     dla = options.dla_core
     if dla is not None:
         _check_dla(where, preset, graph, precision, dla, trt)
+        notes += _dla_fallback(graph, preset)
     profile = _profile(where, preset, graph, options, dla)
     strongly_typed = _typing(where, graph, precision, trt, options.strongly_typed, dla)
     flags = [] if strongly_typed or precision == "fp32" else [precision]
@@ -187,6 +189,22 @@ def plan_build(
         options.timing_cache,
         notes,
     )
+
+
+def check_preset_mode(graph: GraphLike, preset_name: str) -> tuple[str, ...]:
+    """The TensorRT versions of a preset, once the graph's export mode is one the preset builds."""
+    preset = _preset(preset_name)
+    graph = graph if isinstance(graph, GraphInfo) else inspect_graph(graph)
+    _check_mode(f"{graph.path} (--preset {preset.name})", graph, preset, preset.trt_versions[0])
+    return preset.trt_versions
+
+
+def _check_mode(where: str, graph: GraphInfo, preset: Preset, trt: str) -> None:
+    if graph.mode is not None and graph.mode not in preset.modes:
+        raise LTMPError(
+            f"{where}: a {graph.mode}-mode graph, and {preset.description} builds {'/'.join(preset.modes)} mode only "
+            f"(TensorRT {trt}'s ONNX parser refuses threshold mode's run-time TopK K): export with --mode fixed"
+        )
 
 
 def _check_options(where: str, preset: Preset, options: BuildOptions, trt: str) -> int | None:
@@ -302,6 +320,18 @@ def _check_dla(where: str, preset: Preset, graph: GraphInfo, precision: str, dla
             f"{where}: a threshold-mode graph has data-dependent token counts and DLA takes static shapes "
             "only: export fixed mode for DLA, or build without --dla-core"
         )
+
+
+def _dla_fallback(graph: GraphInfo, preset: Preset) -> list[str]:
+    """Which of the graph's ops this module's DLA has no layer for: they run on the GPU, silently."""
+    ops = {node.op_type for node in graph.model.graph.node} if graph.model is not None else set()
+    on_gpu = [op for op in preset.dla_gpu_ops if op in ops]
+    if not on_gpu:
+        return []
+    return [
+        f"DLA on {preset.description} has no layer for {', '.join(on_gpu)}: those run on the GPU (GPU fallback); "
+        "the sidecar and `ltmp-deploy inspect ENGINE` list where each layer ran"
+    ]
 
 
 def _no_dla(preset: Preset, trt: str) -> str:
