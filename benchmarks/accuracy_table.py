@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from ltmp_deploy.calibration.calibrate import calibrate, parse_statistic, tome_schedule
 from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
-from ltmp_deploy.calibration.schedule import calibrate, parse_statistic, tome_schedule
-from ltmp_deploy.data.sources import dataset_for
+from ltmp_deploy.data.datasets import dataset_for
 from ltmp_deploy.demo import DEMO_EPOCHS, DEMO_LR_MERGE, DEMO_LR_PRUNE, DEMO_STATISTIC
 from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
 from ltmp_deploy.files import atomic_output

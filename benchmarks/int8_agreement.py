@@ -20,8 +20,8 @@ import onnxruntime as ort
 import torch
 
 from ltmp_deploy.calibration.thresholds import thresholds_for_flops
+from ltmp_deploy.data.datasets import sample_batch
 from ltmp_deploy.data.digits import DigitsDataset
-from ltmp_deploy.data.sources import sample_batch
 from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
 from ltmp_deploy.export.onnx_export import export_onnx
 from ltmp_deploy.export.quantize import quantize_int8

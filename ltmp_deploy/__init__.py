@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 # Name -> module: the whole job (create or load, learn, calibrate, export, validate, build, run).
 _LAZY = {
     "create_model": "ltmp_deploy.ltmp.checkpoint",
-    "load": "ltmp_deploy.api",
+    "load": "ltmp_deploy.ltmp.checkpoint",
     "save_checkpoint": "ltmp_deploy.ltmp.checkpoint",
     "learn": "ltmp_deploy.api",
     "calibrate": "ltmp_deploy.api",

@@ -26,13 +26,6 @@ from ltmp_deploy.errors import LTMPError
 PathLike = Union[str, os.PathLike]
 
 
-def load(path: PathLike, mode: str | None = None) -> Any:
-    """A toolkit checkpoint, rebuilt as the patched timm model (in its saved mode unless told)."""
-    from ltmp_deploy.ltmp.checkpoint import load_checkpoint
-
-    return load_checkpoint(path, mode=mode)
-
-
 def learn(
     model: Any,
     data: Any = "digits",
@@ -68,13 +61,13 @@ def calibrate(
 ) -> Any:
     """Give ``model`` a fixed schedule: from threshold-mode counts on ``data``, or from ``flops_target``.
 
-    Returns the :class:`~ltmp_deploy.calibration.schedule.CalibrationReport`; ``model`` is left in
+    Returns the :class:`~ltmp_deploy.calibration.calibrate.CalibrationReport`; ``model`` is left in
     fixed mode. ``evaluate_on``: data to measure both modes' accuracy on. Named data ("digits" or a
     folder) gives its calibration part as ``data`` and its evaluation part as ``evaluate_on``: the
     same name in both never puts an image in both.
     """
-    from ltmp_deploy.calibration.schedule import calibrate as calibrate_schedule
-    from ltmp_deploy.calibration.schedule import parse_statistic
+    from ltmp_deploy.calibration.calibrate import calibrate as calibrate_schedule
+    from ltmp_deploy.calibration.calibrate import parse_statistic
 
     if data is None and flops_target is None:
         raise LTMPError("calibrate: give data to count tokens on, or a flops_target")
@@ -90,24 +83,42 @@ def calibrate(
     )
 
 
-def validate(files: Union[PathLike, Sequence[PathLike]], against: PathLike | None = None, **options: Any) -> Any:
-    """Parity of graphs or engines against a checkpoint (PyTorch) or an ONNX file (ONNX Runtime).
+def validate(
+    files: Union[PathLike, Sequence[PathLike]],
+    against: PathLike | None = None,
+    *,
+    backend: str = "auto",
+    providers: Sequence[Any] | None = None,
+    mode: str | None = None,
+    **options: Any,
+) -> Any:
+    """Parity of graphs or engines against a checkpoint (PyTorch) or an ONNX file (ONNX Runtime);
+    a checkpoint alone is exported to a temporary graph and compared with itself.
 
-    Returns the :class:`~ltmp_deploy.export.compare.ParityReport`; ``report.ok`` is the verdict.
+    ``backend``/``providers``: how the files run (see :class:`~ltmp_deploy.runtime.session.Session`).
+    ``mode``: the mode a checkpoint alone is exported and run in (default: its own). ``options``:
+    ``images``, ``batch``, ``json_path``. Returns the :class:`~ltmp_deploy.export.compare.ParityReport`;
+    ``report.ok`` is the verdict.
     """
-    from ltmp_deploy.formats import STATE_DICT_KINDS, sniff
+    from pathlib import Path
+
+    from ltmp_deploy.extras import FULL
+    from ltmp_deploy.runtime.backends import require, resolve_backend
+    from ltmp_deploy.runtime.validate import open_target
+    from ltmp_deploy.runtime.validate import validate as validate_files
 
     listed = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     reference = against if against is not None else (listed[0] if len(listed) == 1 else None)
-    if reference is not None and os.path.isfile(reference) and sniff(reference) in STATE_DICT_KINDS:
-        from ltmp_deploy.export.validate import validate_checkpoint
-        from ltmp_deploy.runtime.validate import open_target
+    if reference is None or resolve_backend(Path(reference), "auto") != "torch":
+        return validate_files(listed, against, backend=backend, providers=providers, **options)
+    require("torch", Path(reference), FULL)
+    from ltmp_deploy.export.checkpoint_parity import validate_checkpoint
 
-        rest = [f for f in listed if os.fspath(f) != os.fspath(reference)]
-        return validate_checkpoint(reference, rest, open_file=open_target, **options)
-    from ltmp_deploy.runtime.validate import validate as validate_files
+    def open_file(path: Path) -> Any:
+        return open_target(path, backend, providers)
 
-    return validate_files(listed, against, **options)
+    rest = [f for f in listed if os.fspath(f) != os.fspath(reference)]
+    return validate_checkpoint(reference, rest, mode=mode, open_file=open_file, **options)
 
 
 def build(onnx_path: PathLike, output: PathLike, *, preset: str = "datacenter", **options: Any) -> Any:
@@ -131,9 +142,9 @@ def build(onnx_path: PathLike, output: PathLike, *, preset: str = "datacenter", 
 
 def _dataset(data: Any, model: Any, split: str) -> Any:
     """A named data set's ``split``: "train", or calibrate's "calibration" / "evaluation", which never
-    share an image (data.sources.calibration_split); a Dataset passes as it is."""
+    share an image (data.datasets.calibration_split); a Dataset passes as it is."""
     if isinstance(data, (str, os.PathLike)):
-        from ltmp_deploy.data.sources import calibration_split, dataset_for
+        from ltmp_deploy.data.datasets import calibration_split, dataset_for
 
         if split in ("calibration", "evaluation"):
             return calibration_split(os.fspath(data), model, split)

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ltmp_deploy import (
     __version__,
@@ -23,6 +24,7 @@ from ltmp_deploy.cli_field import cmd_inspect, cmd_predict, cmd_show
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import EXPORT_MODES
 from ltmp_deploy.extras import explain_missing, require_full
+from ltmp_deploy.runtime.inspection import format_values
 
 # Commands that patch, train or export a PyTorch model: the full toolkit, not the field runtime.
 FULL_COMMANDS = frozenset({"patch", "export", "train-base", "learn", "calibrate", "demo", "bench", "report"})
@@ -37,8 +39,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     save_checkpoint(model, args.output)
     merge, prune = model.ltmp_thresholds()
     print(
-        f"wrote {args.output}: {len(model.blocks)} LTMP blocks, merge thresholds {_fmt(merge)}, prune thresholds "
-        f"{_fmt(prune)}"
+        f"wrote {args.output}: {len(model.blocks)} LTMP blocks, merge thresholds {format_values(merge)}, "
+        f"prune thresholds {format_values(prune)}"
     )
     return 0
 
@@ -78,9 +80,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from ltmp_deploy.export.trt_check import check_model
+    from ltmp_deploy.runtime.plan import check_preset_mode
 
+    targets = list(args.trt or [])
+    if args.preset is not None:
+        targets += [t for t in check_preset_mode(args.onnx, args.preset) if t not in targets]
+    if not targets:
+        raise LTMPError("check: name a TensorRT version with --trt, or a build target with --preset")
     failed = 0
-    for target in args.trt:
+    for target in targets:
         report = check_model(args.onnx, target)
         print(report.summary())
         failed += not report.ok
@@ -107,11 +115,12 @@ def cmd_train_base(args: argparse.Namespace) -> int:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
+    from ltmp_deploy import load
     from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
-    from ltmp_deploy.data.sources import dataset_for
+    from ltmp_deploy.data.datasets import dataset_for
 
     _outputs_not_inputs([("-o", args.output)], [args.model])
-    model = _load_model(args.model)
+    model = load(args.model)
     cfg = LearnConfig(
         target=args.target,
         epochs=args.epochs,
@@ -141,13 +150,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
             f"learned thresholds for target {cfg.target}: FLOPs kept {last.flops_ratio:.3f} (training masks), train "
             f"accuracy {last.accuracy:.3f}"
         )
-    print(f"merge thresholds {_fmt(merge)}\nprune thresholds {_fmt(prune)}\nwrote {args.output}")
+    print(f"merge thresholds {format_values(merge)}\nprune thresholds {format_values(prune)}\nwrote {args.output}")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ltmp_deploy.calibration.schedule import calibrate, parse_statistic
-    from ltmp_deploy.data.sources import EMBEDDED, calibration_split, sample_batch, takes_digits
+    from ltmp_deploy import load
+    from ltmp_deploy.calibration.calibrate import calibrate, parse_statistic
+    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, sample_batch, takes_digits
     from ltmp_deploy.export.calibration_data import write_calibration_data
     from ltmp_deploy.files import ensure_writable, ensure_writable_folder
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
@@ -156,7 +166,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.int8_calib:
         ensure_writable_folder(args.int8_calib, "--int8-calib")
     _outputs_not_inputs([("-o", args.output)], [args.checkpoint])
-    model = _load_model(args.checkpoint)
+    model = load(args.checkpoint)
     statistic = parse_statistic(args.statistic)
     spec = EMBEDDED if args.data is None else args.data
     need_images = args.flops_target is None or args.int8_calib
@@ -201,40 +211,15 @@ def _outputs_not_inputs(outputs: Sequence[tuple[str, str | None]], inputs: Seque
     refuse_overwriting_inputs(outputs, inputs)
 
 
-def _load_model(spec: str):  # noqa: ANN202
-    from ltmp_deploy.ltmp.checkpoint import open_model
-
-    return open_model(spec)
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     """A checkpoint in play means PyTorch as the reference (the full toolkit); else ONNX Runtime."""
-    from pathlib import Path
-
-    from ltmp_deploy.extras import FULL
-    from ltmp_deploy.runtime.backends import require, resolve_backend
-    from ltmp_deploy.runtime.validate import open_target, validate
-
-    def checkpoint(path: str | None) -> bool:
-        return path is not None and resolve_backend(Path(path), "auto") == "torch"
+    from ltmp_deploy.api import validate
 
     _outputs_not_inputs([("--json", args.json)], [*args.files, args.against])
-    alone = args.against is None and len(args.files) == 1 and checkpoint(args.files[0])
-    common = {"batch": args.batch, "json_path": args.json}
+    options = {"batch": args.batch, "json_path": args.json, "backend": args.backend, "providers": args.provider}
     if args.images is not None:
-        common["images"] = args.images
-    if alone or checkpoint(args.against):
-        reference = args.files[0] if alone else args.against
-        require("torch", Path(reference), FULL)
-        from ltmp_deploy.export.validate import validate_checkpoint
-
-        def open_file(path: Path):  # noqa: ANN202  (a comparison Target)
-            return open_target(path, args.backend, args.provider)
-
-        files = [] if alone else args.files
-        report = validate_checkpoint(reference, files, mode=args.mode, open_file=open_file, **common)
-    else:
-        report = validate(args.files, args.against, backend=args.backend, providers=args.provider, **common)
+        options["images"] = args.images
+    report = validate(args.files, args.against, mode=args.mode, **options)
     print(report.summary())
     if args.json:
         print(f"wrote {args.json}")
@@ -345,10 +330,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _fmt(values: Sequence[float]) -> str:
-    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
-
-
 class _ExampleFormatter(argparse.HelpFormatter):
     """Wraps descriptions as usual, but prints a command's example (its epilog) as written."""
 
@@ -358,7 +339,8 @@ class _ExampleFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-Adder = Callable[..., argparse.ArgumentParser]
+if TYPE_CHECKING:  # annotations only: Python 3.8 (JetPack 5.1) cannot subscript collections.abc.Callable
+    Adder = Callable[..., argparse.ArgumentParser]
 
 
 def _example(*lines: str) -> str:
@@ -460,14 +442,22 @@ def _parser_check(add: Adder) -> None:
         "Check an ONNX graph against what a TensorRT version's ONNX parser imports; exit 1 listing the offending "
         "nodes.",
     )
-    p.epilog = _example("ltmp-deploy check fixed.onnx --trt 8.5 --trt 10.3 --trt 10.13")
+    p.epilog = _example(
+        "ltmp-deploy check fixed.onnx --trt 8.5 --trt 10.3 --trt 10.13",
+        "ltmp-deploy check fixed.onnx --preset xavier-nx",
+    )
     p.add_argument("onnx", metavar="FILE.onnx")
     from ltmp_deploy.export.trt_targets import TRT_TARGETS
+    from ltmp_deploy.runtime.presets import PRESETS
 
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="check for every TensorRT version of this build target (and the export modes it builds)",
+    )
     p.add_argument(
         "--trt",
         action="append",
-        required=True,
         choices=list(TRT_TARGETS),
         metavar="VERSION",
         help="; ".join(f"{k}: {v}" for k, v in TRT_TARGETS.items()) + "; repeat for several",
@@ -1004,7 +994,8 @@ def _build_engine_args(p: argparse.ArgumentParser) -> None:
         type=non_negative_int,
         metavar="N",
         help="run on DLA core N with GPU fallback "
-        "(orin-nx, agx-orin with JetPack 5.1-6.2; agx-orin with TensorRT 11.4 on JetPack 7.2.2+, from an fp16 "
+        "(xavier-nx, agx-xavier with JetPack 5.1; orin-nx, agx-orin with JetPack 5.1-6.2; agx-orin with TensorRT "
+        "11.4 on JetPack 7.2.2+, from an fp16 "
         "or Q/DQ graph; fp16/int8, fixed mode, one batch size)",
     )
     p.add_argument(

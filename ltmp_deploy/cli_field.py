@@ -235,14 +235,12 @@ def _from_checkpoint(spec: str, images: Sequence[str], mode: str | None) -> Iter
             "an ONNX file exported with --decisions draws without it"
         ) from err
 
-    from ltmp_deploy.cli import _load_model
+    from ltmp_deploy import load
     from ltmp_deploy.ltmp.data_config import model_data_config
     from ltmp_deploy.report.grids import checkpoint_maps
     from ltmp_deploy.runtime.preprocess import model_view, preprocess
 
-    model = _load_model(spec)
-    if mode:
-        model.ltmp_set_mode(mode)
+    model = load(spec, mode=mode or None)
     cfg, grid = model_data_config(model), tuple(model.patch_embed.grid_size)
     for image in images:
         picture = _digit(image) if image.startswith(DIGITS) else image

@@ -99,8 +99,8 @@ def run_demo(
 
 def _base_model(report: DemoReport) -> tuple[LTMPVisionTransformer, Dataset, Dataset, Dataset]:
     """Step 1: the cached base ViT, unpatched, scored on the test split; returns it and the three splits."""
-    from ltmp_deploy.calibration.learn import evaluate
-    from ltmp_deploy.data.sources import dataset_for
+    from ltmp_deploy.calibration.evaluate import evaluate
+    from ltmp_deploy.data.datasets import dataset_for
     from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
     from ltmp_deploy.ltmp.checkpoint import create_model
 
@@ -132,8 +132,8 @@ def _learn(model: LTMPVisionTransformer, train: Dataset, report: DemoReport, tar
 def _calibrate(model: LTMPVisionTransformer, val: Dataset, test: Dataset, report: DemoReport) -> Schedule:
     """Step 3: the fixed schedule, and the ToMe baseline at its FLOPs; leaves the model in fixed mode
     and returns the schedule."""
-    from ltmp_deploy.calibration.learn import evaluate
-    from ltmp_deploy.calibration.schedule import calibrate, tome_schedule
+    from ltmp_deploy.calibration.calibrate import calibrate, tome_schedule
+    from ltmp_deploy.calibration.evaluate import evaluate
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
     from ltmp_deploy.ltmp.flops import schedule_flops
 
@@ -208,7 +208,7 @@ def _latency(report: DemoReport, rounds: int, threads: int | None) -> dict[str, 
     variants interleaved, ratios per round. The report reads its headline from this same run."""
     from ltmp_deploy.bench.run import run_bench
     from ltmp_deploy.bench.tables import LATENCY_HEADER, latency_rows, markdown_table
-    from ltmp_deploy.report.demo import demo_bench_config
+    from ltmp_deploy.report.demo_report import demo_bench_config
 
     config = demo_bench_config(report.files["fixed"], rounds, threads)
     bench = run_bench(config)
@@ -224,6 +224,6 @@ def _latency(report: DemoReport, rounds: int, threads: int | None) -> dict[str, 
 def _write_report(report: DemoReport, bench: dict[str, Any]) -> Path:
     """report/report.html and report.md (headline, accuracy and latency against FLOPs, tokens per block,
     token grids) with accuracy.json and bench/ beside them; prints the path and the headline."""
-    from ltmp_deploy.report.demo import write_demo_report
+    from ltmp_deploy.report.demo_report import write_demo_report
 
     return write_demo_report(report, bench).html

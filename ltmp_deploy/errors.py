@@ -10,3 +10,9 @@ class LTMPError(Exception):
 
 class UnsupportedModelError(LTMPError):
     """The model cannot be patched with LTMP (wrong family or an unknown block type)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -8,10 +8,19 @@ that needs a part that is not installed says so in one line with the command to 
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from ltmp_deploy.errors import LTMPError
 
 FULL = 'pip install "ltmp-deploy[full,cpu]"'
+#: The oldest Python the full toolkit runs on; the field runtime runs on 3.8 (JetPack 5.1).
+FULL_PYTHON = (3, 10)
+if sys.version_info < FULL_PYTHON:
+    # The extra is empty here (environment markers): installing it would change nothing.
+    FULL = (
+        f"the toolkit needs Python {'.'.join(map(str, FULL_PYTHON))} or newer and this is "
+        f"{sys.version_info[0]}.{sys.version_info[1]}; on a workstation with a newer Python, {FULL}"
+    )
 ORT = (
     "pip install onnxruntime, or onnxruntime-gpu for the CUDA and TensorRT providers "
     '(the "ltmp-deploy[cpu]" and "ltmp-deploy[gpu]" extras); never both'
@@ -32,6 +41,21 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "tensorrt": ("TensorRT", TENSORRT),
 }
 FULL_TOOLKIT = ("torch", "timm", "safetensors", "sklearn", "onnxscript", "onnxslim")
+
+
+def installed_versions(dists: tuple[str, ...]) -> dict[str, str | None]:
+    """The Python version and each of ``dists``' installed version (None when it is not installed),
+    read from the distributions' metadata: nothing is imported."""
+    import importlib.metadata
+    import platform
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in dists:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
 
 
 def missing(modules: tuple[str, ...] = FULL_TOOLKIT) -> list[str]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On-device TensorRT build for a Jetson Orin: engine + ENGINE.json, parity validation, short benchmark.
+# On-device TensorRT build for a Jetson (Xavier, Orin, Thor): engine + ENGINE.json, parity validation, short benchmark.
 set -euo pipefail
 
 usage() {
@@ -14,11 +14,13 @@ records ENGINE.json with `--sidecar-only`. Then validates the engine with `ltmp-
 with trtexec.
 
 Options:
-  --preset P            orin-nano | orin-nx | agx-orin | thor (default: read from /proc/device-tree/model)
+  --preset P            xavier-nx | agx-xavier | orin-nano | orin-nx | agx-orin | thor
+                        (default: read from /proc/device-tree/model)
   --precision X         fp16 (default) | fp32 | int8 | bf16 (TensorRT 10.3 / JetPack 6.1+)
   --calibration FILE    int8 on a float graph: preprocessed images (.npy/.npz/Polygraphy JSON, N x C x H x W)
-  --dla-core N          run on DLA core N with GPU fallback (orin-nx, agx-orin, JetPack 5.1-6.2; agx-orin,
-                        TensorRT 11.4.1 on JetPack 7.2.2+, from an fp16 or Q/DQ graph; fixed mode)
+  --dla-core N          run on DLA core N with GPU fallback (xavier-nx, agx-xavier, JetPack 5.1; orin-nx,
+                        agx-orin, JetPack 5.1-6.2; agx-orin, TensorRT 11.4.1 on JetPack 7.2.2+, from an
+                        fp16 or Q/DQ graph; fixed mode)
   --batch N             one batch size (min = opt = max)
   --min-batch N, --opt-batch N, --max-batch N
                         optimization profile of a dynamic batch axis (default from the preset)
@@ -92,6 +94,8 @@ if [ -z "$preset" ]; then
         *"Orin NX"*) preset="orin-nx" ;;
         *"Orin Nano"*) preset="orin-nano" ;;
         *"Thor"*) preset="thor" ;;
+        *"Xavier NX"*) preset="xavier-nx" ;;
+        *"AGX Xavier"* | *"Jetson-AGX"*) preset="agx-xavier" ;;  # L4T 32 names the AGX Xavier "Jetson-AGX"
         *) die "cannot tell the Jetson module from /proc/device-tree/model ('$model'): pass --preset" ;;
     esac
     say "device: $model -> --preset $preset"

@@ -101,8 +101,8 @@ def test_every_statistic_follows_from_the_timed_calls():
 
 
 def test_flops_follow_from_the_model_and_the_images_timed():
-    from ltmp_deploy.calibration.schedule import tome_schedule
-    from ltmp_deploy.export.validate import sample_images
+    from ltmp_deploy.calibration.calibrate import tome_schedule
+    from ltmp_deploy.export.reference import sample_images
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint
     from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
     from ltmp_deploy.ltmp.flops import image_flops, padded_flops_ratio, schedule_flops

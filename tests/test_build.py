@@ -72,7 +72,7 @@ def line(graph, engine="m.plan", **kw):
 
 def test_presets_hold_the_facts_of_each_target():
     p = presets.PRESETS
-    assert set(p) == {"orin-nano", "orin-nx", "agx-orin", "thor", "datacenter"}
+    assert set(p) == {"orin-nano", "orin-nx", "agx-orin", "thor", "datacenter", "xavier-nx", "agx-xavier"}
     for name in ("orin-nano", "orin-nx", "agx-orin", "thor"):
         assert p[name].jetson and p[name].default_precision == "fp16"
     for name in ("orin-nano", "orin-nx"):

@@ -7,7 +7,7 @@ from conftest import tiny_ltmp
 from PIL import Image
 from torch.utils.data import TensorDataset
 
-from ltmp_deploy.calibration.schedule import calibrate, parse_statistic, schedule_from_counts, tome_schedule
+from ltmp_deploy.calibration.calibrate import calibrate, parse_statistic, schedule_from_counts, tome_schedule
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.calibration_data import read_calibration_data, write_calibration_data
@@ -196,7 +196,7 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_calibration_and_evaluation_never_share_an_image(tmp_path, layout):
-    from ltmp_deploy.data.sources import calibration_split
+    from ltmp_deploy.data.datasets import calibration_split
 
     model = tiny_ltmp()
     trees = {split: unique_images(tmp_path, split, 8, 1000 * n) for n, split in enumerate(LAYOUTS[layout])}
@@ -268,7 +268,7 @@ class LiveTensorsPerBatch(torch.utils.data.Dataset):
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [768, 3072])
 def test_calibration_keeps_counts_not_decisions(n):
-    from ltmp_deploy.calibration.learn import evaluate
+    from ltmp_deploy.calibration.evaluate import evaluate
 
     data = LiveTensorsPerBatch(images(n), 256)  # 256: evaluate's batch
     report = calibrate(reducing_model(), data, progress=False)

@@ -10,8 +10,8 @@ from timm.models.vision_transformer import VisionTransformer
 from ltmp_deploy.cli import main
 from ltmp_deploy.export.metadata import decision_output_names, read_metadata
 from ltmp_deploy.export.onnx_export import export_onnx
+from ltmp_deploy.export.reference import compare_with_torch
 from ltmp_deploy.export.trt_check import check_model
-from ltmp_deploy.export.validate import compare_with_torch
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 from ltmp_deploy.ltmp.flops import schedule_for_flops
 from ltmp_deploy.ltmp.patch import apply_patch
@@ -207,7 +207,7 @@ def test_threshold_flops_are_measured_on_real_held_out_images_and_labelled(tmp_p
     from PIL import Image
     from runtime_models import checkpoint
 
-    from ltmp_deploy.data.sources import HELD_OUT_FRACTION
+    from ltmp_deploy.data.datasets import HELD_OUT_FRACTION
 
     ckpt = checkpoint("threshold")
     noise = export_onnx(ckpt, tmp_path / "noise.onnx", validate=False).metadata

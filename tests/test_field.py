@@ -107,7 +107,7 @@ def torch_maps(image_path):
     """What PyTorch's tracked source map says for one image file (the reference)."""
     from ltmp_deploy.data.folder import model_data_config
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint
-    from ltmp_deploy.ltmp.visualize import token_maps
+    from ltmp_deploy.ltmp.token_maps import token_maps
     from ltmp_deploy.runtime.preprocess import preprocess
 
     model = load_checkpoint(checkpoint("fixed"))

@@ -198,11 +198,11 @@ def test_a_checkpoint_named_model_ltmp_exports_and_calibrates(tmp_path, capsys):
 
 
 def test_a_model_description_is_json_by_content_and_other_files_are_not_names(tmp_path, capsys):
-    from ltmp_deploy.cli import _load_model
+    from ltmp_deploy import load
 
     description = tmp_path / "tiny.desc"
     description.write_text(json.dumps(TINY))
-    assert _load_model(str(description)).num_classes == 10
+    assert load(str(description)).num_classes == 10
     onnx_file = tmp_path / "m.bin"
     shutil.copy(exported("fixed").onnx, onnx_file)
     one_line_error(

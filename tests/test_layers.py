@@ -129,3 +129,62 @@ def field_edges(start: str) -> list[str]:
 def test_the_field_runtime_never_reaches_the_toolkit(module):
     bad = field_edges(module)
     assert not bad, "\n".join(bad)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (at module level or inside functions); imports of a
+    package's own ``__init__`` from inside the package are re-exports, not a second job."""
+    graph: dict[str, set[str]] = {name: set() for name in SOURCES}
+    for name, path in SOURCES.items():
+        for _, target in imports(path):
+            resolved = resolve(target) if target.startswith("ltmp_deploy") else None
+            if resolved is None or resolved == name or name.startswith(resolved + "."):
+                continue
+            graph[name].add(resolved)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    found.append(sorted(group))
+    return found
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []

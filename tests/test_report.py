@@ -28,8 +28,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def tiny_accuracy(tmp_path: Path) -> tuple[dict, list[Path]]:
     """Accuracy of every bench variant, measured as agreement with the unpatched model's labels on
     seeded random images (two halves of them as two runs), and two token grids."""
-    from ltmp_deploy.calibration.schedule import per_image_counts
-    from ltmp_deploy.export.validate import sample_images
+    from ltmp_deploy.calibration.evaluate import per_image_counts
+    from ltmp_deploy.export.reference import sample_images
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint, metadata
     from ltmp_deploy.ltmp.flops import image_flops
     from ltmp_deploy.ltmp.schedule import Schedule
@@ -231,13 +231,13 @@ def test_cli_report(capsys, tmp_path, report):
 
 def test_the_demo_report_hook(tmp_path):
     """What run_demo calls at its end, on a tiny 10-class model over the embedded digits."""
-    from ltmp_deploy.calibration.learn import evaluate
-    from ltmp_deploy.calibration.schedule import calibrate, tome_schedule
-    from ltmp_deploy.data.sources import dataset_for
+    from ltmp_deploy.calibration.calibrate import calibrate, tome_schedule
+    from ltmp_deploy.calibration.evaluate import evaluate
+    from ltmp_deploy.data.datasets import dataset_for
     from ltmp_deploy.demo import DemoReport
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint, save_checkpoint
     from ltmp_deploy.ltmp.flops import schedule_flops
-    from ltmp_deploy.report.demo import write_demo_report
+    from ltmp_deploy.report.demo_report import write_demo_report
 
     with one_torch_thread():
         model = load_checkpoint(tiny_checkpoint(tmp_path, num_classes=10, img_size=56))  # the digits' size

@@ -1,11 +1,10 @@
 """The runtime Session: ONNX Runtime and PyTorch backends for real, TensorRT where it is installed,
-one clear error for each kind of bad input, no torch/timm on the runtime side, Python 3.10."""
+one clear error for each kind of bad input, no torch/timm on the runtime side (its Python: test_field_python.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -320,33 +319,6 @@ def test_missing_onnxruntime_says_what_to_pip_install():
             print(err)
     """)
     assert "pip install onnxruntime" in done.stdout and "onnxruntime-gpu" in done.stdout, done.stdout + done.stderr
-
-
-# -- Python 3.10 (JetPack 6) ----------------------------------------------------------------
-
-
-def test_runtime_and_export_need_nothing_newer_than_python_3_10():
-    vermin = shutil.which("vermin")
-    if vermin is None:
-        pytest.skip("vermin is not installed (pip install vermin, the dev extra)")
-    done = subprocess.run(
-        [
-            vermin,
-            "-t=3.10-",
-            "--no-tips",
-            "--violations",
-            "--eval-annotations",
-            "ltmp_deploy/runtime",
-            "ltmp_deploy/export",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'requires-python = ">=3.10"' in pyproject
 
 
 @pytest.mark.slow

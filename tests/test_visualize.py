@@ -16,7 +16,7 @@ from runtime_models import exported
 
 from ltmp_deploy.cli import main
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
-from ltmp_deploy.ltmp.visualize import token_maps
+from ltmp_deploy.ltmp.token_maps import token_maps
 from ltmp_deploy.runtime.sources import PatchMap, compose
 from ltmp_deploy.runtime.visualize import GAP, LABEL, PANEL, draw
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ltmp_deploy.extras import installed_versions
 
 # Distributions whose versions a result records (onnxruntime-gpu stands in for onnxruntime).
 VERSIONED = (
@@ -37,13 +38,9 @@ def cpu_model() -> str:
 
 
 def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in VERSIONED:
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            if dist != "onnxruntime-gpu":
-                found[dist] = None
+    found = installed_versions(VERSIONED)
+    if found.get("onnxruntime-gpu") is None:
+        found.pop("onnxruntime-gpu", None)
     return found
 
 

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ltmp_deploy.bench.backends import BACKENDS, ONNX_BACKENDS, open_timer, unavailable
 from ltmp_deploy.bench.machine import load_average, machine, usable_cores
-from ltmp_deploy.bench.variants import Variant, build_variants, load_model
+from ltmp_deploy.bench.timers import BACKENDS, ONNX_BACKENDS, open_timer, unavailable
+from ltmp_deploy.bench.variants import Variant, build_variants
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.validate import sample_images
+from ltmp_deploy.export.reference import sample_images
+from ltmp_deploy.ltmp.checkpoint import load
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
 from ltmp_deploy.ltmp.flops import image_flops, model_dims, padded_flops_ratio, unpatched_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
@@ -61,6 +62,15 @@ class BenchConfig:
             unavailable(backend)  # raises for an unknown name
 
 
+def _model(config: BenchConfig) -> LTMPVisionTransformer:
+    """The model to benchmark: what ``config.checkpoint`` names, by default the embedded base model."""
+    if config.checkpoint is not None:
+        return load(config.checkpoint, weights=config.weights)
+    from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
+
+    return load(MODEL_NAME, weights=config.weights or default_base_checkpoint())
+
+
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Time every variant on every available backend and batch; return the bench document."""
     config.check()
@@ -69,7 +79,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     runnable = [b for b in config.backends if b not in {s["backend"] for s in skipped}]
     if not runnable:
         raise LTMPError("no backend can run here: " + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
-    model = load_model(config.checkpoint, config.weights).eval()
+    model = _model(config).eval()
     images = torch.from_numpy(sample_images(model_metadata(model), max(config.batches))[0]).float()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -14,7 +14,6 @@ and, when it carries a schedule, ``ltmp-fixed@calibrated`` with its oracle and T
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltmp_deploy.calibration.schedule import tome_schedule
+from ltmp_deploy.calibration.calibrate import tome_schedule
 from ltmp_deploy.calibration.thresholds import thresholds_for_flops
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, schedule_for_flops, unpatched_flops
@@ -66,20 +65,6 @@ class Variant:
             "macs_per_image": self.macs_per_image,
             "thresholds": self.thresholds,
         }
-
-
-def load_model(
-    spec: str | os.PathLike | None = None, weights: str | os.PathLike | None = None
-) -> LTMPVisionTransformer:
-    """The model to benchmark: a toolkit checkpoint (.safetensors), a timm model name or description
-    JSON (patched fresh, random weights unless ``weights``), or by default the embedded base model."""
-    from ltmp_deploy.ltmp.checkpoint import create_model, open_model
-
-    if spec is None:
-        from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
-
-        return create_model(MODEL_NAME, weights=weights or default_base_checkpoint())
-    return open_model(spec, weights)
 
 
 def _fixed_family(model: LTMPVisionTransformer, label: str, schedule: Schedule) -> list[Variant]:

@@ -13,21 +13,18 @@ interrupted run continues from the last finished epoch.
 
 from __future__ import annotations
 
-import array
 import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ltmp_deploy.calibration.schedule import TokenCounts, per_image_counts
 from ltmp_deploy.data.folder import unreadable_marks, warn_skipped
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output, ensure_writable
@@ -291,37 +288,3 @@ def _distributed() -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def evaluate(
-    model: LTMPVisionTransformer, data: Dataset, batch_size: int = 256, progress: bool = False
-) -> tuple[float, float, TokenCounts | None]:
-    """(accuracy, mean FLOPs ratio, per-image token counts) of the model in its current mode.
-
-    Only the counts are kept of each batch's decisions, so memory does not grow with the images
-    beyond a few integers each; the counts are None in a mode that makes no decisions."""
-    from ltmp_deploy.ltmp.flops import image_flops, schedule_flops
-
-    model.eval()
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
-    correct = seen = 0
-    ratios = array.array("d")
-    merges, keeps = [], []
-    with torch.no_grad():
-        for images, labels in tqdm(loader, desc=f"evaluate {model.ltmp.mode}", disable=not progress, leave=False):
-            out = model.forward_ltmp(images)
-            correct += int((out.logits.argmax(-1) == labels).sum())
-            seen += len(labels)
-            if model.ltmp.mode == "fixed":
-                ratios.extend([schedule_flops(model, model.ltmp.schedule).ratio] * len(labels))
-            elif out.decisions:
-                ratios.extend([r.ratio for r in image_flops(model, out.decisions)])
-            else:
-                ratios.extend([1.0] * len(labels))
-            if out.decisions:
-                batch_merges, batch_keeps = per_image_counts([out.decisions])
-                merges.append(batch_merges)
-                keeps.append(batch_keeps)
-    warn_skipped(data)
-    counts = TokenCounts(np.concatenate(merges), np.concatenate(keeps)) if merges else None
-    return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), counts

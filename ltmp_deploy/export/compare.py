@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME
 from ltmp_deploy.export.tolerances import decisions_gated, gates
+from ltmp_deploy.extras import installed_versions
 from ltmp_deploy.files import ensure_writable, write_text_atomic
 from ltmp_deploy.schemas import check
 
@@ -378,15 +378,8 @@ def _run(runners: list[Any], loader: list[dict[str, np.ndarray]]) -> Any:
 
 def versions() -> dict[str, str | None]:
     """The versions a report was made with (read from the installed distributions, nothing imported)."""
-    import importlib.metadata as md
-
-    found: dict[str, str | None] = {"ltmp-deploy": __version__, "python": platform.python_version()}
-    for dist in ("polygraphy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "torch"):
-        try:
-            found[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return found
+    found = installed_versions(("polygraphy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "torch"))
+    return {"ltmp-deploy": __version__, **{k: v for k, v in found.items() if v is not None}}
 
 
 __all__ = [

@@ -68,7 +68,62 @@ def load_onnx(path: Any) -> Any:
         raise LTMPError(f"{path}: cannot read ONNX file ({first})") from exc
     if not graph.graph.node and not graph.graph.input:
         raise LTMPError(f"{path}: cannot read ONNX file (no graph in it: not an ONNX model?)")
+    check_external_data(graph, path)
     return graph
+
+
+def check_graph_file(path: Any) -> None:
+    """:func:`load_onnx`'s checks for a graph about to be opened by ONNX Runtime, without importing onnx
+    for the usual graph: an external-data entry needs the key ``location``, whose bytes cannot be spelled
+    otherwise in a protobuf, so a file without them keeps all its weights inside."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data.find(b"location") < 0:
+                return
+    except (OSError, ValueError):
+        pass  # missing or empty: load_onnx names the problem
+    load_onnx(path)
+
+
+def check_external_data(graph: Any, path: Any) -> None:
+    """Refuse a graph whose weights live in files outside its own folder: a graph from a stranger
+    must not make ONNX Runtime read ``/etc/...`` or ``../..`` (older releases, those of the field
+    devices among them, do not check)."""
+    import os
+
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    for tensor in _tensors(graph.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = os.path.realpath(os.path.join(folder, location))
+        if os.path.isabs(location) or os.path.commonpath([folder, target]) != folder:
+            raise LTMPError(
+                f"{path}: tensor {tensor.name!r} keeps its weights at {location!r}, outside the graph's folder; "
+                "refused (external data must lie beside the graph)"
+            )
+
+
+def _tensors(graph: Any) -> Any:
+    """Every TensorProto of ``graph``: initializers and tensors in attributes, subgraphs included."""
+    import onnx
+
+    yield from graph.initializer
+    yield from (sparse.values for sparse in graph.sparse_initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            yield from attr.tensors
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
 
 
 def write_metadata(graph: Any, meta: Mapping[str, Any]) -> None:

@@ -30,7 +30,7 @@ from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.compare import ParityReport
 from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names, write_metadata
-from ltmp_deploy.export.validate import compare_with_torch, sample_images
+from ltmp_deploy.export.reference import compare_with_torch, sample_images
 from ltmp_deploy.extras import ORT, missing
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint
@@ -88,7 +88,7 @@ def export_onnx(
 
     ``batch``: a fixed batch size; None gives a dynamic batch axis. ``fp16``: an fp16 graph
     (for strongly typed TensorRT builds). ``decisions``: extra outputs with each block's kept
-    and merged indices. ``data``: "digits" or an image folder (see ``data.sources.calibration_split``)
+    and merged indices. ``data``: "digits" or an image folder (see ``data.datasets.calibration_split``)
     on whose held-out images threshold mode's FLOPs are measured for the metadata; by default the
     digits test split for a model that takes it, else the random sample images, and the metadata's
     ``flops_measured_on`` says which.
@@ -199,7 +199,7 @@ def _flops_images(
 ) -> tuple[torch.Tensor | None, str]:
     """The images threshold mode's FLOPs are measured on, and what they are: real held-out images
     whenever there are some, the random samples (said so) otherwise. Other modes need none."""
-    from ltmp_deploy.data.sources import EMBEDDED, calibration_split, sample_batch, takes_digits
+    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, sample_batch, takes_digits
 
     if model.ltmp.mode != "threshold":
         return None, "the schedule (no images)" if model.ltmp.mode != "off" else "the unpatched model (no images)"

@@ -4,7 +4,7 @@ No TensorRT is needed: the rules below are a table of facts from onnx-tensorrt's
 ``docs/operators.md`` support matrix and ``docs/Changelog.md`` for each release, NVIDIA's
 TensorRT release notes, and the parser's importer source. The graph is read through
 :class:`ltmp_deploy.export.onnxgraph.Graph` (shapes, weights, constant values). Pure ``onnx`` +
-``numpy``; runs on Python 3.10 (JetPack 6), never imports torch.
+``numpy``; runs on Python 3.8 (JetPack 5.1), never imports torch.
 
     report = check_model("model.onnx", "8.5")
     if not report.ok:
@@ -47,9 +47,12 @@ _OPSET_RANGE = {
 # to FLOAT and, before 9.0, INT64 down to INT32, clamping values: both import, so neither is
 # flagged. BF16/FP8 arrived in 9.0, INT4 in 10.0 EA, FP4 (FLOAT4E2M1) in 10.8 (Changelog.md).
 _T = TensorProto
+# INT4 and FLOAT4E2M1 by number: onnx names them from 1.16 and 1.18, and the field runtime takes
+# onnx 1.15 (JetPack 5.1's Python 3.8 gets 1.17 at most).
+_INT4, _FLOAT4E2M1 = 22, 23
 _BASE_TYPES = {_T.FLOAT, _T.DOUBLE, _T.FLOAT16, _T.INT8, _T.UINT8, _T.BOOL, _T.INT32, _T.INT64}
-_TYPES = {"8.5": _BASE_TYPES, "8.6": _BASE_TYPES, "10.3": _BASE_TYPES | {_T.BFLOAT16, _T.FLOAT8E4M3FN, _T.INT4}}
-_TYPES["10.13"] = _TYPES["10"] = _TYPES["11"] = _TYPES["11.4"] = _TYPES["10.3"] | {_T.FLOAT4E2M1}
+_TYPES = {"8.5": _BASE_TYPES, "8.6": _BASE_TYPES, "10.3": _BASE_TYPES | {_T.BFLOAT16, _T.FLOAT8E4M3FN, _INT4}}
+_TYPES["10.13"] = _TYPES["10"] = _TYPES["11"] = _TYPES["11.4"] = _TYPES["10.3"] | {_FLOAT4E2M1}
 
 # First target whose parser imports the op (operators.md "Y" rows, Changelog.md "Added support").
 _OPS_FROM = {

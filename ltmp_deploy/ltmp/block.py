@@ -12,14 +12,15 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from ltmp_deploy.ltmp.onnx_ops import reshape_keep
 from ltmp_deploy.ltmp.reduce import (
     Decision,
+    Mode,
     Plan,
     Tokens,
     attention_received,
     key_row,
     merge_and_prune,
-    reshape_keep,
     slice_tokens,
     token_importance,
 )
@@ -41,6 +42,7 @@ def proportional_attention(
     Invalid keys (padding, or tokens already removed in training) get no attention: in
     inference by a -inf bias before the softmax; in training by a multiplicative mask after
     it, so the straight-through gradient reaches the mask (as DynamicViT's masked softmax).
+    ``size`` and ``valid``: columns (B, N, 1), or None (every token one patch; every token real).
     Returns the output, the post-softmax matrix (B, H, N, N) and the head-averaged keys.
     """
     heads, head_dim = attn.num_heads, attn.head_dim
@@ -77,20 +79,19 @@ class LTMPBlock(Block):
     def forward(
         self, tokens: Tokens, plan: Plan, num_prefix: int, record: bool = True
     ) -> tuple[Tokens, Decision | None]:  # type: ignore[override]
-        if plan.mode in ("off", "oracle"):
+        if not plan.mode.reduces:
             # timm's own (fused) attention: the oracle is a plain ViT that sees fewer tokens.
             x = tokens.x + self.drop_path1(self.ls1(self.attn(self.norm1(tokens.x))))
             tokens = Tokens(x, tokens.size, tokens.valid, tokens.source)
             decision = None
-            if plan.mode == "oracle":
+            if plan.mode is Mode.ORACLE:
                 tokens = slice_tokens(tokens, plan.k)
         else:
-            soft = plan.mode == "train"
             out, probs, metric = proportional_attention(
-                self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, soft
+                self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, plan.mode.soft
             )
             tokens = Tokens(tokens.x + self.drop_path1(self.ls1(out)), tokens.size, tokens.valid, tokens.source)
-            if plan.mode == "fixed":  # no padding, and the reduction keeps the prefix by itself
+            if plan.mode.scheduled:  # no padding, and the reduction keeps the prefix by itself
                 imp = attention_received(probs, keepdim=True)
             else:
                 imp = token_importance(probs, tokens.valid, num_prefix, keepdim=True)

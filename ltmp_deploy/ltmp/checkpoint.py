@@ -13,7 +13,6 @@ Files are told apart by their content (:mod:`ltmp_deploy.formats`), whatever the
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -36,56 +35,13 @@ from ltmp_deploy.formats import (
     checkpoint_metadata,
     expect,
 )
+from ltmp_deploy.ltmp.architecture import architecture_from_file, build_model
 from ltmp_deploy.ltmp.data_config import model_data_config
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer, apply_patch
 from ltmp_deploy.ltmp.schedule import Schedule
 
 # Names that look like files, so a missing file is reported as one rather than looked up in timm.
 FILE_SUFFIXES = (".safetensors", ".onnx", ".json", ".pth", ".pt", ".bin", ".ckpt", ".engine", ".plan", ".jsonl")
-
-
-def build_model(architecture: dict[str, Any], source: str | os.PathLike | None = None) -> torch.nn.Module:
-    """An unpatched timm model from ``{"timm_model": name, "kwargs": {...}}`` or
-    ``{"timm_class": "module.Class", "config": {...}}`` (the authors' golden JSON shape).
-
-    ``source``: the file the architecture came from, named in errors."""
-    where = f"{source}: " if source is not None else ""
-    if not isinstance(architecture, dict):
-        raise LTMPError(f"{where}the architecture must be a JSON object, not {type(architecture).__name__}")
-    key = "kwargs" if "kwargs" in architecture else "config"
-    kwargs = architecture.get(key) or {}
-    if not isinstance(kwargs, dict):
-        raise LTMPError(f"{where}'{key}' must be a JSON object of model arguments, not {type(kwargs).__name__}")
-    name = architecture.get("timm_model")
-    if name:
-        import ltmp_deploy.ltmp.embedded_vit  # noqa: F401  registers the embedded default with timm
-
-        if not isinstance(name, str) or not timm.is_model(name):
-            raise LTMPError(f"{where}timm_model {name!r}: not a timm model name (timm.list_models() lists them)")
-    try:
-        if name:
-            return timm.create_model(name, pretrained=False, **kwargs)
-        module, _, cls = str(architecture.get("timm_class", "")).rpartition(".")
-        if not module.startswith("timm."):
-            raise LTMPError(f"{where}architecture {architecture!r}: expected a timm model name or a timm class")
-        return getattr(importlib.import_module(module), cls)(**kwargs)
-    except (RuntimeError, TypeError, AttributeError, ImportError, AssertionError, ValueError) as err:
-        # timm checks its arguments with assert (e.g. a width its heads do not divide)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        what = name or architecture.get("timm_class")
-        raise LTMPError(f"{where}timm cannot build {what} with {key} {kwargs}: {reason}") from err
-
-
-def architecture_from_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a model description JSON (``timm_class`` + ``config``, or ``timm_model`` + ``kwargs``)."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise LTMPError(f"{path}: not a readable model description JSON ({err})") from err
-    if not isinstance(doc, dict) or not (doc.get("timm_model") or doc.get("timm_class")):
-        raise LTMPError(f"{path}: a model description needs 'timm_model' or 'timm_class'")
-    return {k: doc[k] for k in ("timm_model", "timm_class", "kwargs", "config") if k in doc}
 
 
 def create_model(
@@ -237,19 +193,24 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint_metadata(path)
 
 
-def open_model(spec: str | os.PathLike, weights: str | os.PathLike | None = None) -> LTMPVisionTransformer:
-    """A toolkit checkpoint or a model description JSON (told by content, whatever the name), or a
-    timm model name patched fresh; a file that is neither is refused rather than looked up as a name.
-    ``weights``: timm weights for a name or a description (a checkpoint carries its own)."""
-    if not os.path.exists(spec):
-        return create_model(str(spec), weights=weights)
-    what = f"{FileKind.TOOLKIT_CHECKPOINT.human}, a model description JSON or a timm model name"
-    kinds = (FileKind.TOOLKIT_CHECKPOINT, FileKind.SAFETENSORS, FileKind.JSON)
-    if expect(spec, *kinds, what=what) is FileKind.JSON:
-        return create_model(str(spec), weights=weights)
-    if weights is not None:
-        raise LTMPError(f"--weights: {spec} is a toolkit checkpoint and carries its own weights")
-    return load_checkpoint(spec)  # a plain safetensors file gets its advice there
+def load(
+    spec: str | os.PathLike, *, weights: str | os.PathLike | None = None, mode: str | None = None
+) -> LTMPVisionTransformer:
+    """The front door for a model a user names: a toolkit checkpoint or a model description JSON (told
+    by content, whatever the name), or a timm model name patched fresh; a file that is neither is
+    refused rather than looked up as a name. ``weights``: timm weights for a name or a description (a
+    checkpoint carries its own). ``mode``: "fixed" or "threshold" (default: a checkpoint's saved mode)."""
+    if os.path.exists(spec):
+        what = f"{FileKind.TOOLKIT_CHECKPOINT.human}, a model description JSON or a timm model name"
+        kinds = (FileKind.TOOLKIT_CHECKPOINT, FileKind.SAFETENSORS, FileKind.JSON)
+        if expect(spec, *kinds, what=what) is not FileKind.JSON:
+            if weights is not None:
+                raise LTMPError(f"--weights: {spec} is a toolkit checkpoint and carries its own weights")
+            return load_checkpoint(spec, mode=mode)  # a plain safetensors file gets its advice there
+    model = create_model(str(spec), weights=weights)
+    if mode is not None:
+        model.ltmp_set_mode(mode)
+    return model
 
 
 def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> LTMPVisionTransformer:

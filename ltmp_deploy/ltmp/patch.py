@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 from ltmp_deploy.errors import LTMPError, UnsupportedModelError
 from ltmp_deploy.ltmp.block import LTMPBlock, Threshold
-from ltmp_deploy.ltmp.reduce import Decision, Plan, Tokens, as_column
+from ltmp_deploy.ltmp.reduce import Decision, Mode, Plan, Tokens
 from ltmp_deploy.ltmp.schedule import Schedule
 
-MODES = ("off", "train", "threshold", "fixed", "oracle")
+MODES = tuple(m.value for m in Mode)
 POOLS = ("token", "avg")
 INITIAL_MERGE_THRESHOLD = 0.9  # the reference recipe's starting values (docs/arithmetic.md#training-the-thresholds)
 INITIAL_PRUNE_THRESHOLD = 0.0
@@ -32,7 +32,7 @@ INITIAL_PRUNE_THRESHOLD = 0.0
 class LTMPConfig:
     """Configuration carried by a patched model (not per-call state)."""
 
-    mode: str = "threshold"
+    mode: Mode = Mode.THRESHOLD
     schedule: Schedule | None = None
     tau: float = 0.1
     architecture: dict[str, Any] = field(default_factory=dict)
@@ -42,7 +42,7 @@ class LTMPConfig:
 class LTMPOutput:
     logits: Tensor
     decisions: list[Decision]
-    tokens: Tokens  # the state after the last block (before the final norm)
+    tokens: Tokens  # the state after the last block (before the final norm); sizes and validity as rows (B, N)
 
 
 class LTMPVisionTransformer(VisionTransformer):
@@ -58,8 +58,9 @@ class LTMPVisionTransformer(VisionTransformer):
         """Switch between train / threshold / fixed (and off / oracle) at run time."""
         if mode not in MODES:
             raise LTMPError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        mode = Mode(mode)
         schedule = schedule if schedule is not None else self.ltmp.schedule
-        if mode in ("fixed", "oracle"):
+        if mode.scheduled:
             if schedule is None:
                 raise LTMPError(
                     f"mode {mode!r} needs a schedule: make one with `ltmp-deploy calibrate CHECKPOINT --data DATA` "
@@ -85,11 +86,11 @@ class LTMPVisionTransformer(VisionTransformer):
                 b.prune_masker.threshold.fill_(float(p))
 
     def ltmp_plans(self) -> list[Plan]:
-        mode, schedule = self.ltmp.mode, self.ltmp.schedule
+        mode = Mode(self.ltmp.mode)  # a plain name when assigned directly
+        schedule = self.ltmp.schedule if mode.scheduled else None
         plans = []
         for i, blk in enumerate(self.blocks):
-            r = schedule.merges[i] if schedule is not None and mode in ("fixed", "oracle") else 0
-            k = schedule.keeps[i] if schedule is not None and mode in ("fixed", "oracle") else 0
+            r, k = (schedule.merges[i], schedule.keeps[i]) if schedule is not None else (0, 0)
             thresholds = blk.merge_masker.threshold, blk.prune_masker.threshold
             plans.append(Plan(mode, r, k, *thresholds, self.ltmp.tau, self.ltmp_num_tokens))
         return plans
@@ -118,13 +119,10 @@ class LTMPVisionTransformer(VisionTransformer):
             if decision is not None:
                 decisions.append(decision)
         logits = self._ltmp_head(self.norm(tokens.x), tokens.valid)
-        if tokens.size is None:
-            tokens = replace(tokens, size=x.new_ones(b, n))
-        elif tokens.size.dim() == 3:
-            tokens = replace(tokens, size=tokens.size[..., 0])
-        if tokens.valid is not None and tokens.valid.dim() == 3:
-            tokens = replace(tokens, valid=tokens.valid[..., 0])
-        return LTMPOutput(logits, decisions, tokens)
+        # Per-token values leave the model as rows (B, N).
+        size = x.new_ones(b, n) if tokens.size is None else tokens.size[..., 0]
+        valid = None if tokens.valid is None else tokens.valid[..., 0]
+        return LTMPOutput(logits, decisions, replace(tokens, size=size, valid=valid))
 
     def _ltmp_head(self, x: Tensor, valid: Tensor | None) -> Tensor:
         if self.global_pool != "avg":
@@ -133,7 +131,7 @@ class LTMPVisionTransformer(VisionTransformer):
         if valid is None:
             pooled = patches.mean(dim=1)
         else:  # padding and dead tokens are left out of the mean
-            weight = as_column(valid)[:, self.num_prefix_tokens :]
+            weight = valid[:, self.num_prefix_tokens :]
             pooled = (patches * weight).sum(dim=1) / weight.sum(dim=1)
         return self.head(self.head_drop(self.fc_norm(pooled)))
 

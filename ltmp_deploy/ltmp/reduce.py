@@ -8,9 +8,11 @@ the exported graph compute the same thing:
 - no ``.item()`` / ``.tolist()`` on data, no Python loops over images,
 - no ``scatter_reduce``: merging is a matmul with a one-hot source->destination assignment.
 
-A block's reduction is decided once (which sources merge where, which tokens stay, in which
-order) and the decision is applied to every tensor that rides along: features, sizes, validity
-and the source map (as ToMe does with its ``merge`` closures).
+A block's reduction is decided in two halves, which sources merge where (:class:`Merge`), then
+which tokens stay in which order (:class:`Keep`, from the importance the merges carry), and each
+half is applied by its one ``apply`` to every tensor that rides along: features, sizes, validity
+and the source map (as ToMe does with its ``merge`` closures). The operations whose exported
+spelling differs from their eager one live in ``ltmp.onnx_ops``.
 
 Modes differ only in how the two decisions are taken (docs/arithmetic.md#fixed-mode-and-threshold-mode):
 
@@ -25,41 +27,84 @@ Modes differ only in how the two decisions are taken (docs/arithmetic.md#fixed-m
 
 from __future__ import annotations
 
+import enum
 import functools
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
+from ltmp_deploy.ltmp.onnx_ops import best_of, constants_length, leading, reshape_keep, take_rows, top_k, unit_rows
+
 NEG_INF = float("-inf")
 
 
 @dataclass
 class Tokens:
-    """The token state that flows from block to block, passed explicitly (never stashed)."""
+    """The token state that flows from block to block, passed explicitly (never stashed).
+
+    Per-token values are columns (B, N, 1) from block to block: the merge broadcasts them per
+    position, and a column needs no reshape there nor after a gather. The model's output
+    (``LTMPOutput.tokens``) hands sizes and validity out as rows (B, N).
+    """
 
     x: Tensor  # (B, N, C) features: size-weighted averages of the patches a token stands for
-    # (B, N) how many input patches each token stands for; None before the first block, where
-    # every token is one patch (attention then adds no bias and the merge needs no sizes, as in
-    # ToMe). Between fixed-mode blocks a column (B, N, 1): the merge broadcasts sizes per
-    # position, and a column spares a reshape there and one after the gather, in every block;
-    # between threshold-mode blocks too, with ``valid``.
+    # (B, N, 1) how many input patches each token stands for; None before the first block, where
+    # every token is one patch (attention then adds no bias and the merge needs no sizes, as in ToMe)
     size: Tensor | None
-    valid: Tensor | None = None  # (B, N) or (B, N, 1) 1 real token, 0 padding/dead; None: all real
+    valid: Tensor | None = None  # (B, N, 1) 1 real token, 0 padding/dead; None: all real
     source: Tensor | None = None  # (B, N, P) which input patches each token stands for
+
+
+class Mode(str, enum.Enum):
+    """How a patched model runs its blocks (docs/arithmetic.md#fixed-mode-and-threshold-mode).
+
+    A ``str``, so a mode compares equal to its name and goes into JSON as it: ``Mode("fixed") ==
+    "fixed"``, ``json.dumps(Mode.FIXED) == '"fixed"'``; formatted and repr'd as the plain name too.
+    """
+
+    OFF = "off"  # the unpatched model, timm's own blocks
+    TRAIN = "train"  # threshold mode's decisions made soft, nothing removed
+    THRESHOLD = "threshold"  # decisions by the learned thresholds, per image
+    FIXED = "fixed"  # a schedule's static counts
+    ORACLE = "oracle"  # timm's own blocks keeping a schedule's first k tokens, no decision
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    @property
+    def reduces(self) -> bool:
+        """Whether blocks merge and prune (and so run LTMP's own attention)."""
+        return self in (Mode.TRAIN, Mode.THRESHOLD, Mode.FIXED)
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the token counts come from a schedule: the same for every image, static shapes."""
+        return self in (Mode.FIXED, Mode.ORACLE)
+
+    @property
+    def soft(self) -> bool:
+        """Whether decisions are straight-through masks and nothing is removed (training)."""
+        return self is Mode.TRAIN
 
 
 @dataclass
 class Plan:
     """How one block reduces: the mode and its parameters."""
 
-    mode: str  # "fixed" | "threshold" | "train" | "oracle" | "off"
+    mode: Mode  # a mode's name is taken too
     r: int = 0  # fixed: sources merged
     k: int = 0  # fixed / oracle: tokens left after pruning
     merge_threshold: Tensor | None = None
     prune_threshold: Tensor | None = None
     tau: float = 0.1  # train: temperature of the soft masks
     length: int = 0  # threshold / train: the model's token count, the longest a block sees (0: this block's)
+
+    def __post_init__(self) -> None:
+        self.mode = Mode(self.mode)
 
 
 @dataclass
@@ -98,107 +143,12 @@ def straight_through(score: Tensor, threshold: Tensor, tau: float) -> Tensor:
     return hard + soft - soft.detach()
 
 
-def top_k(score: Tensor, k: int, dim: int = -1, largest: bool = True) -> tuple[Tensor, Tensor]:
-    """The ``k`` largest (or smallest) entries along ``dim`` and their indices, sorted, ties to the lower index.
-
-    LTMP breaks ties by lower index (docs/arithmetic.md#which-sources-merge). ONNX's TopK promises
-    exactly that, so exported graphs use TopK; PyTorch's ``topk`` promises no order among equal
-    values, so eager mode uses a stable sort, which the TorchScript exporter cannot express. Same
-    answer, two spellings.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return torch.topk(score, k, dim=dim, largest=largest, sorted=True)
-    values, indices = torch.sort(score, dim=dim, descending=largest, stable=True)
-    return values.narrow(dim, 0, k), indices.narrow(dim, 0, k)
-
-
-def best_of(score: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """The largest entry along ``dim`` (kept as a size-1 axis) and its index, ties to the lower index.
-
-    ``max`` returns the first maximal index, as TopK does; exported as one TopK (k = 1) rather
-    than the ReduceMax and ArgMax pair ``max`` becomes.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return torch.topk(score, 1, dim=dim, largest=True, sorted=True)
-    return score.max(dim=dim, keepdim=True)
-
-
 def smallest_unique(key: Tensor, k: int | Tensor, dim: int = -1) -> Tensor:
     """Indices of the ``k`` smallest of distinct keys along ``dim``, in ascending order (a TopK in ONNX).
 
     Keys are small integers (< 2N), exact in float32; TensorRT 8.5 has no integer TopK.
     """
     return torch.topk(key.float(), k, dim=dim, largest=False, sorted=True).indices
-
-
-class _UnitRowsLp(torch.autograd.Function):
-    """Export spelling of :func:`unit_rows`: one LpNormalization instead of ReduceL2 and Div."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor) -> Tensor:  # noqa: ANN001
-        return t / t.norm(dim=-1, keepdim=True)
-
-    @staticmethod
-    def symbolic(g, t):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        return g.op("LpNormalization", t, axis_i=-1, p_i=2)
-
-
-def unit_rows(t: Tensor) -> Tensor:
-    """``t`` with every row (last axis) scaled to unit L2 norm."""
-    if torch.onnx.is_in_onnx_export():
-        return _UnitRowsLp.apply(t)
-    return t / t.norm(dim=-1, keepdim=True)
-
-
-class _ReshapeKeep(torch.autograd.Function):
-    """Export spelling of :func:`reshape_keep`: one Reshape with a constant shape."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor, shape: tuple[int, ...]) -> Tensor:  # noqa: ANN001
-        return t.reshape([t.shape[i] if d == 0 else d for i, d in enumerate(shape)])
-
-    @staticmethod
-    def symbolic(g, t, shape):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        return g.op("Reshape", t, g.op("Constant", value_t=torch.tensor(shape, dtype=torch.long)))
-
-
-def reshape_keep(t: Tensor, *shape: int) -> Tensor:
-    """``t`` reshaped to ``shape``, where a 0 keeps that axis of ``t`` (ONNX's Reshape rule) and one
-    entry is -1.
-
-    Exported as one Reshape with a constant shape: with a data-dependent token count (threshold
-    mode) a reshape to sizes read from the tensor would be a chain of four nodes, in every block.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return _ReshapeKeep.apply(t, tuple(shape))
-    return t.reshape([t.shape[i] if d == 0 else d for i, d in enumerate(shape)])
-
-
-class _Leading(torch.autograd.Function):
-    """Export spelling of :func:`leading`: a Slice whose end is read from ``like``'s shape."""
-
-    @staticmethod
-    def forward(ctx, table: Tensor, like: Tensor, axis: int) -> Tensor:  # noqa: ANN001
-        return table.narrow(axis, 0, like.shape[1])
-
-    @staticmethod
-    def symbolic(g, table, like, axis):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        def const(v: int):  # noqa: ANN202
-            return g.op("Constant", value_t=torch.tensor([v], dtype=torch.long))
-
-        n = g.op("Slice", g.op("Shape", like), const(1), const(2))
-        return g.op("Slice", table, const(0), n, const(axis))
-
-
-def leading(table: Tensor, like: Tensor, axis: int) -> Tensor:
-    """The first ``like.shape[1]`` entries of a constant ``table`` along ``axis``.
-
-    A block's token count in threshold mode is a run-time value of exported graphs, which
-    slicing with ``[:n]`` would freeze at the count of the example the exporter traced.
-    """
-    if torch.onnx.is_in_onnx_export():
-        return _Leading.apply(table, like, axis)
-    return table.narrow(axis, 0, like.shape[1])
 
 
 def attention_received(attn: Tensor, keepdim: bool = False) -> Tensor:
@@ -211,13 +161,8 @@ def attention_received(attn: Tensor, keepdim: bool = False) -> Tensor:
     return attn.mean(dim=2).mean(dim=1, keepdim=keepdim)
 
 
-def as_column(t: Tensor | None) -> Tensor | None:
-    """Per-token values (B, N) as a column (B, N, 1); a column (or None) as it is."""
-    return t if t is None or t.dim() == 3 else t[:, :, None]
-
-
 def key_row(t: Tensor) -> Tensor:
-    """Per-token values, (B, N) or a column (B, N, 1), as (B, 1, 1, N): one per key of attention."""
+    """Per-token values, a column (B, N, 1), as (B, 1, 1, N): one per key of attention."""
     return reshape_keep(t, 0, 1, 1, -1)
 
 
@@ -235,7 +180,7 @@ def token_importance(attn: Tensor, valid: Tensor | None, num_prefix: int, keepdi
     """Mean attention each key receives, over heads and valid query rows; prefix tokens get
     :func:`prefix_importance`.
 
-    attn: (B, H, N, N) post-softmax; valid: (B, N) or a column. Padding queries are left out of
+    attn: (B, H, N, N) post-softmax; valid: (B, N, 1). Padding queries are left out of
     the mean so that an image in a padded batch gets what it gets alone. Returns (B, N), or
     (B, 1, N) with ``keepdim``.
     """
@@ -243,7 +188,6 @@ def token_importance(attn: Tensor, valid: Tensor | None, num_prefix: int, keepdi
         imp = attention_received(attn, keepdim=True)
     else:
         # Valid queries only: a (1 x N) @ (N x N) product per head instead of a masked copy of attn.
-        valid = as_column(valid)
         imp = (key_row(valid) @ attn).mean(dim=1) / valid.sum(dim=1, keepdim=True)
     if num_prefix:  # a pad rather than a mask: a position mask needs the token count read back from the shape
         imp = torch.nn.functional.pad(imp[..., num_prefix:], (num_prefix, 0), value=prefix_importance(imp.dtype))
@@ -292,40 +236,69 @@ def merge_rows(x: Tensor, size: Tensor, moved: Tensor, x_merging: Tensor) -> tup
     return x * (size / new_size) + (moved / new_size) @ x_merging, new_size
 
 
-class _GatherRowsND(torch.autograd.Function):
-    """Export spelling of :func:`take_rows`: one GatherND with ``batch_dims=1``."""
+@dataclass
+class Merge:
+    """Which input rows merge into which positions: the first half of a block's decision.
 
-    @staticmethod
-    def forward(ctx, t: Tensor, idx: Tensor) -> Tensor:  # noqa: ANN001
-        return _take_rows(t, idx)
-
-    @staticmethod
-    def symbolic(g, t, idx):  # noqa: ANN001, ANN205  (torch.onnx graph values)
-        out = g.op("GatherND", t, idx, batch_dims_i=1)
-        rank = t.type().dim()
-        if rank is not None:  # how many rows is a run-time value: a traced count would be folded into constants
-            out.setType(t.type().with_sizes([None] * rank))
-        return out
-
-
-def _take_rows(t: Tensor, idx: Tensor) -> Tensor:
-    b, n = t.shape[0], t.shape[1]
-    rows = idx[..., 0] + torch.arange(0, b * n, n, device=idx.device)[:, None]
-    return t.flatten(0, 1)[rows]
-
-
-def take_rows(t: Tensor, idx: Tensor) -> Tensor:
-    """``t[b, idx[b, j, 0]]`` for every image: (B, N, ...) and (B, K, 1) give (B, K, ...).
-
-    Whole rows are copied: eager PyTorch indexes the batch flattened into rows (faster on a CPU
-    than ``gather`` with the index expanded over the row), and exports use ONNX's GatherND with
-    one batch dimension, which TensorRT imports from 8.2 on. Exported, ``gather`` would be an
-    Expand materialised in int64 and a GatherElements that reads an index per element, slower in
-    ONNX Runtime. Same rows either way.
+    ``into`` (B, N, W) says how much of column ``w`` each position takes, and ``at`` which input
+    rows the merging ones are. Fixed mode: ``into`` booleans, the columns the ``r`` chosen sources,
+    ``at`` their positions (B, r, 1) and ``at_row`` the same as a row (B, 1, r). Threshold mode and
+    training: ``into`` weights over every position (0/1 flags; training's straight-through
+    weights), ``at`` the slice of the sources, whose columns are the ones that count.
     """
-    if torch.onnx.is_in_onnx_export():
-        return _GatherRowsND.apply(t, idx)
-    return _take_rows(t, idx)
+
+    into: Tensor
+    at: slice | Tensor
+    at_row: Tensor | None = None
+
+    def rows(self, t: Tensor) -> Tensor:
+        """The merging rows of ``t`` (B, N, ...)."""
+        return t[:, self.at] if isinstance(self.at, slice) else take_rows(t, self.at)
+
+    def weights(self, dtype: torch.dtype) -> Tensor:
+        """(B, N, M) how much of merging row ``m`` position ``j`` takes."""
+        return self.into[:, :, self.at] if isinstance(self.at, slice) else self.into.to(dtype)
+
+    def moved(self, size: Tensor) -> Tensor:
+        """(B, N, M) how many patches position ``j`` takes from merging row ``m``, of sizes ``size``."""
+        if isinstance(self.at, slice):
+            return (self.into * size.transpose(1, 2))[:, :, self.at]
+        return torch.where(self.into, size.transpose(1, 2).gather(2, self.at_row), 0.0)
+
+    def apply(self, tokens: Tokens) -> Tokens:
+        """Every tensor that rides along, merged: features as size-weighted means, sizes and the source
+        map as sums (validity is the keep step's)."""
+        x, size, source = tokens.x, tokens.size, tokens.source
+        moved = self.weights(x.dtype) if size is None else self.moved(size)
+        x, size = merge_rows(x, 1.0 if size is None else size, moved, self.rows(x))
+        if source is not None:
+            source = source + self.weights(source.dtype) @ self.rows(source)
+        return Tokens(x, size, tokens.valid, source)
+
+
+@dataclass
+class Keep:
+    """Which positions leave the block, in output order: the second half of a block's decision."""
+
+    idx: Tensor  # (B, K, 1) input position of every output token
+    valid: Tensor | None = None  # (B, N, 1) the validity each position leaves with; None: static counts, all real
+
+    def rows(self, t: Tensor | None) -> Tensor | None:
+        return None if t is None else take_rows(t, self.idx)
+
+    def apply(self, tokens: Tokens) -> Tokens:
+        """Every tensor that rides along, gathered at the kept positions.
+
+        With static counts (fixed mode) a size column is gathered element-wise (one GatherElements,
+        which needs no Expand for a column); with counts known at run time by whole rows, whose
+        exported GatherND keeps no traced count. The order of the gathers is the order of the
+        exported nodes (and of their names), so each mode keeps the one its graphs have always had.
+        """
+        source = self.rows(tokens.source)
+        if self.valid is None:
+            size = None if tokens.size is None else tokens.size.gather(1, self.idx)
+            return Tokens(self.rows(tokens.x), size, None, source)
+        return Tokens(self.rows(tokens.x), self.rows(tokens.size), self.rows(self.valid), source)
 
 
 def merge_and_prune(
@@ -333,21 +306,29 @@ def merge_and_prune(
 ) -> tuple[Tokens, Decision | None]:
     """One block's reduction: merge (size-weighted), then prune, then compact the tokens.
 
-    The merged layout is [prefix, sources, destinations]: prefix tokens in front in their
-    original order (so that a distillation token, an odd position, stays where the head reads
-    it), then the sources and the destinations in their original orders
-    (docs/arithmetic.md#order-after-merging). Survivors leave in that order.
-    ``imp``: (B, N) or (B, 1, N); threshold and training modes take +inf for prefix tokens
-    (:func:`token_importance`), fixed mode the plain mean (:func:`attention_received`) and keeps
-    the prefix by itself. With ``record`` False no :class:`Decision` is built (None): nothing
-    reads it when only the logits are wanted, and its bookkeeping is a dozen small kernels per
-    block on a GPU.
+    The mode's rule takes the decision in two steps, each applied to every tensor that rides along
+    as soon as it is taken: which rows merge where (:class:`Merge`), then, from the importance the
+    merges carry, which positions stay and in which order (:class:`Keep`). The merged layout is
+    [prefix, sources, destinations]: prefix tokens in front in their original order (so that a
+    distillation token, an odd position, stays where the head reads it), then the sources and the
+    destinations in their original orders (docs/arithmetic.md#order-after-merging). Survivors leave
+    in that order.
+
+    ``tokens``: sizes and validity as columns (B, N, 1), or None. ``imp``: (B, N) or (B, 1, N);
+    threshold and training modes take :func:`prefix_importance` for prefix tokens
+    (:func:`token_importance`), fixed mode the plain mean (:func:`attention_received`) and keeps the
+    prefix by itself. With ``record`` False no :class:`Decision` is built (None): nothing reads it
+    when only the logits are wanted, and its bookkeeping is a dozen small kernels per block on a GPU.
     """
-    if plan.mode == "fixed":
-        return _fixed_merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
-    if plan.mode not in ("threshold", "train"):
+    if not plan.mode.reduces:
         raise ValueError(f"no merging in mode {plan.mode!r}")
-    return _threshold_merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
+    imp_row = imp[:, None, :] if imp.dim() == 2 else imp
+    rule = (_FixedRule if plan.mode.scheduled else _ThresholdRule)(tokens, metric, imp_row, num_prefix, plan)
+    if rule.merge is not None:
+        tokens = rule.merge.apply(tokens)
+    keep = rule.keep()
+    out = keep.apply(tokens)
+    return out, rule.decision(keep, out) if record else None
 
 
 @dataclass(frozen=True)
@@ -357,8 +338,7 @@ class _Positions:
     A block's token count is only known at run time there, so the constants are made once for
     the longest block (the model's token count) and each block slices them to its own count: one
     Slice each in an exported graph, where computing them from the positions would take several
-    nodes. Columns (N, 1) index receivers and rows (1, N) senders (see
-    :func:`_threshold_merge_and_prune`).
+    nodes. Columns (N, 1) index receivers and rows (1, N) senders (see :class:`_ThresholdRule`).
     """
 
     length: int
@@ -392,110 +372,90 @@ def _positions(length: int, num_prefix: int, device: torch.device, dtype: torch.
     )
 
 
-def _block_positions(plan: Plan, x: Tensor, num_prefix: int) -> _Positions:
-    """The per-position constants for the block whose tokens are ``x``."""
-    if torch.onnx.is_in_onnx_export() and not plan.length:
-        raise ValueError("exporting threshold mode needs Plan.length, the model's token count")
-    return _positions(plan.length or int(x.shape[1]), num_prefix, x.device, x.dtype).sliced(x)
-
-
-def _threshold_merge_and_prune(
-    tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan, record: bool
-) -> tuple[Tokens, Decision | None]:
-    """Threshold and training modes: every decision by threshold, token counts known at run time.
+class _ThresholdRule:
+    """Threshold mode and training: every decision by threshold, token counts known at run time.
 
     Like fixed mode, the work is done in input positions, over the whole token axis, so no part
     is sliced out and reassembled: the similarity of every position to every other, masked to
     destinations down the rows and to sources across (each a bias, -inf where excluded, padding
     included); the merge as a receiver x sender matrix; survivors sorted into layout order by a
     per-position key. Per-sender values are rows (B, 1, N), per-receiver values and the token
-    state columns (B, N, 1), so products broadcast without reshapes.
+    state columns (B, N, 1), so products broadcast without reshapes. Training (``soft``) weights
+    every decision by its straight-through mask and removes nothing.
     """
-    x, size, valid = tokens.x, as_column(tokens.size), as_column(tokens.valid)
-    n = x.shape[1]
-    t = _block_positions(plan, x, num_prefix)
-    imp_row = imp[:, None, :] if imp.dim() == 2 else imp  # prefix tokens: prefix_importance
-    live = None if valid is None else valid > 0.5  # (B, N, 1)
 
-    m = unit_rows(metric)
-    recv = t.recv if live is None else torch.where(live, t.recv, NEG_INF)
-    best, dst = best_of(m @ m.transpose(1, 2) + recv, dim=1)  # (B, 1, N): each sender's best receiver
-    best = best + (t.send if live is None else torch.where(live.transpose(1, 2), t.send, NEG_INF))
-    merging, w = _merging(best, plan)  # (B, 1, N), False / 0 at every position that is no live source
-    best_for = t.pos == dst  # (B, N, N): receiver j is sender i's best
-    hit = (best_for & merging).to(x.dtype)  # 1 where receiver j takes sender i
-    _, src, _ = layout(num_prefix)
-    # In training every best pair is weighted by w, so that a source that stays gets the gradient
-    # of merging too.
-    assign = hit if w is None else torch.where(best_for, w, 0.0)
-    moved = assign if size is None else assign * size.transpose(1, 2)  # patches j takes from i
-    x, size = merge_rows(x, 1.0 if size is None else size, moved[:, :, src], x[:, src])
+    def __init__(self, tokens: Tokens, metric: Tensor, imp_row: Tensor, num_prefix: int, plan: Plan) -> None:
+        x, valid = tokens.x, tokens.valid
+        self.plan, self.num_prefix, self.valid, self.soft = plan, num_prefix, valid, plan.mode.soft
+        self.n = x.shape[1]
+        t = self.t = _positions(constants_length(plan.length, x), num_prefix, x.device, x.dtype).sliced(x)
+        self.imp_row = imp_row  # (B, 1, N); prefix tokens: prefix_importance
+        self.live = live = None if valid is None else valid > 0.5  # (B, N, 1)
 
-    # A receiver is as important as the most important token merged into it (importance is never
-    # negative, so a 0 from the mask never wins).
-    imp_col = torch.maximum(imp_row.transpose(1, 2), (hit * imp_row).amax(dim=2, keepdim=True))
-    keep, keep_value = _keep(imp_col, _alive(merging, w, valid, live), plan, num_prefix, t)
-    # Survivors first, in layout order, then the dead (keys stay distinct).
-    key = torch.where(keep, t.key, t.key + t.length)
-    idx = smallest_unique(key, n if plan.mode == "train" else padded_length(keep, t.pos), dim=1)  # (B, K, 1)
-    source = None
-    if tokens.source is not None:
-        source = take_rows(tokens.source + assign[:, :, src] @ tokens.source[:, src], idx)
-    out = Tokens(take_rows(x, idx), take_rows(size, idx), take_rows(keep_value, idx), source)
-    if tokens.size is not None and tokens.size.dim() == 2:  # given as (B, N), returned so
-        out.size, out.valid = out.size[..., 0], out.valid[..., 0]
-    if not record:
-        return out, None
-    alive_in = torch.ones_like(imp_row[:, 0]) if valid is None else valid[..., 0]
-    return out, _threshold_decision(out, alive_in, idx, torch.where(merging, dst, -1), plan, n)
+        m = unit_rows(metric)
+        recv = t.recv if live is None else torch.where(live, t.recv, NEG_INF)
+        best, self.dst = best_of(m @ m.transpose(1, 2) + recv, dim=1)  # (B, 1, N): each sender's best receiver
+        best = best + (t.send if live is None else torch.where(live.transpose(1, 2), t.send, NEG_INF))
+        # Which senders merge (False / 0 at every position that is no live source), and in
+        # training their straight-through weights.
+        if self.soft:
+            self.w = straight_through(best, plan.merge_threshold, plan.tau)
+            self.merging = self.w > 0.5
+        else:
+            self.w, self.merging = None, best > plan.merge_threshold
+        best_for = t.pos == self.dst  # (B, N, N): receiver j is sender i's best
+        self.hit = (best_for & self.merging).to(x.dtype)  # 1 where receiver j takes sender i
+        # In training every best pair is weighted by w, so that a source that stays gets the
+        # gradient of merging too.
+        self.merge = Merge(self.hit if self.w is None else torch.where(best_for, self.w, 0.0), layout(num_prefix)[1])
 
+    def keep(self) -> Keep:
+        """Survivors first, in layout order, then (in training) the dead; padding marked invalid."""
+        t, imp_row = self.t, self.imp_row
+        # A receiver is as important as the most important token merged into it (importance is never
+        # negative, so a 0 from the mask never wins).
+        imp_col = torch.maximum(imp_row.transpose(1, 2), (self.hit * imp_row).amax(dim=2, keepdim=True))
+        keep, keep_value = self._pruned(imp_col, self._alive())
+        key = torch.where(keep, t.key, t.key + t.length)  # keys stay distinct
+        return Keep(smallest_unique(key, self.n if self.soft else padded_length(keep, t.pos), dim=1), keep_value)
 
-def _merging(best: Tensor, plan: Plan) -> tuple[Tensor, Tensor | None]:
-    """Which senders merge (booleans), and in training their straight-through weights (else None)."""
-    if plan.mode == "threshold":
-        return best > plan.merge_threshold, None
-    w = straight_through(best, plan.merge_threshold, plan.tau)
-    return w > 0.5, w
+    def _alive(self) -> Tensor:
+        """(B, N, 1) the tokens left after merging (merged sources are dead): booleans, or
+        straight-through weights in training."""
+        if self.w is None:
+            merged = self.merging.transpose(1, 2)
+            # Only live sources merge (the sender mask), so live and not merged is live xor merged: one op.
+            return ~merged if self.live is None else self.live ^ merged
+        alive = 1.0 - self.w.transpose(1, 2)
+        return alive if self.valid is None else alive * self.valid
 
-
-def _alive(merging: Tensor, w: Tensor | None, valid: Tensor | None, live: Tensor | None) -> Tensor:
-    """(B, N, 1) the tokens left after merging (merged sources are dead): booleans in threshold
-    mode (``w`` None), straight-through weights in training."""
-    if w is None:
-        merged = merging.transpose(1, 2)
-        # Only live sources merge (the sender mask), so live and not merged is live xor merged: one op.
-        return ~merged if live is None else live ^ merged
-    alive = 1.0 - w.transpose(1, 2)
-    return alive if valid is None else alive * valid
-
-
-def _keep(imp: Tensor, alive: Tensor, plan: Plan, num_prefix: int, t: _Positions) -> tuple[Tensor, Tensor]:
-    """Which tokens survive pruning: (B, N, 1) as booleans and as the validity they carry."""
-    if plan.mode == "threshold":
+    def _pruned(self, imp: Tensor, alive: Tensor) -> tuple[Tensor, Tensor]:
+        """Which tokens survive pruning: (B, N, 1) as booleans and as the validity they carry."""
+        plan = self.plan
+        if self.soft:
+            keep_value = alive * straight_through(imp, plan.prune_threshold, plan.tau)
+            return keep_value > 0.5, keep_value
         keep = alive & (imp > plan.prune_threshold)
-        if num_prefix == 0:  # no class token to fall back on: the most important token stays
+        if self.num_prefix == 0:  # no class token to fall back on: the most important token stays
             top = torch.where(alive, imp, NEG_INF).argmax(dim=1, keepdim=True)
-            keep = keep | (t.pos == top)
+            keep = keep | (self.t.pos == top)
         return keep, keep.to(imp.dtype)
-    keep_value = alive * straight_through(imp, plan.prune_threshold, plan.tau)
-    return keep_value > 0.5, keep_value
 
-
-def _threshold_decision(out: Tokens, alive_in: Tensor, idx: Tensor, merge_dst: Tensor, plan: Plan, n: int) -> Decision:
-    """What a threshold-mode (or training) block did, in its input positions. ``alive_in``: (B, N)
-    the block's valid inputs; ``merge_dst``: (B, 1, N) each merged source's destination, -1 elsewhere."""
-    valid = as_column(out.valid)
-    decision = Decision(
-        kept=torch.where(valid > 0.5, idx, -1)[..., 0],
-        merge_dst=merge_dst[:, 0, 0::2],  # every even position, prefix sources included
-        n_in=alive_in.sum(dim=1),
-        n_out=valid.sum(dim=(1, 2)),
-        length=n,
-        source=out.source,
-    )
-    if plan.mode == "train":
-        decision.soft_keep_in, decision.soft_keep_out = decision.n_in, decision.n_out
-    return decision
+    def decision(self, keep: Keep, out: Tokens) -> Decision:
+        """What the block did, in its input positions."""
+        alive_in = torch.ones_like(self.imp_row[:, 0]) if self.valid is None else self.valid[..., 0]
+        merge_dst = torch.where(self.merging, self.dst, -1)  # (B, 1, N)
+        decision = Decision(
+            kept=torch.where(out.valid > 0.5, keep.idx, -1)[..., 0],
+            merge_dst=merge_dst[:, 0, 0::2],  # every even position, prefix sources included
+            n_in=alive_in.sum(dim=1),
+            n_out=out.valid.sum(dim=(1, 2)),
+            length=self.n,
+            source=out.source,
+        )
+        if self.soft:
+            decision.soft_keep_in, decision.soft_keep_out = decision.n_in, decision.n_out
+        return decision
 
 
 @dataclass(frozen=True)
@@ -533,9 +493,7 @@ def _fixed_layout(n: int, num_prefix: int, device: torch.device, dtype: torch.dt
     )
 
 
-def _fixed_merge_and_prune(
-    tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan, record: bool
-) -> tuple[Tokens, Decision | None]:
+class _FixedRule:
     """Fixed mode: the ``r`` best-matching sources merge, the ``k`` most important tokens stay.
 
     The counts are static, so the work is written for the fewest operations per block, each a
@@ -546,89 +504,52 @@ def _fixed_merge_and_prune(
     position), and each tensor is gathered once. Per-source values are rows (B, 1, r) and
     per-position values columns (B, N, 1), so every product broadcasts without a reshape.
     """
-    x, size = tokens.x, tokens.size
-    b, n = x.shape[0], x.shape[1]
-    c = _fixed_layout(int(n), num_prefix, x.device, x.dtype)
-    imp_row = imp[:, None, :] if imp.dim() == 2 else imp
-    size_col = size if size is None or size.dim() == 3 else size[:, :, None]  # None: all ones
-    if plan.r:
-        merge = _fixed_merge(x, size_col, imp_row, metric, num_prefix, plan.r, c)
-    else:
-        merge = _FixedMerge(x, size_col, torch.maximum(imp_row.transpose(1, 2), c.no_merge))
 
-    top = top_k(merge.imp_col, plan.k, dim=1)[1]  # (B, k, 1) the k most important live tokens...
-    idx = top.gather(1, smallest_unique(c.slot[top], plan.k, dim=1))  # ...in layout order
-    tokens = _fixed_survivors(tokens, merge, idx)
-    if not record:
-        return tokens, None
-    return tokens, _fixed_decision(merge, idx, c, b, n, plan.k, tokens.source)
+    def __init__(self, tokens: Tokens, metric: Tensor, imp_row: Tensor, num_prefix: int, plan: Plan) -> None:
+        x = tokens.x
+        self.b, self.n, self.k = x.shape[0], x.shape[1], plan.k
+        self.c = _fixed_layout(int(self.n), num_prefix, x.device, x.dtype)
+        self.imp_row = imp_row  # (B, 1, N)
+        self.merge: Merge | None = None
+        if plan.r:
+            best, dst_idx = bipartite_match(metric, num_prefix, self.c.src_mask)  # rows (B, 1, N)
+            # (B, 1, r) the merging sources' positions (distinct) and their destinations, as indices
+            # among the destinations
+            self.best_c, self.chosen_pos = top_k(best, plan.r)
+            self.dst_c = dst_idx.gather(2, self.chosen_pos)
+            hit = self.c.dst_rank == self.dst_c  # (B, N, r): position j receives chosen source i
+            self.merge = Merge(hit, self.chosen_pos.transpose(1, 2), self.chosen_pos)
 
+    def keep(self) -> Keep:
+        """The ``k`` most important live tokens, in layout order."""
+        c, imp_row = self.c, self.imp_row
+        if self.merge is None:
+            imp_col = torch.maximum(imp_row.transpose(1, 2), c.no_merge)
+        else:
+            # A destination is as important as the most important token merged into it; merged
+            # sources drop out (-inf: a plain ScatterElements, without a reduction, which every
+            # TensorRT target imports). Importance is never negative, so -inf marks them apart.
+            incoming = torch.where(self.merge.into, imp_row.gather(2, self.chosen_pos), c.no_merge)
+            incoming = incoming.amax(dim=2, keepdim=True)
+            dropped = imp_row.scatter(2, self.chosen_pos, self.best_c - float("inf"))
+            imp_col = torch.maximum(dropped.transpose(1, 2), incoming)
+        top = top_k(imp_col, self.k, dim=1)[1]  # (B, k, 1) the k most important live tokens...
+        return Keep(top.gather(1, smallest_unique(c.slot[top], self.k, dim=1)))  # ...in layout order
 
-@dataclass
-class _FixedMerge:
-    """Fixed mode's merge, over the whole token axis in input positions."""
-
-    x: Tensor  # (B, N, C) features after the merge (rows that receive nothing unchanged)
-    size_col: Tensor | None  # (B, N, 1) sizes after the merge; None: every token still one patch
-    imp_col: Tensor  # (B, N, 1) importance after the merge; -inf for merged sources, +inf for the prefix
-    chosen_pos: Tensor | None = None  # (B, 1, r) positions of the merging sources, distinct
-    dst_c: Tensor | None = None  # (B, 1, r) their destinations, as indices among the destinations
-    hit: Tensor | None = None  # (B, N, r) position j receives chosen source i
-    rows: Tensor | None = None  # (B, r, 1) ``chosen_pos`` as a column, to gather the chosen rows
-
-
-def _fixed_merge(
-    x: Tensor, size_col: Tensor | None, imp_row: Tensor, metric: Tensor, num_prefix: int, r: int, c: _FixedLayout
-) -> _FixedMerge:
-    """The ``r`` best-matching sources merge into their best destinations."""
-    best, dst_idx = bipartite_match(metric, num_prefix, c.src_mask)  # rows (B, 1, N)
-    best_c, chosen_pos = top_k(best, r)  # (B, 1, r) positions of the merging sources, distinct
-    dst_c = dst_idx.gather(2, chosen_pos)
-    hit = c.dst_rank == dst_c  # (B, N, r): position j receives chosen source i
-    rows = chosen_pos.transpose(1, 2)  # (B, r, 1), to gather the chosen rows
-    if size_col is None:  # every token one patch
-        moved = hit.to(x.dtype)
-    else:
-        moved = torch.where(hit, size_col.transpose(1, 2).gather(2, chosen_pos), 0.0)
-    x, size_col = merge_rows(x, 1.0 if size_col is None else size_col, moved, take_rows(x, rows))
-    # A destination is as important as the most important token merged into it; merged
-    # sources drop out (-inf: a plain ScatterElements, without a reduction, which every
-    # TensorRT target imports). Importance is never negative, so -inf marks them apart.
-    incoming = torch.where(hit, imp_row.gather(2, chosen_pos), c.no_merge).amax(dim=2, keepdim=True)
-    imp_col = torch.maximum(imp_row.scatter(2, chosen_pos, best_c - float("inf")).transpose(1, 2), incoming)
-    return _FixedMerge(x, size_col, imp_col, chosen_pos, dst_c, hit, rows)
-
-
-def _fixed_survivors(tokens: Tokens, merge: _FixedMerge, idx: Tensor) -> Tokens:
-    """The surviving positions ``idx``, gathered once from every tensor that rides along."""
-    new_source = None
-    if tokens.source is not None:
-        source = tokens.source
-        if merge.hit is not None:
-            source = source + merge.hit.to(source.dtype) @ take_rows(source, merge.rows)
-        new_source = take_rows(source, idx)
-    new_size = None if merge.size_col is None else merge.size_col.gather(1, idx)
-    if tokens.size is not None and tokens.size.dim() == 2:
-        new_size = new_size[..., 0]
-    return Tokens(take_rows(merge.x, idx), new_size, None, new_source)
-
-
-def _fixed_decision(
-    merge: _FixedMerge, idx: Tensor, c: _FixedLayout, b: int, n: int, k: int, source: Tensor | None
-) -> Decision:
-    """What a fixed-mode block did, in its input positions (see :func:`_decision`)."""
-    x = merge.x
-    merge_dst = torch.full((b, (n + 1) // 2), -1, dtype=torch.long, device=x.device)
-    if merge.chosen_pos is not None:
-        merge_dst = merge_dst.scatter(1, merge.chosen_pos[:, 0] // 2, c.dst_pos[merge.dst_c[:, 0]])
-    return Decision(
-        kept=idx[..., 0],
-        merge_dst=merge_dst,
-        n_in=x.new_full((b,), float(n)),
-        n_out=torch.full((b,), k, device=x.device),
-        length=n,
-        source=source,
-    )
+    def decision(self, keep: Keep, out: Tokens) -> Decision:
+        """What the block did, in its input positions."""
+        b, n, device = self.b, self.n, out.x.device
+        merge_dst = torch.full((b, (n + 1) // 2), -1, dtype=torch.long, device=device)
+        if self.merge is not None:
+            merge_dst = merge_dst.scatter(1, self.chosen_pos[:, 0] // 2, self.c.dst_pos[self.dst_c[:, 0]])
+        return Decision(
+            kept=keep.idx[..., 0],
+            merge_dst=merge_dst,
+            n_in=out.x.new_full((b,), float(n)),
+            n_out=torch.full((b,), self.k, device=device),
+            length=n,
+            source=out.source,
+        )
 
 
 def padded_length(keep: Tensor, slots: Tensor | None = None) -> int:

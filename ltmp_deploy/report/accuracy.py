@@ -62,7 +62,7 @@ def variant_entry(method: str, label: str | None, runs: Sequence[Mapping[str, An
 
 def tokens_summary(keeps: np.ndarray) -> dict[str, Any]:
     """Tokens leaving each block over images, from an (images, blocks) array of counts (for
-    threshold mode: the ``keeps`` of ``calibration.schedule.per_image_counts``)."""
+    threshold mode: the ``keeps`` of ``calibration.evaluate.per_image_counts``)."""
     keeps = np.asarray(keeps, dtype=float)
     if keeps.ndim != 2 or keeps.shape[0] == 0:
         raise LTMPError(f"tokens per block: expected counts of shape (images, blocks), got {keeps.shape}")

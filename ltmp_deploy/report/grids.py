@@ -1,4 +1,4 @@
-"""Token pictures of a PyTorch model: its decisions (``ltmp.visualize.token_maps``) drawn by the
+"""Token pictures of a PyTorch model: its decisions (``ltmp.token_maps.token_maps``) drawn by the
 same drawer the runtime uses for exported graphs and audit logs, so every source gives one picture."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltmp_deploy.ltmp.visualize import token_maps
+from ltmp_deploy.ltmp.token_maps import token_maps
 from ltmp_deploy.runtime.sources import PatchMap
 from ltmp_deploy.runtime.visualize import draw, save_png
 

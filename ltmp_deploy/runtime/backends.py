@@ -4,7 +4,7 @@ Each opens one kind of file, told by its content (:mod:`ltmp_deploy.formats`), a
 same few questions (input name, dtype and shape, allowed batch sizes, output names, metadata) and
 runs a checked batch to named outputs:
 
-- ``onnxruntime``: an ONNX graph, through Polygraphy's ``SessionFromOnnx`` loader, on the CPU
+- ``onnxruntime``: an ONNX graph, in an InferenceSession opened by :func:`ort_session` (the one place), on the CPU
   or with the CUDA and TensorRT execution providers that ``onnxruntime-gpu`` brings;
 - ``tensorrt``: an engine, through Polygraphy's ``EngineFromBytes`` and ``TrtRunner``;
 - ``torch``: a toolkit checkpoint, through the toolkit's own Polygraphy runner. It lives with
@@ -23,12 +23,12 @@ import importlib.metadata
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Dict, Tuple, Union
 
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import decode
+from ltmp_deploy.export.metadata import check_graph_file, decode
 from ltmp_deploy.extras import FULL, ORT
 from ltmp_deploy.formats import FileKind, expect
 from ltmp_deploy.runtime.engine import batch_range, engine_runner, model_file_kind, quiet_polygraphy
@@ -39,7 +39,9 @@ KIND_BACKEND = {FileKind.ONNX: "onnxruntime", FileKind.ENGINE: "tensorrt", FileK
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PLUGIN_GROUP = "ltmp_deploy.backends"
 
-Provider = Union[str, tuple[str, dict[str, Any]]]
+# typing's generics, not the builtins': this alias is evaluated at import, and Python 3.8 (JetPack 5.1)
+# cannot subscript tuple or dict.
+Provider = Union[str, Tuple[str, Dict[str, Any]]]
 
 
 def resolve_backend(path: Path, backend: str) -> str:
@@ -128,15 +130,19 @@ def choose_providers(ort: Any, requested: Sequence[Provider] | None, path: Path)
     return chosen
 
 
-def ort_session(path: Path, providers: Sequence[Provider] | None = None) -> Any:
-    """An ONNX Runtime InferenceSession via Polygraphy's SessionFromOnnx, with one-line errors."""
+def ort_session(path: Path, providers: Sequence[Provider] | None = None, threads: int | None = None) -> Any:
+    """An ONNX Runtime InferenceSession, with one-line errors: the one place the toolkit opens one, so
+    what bench times is what predict and validate run. ``threads``: intra-op threads (default: ONNX
+    Runtime's, every core)."""
     ort = require("onnxruntime", path, ORT)
     chosen = choose_providers(ort, providers, path)
-    from polygraphy.backend.onnxrt import SessionFromOnnx
-
+    check_graph_file(path)  # external weights outside its folder: refused before ONNX Runtime reads them
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     try:
-        with quiet_polygraphy():
-            return SessionFromOnnx(str(path), providers=chosen)()
+        return ort.InferenceSession(str(path), options, providers=chosen)
     except Exception as err:  # noqa: BLE001  (ONNX Runtime raises InvalidProtobuf, Fail, RuntimeException...)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LTMPError(f"{path}: not a loadable ONNX graph, it may be truncated or corrupt ({reason[:300]})") from err
@@ -145,9 +151,9 @@ def ort_session(path: Path, providers: Sequence[Provider] | None = None) -> Any:
 class OnnxruntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, path: Path, providers: Sequence[Provider] | None = None) -> None:
+    def __init__(self, path: Path, providers: Sequence[Provider] | None = None, threads: int | None = None) -> None:
         self.path = path
-        self.session = ort_session(path, providers)
+        self.session = ort_session(path, providers, threads)
         self.providers = list(self.session.get_providers())
         inputs = self.session.get_inputs()
         if len(inputs) != 1:

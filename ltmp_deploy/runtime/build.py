@@ -14,6 +14,7 @@ TensorRT and Polygraphy's TensorRT backend are imported inside the functions tha
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,8 @@ def build(
         return BuildResult(trtexec=trtexec_command(plan, out), quantized=quantized)
     engine_bytes = _build(plan, trt)
     doc = compose_sidecar(plan, out, tensorrt_version=str(trt.__version__), gpu=current_gpu())
+    if plan.dla_core is not None:  # DLA's GPU fallback is silent: say where each layer ended up
+        doc["layer_devices"] = layer_devices(engine_bytes, trt, plan.dla_core)
     with atomic_output(sidecar_path(out), suffix=".json") as side_tmp, atomic_output(out) as engine_tmp:
         with engine_tmp.open("wb") as f:
             f.write(engine_bytes)
@@ -157,7 +160,8 @@ def _build(plan: BuildPlan, trt: Any) -> Any:
     if plan.hardware_compat:
         kwargs["hardware_compatibility_level"] = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     if plan.dla_core is not None:
-        kwargs.update(use_dla=True, allow_gpu_fallback=True)
+        # DETAILED: the engine inspector then names each layer's type, DLA included (layer_devices)
+        kwargs.update(use_dla=True, allow_gpu_fallback=True, profiling_verbosity=trt.ProfilingVerbosity.DETAILED)
     config: Any = CreateConfig(**{k: v for k, v in kwargs.items() if v is not None})
     if plan.dla_core is not None:
         core = plan.dla_core
@@ -181,4 +185,30 @@ def _build(plan: BuildPlan, trt: Any) -> Any:
     return engine
 
 
-__all__ = ["BuildResult", "build", "build_engine", "quantized_path"]
+def layer_devices(engine_bytes: Any, trt: Any, dla_core: int) -> dict[str, Any]:
+    """Which layers of a built engine run on DLA and which on the GPU, from TensorRT's engine
+    inspector (TensorRT 8.2 and newer): ``{"dla": [names], "gpu": [names]}``, or ``{"unknown": why}``.
+
+    TensorRT fuses the layers DLA takes into DLA layers (named ``{ForeignNode[first...last]}``);
+    everything else, the fallback included, is a GPU layer.
+    """
+    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    runtime.DLA_core = dla_core
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    if engine is None or not hasattr(engine, "create_engine_inspector"):
+        return {"unknown": f"TensorRT {trt.__version__} has no engine inspector (8.2 and newer have)"}
+    text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    return devices_from_inspector(text)
+
+
+def devices_from_inspector(text: str) -> dict[str, Any]:
+    """:func:`layer_devices` from the inspector's JSON (``{"Layers": [...]}``)."""
+    found: dict[str, Any] = {"dla": [], "gpu": []}
+    for layer in json.loads(text).get("Layers", []):
+        if not isinstance(layer, dict):  # names only: the engine was built without detailed verbosity
+            return {"unknown": "the engine inspector gave layer names only (profiling verbosity not detailed)"}
+        found["dla" if layer.get("LayerType") == "DLA" else "gpu"].append(str(layer.get("Name", "")))
+    return found
+
+
+__all__ = ["BuildResult", "build", "build_engine", "devices_from_inspector", "layer_devices", "quantized_path"]

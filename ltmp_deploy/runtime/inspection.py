@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,7 @@ def _engine(path: Path) -> dict[str, Any]:
         "strongly_typed": side.get("strongly_typed"),
         "profiles": side.get("profiles"),
         "dla_core": side.get("dla_core"),
+        "layer_devices": side.get("layer_devices"),
         "hardware_compatibility": side.get("hardware_compatibility"),
         "version_compatible": side.get("version_compatible"),
         "built_by": side.get("built_by"),
@@ -150,12 +151,19 @@ def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _fmt(values: list[float] | None) -> str:
+def format_values(values: Sequence[float] | None) -> str:
+    """Thresholds and the like for people: ``[0.9, 0.85]``, or ``-`` when there are none."""
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]" if values is not None else "-"
 
 
 def _tensors(values: list[dict[str, Any]]) -> str:
     return ", ".join(f"{v['name']} {v['dtype']}[{', '.join(str(d) for d in v['shape'])}]" for v in values)
+
+
+def _names(names: Any) -> str | None:
+    if not isinstance(names, list):
+        return None
+    return f"{len(names)}: {', '.join(map(str, names))}" if names else "none"
 
 
 def summary(info: Mapping[str, Any]) -> str:
@@ -175,8 +183,8 @@ def summary(info: Mapping[str, Any]) -> str:
     if info.get("schedule"):
         add("schedule (r, k)", " ".join(f"{r},{k}" for r, k in info["schedule"]))
     thresholds = info.get("thresholds") or {}
-    add("merge thresholds", thresholds.get("merge") and _fmt(thresholds["merge"]))
-    add("prune thresholds", thresholds.get("prune") and _fmt(thresholds["prune"]))
+    add("merge thresholds", thresholds.get("merge") and format_values(thresholds["merge"]))
+    add("prune thresholds", thresholds.get("prune") and format_values(thresholds["prune"]))
     if info.get("flops_kept") is not None:
         add("block FLOPs kept", f"{info['flops_kept']:.3f} of unpatched ({info.get('flops_basis')})")
         add("measured on", info.get("flops_measured_on"))
@@ -201,6 +209,12 @@ def summary(info: Mapping[str, Any]) -> str:
     add("preset", info.get("preset"))
     for p in info.get("profiles") or []:
         add(f"profile {p.get('input')}", ", ".join(f"{k} {v}" for k, v in p.items() if k != "input"))
+    add("DLA core", info.get("dla_core"))
+    devices = info.get("layer_devices") or {}
+    if isinstance(devices, dict):  # from the build's engine inspector: DLA's GPU fallback is silent
+        add("layers on DLA", _names(devices.get("dla")))
+        add("layers on GPU", _names(devices.get("gpu")))
+        add("layer devices", devices.get("unknown"))
     add("built from", info.get("onnx") and f"{info['onnx']} (sha256 {info.get('onnx_sha256')})")
     add("built by", info.get("built_by"))
     add("note", info.get("note"))

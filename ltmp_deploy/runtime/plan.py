@@ -28,7 +28,6 @@ The ONNX file is read and hashed once (:func:`inspect_graph`); the plan carries 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,7 +42,7 @@ from ltmp_deploy.export.quantize import has_qdq
 from ltmp_deploy.export.tolerances import PRECISIONS
 from ltmp_deploy.export.trt_check import check_model
 from ltmp_deploy.export.trt_targets import strongly_typed_only, trt_key
-from ltmp_deploy.files import ensure_writable
+from ltmp_deploy.files import ensure_writable, sha256
 from ltmp_deploy.runtime.presets import DLA_ONLY_ON, JETPACK, PRESETS, TRT_VERSIONS, Preset
 
 MAX_OPT_LEVEL = 5
@@ -132,7 +131,7 @@ def inspect_graph(onnx_path: str | os.PathLike, model: onnx.ModelProto | None = 
         precision = "fp16"
     else:
         precision = "fp32"
-    return GraphInfo(path, _sha256(path), read_metadata(model, str(path)), shape, precision, model)
+    return GraphInfo(path, sha256(path), read_metadata(model, str(path)), shape, precision, model)
 
 
 def plan_build(
@@ -152,6 +151,7 @@ def plan_build(
     trt = _target(preset, options.trt, installed, options.dla_core)
     where = f"{graph.path} (--preset {preset.name}, TensorRT {trt})"
     notes: list[str] = []
+    _check_mode(where, graph, preset, trt)
 
     precision = options.precision if options.precision is not None else _default_precision(graph, preset, trt, notes)
     if precision not in PRECISIONS:
@@ -161,6 +161,7 @@ def plan_build(
     dla = options.dla_core
     if dla is not None:
         _check_dla(where, preset, graph, precision, dla, trt)
+        notes += _dla_fallback(graph, preset)
     profile = _profile(where, preset, graph, options, dla)
     strongly_typed = _typing(where, graph, precision, trt, options.strongly_typed, dla)
     flags = [] if strongly_typed or precision == "fp32" else [precision]
@@ -188,6 +189,22 @@ def plan_build(
         options.timing_cache,
         notes,
     )
+
+
+def check_preset_mode(graph: GraphLike, preset_name: str) -> tuple[str, ...]:
+    """The TensorRT versions of a preset, once the graph's export mode is one the preset builds."""
+    preset = _preset(preset_name)
+    graph = graph if isinstance(graph, GraphInfo) else inspect_graph(graph)
+    _check_mode(f"{graph.path} (--preset {preset.name})", graph, preset, preset.trt_versions[0])
+    return preset.trt_versions
+
+
+def _check_mode(where: str, graph: GraphInfo, preset: Preset, trt: str) -> None:
+    if graph.mode is not None and graph.mode not in preset.modes:
+        raise LTMPError(
+            f"{where}: a {graph.mode}-mode graph, and {preset.description} builds {'/'.join(preset.modes)} mode only "
+            f"(TensorRT {trt}'s ONNX parser refuses threshold mode's run-time TopK K): export with --mode fixed"
+        )
 
 
 def _check_options(where: str, preset: Preset, options: BuildOptions, trt: str) -> int | None:
@@ -305,6 +322,18 @@ def _check_dla(where: str, preset: Preset, graph: GraphInfo, precision: str, dla
         )
 
 
+def _dla_fallback(graph: GraphInfo, preset: Preset) -> list[str]:
+    """Which of the graph's ops this module's DLA has no layer for: they run on the GPU, silently."""
+    ops = {node.op_type for node in graph.model.graph.node} if graph.model is not None else set()
+    on_gpu = [op for op in preset.dla_gpu_ops if op in ops]
+    if not on_gpu:
+        return []
+    return [
+        f"DLA on {preset.description} has no layer for {', '.join(on_gpu)}: those run on the GPU (GPU fallback); "
+        "the sidecar and `ltmp-deploy inspect ENGINE` list where each layer ran"
+    ]
+
+
 def _no_dla(preset: Preset, trt: str) -> str:
     """Why TensorRT ``trt`` does not run this module's DLA, and what does."""
     why = DLA_ONLY_ON.get(trt, "")
@@ -383,11 +412,3 @@ def _check_parser(graph: GraphInfo, trt: str, preset: Preset) -> None:
         f"{graph.path}: the TensorRT {trt} parser (--preset {preset.name}) would reject this graph{why}: "
         f"{report.one_line()}; `ltmp-deploy check {graph.path} --trt {trt}` lists every node"
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -5,7 +5,7 @@ the model saw in PyTorch. This re-implements ``timm.data.create_transform(**cfg,
 is_training=False)`` step by step, with the same integer arithmetic for sizes and offsets
 (torchvision truncates the long side, ``round`` is Python's half-to-even) and the same Pillow
 resize call torchvision makes for PIL images, so results are bit-identical, not just close.
-Keep it Python 3.10 compatible (JetPack 6).
+Keep it Python 3.8 compatible (JetPack 5.1).
 """
 
 from __future__ import annotations

@@ -29,6 +29,12 @@ DLA_TRT_VERSIONS = (*_JETPACK_DLA, "11.4")
 DLA_ONLY_ON = {
     "11.4": "TensorRT 11.4.1's release notes restore DLA on Jetson AGX Orin only (JetPack 7.2.2 or later)",
 }
+# ONNX ops of the exported graphs that DLA has no layer for (not in TensorRT's DLA supported layers):
+# with --dla-core they fall back to the GPU, silently; the build sidecar lists where each layer ran.
+DLA_GPU_OPS = ("TopK", "Gather", "GatherElements", "ScatterElements")
+# Xavier's DLA (the first generation) also runs Softmax on the GPU: TensorRT's DLA layer list
+# supports it on Orin only.
+XAVIER_DLA_GPU_OPS = (*DLA_GPU_OPS, "Softmax")
 
 
 @dataclass(frozen=True)
@@ -45,9 +51,19 @@ class Preset:
     batch: tuple[int, int, int]  # default min/opt/max for a dynamic batch axis
     jetson: bool
     facts: str
+    modes: tuple[str, ...] = ("fixed", "threshold")  # export modes its TensorRT versions can build
+    dla_gpu_ops: tuple[str, ...] = DLA_GPU_OPS  # ops its DLA cannot run (GPU fallback), when it has DLA
 
 
 _ORIN = ("10.3", "8.6", "8.5", "10")  # JetPack 6.1/6.2, 6.0, 5.1, 7.2
+# JetPack 5.1.x is the last JetPack for the Xavier family (JetPack 6 and newer support Orin and Thor
+# only), so its TensorRT 8.5 is the only target; its ONNX parser takes a constant TopK K only, which
+# fixed mode has and threshold mode computes at run time.
+_XAVIER = (
+    "TensorRT 8.5 only (JetPack 5.1.x, the last JetPack for Xavier; Python 3.8); fixed mode only: "
+    "TensorRT 8.5's ONNX parser refuses threshold mode's run-time TopK K; 2 DLA cores (first-generation "
+    "DLA: TopK, Gather and Softmax fall back to the GPU); Volta GPU (no BF16, no FP8)"
+)
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -95,6 +111,35 @@ PRESETS: dict[str, Preset] = {
             "strongly typed: precision from the graph). " + JETPACK,
         ),
         Preset(
+            "xavier-nx",
+            "Jetson Xavier NX (8 GB / 16 GB)",
+            ("8.5",),
+            1024,
+            2,
+            ("8.5",),
+            "fp16",
+            (1, 1, 4),
+            True,
+            "8 or 16 GB LPDDR4x shared by CPU and GPU; workspace 1 GiB = an eighth of the 8 GB module; " + _XAVIER,
+            ("fixed",),
+            XAVIER_DLA_GPU_OPS,
+        ),
+        Preset(
+            "agx-xavier",
+            "Jetson AGX Xavier (32 GB / 64 GB)",
+            ("8.5",),
+            4096,
+            2,
+            ("8.5",),
+            "fp16",
+            (1, 4, 16),
+            True,
+            "32 or 64 GB LPDDR4x shared by CPU and GPU (the 32 GB module and AGX Xavier Industrial; "
+            "the 64 GB module); workspace 4 GiB = an eighth of the 32 GB module; " + _XAVIER,
+            ("fixed",),
+            XAVIER_DLA_GPU_OPS,
+        ),
+        Preset(
             "thor",
             "Jetson AGX Thor",
             ("10.13", "10", "11.4"),
@@ -130,4 +175,14 @@ def presets_table() -> list[dict[str, Any]]:
     return [asdict(p) for p in PRESETS.values()]
 
 
-__all__ = ["DLA_ONLY_ON", "DLA_TRT_VERSIONS", "JETPACK", "PRESETS", "TRT_VERSIONS", "Preset", "presets_table"]
+__all__ = [
+    "DLA_GPU_OPS",
+    "DLA_ONLY_ON",
+    "DLA_TRT_VERSIONS",
+    "JETPACK",
+    "PRESETS",
+    "TRT_VERSIONS",
+    "XAVIER_DLA_GPU_OPS",
+    "Preset",
+    "presets_table",
+]

@@ -9,7 +9,7 @@ bound. The images are seeded random ones in the model's normalised input space, 
 of your own, preprocessed as the file's metadata says.
 
 A toolkit checkpoint as the reference (PyTorch) is the full toolkit's job:
-:func:`ltmp_deploy.export.validate.validate_checkpoint`, which ``ltmp-deploy validate`` calls
+:func:`ltmp_deploy.export.checkpoint_parity.validate_checkpoint`, which ``ltmp-deploy validate`` calls
 when ``--against`` is a checkpoint. Nothing here imports torch.
 """
 
@@ -39,7 +39,7 @@ from ltmp_deploy.runtime.preprocess import ImageLike, preprocess
 
 CHECKPOINT_REFERENCE = (
     "a checkpoint is the PyTorch reference: pass it as --against to `ltmp-deploy validate` "
-    "(ltmp_deploy.export.validate.validate_checkpoint), which needs the full toolkit"
+    "(ltmp_deploy.export.checkpoint_parity.validate_checkpoint), which needs the full toolkit"
 )
 
 

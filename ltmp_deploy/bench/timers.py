@@ -96,27 +96,28 @@ class TorchTimer(Timer):
 
 
 class OrtTimer(Timer):
+    """The graphs on the runtime's ONNX Runtime backend: what ``predict`` and a Session run."""
+
     def __init__(self, graphs: dict[str, Path], backend: str, threads: int) -> None:
-        import onnxruntime as ort
+        from ltmp_deploy.runtime.backends import OnnxruntimeBackend
 
         super().__init__()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         provider = ORT_PROVIDER[backend]
-        self.sessions = {}
+        self.backends = {}
         for name, path in graphs.items():
-            session = ort.InferenceSession(str(path), options, providers=[provider])
-            if session.get_providers()[0] != provider:  # ONNX Runtime falls back to the CPU silently
-                self.skipped[name] = f"{provider} did not take the graph (it ran on {session.get_providers()[0]})"
+            opened = OnnxruntimeBackend(path, [provider], threads)
+            if opened.providers[0] != provider:  # ONNX Runtime falls back to the CPU silently
+                self.skipped[name] = f"{provider} did not take the graph (it ran on {opened.providers[0]})"
                 continue
-            self.sessions[name] = session
+            self.backends[name] = opened
 
     def calls(self, images: np.ndarray) -> Calls:
-        return {name: (lambda s=s: s.run(["logits"], {"images": images})) for name, s in self.sessions.items()}
+        return {name: (lambda b=b: b.run(images)) for name, b in self.backends.items()}
 
     def close(self) -> None:
-        self.sessions.clear()
+        for opened in self.backends.values():
+            opened.close()
+        self.backends.clear()
 
 
 class TensorrtTimer(Timer):

@@ -72,7 +72,7 @@ def write_demo_report(
     """``report``: the demo's DemoReport; ``bench``: its latency run (default: a bench of its calibrated
     checkpoint on ONNX Runtime CPU at batch 1 and 8, ``rounds`` rounds). Writes accuracy.json, bench/
     and report/ into its folder."""
-    from ltmp_deploy.data.sources import dataset_for
+    from ltmp_deploy.data.datasets import dataset_for
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint
 
     workdir = Path(report.workdir)
@@ -92,7 +92,7 @@ def write_demo_report(
 
 def _accuracy(report: Any, model: Any, test: Any, data: str, seed: int | None) -> dict[str, Any]:
     """The accuracy document of the demo's rows, with the tokens per block of both LTMP modes on ``test``."""
-    from ltmp_deploy.calibration.learn import evaluate
+    from ltmp_deploy.calibration.evaluate import evaluate
 
     schedule = model.ltmp.schedule
     keeps = evaluate(model.ltmp_set_mode("threshold"), test)[2].keeps

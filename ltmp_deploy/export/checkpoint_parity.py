@@ -1,11 +1,8 @@
-"""Parity with PyTorch as the reference: right after export, and against a checkpoint on demand.
+"""Parity of exported files against the toolkit checkpoint they came from, PyTorch the reference.
 
-Both run the toolkit's PyTorch runner (:mod:`ltmp_deploy.export.runner`) as the reference and
-judge the other runners with the one comparator and set of gates
-(:mod:`ltmp_deploy.export.compare`, :mod:`ltmp_deploy.export.tolerances`). Both sample the
-same images: the embedded digits' test split when the model takes digits (32x32 RGB, ten
-classes), seeded random images in its normalised input space otherwise; so the check after
-export and ``validate_checkpoint`` give the same report for the same graph.
+The reference and the sample images are :mod:`ltmp_deploy.export.reference`'s, shared with the check
+right after export; the other runners are judged with the one comparator and set of gates
+(:mod:`ltmp_deploy.export.compare`, :mod:`ltmp_deploy.export.tolerances`).
 
 Graphs run on ONNX Runtime's CPU provider. Engines and other providers come through
 ``open_file``, which ``ltmp-deploy validate`` sets to the runtime's opener
@@ -20,57 +17,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
-
-from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES, digits_arrays
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.compare import (
     DEFAULT_IMAGES,
-    RANDOM_IMAGES,
     ParityReport,
     Target,
     check_request,
     common_batch,
-    random_images,
     run_parity,
     split_batches,
     whole_batches,
 )
-from ltmp_deploy.export.metadata import decode
-from ltmp_deploy.export.runner import LTMPTorchRunner
-from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
+from ltmp_deploy.export.onnx_export import export_onnx
+from ltmp_deploy.export.reference import onnxruntime_target, sample_images, torch_target
 from ltmp_deploy.ltmp.checkpoint import read_metadata
 
 PathLike = Union[str, os.PathLike]
-
-
-def sample_images(meta: dict[str, Any], count: int) -> tuple[np.ndarray, str]:
-    """``count`` float32 images for the model ``meta`` describes, and what they are."""
-    shape = [int(d) for d in meta["data_config"]["input_size"]]
-    if shape == [3, IMAGE_SIZE, IMAGE_SIZE] and meta.get("num_classes") == NUM_CLASSES:
-        images, _ = digits_arrays("test")
-        return images[np.arange(count) % len(images)], "digits test split"
-    return random_images(shape, count), RANDOM_IMAGES
-
-
-def compare_with_torch(
-    graph: Any,
-    model: Any,
-    images: Any,
-    fp16: bool | None = None,
-    *,
-    file: str = "exported graph",
-    data: str = "sample images",
-) -> ParityReport:
-    """The check right after export: ``graph`` (an onnx ModelProto, with decision outputs when it
-    has them) on ONNX Runtime's CPU provider against ``model`` in PyTorch, ``images`` as one batch.
-    ``fp16``: the graph's precision (default: its metadata's)."""
-    target = _onnxruntime_target(graph.SerializeToString(), file)
-    if fp16 is not None:
-        target.precision = "fp16" if fp16 else "fp32"
-    reference = _torch_target(model, model_metadata(model), None)
-    batch = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
-    return run_parity(reference, [target], [batch], data=data, mode=model.ltmp.mode)
 
 
 def validate_checkpoint(
@@ -105,7 +67,7 @@ def validate_checkpoint(
         _check_same_model(checkpoint, reference_meta, meta)
         graph_mode = meta.get("mode")
         run_mode = graph_mode if graph_mode in ("fixed", "threshold") else mode
-        reference = _torch_target(checkpoint, reference_meta, run_mode)
+        reference = torch_target(checkpoint, reference_meta, run_mode)
         size = common_batch(targets, batch)
         pictures, data = sample_images(reference_meta, whole_batches(images, size))
         report = run_parity(reference, targets, split_batches(pictures, size), data=data, mode=graph_mode, notes=notes)
@@ -114,45 +76,17 @@ def validate_checkpoint(
     return report
 
 
-def _torch_target(source: Any, meta: dict[str, Any], mode: str | None) -> Target:
-    on_disk = isinstance(source, (str, os.PathLike))
-    name = f"pytorch {Path(source).name}" if on_disk else "pytorch"
-    runner = LTMPTorchRunner(source, decisions=True, mode=mode, name=name)
-    shape = (None, *(int(d) for d in meta["data_config"]["input_size"]))
-    return Target(runner, "torch", str(source) if on_disk else "model", meta, shape, (1, None), "fp32")
-
-
-def _onnxruntime_target(source: Union[bytes, str], file: str) -> Target:
-    """A graph (bytes or a path) on ONNX Runtime's CPU provider, through Polygraphy's loader."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.logger import G_LOGGER
-
-    try:
-        with G_LOGGER.verbosity(G_LOGGER.ERROR):
-            session = SessionFromOnnx(source, providers=["CPUExecutionProvider"])()
-    except Exception as err:  # noqa: BLE001  (ONNX Runtime raises InvalidProtobuf, Fail, RuntimeException...)
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise LTMPError(f"{file}: not a loadable ONNX graph, it may be truncated or corrupt ({reason})") from err
-    meta = decode(session.get_modelmeta().custom_metadata_map, str(file))
-    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in session.get_inputs()[0].shape)
-    batch_range = (1, None) if not shape or shape[0] is None else (shape[0], shape[0])
-    runner = OnnxrtRunner(session, name=f"onnxruntime[CPU] {Path(file).name}")
-    return Target(runner, "onnxruntime", file, meta, shape, batch_range, meta.get("precision") or "fp32")
-
-
 def _graph_file(path: Path) -> Target:
     if path.suffix.lower() != ".onnx":
         raise LTMPError(
             f"{path}: only ONNX graphs are opened here; for an engine use `ltmp-deploy validate`, or pass "
             "open_file=ltmp_deploy.runtime.validate.open_target"
         )
-    return _onnxruntime_target(str(path), str(path))
+    return onnxruntime_target(str(path), str(path))
 
 
 def _export_for(checkpoint: Path, mode: str | None, folder: str) -> Path:
     """An ONNX graph of ``checkpoint`` with decision outputs, to compare a checkpoint on its own."""
-    from ltmp_deploy.export.onnx_export import export_onnx  # which imports this module for its own check
-
     out = Path(folder) / f"{checkpoint.stem}.onnx"
     return export_onnx(checkpoint, out, mode=mode, decisions=True, validate=False).path
 
@@ -174,4 +108,4 @@ def _check_same_model(checkpoint: Path, reference: dict[str, Any], meta: dict[st
             )
 
 
-__all__ = ["compare_with_torch", "sample_images", "validate_checkpoint"]
+__all__ = ["validate_checkpoint"]

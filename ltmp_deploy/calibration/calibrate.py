@@ -4,34 +4,18 @@ and the ToMe baseline: fixed-r merging alone, through the same code path."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Union
+from typing import Union
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
+from ltmp_deploy.calibration.evaluate import evaluate
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.flops import model_dims, schedule_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.ltmp.schedule import Schedule
 
 Statistic = Union[str, float]  # "mean", or a quantile in [0, 1]
-
-
-class TokenCounts(NamedTuple):
-    """Per-image token counts of threshold mode, each (images, blocks): all a schedule needs of the decisions."""
-
-    merges: np.ndarray  # tokens each block merged away
-    keeps: np.ndarray  # tokens each block passed on
-
-
-def per_image_counts(decisions: list[list[Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """(merges, keeps), each (images, blocks), from the decisions of evaluation batches."""
-    merges, keeps = [], []
-    for batch in decisions:
-        merges.append(torch.stack([(d.merge_dst >= 0).sum(1) for d in batch], 1).numpy())
-        keeps.append(torch.stack([d.n_out.round().long() for d in batch], 1).numpy())
-    return np.concatenate(merges), np.concatenate(keeps)
 
 
 def parse_statistic(text: str) -> Statistic:
@@ -130,7 +114,6 @@ def calibrate(
     :func:`ltmp_deploy.ltmp.flops.schedule_for_flops`, no data needed. Accuracy is measured on
     ``evaluation`` when given.
     """
-    from ltmp_deploy.calibration.learn import evaluate
     from ltmp_deploy.ltmp.flops import schedule_for_flops
 
     thr_acc = thr_flops = None

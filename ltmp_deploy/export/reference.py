@@ -1,0 +1,80 @@
+"""The PyTorch reference: the images a model is checked on, and the model or a checkpoint on
+PyTorch and a graph on ONNX Runtime's CPU provider as comparison targets, for the check right after
+export (:func:`compare_with_torch`) and for :func:`ltmp_deploy.export.checkpoint_parity.validate_checkpoint`.
+
+Both sample the same images: the embedded digits' test split when the model takes digits (32x32 RGB,
+ten classes), seeded random images in its normalised input space otherwise; so the check after export
+and ``validate_checkpoint`` give the same report for the same graph.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES, digits_arrays
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.export.compare import RANDOM_IMAGES, ParityReport, Target, random_images, run_parity
+from ltmp_deploy.export.metadata import check_graph_file, decode
+from ltmp_deploy.export.runner import LTMPTorchRunner
+from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
+
+
+def sample_images(meta: dict[str, Any], count: int) -> tuple[np.ndarray, str]:
+    """``count`` float32 images for the model ``meta`` describes, and what they are."""
+    shape = [int(d) for d in meta["data_config"]["input_size"]]
+    if shape == [3, IMAGE_SIZE, IMAGE_SIZE] and meta.get("num_classes") == NUM_CLASSES:
+        images, _ = digits_arrays("test")
+        return images[np.arange(count) % len(images)], "digits test split"
+    return random_images(shape, count), RANDOM_IMAGES
+
+
+def compare_with_torch(
+    graph: Any,
+    model: Any,
+    images: Any,
+    fp16: bool | None = None,
+    *,
+    file: str = "exported graph",
+    data: str = "sample images",
+) -> ParityReport:
+    """The check right after export: ``graph`` (an onnx ModelProto, with decision outputs when it
+    has them) on ONNX Runtime's CPU provider against ``model`` in PyTorch, ``images`` as one batch.
+    ``fp16``: the graph's precision (default: its metadata's)."""
+    target = onnxruntime_target(graph.SerializeToString(), file)
+    if fp16 is not None:
+        target.precision = "fp16" if fp16 else "fp32"
+    reference = torch_target(model, model_metadata(model), None)
+    batch = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
+    return run_parity(reference, [target], [batch], data=data, mode=model.ltmp.mode)
+
+
+def torch_target(source: Any, meta: dict[str, Any], mode: str | None) -> Target:
+    on_disk = isinstance(source, (str, os.PathLike))
+    name = f"pytorch {Path(source).name}" if on_disk else "pytorch"
+    runner = LTMPTorchRunner(source, decisions=True, mode=mode, name=name)
+    shape = (None, *(int(d) for d in meta["data_config"]["input_size"]))
+    return Target(runner, "torch", str(source) if on_disk else "model", meta, shape, (1, None), "fp32")
+
+
+def onnxruntime_target(source: Union[bytes, str], file: str) -> Target:
+    """A graph (bytes or a path) on ONNX Runtime's CPU provider, through Polygraphy's loader."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.logger import G_LOGGER
+
+    if isinstance(source, str):
+        check_graph_file(source)
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+            session = SessionFromOnnx(source, providers=["CPUExecutionProvider"])()
+    except Exception as err:  # noqa: BLE001  (ONNX Runtime raises InvalidProtobuf, Fail, RuntimeException...)
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise LTMPError(f"{file}: not a loadable ONNX graph, it may be truncated or corrupt ({reason})") from err
+    meta = decode(session.get_modelmeta().custom_metadata_map, str(file))
+    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in session.get_inputs()[0].shape)
+    batch_range = (1, None) if not shape or shape[0] is None else (shape[0], shape[0])
+    runner = OnnxrtRunner(session, name=f"onnxruntime[CPU] {Path(file).name}")
+    return Target(runner, "onnxruntime", file, meta, shape, batch_range, meta.get("precision") or "fp32")
