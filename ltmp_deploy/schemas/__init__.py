@@ -112,6 +112,10 @@ def _describe(error: Any) -> str:
     if kind == "required":
         missing = next((k for k in value if isinstance(instance, dict) and k not in instance), value[0])
         return f"{_field([*error.absolute_path, missing])}: missing"
+    if kind == "dependentRequired" and isinstance(instance, dict):
+        needs = [(k, n) for k, names in value.items() if k in instance for n in names if n not in instance]
+        if needs:
+            return f"{_field([*error.absolute_path, needs[0][1]])}: missing (needed with {needs[0][0]!r})"
     if kind == "type":
         wanted = " or ".join(value) if isinstance(value, list) else value
         return f"{at}: {_short(instance)} is not of type {wanted}"
