@@ -5,10 +5,11 @@ The exports run in a fresh process, in a fixed order: the TorchScript exporter n
 after what the process traced before (``onnx::Gather_137`` against ``/blocks.0/Constant_22_output_0``),
 so the bytes are a function of the process's history as well as of the model.
 
-The exporter's output changes between releases of torch, onnx, onnxscript and onnxslim, so the
-recorded hashes hold for the versions recorded beside them; with others the comparison skips and says
-why, and the determinism test still runs. Record anew (only on a commit whose graphs are known good):
-``python tests/test_export_bytes.py --record``."""
+The exporter's output changes between releases of torch, onnx, onnxscript and onnxslim, and of the
+libraries they compute with (the same five versions gave other bytes in a fresh environment), so the
+recorded hashes hold for the versions of all of those recorded beside them; with others the
+comparison skips and says why, and the determinism test still runs. Record anew (only on a commit
+whose graphs are known good): ``python tests/test_export_bytes.py --record``."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import MODEL_KINDS, one_torch_thread, tiny_ltmp  # noqa: E402
 
 RECORD = Path(__file__).parent / "export_hashes.json"
-PACKAGES = ("torch", "onnx", "onnxscript", "onnxslim", "timm")
+PACKAGES = ("torch", "onnx", "onnxscript", "onnx-ir", "onnxslim", "timm", "numpy", "protobuf", "ml_dtypes", "sympy")
 CASES = [(kind, mode, False) for kind in MODEL_KINDS for mode in ("fixed", "threshold")]
 CASES += [("vit", "fixed", True), ("vit", "threshold", True)]
 
