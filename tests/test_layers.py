@@ -4,13 +4,13 @@ function, goes to the module's own layer or a lower one, and the field runtime n
 The layers, lowest first (the README's layout section draws the same):
 
     base         errors, files, formats, extras, images, the standard library, numpy, Pillow
-                 schemas                                 and jsonschema
+                 options, schemas                        and jsonschema
     ltmp/        the model: merge/prune, patching         torch, timm
     data/        datasets for the model                   + scikit-learn
     calibration/ learning thresholds, fixed schedules, the ToMe baseline
     export/      ONNX export and its PyTorch parity; the torch-free graph tools the runtime shares
     runtime/     Session, engines, predict, inspect       numpy, Pillow, ONNX Runtime, TensorRT only
-    top          cli, demo, embedded, bench, report, the front door
+    top          cli, cli_*, pictures, demo, embedded, bench, report, the front door
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ltmp_deploy"
 LAYERS = ["base", "ltmp", "data", "calibration", "export", "runtime", "top"]
-BASE = {"errors", "files", "formats", "extras", "images", "schemas"}
+BASE = {"errors", "files", "formats", "extras", "images", "options", "schemas"}
 # Installed on a Jetson without the toolkit: these and whatever they import must stay torch-free.
 FIELD_PACKAGES = ("runtime",)
 FIELD_EXPORT_MODULES = {

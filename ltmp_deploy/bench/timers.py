@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ltmp_deploy.bench.config import BACKENDS
 from ltmp_deploy.bench.variants import Variant
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 
-BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda", "onnxruntime-cuda", "tensorrt")
 ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
 ORT_PROVIDER = {"onnxruntime-cpu": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider"}
 
