@@ -160,3 +160,14 @@ def test_help_shows_defaults_and_examples(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 1 8 32)" in text and "(default: 20)" in text and "example:" in text
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_json_is_a_flag_and_takes_no_file(capsys):
+    """The old spelling `--json REPORT` is refused in one line, before any file is opened."""
+    for argv in (
+        ["validate", "a.onnx", "--against", "b.onnx", "--json", "parity.json"],
+        ["estimate", "bench.json", "--price-per-hour", "1", "--json", "parity.json"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "unrecognized arguments: parity.json" in err, err
