@@ -231,8 +231,8 @@ def _from_checkpoint(spec: str, images: Sequence[str], mode: str | None) -> Iter
         import torch
     except ImportError as err:
         raise LTMPError(
-            f"{spec}: drawing from a checkpoint needs PyTorch (pip install torch timm); "
-            "an ONNX file exported with --decisions draws without it"
+            f"{spec}: a checkpoint draws only with the full toolkit, not on a field install; draw from an audit "
+            "log (predict --log-decisions) or an ONNX file exported with --decisions instead"
         ) from err
 
     from ltmp_deploy import load
