@@ -32,10 +32,19 @@ FULL_COMMANDS = frozenset({"patch", "export", "train-base", "learn", "calibrate"
 
 def cmd_patch(args: argparse.Namespace) -> int:
     from ltmp_deploy.ltmp.checkpoint import create_model, save_checkpoint
+    from ltmp_deploy.ltmp.data_config import PREPROCESSING
+    from ltmp_deploy.ltmp.labels import read_labels
 
-    _outputs_not_inputs([("-o", args.output)], [args.model, args.weights, args.reference_checkpoint])
-    kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
-    model = create_model(args.model, weights=args.weights, reference_checkpoint=args.reference_checkpoint, **kwargs)
+    _outputs_not_inputs([("-o", args.output)], [args.model, args.weights, args.reference_checkpoint, args.labels])
+    kwargs = {k: v for k, v in (("num_classes", args.num_classes), ("img_size", args.img_size)) if v is not None}
+    shown = {k: getattr(args, k) for k in PREPROCESSING if getattr(args, k) is not None}
+    model = create_model(
+        args.model, weights=args.weights, reference_checkpoint=args.reference_checkpoint, preprocessing=shown, **kwargs
+    )
+    if args.labels is not None:
+        model.ltmp.labels = read_labels(args.labels, int(model.num_classes))
+    if args.weights is None and args.reference_checkpoint is None:
+        print(f"warning: no --weights: {args.output} holds random weights (fine to try the toolkit)", file=sys.stderr)
     save_checkpoint(model, args.output)
     merge, prune = model.ltmp_thresholds()
     print(
@@ -370,6 +379,13 @@ def _parser_patch(add: Adder) -> None:
         type=positive_int,
         help="classifier size, when the weights have a different head than the timm default",
     )
+    p.add_argument("--img-size", type=positive_int, help="input size in pixels (default: the model's)")
+    p.add_argument("--mean", type=_number, nargs=3, metavar=("R", "G", "B"), help="normalisation mean")
+    p.add_argument("--std", type=positive_float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
+    p.add_argument("--crop-pct", type=positive_float, help="resize to size / crop-pct, then crop (1 = no crop)")
+    p.add_argument("--crop-mode", choices=("center", "squash", "border"), help="how the crop is taken")
+    p.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), help="resize interpolation")
+    p.add_argument("--labels", metavar="FILE", help="class names: one per line, or a JSON list, in class order")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint to write (.safetensors)")
 
 
