@@ -39,15 +39,29 @@ def evaluate(
     device: str | torch.device | None = None,
 ) -> tuple[float, float, TokenCounts | None]:
     """(accuracy, mean FLOPs ratio, per-image token counts) of the model in its current mode, on
-    ``device`` (see :func:`ltmp_deploy.ltmp.device.resolve_device`; the model moves there).
+    ``device`` (see :func:`ltmp_deploy.ltmp.device.resolve_device`), the model back where it was after.
 
     Only the counts are kept of each batch's decisions, so memory does not grow with the images
     beyond a few integers each; the counts are None in a mode that makes no decisions."""
     from ltmp_deploy.ltmp.device import resolve_device
+
+    where, home = resolve_device(device), next(model.parameters()).device
+    model.to(where).eval()
+    try:
+        correct, seen, ratios, merges, keeps = _run(model, data, batch_size, progress, where)
+    finally:
+        model.to(home)  # the caller's model stays where it was (export and saving expect it there)
+    warn_skipped(data)
+    counts = TokenCounts(np.concatenate(merges), np.concatenate(keeps)) if merges else None
+    return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), counts
+
+
+def _run(
+    model: LTMPVisionTransformer, data: Dataset, batch_size: int, progress: bool, where: torch.device
+) -> tuple[int, int, array.array, list[np.ndarray], list[np.ndarray]]:
+    """Counts of one pass over ``data`` on ``where``: correct, seen, FLOPs ratios, merges, keeps."""
     from ltmp_deploy.ltmp.flops import image_flops, schedule_flops
 
-    where = resolve_device(device)
-    model.to(where).eval()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     correct = seen = 0
     ratios = array.array("d")
@@ -67,6 +81,4 @@ def evaluate(
                 batch_merges, batch_keeps = per_image_counts([out.decisions])
                 merges.append(batch_merges)
                 keeps.append(batch_keeps)
-    warn_skipped(data)
-    counts = TokenCounts(np.concatenate(merges), np.concatenate(keeps)) if merges else None
-    return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), counts
+    return correct, seen, ratios, merges, keeps
