@@ -104,8 +104,8 @@ def validate(
 
     from ltmp_deploy.extras import FULL
     from ltmp_deploy.runtime.backends import require, resolve_backend
-    from ltmp_deploy.runtime.validate import open_target
-    from ltmp_deploy.runtime.validate import validate as validate_files
+    from ltmp_deploy.runtime.parity.validate import open_target
+    from ltmp_deploy.runtime.parity.validate import validate as validate_files
 
     listed = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     reference = against if against is not None else (listed[0] if len(listed) == 1 else None)
@@ -129,8 +129,8 @@ def build(onnx_path: PathLike, output: PathLike, *, preset: str = "datacenter", 
     """
     from dataclasses import fields
 
-    from ltmp_deploy.runtime.build import build as build_engine
-    from ltmp_deploy.runtime.plan import BuildOptions
+    from ltmp_deploy.runtime.trt.build import build as build_engine
+    from ltmp_deploy.runtime.trt.plan import BuildOptions
 
     names = {f.name for f in fields(BuildOptions)}
     try:

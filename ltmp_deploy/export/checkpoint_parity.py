@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any, Union
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.compare import (
+from ltmp_deploy.export.onnx_export import export_onnx
+from ltmp_deploy.export.reference import onnxruntime_target, sample_images, torch_target
+from ltmp_deploy.ltmp.checkpoint import read_metadata
+from ltmp_deploy.runtime.parity.compare import (
     DEFAULT_IMAGES,
     ParityReport,
     Target,
@@ -28,9 +31,6 @@ from ltmp_deploy.export.compare import (
     split_batches,
     whole_batches,
 )
-from ltmp_deploy.export.onnx_export import export_onnx
-from ltmp_deploy.export.reference import onnxruntime_target, sample_images, torch_target
-from ltmp_deploy.ltmp.checkpoint import read_metadata
 
 PathLike = Union[str, os.PathLike]
 

@@ -17,10 +17,10 @@ import numpy as np
 
 from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES, digits_arrays
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.compare import RANDOM_IMAGES, ParityReport, Target, random_images, run_parity
-from ltmp_deploy.export.metadata import check_graph_file, decode
 from ltmp_deploy.export.runner import LTMPTorchRunner
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
+from ltmp_deploy.runtime.metadata import check_graph_file, decode
+from ltmp_deploy.runtime.parity.compare import RANDOM_IMAGES, ParityReport, Target, random_images, run_parity
 
 
 def sample_images(meta: dict[str, Any], count: int) -> tuple[np.ndarray, str]:

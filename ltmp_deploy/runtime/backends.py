@@ -28,10 +28,10 @@ from typing import Any, Dict, Tuple, Union
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import check_graph_file, decode
 from ltmp_deploy.extras import FULL, ORT
 from ltmp_deploy.formats import FileKind, expect
-from ltmp_deploy.runtime.engine import batch_range, engine_runner, model_file_kind, quiet_polygraphy
+from ltmp_deploy.runtime.metadata import check_graph_file, decode
+from ltmp_deploy.runtime.trt.engine import batch_range, engine_runner, model_file_kind, quiet_polygraphy
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 KIND_BACKEND = {FileKind.ONNX: "onnxruntime", FileKind.ENGINE: "tensorrt", FileKind.TOOLKIT_CHECKPOINT: "torch"}

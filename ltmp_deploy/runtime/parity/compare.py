@@ -27,10 +27,10 @@ import numpy as np
 
 from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME
-from ltmp_deploy.export.tolerances import decisions_gated, gates
 from ltmp_deploy.extras import installed_versions
 from ltmp_deploy.files import ensure_writable, write_text_atomic
+from ltmp_deploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME
+from ltmp_deploy.runtime.parity.tolerances import decisions_gated, gates
 from ltmp_deploy.schemas import check
 
 DEFAULT_IMAGES = 16

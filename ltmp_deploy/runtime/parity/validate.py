@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.compare import (
+from ltmp_deploy.runtime.backends import OnnxruntimeBackend, Provider, TensorrtBackend, resolve_backend
+from ltmp_deploy.runtime.parity.compare import (
     DEFAULT_IMAGES,
     RANDOM_IMAGES,
     ParityReport,
@@ -34,7 +35,6 @@ from ltmp_deploy.export.compare import (
     split_batches,
     whole_batches,
 )
-from ltmp_deploy.runtime.backends import OnnxruntimeBackend, Provider, TensorrtBackend, resolve_backend
 from ltmp_deploy.runtime.preprocess import ImageLike, preprocess
 
 CHECKPOINT_REFERENCE = (

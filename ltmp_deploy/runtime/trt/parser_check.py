@@ -21,8 +21,8 @@ import onnx
 from onnx import TensorProto
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.onnxgraph import Graph, ModelLike, load, node_name
-from ltmp_deploy.export.trt_targets import TRT_TARGETS, at_least
+from ltmp_deploy.runtime.onnxgraph import Graph, ModelLike, load, node_name
+from ltmp_deploy.runtime.trt.targets import TRT_TARGETS, at_least
 
 _ORDER = list(TRT_TARGETS)  # oldest first; "an op supported from X" means X and every later target
 

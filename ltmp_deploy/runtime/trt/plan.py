@@ -36,14 +36,14 @@ from typing import Any, Union
 import onnx
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import read_metadata
-from ltmp_deploy.export.onnxgraph import dims, image_io, load
-from ltmp_deploy.export.quantize import has_qdq
-from ltmp_deploy.export.tolerances import PRECISIONS
-from ltmp_deploy.export.trt_check import check_model
-from ltmp_deploy.export.trt_targets import strongly_typed_only, trt_key
 from ltmp_deploy.files import ensure_writable, sha256
-from ltmp_deploy.runtime.presets import DLA_ONLY_ON, JETPACK, PRESETS, TRT_VERSIONS, Preset
+from ltmp_deploy.runtime.int8.quantize import has_qdq
+from ltmp_deploy.runtime.metadata import read_metadata
+from ltmp_deploy.runtime.onnxgraph import dims, image_io, load
+from ltmp_deploy.runtime.parity.tolerances import PRECISIONS
+from ltmp_deploy.runtime.trt.parser_check import check_model
+from ltmp_deploy.runtime.trt.presets import DLA_ONLY_ON, JETPACK, PRESETS, TRT_VERSIONS, Preset
+from ltmp_deploy.runtime.trt.targets import strongly_typed_only, trt_key
 
 MAX_OPT_LEVEL = 5
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.calibration_data import CalibrationLike, read_calibration_data
-from ltmp_deploy.export.metadata import INPUT_NAME
-from ltmp_deploy.export.quantize import quantize_int8
 from ltmp_deploy.files import atomic_output, ensure_writable
-from ltmp_deploy.runtime.engine import current_gpu, import_tensorrt, sidecar_path, tensorrt_version
-from ltmp_deploy.runtime.plan import BuildOptions, BuildPlan, GraphInfo, inspect_graph, plan_build
-from ltmp_deploy.runtime.trtexec import compose_sidecar, record_trtexec_build, sidecar_text, trtexec_command
+from ltmp_deploy.runtime.int8.calibration_data import CalibrationLike, read_calibration_data
+from ltmp_deploy.runtime.int8.quantize import quantize_int8
+from ltmp_deploy.runtime.metadata import INPUT_NAME
+from ltmp_deploy.runtime.trt.engine import current_gpu, import_tensorrt, sidecar_path, tensorrt_version
+from ltmp_deploy.runtime.trt.plan import BuildOptions, BuildPlan, GraphInfo, inspect_graph, plan_build
+from ltmp_deploy.runtime.trt.trtexec import compose_sidecar, record_trtexec_build, sidecar_text, trtexec_command
 
 NO_TENSORRT_ADVICE = (
     "build on the target device, print the equivalent trtexec command with `ltmp-deploy build ... --print-trtexec`, "

@@ -27,8 +27,8 @@ from typing import Union
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import INPUT_NAME
 from ltmp_deploy.files import atomic_output, ensure_writable_folder
+from ltmp_deploy.runtime.metadata import INPUT_NAME
 
 CalibrationLike = Union[np.ndarray, str, os.PathLike]
 FILES = {"npy": "calib.npy", "npz": "calib.npz", "polygraphy": "calib_polygraphy.json"}

@@ -21,7 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, load_onnx
+from ltmp_deploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, load_onnx
 
 ModelLike = Union[onnx.ModelProto, str, os.PathLike]
 Shape = tuple  # of Optional[int]: None for a dimension known only at run time

@@ -46,10 +46,10 @@ import numpy as np
 import onnx
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.calibration_data import METHODS, CalibrationLike, read_calibration_data
-from ltmp_deploy.export.metadata import INPUT_NAME, read_metadata, write_metadata
-from ltmp_deploy.export.onnxgraph import Graph, Shape, dims, image_io, load, node_name
 from ltmp_deploy.files import atomic_output, ensure_writable
+from ltmp_deploy.runtime.int8.calibration_data import METHODS, CalibrationLike, read_calibration_data
+from ltmp_deploy.runtime.metadata import INPUT_NAME, read_metadata, write_metadata
+from ltmp_deploy.runtime.onnxgraph import Graph, Shape, dims, image_io, load, node_name
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 DECISION_OPS = {"TopK", "NonZero", "ArgMax", "ArgMin", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}

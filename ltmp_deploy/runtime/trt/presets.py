@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ltmp_deploy.export.trt_targets import TRT_TARGETS
+from ltmp_deploy.runtime.trt.targets import TRT_TARGETS
 
 TRT_VERSIONS = tuple(TRT_TARGETS)
 JETPACK = (
