@@ -97,7 +97,7 @@ def validate(
 
     ``backend``/``providers``: how the files run (see :class:`~ltmp_deploy.runtime.session.Session`).
     ``mode``: the mode a checkpoint alone is exported and run in (default: its own). ``options``:
-    ``images``, ``batch``, ``json_path``. Returns the :class:`~ltmp_deploy.export.compare.ParityReport`;
+    ``images``, ``batch``, ``json_path``. Returns the :class:`~ltmp_deploy.runtime.parity.compare.ParityReport`;
     ``report.ok`` is the verdict.
     """
     from pathlib import Path
@@ -122,9 +122,9 @@ def validate(
 
 
 def build(onnx_path: PathLike, output: PathLike, *, preset: str = "datacenter", **options: Any) -> Any:
-    """A TensorRT engine and its sidecar for ``preset`` (needs TensorRT; see ``runtime.build.build``).
+    """A TensorRT engine and its sidecar for ``preset`` (needs TensorRT; see ``runtime.trt.build.build``).
 
-    ``options``: :class:`~ltmp_deploy.runtime.plan.BuildOptions` fields, plus ``calibration`` and
+    ``options``: :class:`~ltmp_deploy.runtime.trt.plan.BuildOptions` fields, plus ``calibration`` and
     ``calibration_method`` for INT8 and ``print_trtexec`` for the equivalent trtexec line only.
     """
     from dataclasses import fields

@@ -3,7 +3,7 @@
 ``torch-cpu`` and ``torch-cuda`` run the patched model eagerly (inference mode; on CUDA each call
 ends in a synchronize, so the clock covers the work). ``onnxruntime-cpu`` and ``onnxruntime-cuda``
 run the exported graphs (dynamic batch axis) with host inputs, as a service would feed them.
-``tensorrt`` builds an engine per graph with ``runtime.build`` (datacenter preset, the graph's
+``tensorrt`` builds an engine per graph with ``runtime.trt.build`` (datacenter preset, the graph's
 precision, a profile over the timed batch sizes) and runs it through the runtime's TensorRT
 backend, host to host. A backend this machine lacks is skipped with the reason.
 """

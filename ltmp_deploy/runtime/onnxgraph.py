@@ -2,7 +2,7 @@
 
 Producers and consumers of each tensor, which tensors are weights, the element types and shapes
 onnx's shape inference finds, the image input, and the value of a tensor that constants alone
-decide. The TensorRT parser check (``trt_check``) and the INT8 layer selection (``quantize``)
+decide. The TensorRT parser check (``trt.parser_check``) and the INT8 layer selection (``int8.quantize``)
 both read graphs through :class:`Graph`.
 
 Constant values are computed by onnx's own reference evaluator over the constant part of the

@@ -12,7 +12,7 @@ and read back from any of them by one reader.
   ``polygraphy run --load-inputs`` and ``polygraphy convert --int8 --data-loader``.
 
 :func:`read_calibration_data` takes any of the three (or an array) and is what
-``ltmp-deploy build --calibration`` and :func:`ltmp_deploy.export.quantize.quantize_int8` use.
+``ltmp-deploy build --calibration`` and :func:`ltmp_deploy.runtime.int8.quantize.quantize_int8` use.
 Torch-free: numpy, and Polygraphy for its JSON format.
 """
 

@@ -26,7 +26,7 @@ sure no float consumer reads a dequantized activation.
 
     result = quantize_int8("model.onnx", "model.int8.onnx", calibration="calib.npy")
 
-Calibration files are read by :func:`ltmp_deploy.export.calibration_data.read_calibration_data`
+Calibration files are read by :func:`ltmp_deploy.runtime.int8.calibration_data.read_calibration_data`
 (``.npy``, ``.npz`` or the Polygraphy JSON that ``ltmp-deploy calibrate --int8-calib`` writes).
 """
 

@@ -3,7 +3,7 @@
 Polygraphy's ``Comparator.run`` runs the reference and every other runner (PyTorch, ONNX Runtime,
 TensorRT: anything that keeps Polygraphy's runner contract) on one list of batches, and
 ``Comparator.compare_accuracy`` with Polygraphy's simple comparison judges the logits: their
-largest absolute difference against the precision's bound in :mod:`ltmp_deploy.export.tolerances`.
+largest absolute difference against the precision's bound in :mod:`ltmp_deploy.runtime.parity.tolerances`.
 On top come the checks Polygraphy has no notion of: top-1 agreement, and every block's token
 decisions (kept and merged indices) compared image by image, naming the first block where the
 two diverge. The verdict is one :class:`ParityReport`, with a readable summary and a JSON form.

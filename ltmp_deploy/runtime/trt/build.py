@@ -3,11 +3,11 @@
     engine = build_engine("model.onnx", "model.plan", preset="agx-orin", precision="fp16")
 
 :func:`build` is the whole ``ltmp-deploy build`` command: it reads the graph once, plans the
-build (:mod:`ltmp_deploy.runtime.plan`: refused combinations fail before any work), quantizes a
-float graph first when INT8 is asked (:func:`ltmp_deploy.export.quantize.quantize_int8`, into
+build (:mod:`ltmp_deploy.runtime.trt.plan`: refused combinations fail before any work), quantizes a
+float graph first when INT8 is asked (:func:`ltmp_deploy.runtime.int8.quantize.quantize_int8`, into
 ``ENGINE_STEM.int8.onnx``), then builds ``ENGINE`` and writes ``ENGINE.json`` with it, or only
-prints the equivalent ``trtexec`` line (:mod:`ltmp_deploy.runtime.trtexec`). Presets are in
-:mod:`ltmp_deploy.runtime.presets`.
+prints the equivalent ``trtexec`` line (:mod:`ltmp_deploy.runtime.trt.trtexec`). Presets are in
+:mod:`ltmp_deploy.runtime.trt.presets`.
 
 TensorRT and Polygraphy's TensorRT backend are imported inside the functions that build.
 """

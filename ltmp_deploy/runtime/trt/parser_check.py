@@ -3,7 +3,7 @@
 No TensorRT is needed: the rules below are a table of facts from onnx-tensorrt's
 ``docs/operators.md`` support matrix and ``docs/Changelog.md`` for each release, NVIDIA's
 TensorRT release notes, and the parser's importer source. The graph is read through
-:class:`ltmp_deploy.export.onnxgraph.Graph` (shapes, weights, constant values). Pure ``onnx`` +
+:class:`ltmp_deploy.runtime.onnxgraph.Graph` (shapes, weights, constant values). Pure ``onnx`` +
 ``numpy``; runs on Python 3.8 (JetPack 5.1), never imports torch.
 
     report = check_model("model.onnx", "8.5")

@@ -6,7 +6,7 @@ graph and the target TensorRT version.
 The preset gives the target TensorRT version, a workspace that fits the module's memory, DLA
 cores and batch profiles; the requested precision is matched with what the graph carries (an
 fp16 export, Q/DQ nodes for INT8) and with what the TensorRT version can do, and the graph is
-checked against that version's ONNX parser (:mod:`ltmp_deploy.export.trt_check`). Combinations
+checked against that version's ONNX parser (:mod:`ltmp_deploy.runtime.trt.parser_check`). Combinations
 that cannot work are refused with the reason.
 
 Precision, by TensorRT version:
@@ -284,7 +284,7 @@ def _check_precision(where: str, graph: GraphInfo, precision: str, trt: str) -> 
     if precision == "int8" and carried != "int8":
         raise LTMPError(
             f"{where}: --precision int8 needs Q/DQ nodes in the graph: pass --calibration FILE.npy "
-            "(the build quantizes first) or run ltmp_deploy.export.quantize.quantize_int8"
+            "(the build quantizes first) or run ltmp_deploy.runtime.int8.quantize.quantize_int8"
         )
     if carried in ("fp16", "bf16") and precision != carried:
         raise LTMPError(

@@ -2,7 +2,7 @@
 
 People who build on the device itself run the line :func:`trtexec_command` prints, then
 :func:`record_trtexec_build` writes the sidecar for that engine. ``ENGINE.json`` (next to
-``ENGINE``: :func:`ltmp_deploy.runtime.engine.sidecar_path`) holds how the engine was built and
+``ENGINE``: :func:`ltmp_deploy.runtime.trt.engine.sidecar_path`) holds how the engine was built and
 the graph's metadata; the runtime checks it before loading the engine. No TensorRT needed.
 """
 
