@@ -27,7 +27,7 @@ import onnx
 import torch
 
 from ltmp_deploy import __version__
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.export.reference import compare_with_torch, sample_images
 from ltmp_deploy.extras import ORT, missing
 from ltmp_deploy.files import atomic_output, ensure_writable
@@ -158,7 +158,7 @@ def _export(
                 do_constant_folding=True,
             )
     except Exception as err:  # noqa: BLE001  (the exporter raises many kinds)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise LTMPError(f"opset {opset}: the model cannot be exported ({first})") from err
     finally:
         if fp16:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ltmp_deploy import __version__
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.extras import installed_versions
 from ltmp_deploy.files import ensure_writable, write_text_atomic
 from ltmp_deploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME
@@ -362,7 +362,6 @@ def quiet_polygraphy(critical: bool = False) -> Iterator[None]:
 
 def _run(runners: list[Any], loader: list[dict[str, np.ndarray]]) -> Any:
     from polygraphy.comparator import Comparator
-    from polygraphy.exception import PolygraphyException
 
     try:
         with quiet_polygraphy():
@@ -370,8 +369,7 @@ def _run(runners: list[Any], loader: list[dict[str, np.ndarray]]) -> Any:
     except LTMPError:
         raise
     except Exception as err:  # noqa: BLE001  (PolygraphyException, or a backend's own error)
-        kind = "Polygraphy" if isinstance(err, PolygraphyException) else type(err).__name__
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else kind
+        reason = first_line(err, 300)
         names = ", ".join(r.name for r in runners)
         raise LTMPError(f"validate: inference failed in one of {names} ({reason})") from err
 

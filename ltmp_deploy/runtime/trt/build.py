@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.runtime.int8.calibration_data import CalibrationLike, read_calibration_data
 from ltmp_deploy.runtime.int8.quantize import quantize_int8
@@ -178,7 +178,7 @@ def _build(plan: BuildPlan, trt: Any) -> Any:
     except LTMPError:
         raise
     except (PolygraphyException, RuntimeError, TypeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise LTMPError(f"{plan.graph.path}: TensorRT {trt.__version__} could not build the engine ({first})") from exc
     if not engine:
         raise LTMPError(f"{plan.graph.path}: TensorRT {trt.__version__} returned no engine")
