@@ -271,7 +271,7 @@ def _check_topk(g: Graph, node: onnx.NodeProto, attrs: dict, target: str) -> lis
 def _check_scatter(op: str, attrs: dict, target: str) -> list[str]:
     reduction = attrs.get("reduction", b"none")
     reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
-    if reduction != "none" and target in ("8.5", "8.6"):
+    if reduction != "none" and not at_least(target, "10.3"):
         # IScatterLayer has no reduction (NVIDIA/TensorRT#2396); the 8.x importers ignore the
         # attribute, so the engine builds and overwrites instead of reducing (NVIDIA/TensorRT#3750,
         # onnx/onnx-tensorrt#957). ScatterElements reductions import from 10.0 EA, through the
@@ -283,7 +283,7 @@ def _check_scatter(op: str, attrs: dict, target: str) -> list[str]:
     if reduction != "none" and op == "ScatterND":
         # 10.x/11 importer: "ScatterND with reduction is not supported" (kUNSUPPORTED_NODE_ATTR).
         return [f"ScatterND reduction='{reduction}' is rejected by the TensorRT {target} parser"]
-    if op == "ScatterND" and "reduction" in attrs and target == "10.3":
+    if op == "ScatterND" and "reduction" in attrs and at_least(target, "10.3") and not at_least(target, "10.13"):
         # 10.0-10.8 assert the attribute is absent even when it is 'none' (error text
         # `!attrs.count("reduction")` in user reports); 10.9 "Fixed support for opset 18+ ScatterND".
         return [
