@@ -1,4 +1,4 @@
-"""trt_check: tiny hand-built graphs against each TensorRT target's parser rules."""
+"""The TensorRT parser check (runtime/trt/parser_check.py): tiny hand-built graphs against each target's rules."""
 
 from __future__ import annotations
 

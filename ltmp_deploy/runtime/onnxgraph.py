@@ -7,7 +7,8 @@ both read graphs through :class:`Graph`.
 
 Constant values are computed by onnx's own reference evaluator over the constant part of the
 graph (Polygraphy's ``fold_constants`` would need onnx-graphsurgeon, which the field install
-lacks). Pure onnx + numpy: no torch, no onnxslim.
+lacks). That part is found here: onnx's ``utils.Extractor`` walks the top-level graph only and
+cannot stand a static shape in for a Shape node. Pure onnx + numpy: no torch, no onnxslim.
 """
 
 from __future__ import annotations
