@@ -22,9 +22,9 @@ from ltmp_deploy import (
 )
 from ltmp_deploy.cli_field import cmd_inspect, cmd_predict, cmd_show
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import EXPORT_MODES
 from ltmp_deploy.extras import explain_missing, require_full
 from ltmp_deploy.runtime.inspection import format_values
+from ltmp_deploy.runtime.metadata import EXPORT_MODES
 
 # Commands that patch, train or export a PyTorch model: the full toolkit, not the field runtime.
 FULL_COMMANDS = frozenset({"patch", "export", "train-base", "learn", "calibrate", "demo", "bench", "report"})
@@ -81,15 +81,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if result.validation is not None:
         print(result.validation.summary())
     if args.triton_repo:
-        from ltmp_deploy.export.triton import write_triton_repo
+        from ltmp_deploy.runtime.triton import write_triton_repo
 
         print(write_triton_repo(result.path, args.triton_repo, max_batch_size=args.triton_max_batch).summary())
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ltmp_deploy.export.trt_check import check_model
-    from ltmp_deploy.runtime.plan import check_preset_mode
+    from ltmp_deploy.runtime.trt.parser_check import check_model
+    from ltmp_deploy.runtime.trt.plan import check_preset_mode
 
     targets = list(args.trt or [])
     if args.preset is not None:
@@ -167,9 +167,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ltmp_deploy import load
     from ltmp_deploy.calibration.calibrate import calibrate, parse_statistic
     from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, sample_batch, takes_digits
-    from ltmp_deploy.export.calibration_data import write_calibration_data
     from ltmp_deploy.files import ensure_writable, ensure_writable_folder
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+    from ltmp_deploy.runtime.int8.calibration_data import write_calibration_data
 
     ensure_writable(args.output)
     if args.int8_calib:
@@ -236,9 +236,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ltmp_deploy.runtime.build import build, quantized_path
-    from ltmp_deploy.runtime.engine import sidecar_path
-    from ltmp_deploy.runtime.plan import BuildOptions
+    from ltmp_deploy.runtime.trt.build import build, quantized_path
+    from ltmp_deploy.runtime.trt.engine import sidecar_path
+    from ltmp_deploy.runtime.trt.plan import BuildOptions
 
     written = [("-o", args.output), ("-o", sidecar_path(args.output)), ("-o", quantized_path(args.output))]
     _outputs_not_inputs(written, [args.onnx, args.calibration])
@@ -463,8 +463,8 @@ def _parser_check(add: Adder) -> None:
         "ltmp-deploy check fixed.onnx --preset xavier-nx",
     )
     p.add_argument("onnx", metavar="FILE.onnx")
-    from ltmp_deploy.export.trt_targets import TRT_TARGETS
-    from ltmp_deploy.runtime.presets import PRESETS
+    from ltmp_deploy.runtime.trt.presets import PRESETS
+    from ltmp_deploy.runtime.trt.targets import TRT_TARGETS
 
     p.add_argument(
         "--preset",
@@ -947,9 +947,9 @@ def _parser_validate(add: Adder) -> None:
 
 
 def _parser_build(add: Adder) -> None:
-    from ltmp_deploy.export.calibration_data import METHODS
-    from ltmp_deploy.export.tolerances import PRECISIONS
-    from ltmp_deploy.runtime.presets import PRESETS, TRT_VERSIONS
+    from ltmp_deploy.runtime.int8.calibration_data import METHODS
+    from ltmp_deploy.runtime.parity.tolerances import PRECISIONS
+    from ltmp_deploy.runtime.trt.presets import PRESETS, TRT_VERSIONS
 
     p = add(
         "build",

@@ -138,7 +138,7 @@ def _show_kind(source: str) -> str:
     """What ``source`` is, from its content: "log", "runtime" (an exported graph or engine) or "checkpoint"."""
     from ltmp_deploy.formats import FileKind
     from ltmp_deploy.runtime.audit import is_audit_log
-    from ltmp_deploy.runtime.engine import model_file_kind
+    from ltmp_deploy.runtime.trt.engine import model_file_kind
 
     path = Path(source)
     if not path.is_file():

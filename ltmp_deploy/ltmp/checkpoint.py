@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ltmp_deploy import __version__
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output
 from ltmp_deploy.formats import (
     CHECKPOINT_FORMAT,
@@ -121,7 +121,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         with path.open("rb") as f:
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (torch.load raises many kinds for a bad file)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise LTMPError(f"{path}: not a readable checkpoint, it may be truncated or corrupt ({reason})") from err
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

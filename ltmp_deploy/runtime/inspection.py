@@ -27,7 +27,7 @@ from ltmp_deploy.formats import (
     expect,
     safetensors_header,
 )
-from ltmp_deploy.runtime.engine import model_file_kind, read_sidecar, sidecar_path
+from ltmp_deploy.runtime.trt.engine import model_file_kind, read_sidecar, sidecar_path
 
 
 def file_kind(path: str | os.PathLike) -> str:
@@ -86,8 +86,8 @@ def _values(values: Any) -> list[dict[str, Any]]:
 
 
 def _graph(path: Path) -> dict[str, Any]:
-    from ltmp_deploy.export.metadata import load_onnx
-    from ltmp_deploy.runtime.build import inspect_graph
+    from ltmp_deploy.runtime.metadata import load_onnx
+    from ltmp_deploy.runtime.trt.build import inspect_graph
 
     info = inspect_graph(path)  # the builder's reading: metadata, hash and the precision the graph carries
     graph = load_onnx(path)
