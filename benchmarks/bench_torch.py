@@ -60,6 +60,7 @@ import timm
 import torch
 
 from ltmp_deploy.calibration.thresholds import thresholds_for_flops
+from ltmp_deploy.errors import first_line
 from ltmp_deploy.files import ensure_writable, write_text_atomic
 from ltmp_deploy.ltmp.flops import image_flops, padded_flops_ratio, schedule_flops, schedule_for_flops
 from ltmp_deploy.ltmp.patch import apply_patch
@@ -193,7 +194,7 @@ def compiled_calls(
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:  # one variant failing to compile never stops the run
-            first = str(exc).splitlines()[0] if str(exc) else ""
+            first = first_line(exc)
             note(
                 f"torch.compile failed for {name} at batch {batch} (not tried again for this model and dtype): "
                 f"{type(exc).__name__}: {first}"[:300]
@@ -214,7 +215,7 @@ def graphed_calls(
         try:
             calls[name + GRAPHED] = graphed_call(model, mode, schedule, x)
         except Exception as exc:  # threshold mode cannot be captured: its token counts are read back
-            first = str(exc).splitlines()[0] if str(exc) else ""
+            first = first_line(exc)
             note(f"CUDA graph capture failed for {name} at batch {x.shape[0]}: {type(exc).__name__}: {first}"[:300])
     return calls
 

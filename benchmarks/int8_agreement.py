@@ -24,10 +24,10 @@ from ltmp_deploy.data.datasets import sample_batch
 from ltmp_deploy.data.digits import DigitsDataset
 from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
 from ltmp_deploy.export.onnx_export import export_onnx
-from ltmp_deploy.export.quantize import quantize_int8
-from ltmp_deploy.export.tolerances import gates
 from ltmp_deploy.ltmp.checkpoint import create_model
 from ltmp_deploy.ltmp.flops import schedule_for_flops
+from ltmp_deploy.runtime.int8.quantize import quantize_int8
+from ltmp_deploy.runtime.parity.tolerances import gates
 
 TARGET = 0.5
 CALIBRATION_IMAGES = 64
@@ -68,7 +68,7 @@ def main() -> None:
                 f"{(ref.argmax(1) == labels).mean():.4f} | {(got.argmax(1) == labels).mean():.4f} | "
                 f"{np.abs(ref - got).max():.3f} |"
             )
-    print(f"base model: {base.name}; INT8 gate (ltmp_deploy.export.tolerances): {gates('int8')}")
+    print(f"base model: {base.name}; INT8 gate (ltmp_deploy.runtime.parity.tolerances): {gates('int8')}")
     print("| mode | test images | top-1 agreement | disagreeing | fp32 accuracy | int8 accuracy | max abs logit diff |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))

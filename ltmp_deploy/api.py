@@ -97,15 +97,15 @@ def validate(
 
     ``backend``/``providers``: how the files run (see :class:`~ltmp_deploy.runtime.session.Session`).
     ``mode``: the mode a checkpoint alone is exported and run in (default: its own). ``options``:
-    ``images``, ``batch``, ``json_path``. Returns the :class:`~ltmp_deploy.export.compare.ParityReport`;
+    ``images``, ``batch``, ``json_path``. Returns the :class:`~ltmp_deploy.runtime.parity.compare.ParityReport`;
     ``report.ok`` is the verdict.
     """
     from pathlib import Path
 
     from ltmp_deploy.extras import FULL
     from ltmp_deploy.runtime.backends import require, resolve_backend
-    from ltmp_deploy.runtime.validate import open_target
-    from ltmp_deploy.runtime.validate import validate as validate_files
+    from ltmp_deploy.runtime.parity.validate import open_target
+    from ltmp_deploy.runtime.parity.validate import validate as validate_files
 
     listed = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     reference = against if against is not None else (listed[0] if len(listed) == 1 else None)
@@ -122,15 +122,15 @@ def validate(
 
 
 def build(onnx_path: PathLike, output: PathLike, *, preset: str = "datacenter", **options: Any) -> Any:
-    """A TensorRT engine and its sidecar for ``preset`` (needs TensorRT; see ``runtime.build.build``).
+    """A TensorRT engine and its sidecar for ``preset`` (needs TensorRT; see ``runtime.trt.build.build``).
 
-    ``options``: :class:`~ltmp_deploy.runtime.plan.BuildOptions` fields, plus ``calibration`` and
+    ``options``: :class:`~ltmp_deploy.runtime.trt.plan.BuildOptions` fields, plus ``calibration`` and
     ``calibration_method`` for INT8 and ``print_trtexec`` for the equivalent trtexec line only.
     """
     from dataclasses import fields
 
-    from ltmp_deploy.runtime.build import build as build_engine
-    from ltmp_deploy.runtime.plan import BuildOptions
+    from ltmp_deploy.runtime.trt.build import build as build_engine
+    from ltmp_deploy.runtime.trt.plan import BuildOptions
 
     names = {f.name for f in fields(BuildOptions)}
     try:

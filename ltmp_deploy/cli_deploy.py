@@ -8,9 +8,9 @@ import sys
 from collections.abc import Callable
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import EXPORT_MODES
 from ltmp_deploy.files import refuse_overwriting_inputs
 from ltmp_deploy.options import add_options, from_args, positive_int
+from ltmp_deploy.runtime.metadata import EXPORT_MODES
 
 # -- export ---------------------------------------------------------------------------------------
 
@@ -103,7 +103,7 @@ def run_export(args: argparse.Namespace) -> int:
     if result.validation is not None:
         print(result.validation.summary())
     if args.triton_repo:
-        from ltmp_deploy.export.triton import write_triton_repo
+        from ltmp_deploy.runtime.triton import write_triton_repo
 
         print(write_triton_repo(result.path, args.triton_repo, max_batch_size=args.triton_max_batch).summary())
     return 0
@@ -113,8 +113,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def add_check(add: Callable[..., argparse.ArgumentParser]) -> None:
-    from ltmp_deploy.export.trt_targets import TRT_TARGETS
-    from ltmp_deploy.runtime.presets import PRESETS
+    from ltmp_deploy.runtime.trt.presets import PRESETS
+    from ltmp_deploy.runtime.trt.targets import TRT_TARGETS
 
     p = add(
         "check",
@@ -140,8 +140,8 @@ def add_check(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from ltmp_deploy.export.trt_check import check_model
-    from ltmp_deploy.runtime.plan import check_preset_mode
+    from ltmp_deploy.runtime.trt.parser_check import check_model
+    from ltmp_deploy.runtime.trt.plan import check_preset_mode
 
     targets = list(args.trt or [])
     if args.preset is not None:
@@ -233,8 +233,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def add_build(add: Callable[..., argparse.ArgumentParser]) -> None:
-    from ltmp_deploy.export.calibration_data import METHODS
-    from ltmp_deploy.runtime.build_options import BuildOptions
+    from ltmp_deploy.runtime.int8.calibration_data import METHODS
+    from ltmp_deploy.runtime.trt.build_options import BuildOptions
 
     p = add(
         "build",
@@ -277,9 +277,9 @@ def add_build(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from ltmp_deploy.runtime.build import build, quantized_path
-    from ltmp_deploy.runtime.build_options import BuildOptions
-    from ltmp_deploy.runtime.engine import sidecar_path
+    from ltmp_deploy.runtime.trt.build import build, quantized_path
+    from ltmp_deploy.runtime.trt.build_options import BuildOptions
+    from ltmp_deploy.runtime.trt.engine import sidecar_path
 
     written = [("-o", args.output), ("-o", sidecar_path(args.output)), ("-o", quantized_path(args.output))]
     refuse_overwriting_inputs(written, [args.onnx, args.calibration])

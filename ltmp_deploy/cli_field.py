@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ltmp_deploy.export.metadata import EXPORT_MODES
 from ltmp_deploy.options import positive_int
+from ltmp_deploy.runtime.metadata import EXPORT_MODES
 
 # -- predict --------------------------------------------------------------------------------------
 

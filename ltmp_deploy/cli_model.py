@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 
 from ltmp_deploy.calibration.learn_config import LearnConfig
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import refuse_overwriting_inputs
-from ltmp_deploy.options import add_options, fraction, from_args, non_negative_int, positive_int
+from ltmp_deploy.options import (
+    add_options,
+    finite_float,
+    fraction,
+    from_args,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 # -- patch ----------------------------------------------------------------------------------------
 
@@ -38,15 +47,32 @@ def add_patch(add: Callable[..., argparse.ArgumentParser]) -> None:
         type=positive_int,
         help="classifier size, when the weights have a different head than the timm default",
     )
+    p.add_argument("--img-size", type=positive_int, help="input size in pixels (default: the model's)")
+    p.add_argument("--mean", type=finite_float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean")
+    p.add_argument("--std", type=positive_float, nargs=3, metavar=("R", "G", "B"), help="normalisation std")
+    p.add_argument("--crop-pct", type=positive_float, help="resize to size / crop-pct, then crop (1 = no crop)")
+    p.add_argument("--crop-mode", choices=("center", "squash", "border"), help="how the crop is taken")
+    p.add_argument("--interpolation", choices=("bilinear", "bicubic", "nearest"), help="resize interpolation")
+    p.add_argument("--labels", metavar="FILE", help="class names: one per line, or a JSON list, in class order")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint to write (.safetensors)")
 
 
 def run_patch(args: argparse.Namespace) -> int:
     from ltmp_deploy.ltmp.checkpoint import create_model, save_checkpoint
+    from ltmp_deploy.ltmp.data_config import PREPROCESSING
+    from ltmp_deploy.ltmp.labels import read_labels
 
-    refuse_overwriting_inputs([("-o", args.output)], [args.model, args.weights, args.reference_checkpoint])
-    kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
-    model = create_model(args.model, weights=args.weights, reference_checkpoint=args.reference_checkpoint, **kwargs)
+    inputs = [args.model, args.weights, args.reference_checkpoint, args.labels]
+    refuse_overwriting_inputs([("-o", args.output)], inputs)
+    kwargs = {k: v for k, v in (("num_classes", args.num_classes), ("img_size", args.img_size)) if v is not None}
+    shown = {k: getattr(args, k) for k in PREPROCESSING if getattr(args, k) is not None}
+    model = create_model(
+        args.model, weights=args.weights, reference_checkpoint=args.reference_checkpoint, preprocessing=shown, **kwargs
+    )
+    if args.labels is not None:
+        model.ltmp.labels = read_labels(args.labels, int(model.num_classes))
+    if args.weights is None and args.reference_checkpoint is None:
+        print(f"warning: no --weights: {args.output} holds random weights (fine to try the toolkit)", file=sys.stderr)
     save_checkpoint(model, args.output)
     print(f"wrote {args.output}: {len(model.blocks)} LTMP blocks, {_thresholds(model, ', ')}")
     return 0
@@ -190,9 +216,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ltmp_deploy import calibrate, load
     from ltmp_deploy.calibration.calibrate import parse_statistic
     from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, sample_batch, takes_digits
-    from ltmp_deploy.export.calibration_data import write_calibration_data
     from ltmp_deploy.files import ensure_writable, ensure_writable_folder
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+    from ltmp_deploy.runtime.int8.calibration_data import write_calibration_data
 
     ensure_writable(args.output)
     if args.int8_calib:

@@ -178,7 +178,7 @@ def _export(model: LTMPVisionTransformer, schedule: Schedule, report: DemoReport
 
 def _check_tensorrt(report: DemoReport) -> None:
     """Step 5: whether each TensorRT target's ONNX parser takes the two LTMP graphs."""
-    from ltmp_deploy.export.trt_check import TRT_TARGETS, check_model
+    from ltmp_deploy.runtime.trt.parser_check import TRT_TARGETS, check_model
 
     _say("5/6 TensorRT ONNX-parser check per target")
     print(f"{'graph':<12}" + "".join(f"{t:>7}" for t in TRT_TARGETS))

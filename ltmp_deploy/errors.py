@@ -3,6 +3,8 @@
 The CLI prints its message as one line and exits non-zero; library callers catch it.
 """
 
+from __future__ import annotations
+
 
 class LTMPError(Exception):
     """A user-facing error: the message names the file or option and says what is wrong."""
@@ -12,7 +14,9 @@ class UnsupportedModelError(LTMPError):
     """The model cannot be patched with LTMP (wrong family or an unknown block type)."""
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type when it has none), for one-line errors."""
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line errors;
+    at most ``limit`` characters when given (a library's message can be a whole page)."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if limit is None else line[:limit]

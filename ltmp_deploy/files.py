@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 
 
 def ensure_writable(path: str | os.PathLike) -> Path:
@@ -141,4 +141,4 @@ def read_json(path: str | os.PathLike, what: str) -> object:
     except FileNotFoundError:
         raise LTMPError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise LTMPError(f"{path}: not {what} (not readable JSON: {str(err).splitlines()[0]})") from None
+        raise LTMPError(f"{path}: not {what} (not readable JSON: {first_line(err)})") from None

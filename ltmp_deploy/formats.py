@@ -31,7 +31,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 
 CHECKPOINT_METADATA_KEY = "ltmp_deploy"
 CHECKPOINT_FORMAT = "ltmp-deploy-checkpoint"  # the "format" entry of that metadata
@@ -227,7 +227,7 @@ def _safetensors_header(f: BinaryIO, size: int, head: bytes = b"") -> tuple[dict
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
-        return None, f"its header is not valid JSON: {str(err).splitlines()[0]}"
+        return None, f"its header is not valid JSON: {first_line(err)}"
     if not isinstance(header, dict):
         return None, "its header is not a JSON object"
     return header, ""

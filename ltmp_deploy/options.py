@@ -117,7 +117,8 @@ positive_int = _whole(1)
 non_negative_int = _whole(0)
 
 
-def _number(text: str) -> float:
+def finite_float(text: str) -> float:
+    """Any finite number."""
     try:
         value = float(text)
     except ValueError:
@@ -129,21 +130,21 @@ def _number(text: str) -> float:
 
 def fraction(text: str) -> float:
     """A fraction of FLOPs kept, in (0, 1]."""
-    value = _number(text)
+    value = finite_float(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text}: a fraction of FLOPs kept lies in (0, 1]")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = _number(text)
+    value = finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = _number(text)
+    value = finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
     return value
@@ -152,6 +153,7 @@ def non_negative_float(text: str) -> float:
 __all__ = [
     "add_options",
     "command_line",
+    "finite_float",
     "fraction",
     "from_args",
     "non_negative_float",

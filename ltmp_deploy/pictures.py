@@ -65,7 +65,7 @@ def source_kind(source: str) -> str:
     """What ``source`` is, from its content: "log", "runtime" (an exported graph or engine) or "checkpoint"."""
     from ltmp_deploy.formats import FileKind
     from ltmp_deploy.runtime.audit import is_audit_log
-    from ltmp_deploy.runtime.engine import model_file_kind
+    from ltmp_deploy.runtime.trt.engine import model_file_kind
 
     path = Path(source)
     if not path.is_file():
@@ -181,8 +181,8 @@ def checkpoint_pictures(spec: str, images: Sequence[str], mode: str | None) -> I
         import torch
     except ImportError as err:
         raise LTMPError(
-            f"{spec}: drawing from a checkpoint needs PyTorch (pip install torch timm); "
-            "an ONNX file exported with --decisions draws without it"
+            f"{spec}: a checkpoint draws only with the full toolkit, not on a field install; draw from an audit "
+            "log (predict --log-decisions) or an ONNX file exported with --decisions instead"
         ) from err
 
     from ltmp_deploy import load

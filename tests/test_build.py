@@ -21,13 +21,13 @@ from conftest import one_torch_thread, tiny_ltmp
 
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.trt_check import check_model
-from ltmp_deploy.export.trt_targets import TRT_TARGETS, normalize_trt_version, strongly_typed_only, trt_key
-from ltmp_deploy.runtime import presets
-from ltmp_deploy.runtime.build import build_engine
-from ltmp_deploy.runtime.engine import read_sidecar, tensorrt_version
-from ltmp_deploy.runtime.plan import BuildOptions, plan_build
-from ltmp_deploy.runtime.trtexec import compose_sidecar, record_trtexec_build, trtexec_command
+from ltmp_deploy.runtime.trt import presets
+from ltmp_deploy.runtime.trt.build import build_engine
+from ltmp_deploy.runtime.trt.engine import read_sidecar, tensorrt_version
+from ltmp_deploy.runtime.trt.parser_check import check_model
+from ltmp_deploy.runtime.trt.plan import BuildOptions, plan_build
+from ltmp_deploy.runtime.trt.targets import TRT_TARGETS, normalize_trt_version, strongly_typed_only, trt_key
+from ltmp_deploy.runtime.trt.trtexec import compose_sidecar, record_trtexec_build, trtexec_command
 
 # Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ HAVE_TRT = tensorrt_version() is not None
 def graphs(tmp_path_factory):
     """fixed (dynamic batch), threshold, fixed with batch 2, fp16 fixed, and a Q/DQ fixed graph."""
     from ltmp_deploy.export.onnx_export import export_onnx
-    from ltmp_deploy.export.quantize import quantize_int8
+    from ltmp_deploy.runtime.int8.quantize import quantize_int8
 
     folder = tmp_path_factory.mktemp("graphs")
     with one_torch_thread():  # much faster than two threads contending on 2 cores
@@ -401,7 +401,7 @@ def test_sidecar_carries_version_gpu_profile_schedule_hash_metadata_and_trtexec(
 
     import onnx
 
-    from ltmp_deploy.export.metadata import read_metadata
+    from ltmp_deploy.runtime.metadata import read_metadata
 
     p = plan(graphs["fixed"], preset="agx-orin", precision="fp16", opt_batch=2, max_batch=8)
     engine = tmp_path / "m.plan"
@@ -476,7 +476,7 @@ def test_cli_int8_quantizes_first_then_prints_the_line_for_the_qdq_graph(graphs,
 
 
 def test_cli_int8_reads_the_polygraphy_json_that_calibrate_writes(graphs, tmp_path, capsys):
-    from ltmp_deploy.export.calibration_data import write_calibration_data
+    from ltmp_deploy.runtime.int8.calibration_data import write_calibration_data
 
     images = np.random.default_rng(2).standard_normal((12, 3, 32, 32)).astype(np.float32)
     feeds = write_calibration_data(images, tmp_path / "calib", batch_size=4)["polygraphy"]
@@ -499,7 +499,7 @@ def test_cli_int8_reads_the_polygraphy_json_that_calibrate_writes(graphs, tmp_pa
     assert rc == 0 and f"--onnx={tmp_path / 'e.int8.onnx'}" in out
     import onnx
 
-    from ltmp_deploy.export.metadata import read_metadata
+    from ltmp_deploy.runtime.metadata import read_metadata
 
     assert read_metadata(onnx.load(str(tmp_path / "e.int8.onnx")))["quantization"]["calibration_images"] == 12
 

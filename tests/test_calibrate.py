@@ -10,9 +10,9 @@ from torch.utils.data import TensorDataset
 from ltmp_deploy.calibration.calibrate import calibrate, parse_statistic, schedule_from_counts, tome_schedule
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.calibration_data import read_calibration_data, write_calibration_data
 from ltmp_deploy.ltmp.checkpoint import create_model, load_checkpoint, save_checkpoint
 from ltmp_deploy.ltmp.flops import schedule_flops
+from ltmp_deploy.runtime.int8.calibration_data import read_calibration_data, write_calibration_data
 
 
 def reducing_model():

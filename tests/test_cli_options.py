@@ -111,7 +111,10 @@ def test_the_missing_schedule_advice_names_a_command_and_options_that_exist():
 
 # -- options declared once, on the config dataclasses ------------------------------------------------
 
-CONFIGS = {"bench": "ltmp_deploy.bench.config:BenchConfig", "build": "ltmp_deploy.runtime.build_options:BuildOptions"}
+CONFIGS = {
+    "bench": "ltmp_deploy.bench.config:BenchConfig",
+    "build": "ltmp_deploy.runtime.trt.build_options:BuildOptions",
+}
 CONFIGS["learn"] = "ltmp_deploy.calibration.learn_config:LearnConfig"
 
 

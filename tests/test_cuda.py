@@ -69,3 +69,23 @@ def test_thresholds_learn_on_cuda():
     ]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def _digits_like(n: int = 24):
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(5)
+    return TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 5, (n,), generator=g))
+
+
+def test_evaluate_and_calibrate_on_cuda_take_the_cpu_counts_and_schedule():
+    from ltmp_deploy.calibration.calibrate import calibrate
+    from ltmp_deploy.calibration.evaluate import evaluate
+
+    cpu = evaluate(tiny_ltmp("threshold"), _digits_like(), batch_size=8, device="cpu")
+    gpu = evaluate(tiny_ltmp("threshold"), _digits_like(), batch_size=8, device="cuda")
+    assert abs(cpu[0] - gpu[0]) <= 1 / 24 and abs(cpu[1] - gpu[1]) <= 1e-3
+    np.testing.assert_array_equal(cpu[2].keeps, gpu[2].keeps)
+    on_cpu = calibrate(tiny_ltmp("threshold"), _digits_like(), progress=False, device="cpu")
+    on_gpu = calibrate(tiny_ltmp("threshold"), _digits_like(), progress=False, device="cuda")
+    assert on_cpu.schedule == on_gpu.schedule

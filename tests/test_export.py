@@ -8,13 +8,13 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from ltmp_deploy.cli import main
-from ltmp_deploy.export.metadata import decision_output_names, read_metadata
 from ltmp_deploy.export.onnx_export import export_onnx
 from ltmp_deploy.export.reference import compare_with_torch
-from ltmp_deploy.export.trt_check import check_model
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 from ltmp_deploy.ltmp.flops import schedule_for_flops
 from ltmp_deploy.ltmp.patch import apply_patch
+from ltmp_deploy.runtime.metadata import decision_output_names, read_metadata
+from ltmp_deploy.runtime.trt.parser_check import check_model
 
 # Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow
@@ -103,7 +103,7 @@ def test_tensorrt_targets_of_each_mode(tmp_path):
 def test_every_fixed_mode_export_is_clean_for_every_tensorrt_target(tmp_path, model):
     from conftest import one_torch_thread, tiny_ltmp
 
-    from ltmp_deploy.export.trt_check import TRT_TARGETS
+    from ltmp_deploy.runtime.trt.parser_check import TRT_TARGETS
 
     with one_torch_thread():
         fixed = tiny_ltmp("fixed") if model == "tiny" else deit_tiny_shaped("fixed")
@@ -131,7 +131,7 @@ def test_metadata_round_trip(tmp_path):
     assert 0.45 < meta["block_macs"]["patched"] / meta["block_macs"]["unpatched"] < 0.55
     # ONNX Runtime hands the runtime the same map, no onnx package needed.
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    from ltmp_deploy.export.metadata import decode
+    from ltmp_deploy.runtime.metadata import decode
 
     assert decode(session.get_modelmeta().custom_metadata_map) == meta
 

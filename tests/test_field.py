@@ -138,7 +138,7 @@ def test_audit_log_of_a_pinned_batch_file_has_every_image_and_pytorchs_decisions
 
 
 def with_labels(onnx_path, tmp_path):
-    from ltmp_deploy.export.metadata import load_onnx, read_metadata, write_metadata
+    from ltmp_deploy.runtime.metadata import load_onnx, read_metadata, write_metadata
 
     graph = load_onnx(onnx_path)
     write_metadata(graph, {**read_metadata(graph), "labels": ["ant", "bee", "cat", "dog", "eel"]})
@@ -241,7 +241,7 @@ def test_inspect_a_checkpoint_from_its_header(capsys):
 
 
 def test_inspect_an_onnx_file_and_an_engine_sidecar(tmp_path, capsys):
-    from ltmp_deploy.runtime import build as b
+    from ltmp_deploy.runtime.trt import build as b
 
     files = exported("fixed", batch=2)
     assert main(["inspect", str(files.onnx), "--json"]) == 0

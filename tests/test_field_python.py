@@ -29,6 +29,11 @@ def _module_file(name: str) -> Path | None:
     return found if found.exists() else None
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def _imported(tree: ast.Module, top_only: bool) -> list[str]:
     """Absolute imports in ``tree`` (``from a import b`` gives both ``a`` and ``a.b``)."""
     names = []
@@ -43,7 +48,7 @@ def _imported(tree: ast.Module, top_only: bool) -> list[str]:
 def field_modules() -> list[Path]:
     """Every ltmp_deploy module the field side can import, following imports inside functions too
     and stopping at modules that import the toolkit (torch and friends) at their top."""
-    runtime = [f"ltmp_deploy.runtime.{p.stem}" for p in (REPO / "ltmp_deploy" / "runtime").glob("*.py")]
+    runtime = [_module_name(p) for p in (REPO / "ltmp_deploy" / "runtime").rglob("*.py")]
     todo, seen, files = [*FIELD_ROOTS, *runtime], set(), set()
     while todo:
         name = todo.pop()
@@ -115,7 +120,11 @@ def generics_evaluated_at_run_time(path: Path) -> list[str]:
 
 def test_the_field_side_is_what_the_runtime_and_the_cli_import_without_the_toolkit():
     names = {str(p.relative_to(REPO)) for p in field_modules()}
-    for expected in ("ltmp_deploy/runtime/session.py", "ltmp_deploy/formats.py", "ltmp_deploy/export/trt_check.py"):
+    for expected in (
+        "ltmp_deploy/runtime/session.py",
+        "ltmp_deploy/formats.py",
+        "ltmp_deploy/runtime/trt/parser_check.py",
+    ):
         assert expected in names
     assert "ltmp_deploy/ltmp/checkpoint.py" not in names  # imports torch: the toolkit's
 

@@ -66,7 +66,7 @@ class GoodFiles(dict):
 
     def __missing__(self, kind: str) -> Path:
         if kind.startswith("calibration-"):
-            from ltmp_deploy.export.calibration_data import write_calibration_data
+            from ltmp_deploy.runtime.int8.calibration_data import write_calibration_data
 
             images = self.rng.standard_normal((4, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
             self.update({f"calibration-{k}": v for k, v in write_calibration_data(images, self.root).items()})
@@ -260,7 +260,7 @@ def _report_api(f: dict[str, Path], out: Path) -> object:
 
 
 def _check_api(f: dict[str, Path], out: Path) -> object:
-    from ltmp_deploy.export.trt_check import check_model
+    from ltmp_deploy.runtime.trt.parser_check import check_model
 
     return check_model(f["onnx"], "10.3")
 
@@ -514,7 +514,7 @@ def test_the_front_door_session_refuses_broken_graphs(good, tmp_path):
 
 
 def test_build_without_tensorrt_says_so_in_one_line(good, tmp_path, capsys):
-    from ltmp_deploy.runtime.engine import tensorrt_version
+    from ltmp_deploy.runtime.trt.engine import tensorrt_version
 
     if tensorrt_version() is not None:
         pytest.skip("TensorRT is installed here: build gets past this point")
@@ -655,7 +655,7 @@ def _write_audit(path: Path, doc: object, how: dict) -> None:
 def _read_graph_meta(path: Path) -> object:
     import onnx
 
-    from ltmp_deploy.export.metadata import read_metadata
+    from ltmp_deploy.runtime.metadata import read_metadata
 
     return read_metadata(onnx.load(str(path), load_external_data=False))
 

@@ -18,11 +18,11 @@ from conftest import one_torch_thread
 from timm.models.vision_transformer import VisionTransformer
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.calibration_data import read_calibration_data
-from ltmp_deploy.export.metadata import read_metadata
-from ltmp_deploy.export.quantize import has_qdq, quantize_int8, select_layers
-from ltmp_deploy.export.tolerances import gates
-from ltmp_deploy.export.trt_check import check_model
+from ltmp_deploy.runtime.int8.calibration_data import read_calibration_data
+from ltmp_deploy.runtime.int8.quantize import has_qdq, quantize_int8, select_layers
+from ltmp_deploy.runtime.metadata import read_metadata
+from ltmp_deploy.runtime.parity.tolerances import gates
+from ltmp_deploy.runtime.trt.parser_check import check_model
 
 # Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow

@@ -18,8 +18,8 @@ from runtime_models import exported, one_torch_thread
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.formats import ENGINE_MAGIC
 from ltmp_deploy.runtime import Session
-from ltmp_deploy.runtime.engine import check_compatible, read_sidecar
 from ltmp_deploy.runtime.session import topk
+from ltmp_deploy.runtime.trt.engine import check_compatible, read_sidecar
 
 REPO = Path(__file__).resolve().parents[1]
 NO_TENSORRT = "TensorRT is not installed here (pip's tensorrt is a stub that downloads from NVIDIA)"
@@ -275,7 +275,7 @@ def test_runtime_runs_an_onnx_file_end_to_end_without_torch_or_timm(tmp_path):
         import numpy as np
         import ltmp_deploy.runtime
         from ltmp_deploy.runtime import Session
-        import ltmp_deploy.runtime.session, ltmp_deploy.runtime.validate
+        import ltmp_deploy.runtime.session, ltmp_deploy.runtime.parity.validate
         from ltmp_deploy.errors import LTMPError
 
         s = Session({str(files.onnx)!r})
@@ -283,7 +283,9 @@ def test_runtime_runs_an_onnx_file_end_to_end_without_torch_or_timm(tmp_path):
         assert np.abs(got.logits - np.load({str(tmp_path / "expected.npy")!r})).max() <= 1e-6
         assert got.decisions is not None and len(got.decisions) == 3
         # parity on a device without torch: the graph against itself through Polygraphy's runners
-        report = ltmp_deploy.runtime.validate.validate([{str(files.onnx)!r}], against={str(files.onnx)!r}, images=4)
+        report = ltmp_deploy.runtime.parity.validate.validate(
+            [{str(files.onnx)!r}], against={str(files.onnx)!r}, images=4
+        )
         assert report.ok, report.summary()
         try:
             Session({str(files.checkpoint)!r})

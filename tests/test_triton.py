@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.triton import write_triton_repo
+from ltmp_deploy.runtime.triton import write_triton_repo
 
 # Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow

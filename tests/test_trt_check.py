@@ -1,4 +1,4 @@
-"""trt_check: tiny hand-built graphs against each TensorRT target's parser rules."""
+"""The TensorRT parser check (runtime/trt/parser_check.py): tiny hand-built graphs against each target's rules."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.trt_check import TRT_TARGETS, CheckReport, Finding, check_model
+from ltmp_deploy.runtime.trt.parser_check import TRT_TARGETS, CheckReport, Finding, check_model
 
 F = TensorProto.FLOAT
 I64 = TensorProto.INT64

@@ -142,7 +142,7 @@ def test_learn_resumes_only_through_the_restricted_unpickler(tmp_path, capsys, m
 
 
 def test_calibration_arrays_are_never_unpickled(tmp_path, marker):
-    from ltmp_deploy.export.calibration_data import read_calibration_data
+    from ltmp_deploy.runtime.int8.calibration_data import read_calibration_data
 
     path = tmp_path / "calib.npy"
     np.save(path, np.array([Payload(marker)], dtype=object), allow_pickle=True)

@@ -17,12 +17,12 @@ from runtime_models import checkpoint, exported, one_torch_thread
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.checkpoint_parity import validate_checkpoint
-from ltmp_deploy.export.metadata import read_metadata as onnx_metadata
 from ltmp_deploy.export.onnx_export import export_onnx
 from ltmp_deploy.export.reference import compare_with_torch, sample_images
 from ltmp_deploy.export.runner import LTMPTorchRunner
-from ltmp_deploy.export.tolerances import FP16_LOGIT_TOL, FP32_LOGIT_TOL
-from ltmp_deploy.runtime.validate import open_target, validate
+from ltmp_deploy.runtime.metadata import read_metadata as onnx_metadata
+from ltmp_deploy.runtime.parity.tolerances import FP16_LOGIT_TOL, FP32_LOGIT_TOL
+from ltmp_deploy.runtime.parity.validate import open_target, validate
 
 # Exports, engine plans or whole runs: seconds each on 2 cores; `pytest -m "not slow"` skips them.
 pytestmark = pytest.mark.slow

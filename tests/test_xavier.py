@@ -11,10 +11,10 @@ from runtime_models import exported
 
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import load_onnx
-from ltmp_deploy.runtime import presets
-from ltmp_deploy.runtime.plan import BuildOptions, check_preset_mode, plan_build
-from ltmp_deploy.runtime.trtexec import trtexec_command
+from ltmp_deploy.runtime.metadata import load_onnx
+from ltmp_deploy.runtime.trt import presets
+from ltmp_deploy.runtime.trt.plan import BuildOptions, check_preset_mode, plan_build
+from ltmp_deploy.runtime.trt.trtexec import trtexec_command
 
 XAVIER = ("xavier-nx", "agx-xavier")
 
@@ -108,7 +108,7 @@ def test_check_with_a_xavier_preset_checks_tensorrt_8_5_and_refuses_threshold_mo
 
 def _dla_cores() -> int:
     """DLA cores TensorRT sees here; 0 where TensorRT is not installed or the GPU has none."""
-    from ltmp_deploy.runtime.engine import tensorrt_version
+    from ltmp_deploy.runtime.trt.engine import tensorrt_version
 
     if tensorrt_version() is None:
         return 0
@@ -119,7 +119,7 @@ def _dla_cores() -> int:
 
 def test_inspect_lists_the_layers_the_build_put_on_dla_and_on_the_gpu(tmp_path, capsys):
     """The sidecar is the toolkit's own file: what inspect prints from its layer_devices."""
-    from ltmp_deploy.runtime import build as b
+    from ltmp_deploy.runtime.trt import build as b
 
     graph = exported("fixed", batch=1).onnx
     engine = tmp_path / "m.plan"
@@ -137,7 +137,7 @@ def test_inspect_lists_the_layers_the_build_put_on_dla_and_on_the_gpu(tmp_path, 
 
 
 def test_layers_from_the_inspector_json_by_layer_type():
-    from ltmp_deploy.runtime.build import devices_from_inspector
+    from ltmp_deploy.runtime.trt.build import devices_from_inspector
 
     detailed = {"Layers": [{"Name": "{ForeignNode[a...b]}", "LayerType": "DLA"}, {"Name": "t", "LayerType": "TopK"}]}
     assert devices_from_inspector(json.dumps(detailed)) == {"dla": ["{ForeignNode[a...b]}"], "gpu": ["t"]}
@@ -148,8 +148,8 @@ def test_layers_from_the_inspector_json_by_layer_type():
     _dla_cores() == 0, reason="needs TensorRT and a GPU with DLA cores (a Jetson Xavier or Orin): none here"
 )
 def test_a_dla_build_records_which_layers_ran_on_dla_and_which_fell_back(tmp_path, capsys):
-    from ltmp_deploy.runtime.build import build_engine
-    from ltmp_deploy.runtime.engine import read_sidecar, tensorrt_version
+    from ltmp_deploy.runtime.trt.build import build_engine
+    from ltmp_deploy.runtime.trt.engine import read_sidecar, tensorrt_version
 
     trt = tensorrt_version()
     preset = "xavier-nx" if trt.startswith("8.5") else "agx-orin"

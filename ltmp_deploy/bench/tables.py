@@ -8,7 +8,7 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
-from ltmp_deploy.runtime.bench_results import RECORD_FIELDS, backends, batches
+from ltmp_deploy.runtime.bench_results import RECORD_FIELDS, backends, batches, noise_warning
 
 
 def ratio_text(rec: Mapping[str, Any], key: str) -> str:
@@ -94,6 +94,9 @@ def markdown(
         "same token counts with no merge or prune operations: the floor. p99 over fewer than 100 rounds is the "
         "slowest run.",
     ]
+    warning = noise_warning(doc)
+    if warning:
+        out.append(f"- **Warning:** {warning}.")
     for skip in doc.get("skipped", []):
         what = f"{skip['backend']}" + (f", {skip['variant']}" if skip.get("variant") else "")
         out.append(f"- Not measured: {what}: {skip['reason']}.")

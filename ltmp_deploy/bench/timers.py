@@ -3,7 +3,7 @@
 ``torch-cpu`` and ``torch-cuda`` run the patched model eagerly (inference mode; on CUDA each call
 ends in a synchronize, so the clock covers the work). ``onnxruntime-cpu`` and ``onnxruntime-cuda``
 run the exported graphs (dynamic batch axis) with host inputs, as a service would feed them.
-``tensorrt`` builds an engine per graph with ``runtime.build`` (datacenter preset, the graph's
+``tensorrt`` builds an engine per graph with ``runtime.trt.build`` (datacenter preset, the graph's
 precision, a profile over the timed batch sizes) and runs it through the runtime's TensorRT
 backend, host to host. A backend this machine lacks is skipped with the reason.
 """
@@ -38,7 +38,7 @@ def unavailable(backend: str) -> str | None:
     if backend in ("torch-cuda", "tensorrt") and not torch.cuda.is_available():
         return f"no CUDA device: torch {torch.__version__} sees none"
     if backend == "tensorrt":
-        from ltmp_deploy.runtime.build import tensorrt_version
+        from ltmp_deploy.runtime.trt.build import tensorrt_version
 
         return None if tensorrt_version() else "TensorRT (the tensorrt Python module) is not installed"
     if backend.startswith("onnxruntime"):
@@ -123,7 +123,7 @@ class OrtTimer(Timer):
 class TensorrtTimer(Timer):
     def __init__(self, graphs: dict[str, Path], workdir: Path, batches: Sequence[int]) -> None:
         from ltmp_deploy.runtime.backends import TensorrtBackend
-        from ltmp_deploy.runtime.build import build_engine
+        from ltmp_deploy.runtime.trt.build import build_engine
 
         super().__init__()
         self.engines = {}

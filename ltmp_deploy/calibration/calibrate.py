@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ltmp_deploy.calibration.evaluate import evaluate
@@ -107,12 +108,13 @@ def calibrate(
     flops_target: float | None = None,
     evaluation: Dataset | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> CalibrationReport:
     """Derive the fixed-mode schedule and set it on ``model``; report both modes side by side.
 
     From data: the per-image counts of threshold mode on ``calibration``. From a FLOPs target:
     :func:`ltmp_deploy.ltmp.flops.schedule_for_flops`, no data needed. Accuracy is measured on
-    ``evaluation`` when given.
+    ``evaluation`` when given. ``device``: where the model runs (default: CUDA when available).
     """
     from ltmp_deploy.ltmp.flops import schedule_for_flops
 
@@ -125,12 +127,14 @@ def calibrate(
         if calibration is None or len(calibration) == 0:
             raise LTMPError("calibration needs images (or --flops-target)")
         model.ltmp_set_mode("threshold")
-        counts = evaluate(model, calibration, progress=progress)[2]
+        counts = evaluate(model, calibration, progress=progress, device=device)[2]
         assert counts is not None  # threshold mode always decides
         schedule = schedule_from_counts(model, counts.merges, counts.keeps, statistic)
         label = "mean" if statistic == "mean" else f"q{statistic}"
     if evaluation is not None and flops_target is None:
-        thr_acc, thr_flops, _ = evaluate(model.ltmp_set_mode("threshold"), evaluation, progress=progress)
+        thr_acc, thr_flops, _ = evaluate(model.ltmp_set_mode("threshold"), evaluation, progress=progress, device=device)
     model.ltmp_set_mode("fixed", schedule)
-    fixed_acc = evaluate(model, evaluation, progress=progress)[0] if evaluation is not None else None
+    fixed_acc = None
+    if evaluation is not None:
+        fixed_acc = evaluate(model, evaluation, progress=progress, device=device)[0]
     return CalibrationReport(schedule, label, thr_acc, thr_flops, fixed_acc, schedule_flops(model, schedule).ratio)

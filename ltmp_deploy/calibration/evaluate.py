@@ -26,29 +26,50 @@ def per_image_counts(decisions: list[list[Any]]) -> tuple[np.ndarray, np.ndarray
     """(merges, keeps), each (images, blocks), from the decisions of evaluation batches."""
     merges, keeps = [], []
     for batch in decisions:
-        merges.append(torch.stack([(d.merge_dst >= 0).sum(1) for d in batch], 1).numpy())
-        keeps.append(torch.stack([d.n_out.round().long() for d in batch], 1).numpy())
+        merges.append(torch.stack([(d.merge_dst >= 0).sum(1) for d in batch], 1).cpu().numpy())
+        keeps.append(torch.stack([d.n_out.round().long() for d in batch], 1).cpu().numpy())
     return np.concatenate(merges), np.concatenate(keeps)
 
 
 def evaluate(
-    model: LTMPVisionTransformer, data: Dataset, batch_size: int = 256, progress: bool = False
+    model: LTMPVisionTransformer,
+    data: Dataset,
+    batch_size: int = 256,
+    progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> tuple[float, float, TokenCounts | None]:
-    """(accuracy, mean FLOPs ratio, per-image token counts) of the model in its current mode.
+    """(accuracy, mean FLOPs ratio, per-image token counts) of the model in its current mode, on
+    ``device`` (see :func:`ltmp_deploy.ltmp.device.resolve_device`), the model back where it was after.
 
     Only the counts are kept of each batch's decisions, so memory does not grow with the images
     beyond a few integers each; the counts are None in a mode that makes no decisions."""
+    from ltmp_deploy.ltmp.device import resolve_device
+
+    where, home = resolve_device(device), next(model.parameters()).device
+    model.to(where).eval()
+    try:
+        correct, seen, ratios, merges, keeps = _run(model, data, batch_size, progress, where)
+    finally:
+        model.to(home)  # the caller's model stays where it was (export and saving expect it there)
+    warn_skipped(data)
+    counts = TokenCounts(np.concatenate(merges), np.concatenate(keeps)) if merges else None
+    return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), counts
+
+
+def _run(
+    model: LTMPVisionTransformer, data: Dataset, batch_size: int, progress: bool, where: torch.device
+) -> tuple[int, int, array.array, list[np.ndarray], list[np.ndarray]]:
+    """Counts of one pass over ``data`` on ``where``: correct, seen, FLOPs ratios, merges, keeps."""
     from ltmp_deploy.ltmp.flops import image_flops, schedule_flops
 
-    model.eval()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     correct = seen = 0
     ratios = array.array("d")
     merges, keeps = [], []
     with torch.no_grad():
         for images, labels in tqdm(loader, desc=f"evaluate {model.ltmp.mode}", disable=not progress, leave=False):
-            out = model.forward_ltmp(images)
-            correct += int((out.logits.argmax(-1) == labels).sum())
+            out = model.forward_ltmp(images.to(where, non_blocking=True))
+            correct += int((out.logits.argmax(-1).cpu() == labels).sum())
             seen += len(labels)
             if model.ltmp.mode == "fixed":
                 ratios.extend([schedule_flops(model, model.ltmp.schedule).ratio] * len(labels))
@@ -60,6 +81,4 @@ def evaluate(
                 batch_merges, batch_keeps = per_image_counts([out.decisions])
                 merges.append(batch_merges)
                 keeps.append(batch_keeps)
-    warn_skipped(data)
-    counts = TokenCounts(np.concatenate(merges), np.concatenate(keeps)) if merges else None
-    return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), counts
+    return correct, seen, ratios, merges, keeps

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from ltmp_deploy.calibration.learn_config import LearnConfig
 from ltmp_deploy.data.folder import unreadable_marks, warn_skipped
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 from ltmp_deploy.ltmp.flops import flops_ratio_of_token_means, soft_token_means
@@ -253,7 +253,7 @@ def _load_resume(path: Path, model: LTMPVisionTransformer, optimizer: Any, sched
         scheduler.load_state_dict(state["scheduler"])
         return int(state["epoch"])
     except Exception as err:  # noqa: BLE001  (torch.load raises many kinds, with pages of advice)
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = first_line(err, 200)
         raise LTMPError(
             f"{path}: cannot resume from this file, it may be truncated or corrupt ({reason}); delete it to start over"
         ) from err

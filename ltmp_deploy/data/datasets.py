@@ -6,6 +6,7 @@ them the whole tree serves every split.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,25 @@ def _folder(root: Path, model: object) -> Dataset:
 
     dataset = ImageFolderDataset(root, transform_for_model(model))
     check_classes(dataset, model.num_classes, root)
+    _adopt_class_names(model, dataset.classes, root)
     return dataset
+
+
+def _adopt_class_names(model: object, classes: list[str], root: Path) -> None:
+    """A model learned or calibrated on a folder takes its class names, unless it has its own;
+    other names for the same classes are likely a different class order, so they are pointed out."""
+    ltmp = getattr(model, "ltmp", None)
+    if ltmp is None:
+        return
+    if ltmp.labels is None:
+        ltmp.labels = list(classes)
+    elif list(ltmp.labels) != list(classes):
+        differ = next(i for i, (a, b) in enumerate(zip(ltmp.labels, classes)) if a != b)
+        warnings.warn(
+            f"{root}: class {differ} is {classes[differ]!r} here and {ltmp.labels[differ]!r} in the model; "
+            "the model keeps its names (check that the class order is the same)",
+            stacklevel=3,
+        )
 
 
 def sample_batch(dataset: Dataset, count: int, seed: int = 0) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Indexing only lists names, so it costs one directory scan however large the folder: files whose
 names are not an image type Pillow knows (``notes.txt``) are left out there; nothing is opened
-but the first image, so that a folder with no readable image at all fails at once. The index is
+but the first image, so that a folder with no readable image at all fails at once (``predict``,
+which opens every file it is given anyway, tells images by content instead). The index is
 compact (one byte buffer of relative paths, an offset per file, where each class starts), so it
 neither grows with Python objects per file nor is copied into every DataLoader worker.
 

@@ -2,11 +2,12 @@
 
 The reference and the sample images are :mod:`ltmp_deploy.export.reference`'s, shared with the check
 right after export; the other runners are judged with the one comparator and set of gates
-(:mod:`ltmp_deploy.export.compare`, :mod:`ltmp_deploy.export.tolerances`).
+(:mod:`ltmp_deploy.runtime.parity.compare`, :mod:`ltmp_deploy.runtime.parity.tolerances`).
 
 Graphs run on ONNX Runtime's CPU provider. Engines and other providers come through
-``open_file``, which ``ltmp-deploy validate`` sets to the runtime's opener
-(``ltmp_deploy.runtime.validate.open_target``): the runtime sits downstream of this module.
+``open_file``, which :func:`ltmp_deploy.api.validate` (and so ``ltmp-deploy validate``) sets to the
+runtime's opener (``ltmp_deploy.runtime.parity.validate.open_target``) with the backend and
+providers it was asked for.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from pathlib import Path
 from typing import Any, Union
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.compare import (
+from ltmp_deploy.export.onnx_export import export_onnx
+from ltmp_deploy.export.reference import onnxruntime_target, sample_images, torch_target
+from ltmp_deploy.ltmp.checkpoint import read_metadata
+from ltmp_deploy.runtime.parity.compare import (
     DEFAULT_IMAGES,
     ParityReport,
     Target,
@@ -28,9 +32,6 @@ from ltmp_deploy.export.compare import (
     split_batches,
     whole_batches,
 )
-from ltmp_deploy.export.onnx_export import export_onnx
-from ltmp_deploy.export.reference import onnxruntime_target, sample_images, torch_target
-from ltmp_deploy.ltmp.checkpoint import read_metadata
 
 PathLike = Union[str, os.PathLike]
 
@@ -80,7 +81,7 @@ def _graph_file(path: Path) -> Target:
     if path.suffix.lower() != ".onnx":
         raise LTMPError(
             f"{path}: only ONNX graphs are opened here; for an engine use `ltmp-deploy validate`, or pass "
-            "open_file=ltmp_deploy.runtime.validate.open_target"
+            "open_file=ltmp_deploy.runtime.parity.validate.open_target"
         )
     return onnxruntime_target(str(path), str(path))
 

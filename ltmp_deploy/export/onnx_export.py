@@ -27,9 +27,7 @@ import onnx
 import torch
 
 from ltmp_deploy import __version__
-from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.compare import ParityReport
-from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names, write_metadata
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.export.reference import compare_with_torch, sample_images
 from ltmp_deploy.extras import ORT, missing
 from ltmp_deploy.files import atomic_output, ensure_writable
@@ -37,6 +35,8 @@ from ltmp_deploy.ltmp.checkpoint import load_checkpoint
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, unpatched_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+from ltmp_deploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names, write_metadata
+from ltmp_deploy.runtime.parity.compare import ParityReport
 
 # "off" (the unpatched model) and "oracle" (same token counts, no reduction) export too: they
 # are the baselines benchmarks compare against, exported the same way.
@@ -158,7 +158,7 @@ def _export(
                 do_constant_folding=True,
             )
     except Exception as err:  # noqa: BLE001  (the exporter raises many kinds)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise LTMPError(f"opset {opset}: the model cannot be exported ({first})") from err
     finally:
         if fp16:

@@ -16,11 +16,11 @@ from typing import Any, Union
 import numpy as np
 
 from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES, digits_arrays
-from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.compare import RANDOM_IMAGES, ParityReport, Target, random_images, run_parity
-from ltmp_deploy.export.metadata import check_graph_file, decode
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.export.runner import LTMPTorchRunner
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
+from ltmp_deploy.runtime.metadata import check_graph_file, decode
+from ltmp_deploy.runtime.parity.compare import RANDOM_IMAGES, ParityReport, Target, random_images, run_parity
 
 
 def sample_images(meta: dict[str, Any], count: int) -> tuple[np.ndarray, str]:
@@ -71,7 +71,7 @@ def onnxruntime_target(source: Union[bytes, str], file: str) -> Target:
         with G_LOGGER.verbosity(G_LOGGER.ERROR):
             session = SessionFromOnnx(source, providers=["CPUExecutionProvider"])()
     except Exception as err:  # noqa: BLE001  (ONNX Runtime raises InvalidProtobuf, Fail, RuntimeException...)
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        reason = first_line(err, 300)
         raise LTMPError(f"{file}: not a loadable ONNX graph, it may be truncated or corrupt ({reason})") from err
     meta = decode(session.get_modelmeta().custom_metadata_map, str(file))
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in session.get_inputs()[0].shape)

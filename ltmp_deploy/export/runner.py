@@ -25,10 +25,10 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+from ltmp_deploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names
 
 
 class LTMPTorchRunner(BaseRunner):

@@ -25,6 +25,7 @@ from ltmp_deploy.errors import LTMPError, first_line
 
 # The keys an architecture may have: a name or a class, and its arguments.
 KEYS = ("timm_model", "timm_class", "kwargs", "config")
+DESCRIBED = ("preprocessing", "labels")  # a description's other keys: checked where they are used
 # create_model arguments that read weights or configurations from files or a hub.
 LOADING = ("pretrained", "checkpoint_path", "cache_dir")
 
@@ -136,3 +137,9 @@ def architecture_from_file(path: str | os.PathLike) -> dict[str, Any]:
     architecture = {k: doc[k] for k in KEYS if k in doc}
     check_architecture(architecture, f"{path}: ")
     return architecture
+
+
+def description_extras(path: str | os.PathLike) -> dict[str, Any]:
+    """What a model description says beside the architecture: ``preprocessing`` and ``labels``."""
+    doc = json.loads(Path(path).read_text())  # architecture_from_file has read it already
+    return {k: doc[k] for k in DESCRIBED if k in doc}

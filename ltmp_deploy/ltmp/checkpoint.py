@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ltmp_deploy import __version__
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output
 from ltmp_deploy.formats import (
     CHECKPOINT_FORMAT,
@@ -35,8 +36,9 @@ from ltmp_deploy.formats import (
     checkpoint_metadata,
     expect,
 )
-from ltmp_deploy.ltmp.architecture import architecture_from_file, build_model
-from ltmp_deploy.ltmp.data_config import model_data_config
+from ltmp_deploy.ltmp.architecture import architecture_from_file, build_model, description_extras
+from ltmp_deploy.ltmp.data_config import PREPROCESSING, model_data_config, set_preprocessing
+from ltmp_deploy.ltmp.labels import check_labels
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer, apply_patch
 from ltmp_deploy.ltmp.schedule import Schedule
 
@@ -50,25 +52,35 @@ def create_model(
     weights: str | os.PathLike | None = None,
     reference_checkpoint: str | os.PathLike | None = None,
     mode: str = "threshold",
+    preprocessing: Mapping[str, Any] | None = None,
+    labels: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> LTMPVisionTransformer:
     """The front door: a timm model (name, description JSON path, or architecture dict), patched.
 
     ``weights``: an ordinary timm state dict. ``reference_checkpoint``: the authors' LTMP
     checkpoint (weights and thresholds). Nothing is downloaded: timm's pretrained weights are
-    not fetched, pass them as ``weights``.
+    not fetched, pass them as ``weights``. ``preprocessing`` (mean, std, crop_pct, crop_mode,
+    interpolation) and ``labels`` (class names) override those of a description JSON, which
+    may carry both under the same keys; checkpoints and exports carry them on.
     """
-    source = None
+    source, described = None, {}
     if isinstance(model, dict):
         architecture = _with_kwargs(model, kwargs)
     elif Path(model).is_file():
         expect(model, FileKind.JSON, what="a model description JSON or a timm model name")
         source = model
         architecture = _with_kwargs(architecture_from_file(model), kwargs)
+        described = description_extras(model)
     else:
         _check_model_name(str(model))
         architecture = {"timm_model": str(model), "kwargs": dict(kwargs)}
     net = apply_patch(build_model(architecture, source).eval(), mode=mode, architecture=architecture)
+    where = str(source or "preprocessing")
+    set_preprocessing(net, {**described.get("preprocessing", {}), **(preprocessing or {})}, where)
+    names = labels if labels is not None else described.get("labels")
+    if names is not None:
+        net.ltmp.labels = check_labels(names, int(net.num_classes), "labels" if labels is not None else where)
     if weights is not None:
         _load_into(net, read_state_dict(weights), weights, need_thresholds=False)
     if reference_checkpoint is not None:
@@ -109,7 +121,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         with path.open("rb") as f:
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (torch.load raises many kinds for a bad file)
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise LTMPError(f"{path}: not a readable checkpoint, it may be truncated or corrupt ({reason})") from err
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -146,6 +158,7 @@ def metadata(model: LTMPVisionTransformer) -> dict[str, Any]:
     """Everything needed to run the model the same way again (also what exports carry)."""
     merge, prune = model.ltmp_thresholds()
     data = model_data_config(model)
+    labels = {"labels": list(model.ltmp.labels)} if model.ltmp.labels else {}
     return {
         "format": CHECKPOINT_FORMAT,
         "toolkit_version": __version__,
@@ -156,6 +169,7 @@ def metadata(model: LTMPVisionTransformer) -> dict[str, Any]:
         "thresholds": {"merge": merge, "prune": prune},
         "schedule": model.ltmp.schedule.pairs() if model.ltmp.schedule is not None else None,
         "tau": model.ltmp.tau,
+        **labels,
     }
 
 
@@ -220,6 +234,9 @@ def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> LTMPVis
     model = apply_patch(net, mode="threshold", architecture=meta["architecture"])
     _load_into(model, read_state_dict(path), path, need_thresholds=True)
     model.ltmp.tau = float(meta["tau"])
+    set_preprocessing(model, {k: v for k, v in meta["data_config"].items() if k in PREPROCESSING}, str(path))
+    if meta.get("labels") is not None:
+        model.ltmp.labels = check_labels(meta["labels"], int(model.num_classes), str(path))
     try:
         schedule = Schedule.from_pairs(meta["schedule"]) if meta["schedule"] else None
         model.ltmp_set_mode(mode or meta["mode"], schedule)

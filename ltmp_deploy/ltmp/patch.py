@@ -36,6 +36,7 @@ class LTMPConfig:
     schedule: Schedule | None = None
     tau: float = 0.1
     architecture: dict[str, Any] = field(default_factory=dict)
+    labels: list[str] | None = None  # class names, in class order
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ltmp_deploy.bench.tables import LATENCY_HEADER, latency_rows, markdown_table
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output, ensure_writable_folder, refuse_overwriting_inputs
 from ltmp_deploy.report.accuracy import check_accuracy, read_accuracy
 from ltmp_deploy.runtime.bench_results import (
@@ -271,7 +271,7 @@ def _read_png(path: str | os.PathLike) -> bytes:
     except LTMPError:
         raise
     except Exception as err:  # noqa: BLE001  (Pillow raises OSError, SyntaxError, zlib errors)
-        raise LTMPError(f"{path}: a truncated or corrupt PNG image ({str(err).splitlines()[0][:200]})") from None
+        raise LTMPError(f"{path}: a truncated or corrupt PNG image ({first_line(err, 200)})") from None
     return data
 
 

@@ -27,11 +27,11 @@ from typing import Any, Dict, Tuple, Union
 
 import numpy as np
 
-from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import check_graph_file, decode
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.extras import FULL, ORT
 from ltmp_deploy.formats import FileKind, expect
-from ltmp_deploy.runtime.engine import batch_range, engine_runner, model_file_kind, quiet_polygraphy
+from ltmp_deploy.runtime.metadata import check_graph_file, decode
+from ltmp_deploy.runtime.trt.engine import batch_range, engine_runner, model_file_kind, quiet_polygraphy
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 KIND_BACKEND = {FileKind.ONNX: "onnxruntime", FileKind.ENGINE: "tensorrt", FileKind.TOOLKIT_CHECKPOINT: "torch"}
@@ -144,8 +144,8 @@ def ort_session(path: Path, providers: Sequence[Provider] | None = None, threads
     try:
         return ort.InferenceSession(str(path), options, providers=chosen)
     except Exception as err:  # noqa: BLE001  (ONNX Runtime raises InvalidProtobuf, Fail, RuntimeException...)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LTMPError(f"{path}: not a loadable ONNX graph, it may be truncated or corrupt ({reason[:300]})") from err
+        reason = first_line(err, 300)
+        raise LTMPError(f"{path}: not a loadable ONNX graph, it may be truncated or corrupt ({reason})") from err
 
 
 class OnnxruntimeBackend(Backend):
@@ -174,8 +174,7 @@ class OnnxruntimeBackend(Backend):
             outputs = self.session.run(None, {self.input_name: batch})
         except Exception as err:  # noqa: BLE001
             raise LTMPError(
-                f"{self.path}: ONNX Runtime failed on a batch of shape {batch.shape}: "
-                f"{str(err).strip().splitlines()[0][:300]}"
+                f"{self.path}: ONNX Runtime failed on a batch of shape {batch.shape}: {first_line(err, 300)}"
             ) from err
         return dict(zip(self.output_names, outputs))
 
@@ -215,8 +214,7 @@ class TensorrtBackend(Backend):
                 outputs = self.runner.infer({self.input_name: batch}, check_inputs=False)
         except Exception as err:  # noqa: BLE001  (PolygraphyException or TensorRT's errors)
             raise LTMPError(
-                f"{self.path}: TensorRT failed on a batch of shape {batch.shape}: "
-                f"{str(err).strip().splitlines()[0][:300]}"
+                f"{self.path}: TensorRT failed on a batch of shape {batch.shape}: {first_line(err, 300)}"
             ) from err
         return {k: np.array(v, copy=True) for k, v in outputs.items()}  # the runner reuses its buffers
 

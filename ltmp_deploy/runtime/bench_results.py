@@ -135,3 +135,44 @@ def backends(doc: dict[str, Any]) -> list[str]:
 
 def batches(doc: dict[str, Any]) -> list[int]:
     return sorted({rec["batch"] for rec in doc["records"]})
+
+
+# Quartiles of the per-round ratios wider than +-10% of the median: run to run, such figures moved
+# by more than the differences between variants on a busy shared machine.
+NOISY_SPREAD = 0.10
+
+
+def ratio_spread(rec: dict[str, Any], key: str = "vs_unpatched") -> float | None:
+    """Half the quartile range of a record's per-round ratios, relative to their median."""
+    median, q1, q3 = rec.get(key), rec.get(f"{key}_q1"), rec.get(f"{key}_q3")
+    if not all(isinstance(v, (int, float)) for v in (median, q1, q3)) or median <= 0:
+        return None
+    return (q3 - q1) / 2 / median
+
+
+def noisy_records(doc: dict[str, Any], limit: float = NOISY_SPREAD) -> list[tuple[dict[str, Any], float]]:
+    """(record, spread) of every record whose ratio to unpatched spreads more than ``limit``."""
+    found = []
+    for rec in doc["records"]:
+        spread = ratio_spread(rec)
+        if spread is not None and spread > limit:
+            found.append((rec, spread))
+    return found
+
+
+def noise_warning(doc: dict[str, Any], limit: float = NOISY_SPREAD) -> str | None:
+    """One line saying which figures are noise, or None when every spread is within ``limit``."""
+    noisy = noisy_records(doc, limit)
+    if not noisy:
+        return None
+    rec, spread = max(noisy, key=lambda item: item[1])
+    threads = doc.get("machine", {}).get("threads")
+    advice = (
+        f"the {threads} threads compete with whatever else runs: rerun with --threads 1 and more --rounds"
+        if isinstance(threads, int) and threads > 1
+        else "the machine was busy: rerun when it is quiet, or with more --rounds"
+    )
+    return (
+        f"{len(noisy)} of {len(doc['records'])} figures are noise: their per-round ratios spread more than "
+        f"+-{limit:.0%} (worst: {rec['variant']} on {rec['backend']}, batch {rec['batch']}, +-{spread:.0%}); " + advice
+    )

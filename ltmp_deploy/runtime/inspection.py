@@ -27,7 +27,7 @@ from ltmp_deploy.formats import (
     expect,
     safetensors_header,
 )
-from ltmp_deploy.runtime.engine import model_file_kind, read_sidecar, sidecar_path
+from ltmp_deploy.runtime.trt.engine import model_file_kind, read_sidecar, sidecar_path
 
 
 def file_kind(path: str | os.PathLike) -> str:
@@ -48,6 +48,8 @@ def _model(meta: Mapping[str, Any]) -> dict[str, Any]:
         "architecture": arch or None,
         "num_classes": meta.get("num_classes"),
         "input_size": (meta.get("data_config") or {}).get("input_size"),
+        "preprocessing": meta.get("data_config"),
+        "labels": meta.get("labels"),
         "mode": meta.get("mode"),
         "schedule": meta.get("schedule"),
         "thresholds": meta.get("thresholds"),
@@ -84,8 +86,8 @@ def _values(values: Any) -> list[dict[str, Any]]:
 
 
 def _graph(path: Path) -> dict[str, Any]:
-    from ltmp_deploy.export.metadata import load_onnx
-    from ltmp_deploy.runtime.build import inspect_graph
+    from ltmp_deploy.runtime.metadata import load_onnx
+    from ltmp_deploy.runtime.trt.build import inspect_graph
 
     info = inspect_graph(path)  # the builder's reading: metadata, hash and the precision the graph carries
     graph = load_onnx(path)
@@ -166,6 +168,20 @@ def _names(names: Any) -> str | None:
     return f"{len(names)}: {', '.join(map(str, names))}" if names else "none"
 
 
+def _preprocessing(cfg: Any) -> str | None:
+    """A data config for people: resize and crop, interpolation, mean and std."""
+    if not isinstance(cfg, Mapping):
+        return None
+    crop = cfg.get("crop_pct")
+    resize = f"crop {crop:g} ({cfg.get('crop_mode') or 'center'})" if isinstance(crop, (int, float)) else "no crop"
+    parts = [resize, cfg.get("interpolation"), f"mean {_triple(cfg.get('mean'))}", f"std {_triple(cfg.get('std'))}"]
+    return ", ".join(str(p) for p in parts if p)
+
+
+def _triple(values: Any) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]" if isinstance(values, list) else "-"
+
+
 def summary(info: Mapping[str, Any]) -> str:
     """``inspect_file``'s answer for people: one fact per line, those the file has."""
     kinds = {"checkpoint": "toolkit checkpoint", "onnx": "ONNX graph", "engine": "TensorRT engine"}
@@ -177,7 +193,10 @@ def summary(info: Mapping[str, Any]) -> str:
 
     size = "x".join(str(d) for d in info.get("input_size") or [])
     add("model", " ".join(str(p) for p in (info.get("model"), f"({size})" if size else None) if p))
-    add("classes", info.get("num_classes"))
+    labels = info.get("labels")
+    named = f" ({', '.join(map(str, labels[:8]))}{', ...' if len(labels) > 8 else ''})" if labels else ""
+    add("classes", info.get("num_classes") and f"{info['num_classes']}{named}")
+    add("preprocessing", _preprocessing(info.get("preprocessing")))
     add("blocks", info.get("num_blocks"))
     add("mode", info.get("mode"))
     if info.get("schedule"):

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import OUTPUT_NAME
 from ltmp_deploy.runtime.backends import Backend, Provider, open_backend
+from ltmp_deploy.runtime.metadata import OUTPUT_NAME
 from ltmp_deploy.runtime.preprocess import ImageLike, preprocess
 
 

@@ -12,7 +12,7 @@ and read back from any of them by one reader.
   ``polygraphy run --load-inputs`` and ``polygraphy convert --int8 --data-loader``.
 
 :func:`read_calibration_data` takes any of the three (or an array) and is what
-``ltmp-deploy build --calibration`` and :func:`ltmp_deploy.export.quantize.quantize_int8` use.
+``ltmp-deploy build --calibration`` and :func:`ltmp_deploy.runtime.int8.quantize.quantize_int8` use.
 Torch-free: numpy, and Polygraphy for its JSON format.
 """
 
@@ -26,9 +26,9 @@ from typing import Union
 
 import numpy as np
 
-from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import INPUT_NAME
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output, ensure_writable_folder
+from ltmp_deploy.runtime.metadata import INPUT_NAME
 
 CalibrationLike = Union[np.ndarray, str, os.PathLike]
 FILES = {"npy": "calib.npy", "npz": "calib.npz", "polygraphy": "calib_polygraphy.json"}
@@ -119,7 +119,7 @@ def _read_numpy(path: Path) -> np.ndarray:
             if INPUT_NAME in keys or len(keys) == 1:
                 return loaded[INPUT_NAME if INPUT_NAME in keys else keys[0]]
     except Exception as exc:  # noqa: BLE001  (a damaged header or archive raises zipfile, tokenize, zlib errors)
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        first = first_line(exc, 200)
         raise LTMPError(f"{path}: not a NumPy .npy/.npz file, or a truncated or corrupt one ({first})") from exc
     raise LTMPError(f"{path}: .npz holds {keys}; name the calibration array '{INPUT_NAME}'")
 
@@ -131,7 +131,7 @@ def _read_feeds(path: Path) -> np.ndarray:
     try:
         feeds = load_json(str(path))
     except Exception as exc:  # noqa: BLE001 - JSON and Polygraphy's decoder raise several types
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise LTMPError(f"{path}: not readable Polygraphy JSON ({first})") from exc
     if not isinstance(feeds, list) or not feeds or not all(isinstance(f, dict) for f in feeds):
         raise LTMPError(f"{path}: expected a list of feed dicts (Polygraphy's --save-inputs format)")

@@ -26,7 +26,7 @@ sure no float consumer reads a dequantized activation.
 
     result = quantize_int8("model.onnx", "model.int8.onnx", calibration="calib.npy")
 
-Calibration files are read by :func:`ltmp_deploy.export.calibration_data.read_calibration_data`
+Calibration files are read by :func:`ltmp_deploy.runtime.int8.calibration_data.read_calibration_data`
 (``.npy``, ``.npz`` or the Polygraphy JSON that ``ltmp-deploy calibrate --int8-calib`` writes).
 """
 
@@ -45,11 +45,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.calibration_data import METHODS, CalibrationLike, read_calibration_data
-from ltmp_deploy.export.metadata import INPUT_NAME, read_metadata, write_metadata
-from ltmp_deploy.export.onnxgraph import Graph, Shape, dims, image_io, load, node_name
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output, ensure_writable
+from ltmp_deploy.runtime.int8.calibration_data import METHODS, CalibrationLike, read_calibration_data
+from ltmp_deploy.runtime.metadata import INPUT_NAME, read_metadata, write_metadata
+from ltmp_deploy.runtime.onnxgraph import Graph, Shape, dims, image_io, load, node_name
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 DECISION_OPS = {"TopK", "NonZero", "ArgMax", "ArgMin", "Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
@@ -178,7 +178,7 @@ def _write_checked(src: Path, qmodel: onnx.ModelProto, out: Path) -> None:
     try:
         onnx.checker.check_model(qmodel, full_check=True)
     except Exception as exc:  # noqa: BLE001 - the checker raises several types
-        raise LTMPError(f"{src}: the quantized graph fails ONNX's checker ({str(exc).splitlines()[0]})") from exc
+        raise LTMPError(f"{src}: the quantized graph fails ONNX's checker ({first_line(exc)})") from exc
     with atomic_output(out, suffix=".onnx") as tmp:
         tmp.write_bytes(qmodel.SerializeToString(deterministic=True))
 
@@ -299,7 +299,7 @@ def _run_ort(src: Path, dst: Path, images: np.ndarray, batch: int, exact: bool, 
         except LTMPError:
             raise
         except Exception as exc:  # noqa: BLE001 - ORT raises many kinds
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise LTMPError(f"{src}: ONNX Runtime could not quantize the graph ({first})") from exc
 
 

@@ -3,7 +3,7 @@
 Polygraphy's ``Comparator.run`` runs the reference and every other runner (PyTorch, ONNX Runtime,
 TensorRT: anything that keeps Polygraphy's runner contract) on one list of batches, and
 ``Comparator.compare_accuracy`` with Polygraphy's simple comparison judges the logits: their
-largest absolute difference against the precision's bound in :mod:`ltmp_deploy.export.tolerances`.
+largest absolute difference against the precision's bound in :mod:`ltmp_deploy.runtime.parity.tolerances`.
 On top come the checks Polygraphy has no notion of: top-1 agreement, and every block's token
 decisions (kept and merged indices) compared image by image, naming the first block where the
 two diverge. The verdict is one :class:`ParityReport`, with a readable summary and a JSON form.
@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from ltmp_deploy import __version__
-from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME
-from ltmp_deploy.export.tolerances import decisions_gated, gates
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.extras import installed_versions
 from ltmp_deploy.files import ensure_writable, write_text_atomic
+from ltmp_deploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME
+from ltmp_deploy.runtime.parity.tolerances import decisions_gated, gates
 from ltmp_deploy.schemas import check
 
 DEFAULT_IMAGES = 16
@@ -365,7 +365,6 @@ def quiet_polygraphy(critical: bool = False) -> Iterator[None]:
 
 def _run(runners: list[Any], loader: list[dict[str, np.ndarray]]) -> Any:
     from polygraphy.comparator import Comparator
-    from polygraphy.exception import PolygraphyException
 
     try:
         with quiet_polygraphy():
@@ -373,8 +372,7 @@ def _run(runners: list[Any], loader: list[dict[str, np.ndarray]]) -> Any:
     except LTMPError:
         raise
     except Exception as err:  # noqa: BLE001  (PolygraphyException, or a backend's own error)
-        kind = "Polygraphy" if isinstance(err, PolygraphyException) else type(err).__name__
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else kind
+        reason = first_line(err, 300)
         names = ", ".join(r.name for r in runners)
         raise LTMPError(f"validate: inference failed in one of {names} ({reason})") from err
 

@@ -1,8 +1,10 @@
 """The TensorRT versions this toolkit checks graphs against and builds engines for.
 
-One table, read by the parser check (``export/trt_check.py``) and the build presets
-(``runtime/presets.py``); importing it costs nothing (no onnx, no numpy), so the CLI can list it.
-Keys are ordered oldest first: a feature "from X" holds for X and every later key.
+One table, read by the parser check (``trt/parser_check.py``) and the build presets
+(``trt/presets.py``); importing it costs nothing (no onnx, no numpy), so the CLI can list it.
+Keys are ordered oldest first: a feature "from X" holds for X and every later key. Targets are
+compared through :func:`at_least`, never as strings ("10.13" < "8.5" as text, and "10" stands for
+the 10.x releases after 10.13).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Build targets, as one table of data: Jetson modules and datacenter GPUs.
 
 A preset names the TensorRT versions its devices run (keys of
-:data:`ltmp_deploy.export.trt_targets.TRT_TARGETS`; the first is the default when TensorRT is
+:data:`ltmp_deploy.runtime.trt.targets.TRT_TARGETS`; the first is the default when TensorRT is
 not installed), a builder workspace that fits the module's memory, its DLA cores and a default
 batch profile; ``facts`` says where each number comes from. Importing this costs nothing (no
 onnx, no TensorRT), so the CLI lists presets from it.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ltmp_deploy.export.trt_targets import TRT_TARGETS
+from ltmp_deploy.runtime.trt.targets import TRT_TARGETS
 
 TRT_VERSIONS = tuple(TRT_TARGETS)
 JETPACK = (

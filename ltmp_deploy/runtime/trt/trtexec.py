@@ -2,7 +2,7 @@
 
 People who build on the device itself run the line :func:`trtexec_command` prints, then
 :func:`record_trtexec_build` writes the sidecar for that engine. ``ENGINE.json`` (next to
-``ENGINE``: :func:`ltmp_deploy.runtime.engine.sidecar_path`) holds how the engine was built and
+``ENGINE``: :func:`ltmp_deploy.runtime.trt.engine.sidecar_path`) holds how the engine was built and
 the graph's metadata; the runtime checks it before loading the engine. No TensorRT needed.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 
 from ltmp_deploy import __version__
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import INPUT_NAME
-from ltmp_deploy.export.trt_targets import normalize_trt_version, strongly_typed_only
 from ltmp_deploy.files import write_text_atomic
-from ltmp_deploy.runtime.engine import current_gpu, sidecar_path
-from ltmp_deploy.runtime.plan import BuildOptions, BuildPlan, plan_build
+from ltmp_deploy.runtime.metadata import INPUT_NAME
+from ltmp_deploy.runtime.trt.engine import current_gpu, sidecar_path
+from ltmp_deploy.runtime.trt.plan import BuildOptions, BuildPlan, plan_build
+from ltmp_deploy.runtime.trt.targets import normalize_trt_version, strongly_typed_only
 
 SIDECAR_SCHEMA = "ltmp-deploy-engine/1"
 

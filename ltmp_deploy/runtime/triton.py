@@ -24,9 +24,9 @@ from pathlib import Path
 import onnx
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import load_onnx, read_metadata
-from ltmp_deploy.export.onnxgraph import dims, image_io
 from ltmp_deploy.files import atomic_output, ensure_writable_folder, write_text_atomic
+from ltmp_deploy.runtime.metadata import load_onnx, read_metadata
+from ltmp_deploy.runtime.onnxgraph import dims, image_io
 
 DEFAULT_MAX_BATCH = 8
 DEFAULT_QUEUE_DELAY_US = 100

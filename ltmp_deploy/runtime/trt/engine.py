@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.compare import quiet_polygraphy
-from ltmp_deploy.export.trt_targets import normalize_trt_version
 from ltmp_deploy.formats import FileKind, sniff
+from ltmp_deploy.runtime.parity.compare import quiet_polygraphy
+from ltmp_deploy.runtime.trt.targets import normalize_trt_version
 from ltmp_deploy.schemas import check
 
 REBUILD = "rebuild it with `ltmp-deploy build` on this device"

@@ -2,12 +2,13 @@
 
 Producers and consumers of each tensor, which tensors are weights, the element types and shapes
 onnx's shape inference finds, the image input, and the value of a tensor that constants alone
-decide. The TensorRT parser check (``trt_check``) and the INT8 layer selection (``quantize``)
+decide. The TensorRT parser check (``trt.parser_check``) and the INT8 layer selection (``int8.quantize``)
 both read graphs through :class:`Graph`.
 
 Constant values are computed by onnx's own reference evaluator over the constant part of the
 graph (Polygraphy's ``fold_constants`` would need onnx-graphsurgeon, which the field install
-lacks). Pure onnx + numpy: no torch, no onnxslim.
+lacks). That part is found here: onnx's ``utils.Extractor`` walks the top-level graph only and
+cannot stand a static shape in for a Shape node. Pure onnx + numpy: no torch, no onnxslim.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import INPUT_NAME, OUTPUT_NAME, load_onnx
+from ltmp_deploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, load_onnx
 
 ModelLike = Union[onnx.ModelProto, str, os.PathLike]
 Shape = tuple  # of Optional[int]: None for a dimension known only at run time

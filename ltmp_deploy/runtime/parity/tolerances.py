@@ -1,7 +1,7 @@
 """Parity gates: how close a backend must answer to its reference, by precision.
 
 The one set of gates for every parity check: the check right after export and ``ltmp-deploy
-validate`` both judge through :mod:`ltmp_deploy.export.compare`, on a device with torch or
+validate`` both judge through :mod:`ltmp_deploy.runtime.parity.compare`, on a device with torch or
 without it, so this module imports nothing heavy.
 
 - fp32: every logit within :data:`FP32_LOGIT_TOL` of the reference and identical token

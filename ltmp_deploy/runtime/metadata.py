@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.formats import FileKind, sniff
 from ltmp_deploy.schemas import check
 
@@ -64,7 +64,7 @@ def load_onnx(path: Any) -> Any:
     try:
         graph = onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001  (protobuf raises several types on corrupt files)
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise LTMPError(f"{path}: cannot read ONNX file ({first})") from exc
     if not graph.graph.node and not graph.graph.input:
         raise LTMPError(f"{path}: cannot read ONNX file (no graph in it: not an ONNX model?)")

@@ -6,7 +6,7 @@ graph and the target TensorRT version.
 The preset gives the target TensorRT version, a workspace that fits the module's memory, DLA
 cores and batch profiles; the requested precision is matched with what the graph carries (an
 fp16 export, Q/DQ nodes for INT8) and with what the TensorRT version can do, and the graph is
-checked against that version's ONNX parser (:mod:`ltmp_deploy.export.trt_check`). Combinations
+checked against that version's ONNX parser (:mod:`ltmp_deploy.runtime.trt.parser_check`). Combinations
 that cannot work are refused with the reason.
 
 Precision, by TensorRT version:
@@ -36,15 +36,15 @@ from typing import Any, Union
 import onnx
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.metadata import read_metadata
-from ltmp_deploy.export.onnxgraph import dims, image_io, load
-from ltmp_deploy.export.quantize import has_qdq
-from ltmp_deploy.export.tolerances import PRECISIONS
-from ltmp_deploy.export.trt_check import check_model
-from ltmp_deploy.export.trt_targets import strongly_typed_only, trt_key
 from ltmp_deploy.files import ensure_writable, sha256
-from ltmp_deploy.runtime.build_options import MAX_OPT_LEVEL, BuildOptions
-from ltmp_deploy.runtime.presets import DLA_ONLY_ON, JETPACK, PRESETS, TRT_VERSIONS, Preset
+from ltmp_deploy.runtime.int8.quantize import has_qdq
+from ltmp_deploy.runtime.metadata import read_metadata
+from ltmp_deploy.runtime.onnxgraph import dims, image_io, load
+from ltmp_deploy.runtime.parity.tolerances import PRECISIONS
+from ltmp_deploy.runtime.trt.build_options import MAX_OPT_LEVEL, BuildOptions
+from ltmp_deploy.runtime.trt.parser_check import check_model
+from ltmp_deploy.runtime.trt.presets import DLA_ONLY_ON, JETPACK, PRESETS, TRT_VERSIONS, Preset
+from ltmp_deploy.runtime.trt.targets import at_least, strongly_typed_only, trt_key
 
 
 @dataclass
@@ -149,7 +149,7 @@ def plan_build(
         flags.append("fp16")  # DLA runs the layers without Q/DQ in fp16 (or falls back to the GPU)
     if dla is not None and precision == "int8" and strongly_typed:
         notes.append("strongly typed on DLA: the layers the graph keeps in fp32 (no Q/DQ) run on the GPU")
-    if precision == "int8" and not strongly_typed and trt.startswith("10"):
+    if precision == "int8" and not strongly_typed and at_least(trt, "10.3") and not at_least(trt, "11"):
         notes.append("INT8 through the builder flag is deprecated in TensorRT 10.x; strongly typed builds avoid it")
     workspace = _check_options(where, preset, options, trt)
     _check_parser(graph, trt, preset)
@@ -197,7 +197,7 @@ def _check_options(where: str, preset: Preset, options: BuildOptions, trt: str) 
             raise LTMPError(
                 f"--opt-level {options.opt_level}: TensorRT's builder optimization levels are 0 to {MAX_OPT_LEVEL}"
             )
-        if trt == "8.5":
+        if not at_least(trt, "8.6"):
             raise LTMPError(f"{where}: --opt-level needs TensorRT 8.6 or newer")
     if options.hardware_compat:
         if preset.jetson:
@@ -205,9 +205,9 @@ def _check_options(where: str, preset: Preset, options: BuildOptions, trt: str) 
                 f"{where}: --hardware-compat is not supported for Jetson (JetPack) engines; "
                 "build on each device type instead"
             )
-        if trt == "8.5":
+        if not at_least(trt, "8.6"):
             raise LTMPError(f"{where}: --hardware-compat needs TensorRT 8.6 or newer")
-    if options.version_compatible and trt == "8.5":
+    if options.version_compatible and not at_least(trt, "8.6"):
         raise LTMPError(f"{where}: --version-compatible needs TensorRT 8.6 or newer")
     if options.timing_cache is not None:
         ensure_writable(options.timing_cache)
@@ -264,14 +264,14 @@ def _check_precision(where: str, graph: GraphInfo, precision: str, trt: str) -> 
     if precision == "int8" and carried != "int8":
         raise LTMPError(
             f"{where}: --precision int8 needs Q/DQ nodes in the graph: pass --calibration FILE.npy "
-            "(the build quantizes first) or run ltmp_deploy.export.quantize.quantize_int8"
+            "(the build quantizes first) or run ltmp_deploy.runtime.int8.quantize.quantize_int8"
         )
     if carried in ("fp16", "bf16") and precision != carried:
         raise LTMPError(
             f"{where}: the graph is {carried}; build it with --precision {carried}, "
             f"or export a float32 graph for --precision {precision}"
         )
-    if precision == "bf16" and trt in ("8.5", "8.6"):
+    if precision == "bf16" and not at_least(trt, "10.3"):  # 9.x is no target
         raise LTMPError(f"{where}: BF16 needs TensorRT 9.0 or newer; use --precision fp16")
     if strongly_typed_only(trt) and precision in ("fp16", "bf16") and carried != precision:
         fix = "export with --fp16" if precision == "fp16" else "convert the graph to bf16 (NVIDIA ModelOpt AutoCast)"
@@ -364,7 +364,7 @@ def _typing(where: str, graph: GraphInfo, precision: str, trt: str, asked: bool 
         if asked is False:
             raise LTMPError(f"{where}: TensorRT {trt} builds strongly typed networks only")
         return True
-    if trt in ("8.5", "8.6"):
+    if not at_least(trt, "10.3"):
         if asked:
             raise LTMPError(f"{where}: strongly typed networks need TensorRT 10 (JetPack 6.1+) or newer")
         return False
@@ -383,7 +383,7 @@ def _check_parser(graph: GraphInfo, trt: str, preset: Preset) -> None:
     if report.ok:
         return
     why = ""
-    if graph.mode == "threshold" and trt == "8.5":
+    if graph.mode == "threshold" and not at_least(trt, "8.6"):
         why = (
             " (a threshold-mode graph needs TensorRT 8.6 or newer: its TopK K is computed at run time; "
             "export fixed mode for this target)"

@@ -3,7 +3,7 @@
 No TensorRT is needed: the rules below are a table of facts from onnx-tensorrt's
 ``docs/operators.md`` support matrix and ``docs/Changelog.md`` for each release, NVIDIA's
 TensorRT release notes, and the parser's importer source. The graph is read through
-:class:`ltmp_deploy.export.onnxgraph.Graph` (shapes, weights, constant values). Pure ``onnx`` +
+:class:`ltmp_deploy.runtime.onnxgraph.Graph` (shapes, weights, constant values). Pure ``onnx`` +
 ``numpy``; runs on Python 3.8 (JetPack 5.1), never imports torch.
 
     report = check_model("model.onnx", "8.5")
@@ -21,8 +21,8 @@ import onnx
 from onnx import TensorProto
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.onnxgraph import Graph, ModelLike, load, node_name
-from ltmp_deploy.export.trt_targets import TRT_TARGETS, at_least
+from ltmp_deploy.runtime.onnxgraph import Graph, ModelLike, load, node_name
+from ltmp_deploy.runtime.trt.targets import TRT_TARGETS, at_least
 
 _ORDER = list(TRT_TARGETS)  # oldest first; "an op supported from X" means X and every later target
 
@@ -271,7 +271,7 @@ def _check_topk(g: Graph, node: onnx.NodeProto, attrs: dict, target: str) -> lis
 def _check_scatter(op: str, attrs: dict, target: str) -> list[str]:
     reduction = attrs.get("reduction", b"none")
     reduction = reduction.decode() if isinstance(reduction, bytes) else str(reduction)
-    if reduction != "none" and target in ("8.5", "8.6"):
+    if reduction != "none" and not at_least(target, "10.3"):
         # IScatterLayer has no reduction (NVIDIA/TensorRT#2396); the 8.x importers ignore the
         # attribute, so the engine builds and overwrites instead of reducing (NVIDIA/TensorRT#3750,
         # onnx/onnx-tensorrt#957). ScatterElements reductions import from 10.0 EA, through the
@@ -283,7 +283,7 @@ def _check_scatter(op: str, attrs: dict, target: str) -> list[str]:
     if reduction != "none" and op == "ScatterND":
         # 10.x/11 importer: "ScatterND with reduction is not supported" (kUNSUPPORTED_NODE_ATTR).
         return [f"ScatterND reduction='{reduction}' is rejected by the TensorRT {target} parser"]
-    if op == "ScatterND" and "reduction" in attrs and target == "10.3":
+    if op == "ScatterND" and "reduction" in attrs and at_least(target, "10.3") and not at_least(target, "10.13"):
         # 10.0-10.8 assert the attribute is absent even when it is 'none' (error text
         # `!attrs.count("reduction")` in user reports); 10.9 "Fixed support for opset 18+ ScatterND".
         return [

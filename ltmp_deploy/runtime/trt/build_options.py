@@ -1,5 +1,5 @@
 """What ``ltmp-deploy build`` is asked for, as one dataclass whose fields carry their command-line
-options (:mod:`ltmp_deploy.options`); :func:`ltmp_deploy.runtime.plan.plan_build` checks it. Kept
+options (:mod:`ltmp_deploy.options`); :func:`ltmp_deploy.runtime.trt.plan.plan_build` checks it. Kept
 apart from the planning, which reads graphs with onnx: the CLI builds its parser from this module
 on every run, and predict and show need no onnx."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ltmp_deploy.export.tolerances import PRECISIONS
 from ltmp_deploy.options import non_negative_int, option, positive_int
-from ltmp_deploy.runtime.presets import PRESETS, TRT_VERSIONS
+from ltmp_deploy.runtime.parity.tolerances import PRECISIONS
+from ltmp_deploy.runtime.trt.presets import PRESETS, TRT_VERSIONS
 
 MAX_OPT_LEVEL = 5
 

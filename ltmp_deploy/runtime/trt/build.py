@@ -3,11 +3,11 @@
     engine = build_engine("model.onnx", "model.plan", preset="agx-orin", precision="fp16")
 
 :func:`build` is the whole ``ltmp-deploy build`` command: it reads the graph once, plans the
-build (:mod:`ltmp_deploy.runtime.plan`: refused combinations fail before any work), quantizes a
-float graph first when INT8 is asked (:func:`ltmp_deploy.export.quantize.quantize_int8`, into
+build (:mod:`ltmp_deploy.runtime.trt.plan`: refused combinations fail before any work), quantizes a
+float graph first when INT8 is asked (:func:`ltmp_deploy.runtime.int8.quantize.quantize_int8`, into
 ``ENGINE_STEM.int8.onnx``), then builds ``ENGINE`` and writes ``ENGINE.json`` with it, or only
-prints the equivalent ``trtexec`` line (:mod:`ltmp_deploy.runtime.trtexec`). Presets are in
-:mod:`ltmp_deploy.runtime.presets`.
+prints the equivalent ``trtexec`` line (:mod:`ltmp_deploy.runtime.trt.trtexec`). Presets are in
+:mod:`ltmp_deploy.runtime.trt.presets`.
 
 TensorRT and Polygraphy's TensorRT backend are imported inside the functions that build.
 """
@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.calibration_data import CalibrationLike, read_calibration_data
-from ltmp_deploy.export.metadata import INPUT_NAME
-from ltmp_deploy.export.quantize import quantize_int8
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output, ensure_writable
-from ltmp_deploy.runtime.engine import current_gpu, import_tensorrt, sidecar_path, tensorrt_version
-from ltmp_deploy.runtime.plan import BuildOptions, BuildPlan, GraphInfo, inspect_graph, plan_build
-from ltmp_deploy.runtime.trtexec import compose_sidecar, record_trtexec_build, sidecar_text, trtexec_command
+from ltmp_deploy.runtime.int8.calibration_data import CalibrationLike, read_calibration_data
+from ltmp_deploy.runtime.int8.quantize import quantize_int8
+from ltmp_deploy.runtime.metadata import INPUT_NAME
+from ltmp_deploy.runtime.trt.engine import current_gpu, import_tensorrt, sidecar_path, tensorrt_version
+from ltmp_deploy.runtime.trt.plan import BuildOptions, BuildPlan, GraphInfo, inspect_graph, plan_build
+from ltmp_deploy.runtime.trt.trtexec import compose_sidecar, record_trtexec_build, sidecar_text, trtexec_command
 
 NO_TENSORRT_ADVICE = (
     "build on the target device, print the equivalent trtexec command with `ltmp-deploy build ... --print-trtexec`, "
@@ -178,7 +178,7 @@ def _build(plan: BuildPlan, trt: Any) -> Any:
     except LTMPError:
         raise
     except (PolygraphyException, RuntimeError, TypeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise LTMPError(f"{plan.graph.path}: TensorRT {trt.__version__} could not build the engine ({first})") from exc
     if not engine:
         raise LTMPError(f"{plan.graph.path}: TensorRT {trt.__version__} returned no engine")

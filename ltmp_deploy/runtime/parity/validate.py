@@ -3,7 +3,7 @@
 ``validate(["model.engine"], against="model.onnx")`` runs the reference graph on ONNX Runtime's
 CPU provider and every file (.onnx on ONNX Runtime, .engine/.plan on TensorRT) on the same
 batches, and judges them with the toolkit's one comparator and gates
-(:mod:`ltmp_deploy.export.compare`, :mod:`ltmp_deploy.export.tolerances`): fp32 within 1e-4
+(:mod:`ltmp_deploy.runtime.parity.compare`, :mod:`ltmp_deploy.runtime.parity.tolerances`): fp32 within 1e-4
 and identical token decisions; fp16 / bf16 / int8 by top-1 agreement and the precision's logit
 bound. The images are seeded random ones in the model's normalised input space, or pictures
 of your own, preprocessed as the file's metadata says.
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.export.compare import (
+from ltmp_deploy.runtime.backends import OnnxruntimeBackend, Provider, TensorrtBackend, resolve_backend
+from ltmp_deploy.runtime.parity.compare import (
     DEFAULT_IMAGES,
     RANDOM_IMAGES,
     ParityReport,
@@ -34,7 +35,6 @@ from ltmp_deploy.export.compare import (
     split_batches,
     whole_batches,
 )
-from ltmp_deploy.runtime.backends import OnnxruntimeBackend, Provider, TensorrtBackend, resolve_backend
 from ltmp_deploy.runtime.preprocess import ImageLike, preprocess
 
 CHECKPOINT_REFERENCE = (
