@@ -114,22 +114,27 @@ def choose_providers(ort: Any, requested: Sequence[Provider] | None, path: Path)
     return chosen
 
 
-def ort_session(path: Path, providers: Sequence[Provider] | None = None, threads: int | None = None) -> Any:
+def ort_session(
+    path: Path | bytes, providers: Sequence[Provider] | None = None, threads: int | None = None, file: str = ""
+) -> Any:
     """An ONNX Runtime InferenceSession, with one-line errors: the one place the toolkit opens one, so
-    what bench times is what predict and validate run. ``threads``: intra-op threads (default: ONNX
-    Runtime's, every core)."""
-    ort = require("onnxruntime", path, ORT)
-    chosen = choose_providers(ort, providers, path)
-    check_graph_file(path)  # external weights outside its folder: refused before ONNX Runtime reads them
+    what bench times is what predict and validate run. ``path``: the graph file, or the serialised graph
+    (named ``file`` in messages) as export checks it before writing it. ``threads``: intra-op threads
+    (default: ONNX Runtime's, every core)."""
+    where = file or str(path)
+    ort = require("onnxruntime", where, ORT)
+    chosen = choose_providers(ort, providers, where)
+    if not isinstance(path, bytes):
+        check_graph_file(path)  # external weights outside its folder: refused before ONNX Runtime reads them
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), options, providers=chosen)
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=chosen)
     except Exception as err:  # noqa: BLE001  (ONNX Runtime raises InvalidProtobuf, Fail, RuntimeException...)
         reason = first_line(err, 300)
-        raise LTMPError(f"{path}: not a loadable ONNX graph, it may be truncated or corrupt ({reason})") from err
+        raise LTMPError(f"{where}: not a loadable ONNX graph, it may be truncated or corrupt ({reason})") from err
 
 
 def open_runner(
@@ -147,7 +152,7 @@ def open_runner(
     if providers is not None and name != "onnxruntime":
         raise LTMPError(f"{path}: providers apply to the onnxruntime backend only, not {name}")
     if name == "onnxruntime":
-        return _onnxruntime(path, providers, threads)
+        return graph_target(path, providers, threads)
     if name == "tensorrt":
         return _tensorrt(path)
     return _plugin(name, path)
@@ -207,21 +212,25 @@ def _input(runner: Any, path: Path, what: str) -> tuple[str, np.dtype, tuple[int
     return name, np.dtype(DataType.to_dtype(DataType.from_dtype(dtype), "numpy")), static_dims(shape)
 
 
-def _onnxruntime(path: Path, providers: Sequence[Provider] | None, threads: int | None) -> Target:
+def graph_target(
+    source: Path | bytes, providers: Sequence[Provider] | None = None, threads: int | None = None, file: str = ""
+) -> Target:
+    """A graph file (or a serialised graph named ``file``) on ONNX Runtime, opened by :func:`ort_session`."""
     from ltmp_deploy.runtime.onnxrt_runner import LeanOnnxrtRunner
 
-    session = ort_session(path, providers, threads)
+    where = Path(file or str(source))
+    session = ort_session(source, providers, threads, str(where))
     used = list(session.get_providers())
-    meta = decode(session.get_modelmeta().custom_metadata_map, str(path))
+    meta = decode(session.get_modelmeta().custom_metadata_map, str(where))
     short = "+".join(p.replace("ExecutionProvider", "") for p in used)
-    runner = LeanOnnxrtRunner(session, name=f"onnxruntime[{short}] {path.name}")
+    runner = LeanOnnxrtRunner(session, name=f"onnxruntime[{short}] {where.name}")
     with _activated(runner):
-        name, dtype, shape = _input(runner, path, "the graph")
+        name, dtype, shape = _input(runner, where, "the graph")
     outputs = list(runner.output_names)
     return Target(
         runner,
         "onnxruntime",
-        str(path),
+        str(where),
         meta,
         shape,
         shape_batch_range(shape),
