@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ltmp_deploy.bench.config import BenchConfig
 from ltmp_deploy.bench.machine import load_average, machine, usable_cores
-from ltmp_deploy.bench.timers import ONNX_BACKENDS, open_timer, unavailable
+from ltmp_deploy.bench.timers import ONNX_BACKENDS, close_targets, open_targets, timed_calls, unavailable
 from ltmp_deploy.bench.variants import Variant, build_variants
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.reference import sample_images
@@ -153,21 +153,25 @@ def _time_all(
     records: list[dict[str, Any]] = []
     try:
         for backend in backends:
-            timer = open_timer(backend, model, variants, graphs, workdir, config.batches, threads)
-            skipped += [{"backend": backend, "variant": n, "reason": r} for n, r in timer.skipped.items()]
+            targets, left_out = open_targets(backend, model, variants, graphs, workdir, config.batches, threads)
+            skipped += [{"backend": backend, "variant": n, "reason": r} for n, r in left_out.items()]
             try:
                 for batch in sorted(config.batches):
                     bar.set_description(f"timing {backend} batch {batch}")
                     x = np.ascontiguousarray(images[:batch].numpy())
                     timings = interleaved(
-                        timer.calls(x), batch, rounds=config.rounds, warmup=config.warmup, on_round=bar.update
+                        timed_calls(targets, variants, x),
+                        batch,
+                        rounds=config.rounds,
+                        warmup=config.warmup,
+                        on_round=bar.update,
                     )
                     samples = {name: list(t.samples_ms) for name, t in timings.items()}
                     records += [
                         _record(backend, batch, v, samples, flops[v.name, batch]) for v in variants if v.name in samples
                     ]
             finally:
-                timer.close()
+                close_targets(targets)
     finally:
         bar.close()
     return records

@@ -1,11 +1,14 @@
-"""The backends a benchmark times on, each opened once for every batch size.
+"""The runners a benchmark times on, each opened once for every batch size.
 
-``torch-cpu`` and ``torch-cuda`` run the patched model eagerly (inference mode; on CUDA each call
-ends in a synchronize, so the clock covers the work). ``onnxruntime-cpu`` and ``onnxruntime-cuda``
-run the exported graphs (dynamic batch axis) with host inputs, as a service would feed them.
-``tensorrt`` builds an engine per graph with ``runtime.trt.build`` (datacenter preset, the graph's
-precision, a profile over the timed batch sizes) and runs it through the runtime's TensorRT
-backend, host to host. A backend this machine lacks is skipped with the reason.
+Every backend runs as a Session runs it: on the runtime's Polygraphy runners, each call one
+:func:`ltmp_deploy.runtime.backends.infer` (what ``Session.run``, and so ``predict``, calls), host
+arrays in and host arrays out. ``torch-cpu`` and ``torch-cuda`` run the patched model eagerly on
+the toolkit's PyTorch runner (``LTMPTorchRunner``: inference mode, no decisions recorded; on CUDA
+the copy of the logits to the host waits for the work, so the clock covers it).
+``onnxruntime-cpu`` and ``onnxruntime-cuda`` open the exported graphs (dynamic batch axis) with
+the runtime's opener, on the provider and thread count asked. ``tensorrt`` builds an engine per
+graph with ``runtime.build`` (datacenter preset, the graph's precision, a profile over the timed
+batch sizes) and opens it the same way. A backend this machine lacks is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from ltmp_deploy.bench.config import BACKENDS
 from ltmp_deploy.bench.variants import Variant
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+from ltmp_deploy.runtime.backends import close, infer, open_runner
+from ltmp_deploy.runtime.metadata import OUTPUT_NAME
+from ltmp_deploy.runtime.parity.compare import Target
 
 ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
 ORT_PROVIDER = {"onnxruntime-cpu": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider"}
@@ -54,103 +60,7 @@ def unavailable(backend: str) -> str | None:
     return None
 
 
-class Timer:
-    """Zero-argument calls, one per variant, over one batch of images."""
-
-    def __init__(self) -> None:
-        self.skipped: dict[str, str] = {}  # variant -> why it cannot run on this backend
-
-    def calls(self, images: np.ndarray) -> Calls:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class TorchTimer(Timer):
-    def __init__(self, model: LTMPVisionTransformer, variants: Sequence[Variant], device: str) -> None:
-        super().__init__()
-        self.device = torch.device(device)
-        self.model = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device)
-        self.variants = list(variants)
-
-    def calls(self, images: np.ndarray) -> Calls:
-        x = torch.from_numpy(images).to(self.device)
-        sync = self.device.type == "cuda"
-
-        def call(variant: Variant) -> Callable[[], None]:
-            def run() -> None:
-                with torch.inference_mode():
-                    variant.apply(self.model)(x)
-                if sync:
-                    torch.cuda.synchronize()
-
-            return run
-
-        return {v.name: call(v) for v in self.variants}
-
-    def close(self) -> None:
-        if self.device.type == "cuda":
-            del self.model
-            torch.cuda.empty_cache()
-
-
-class OrtTimer(Timer):
-    """The graphs on the runtime's ONNX Runtime backend: what ``predict`` and a Session run."""
-
-    def __init__(self, graphs: dict[str, Path], backend: str, threads: int) -> None:
-        from ltmp_deploy.runtime.backends import OnnxruntimeBackend
-
-        super().__init__()
-        provider = ORT_PROVIDER[backend]
-        self.backends = {}
-        for name, path in graphs.items():
-            opened = OnnxruntimeBackend(path, [provider], threads)
-            if opened.providers[0] != provider:  # ONNX Runtime falls back to the CPU silently
-                self.skipped[name] = f"{provider} did not take the graph (it ran on {opened.providers[0]})"
-                continue
-            self.backends[name] = opened
-
-    def calls(self, images: np.ndarray) -> Calls:
-        return {name: (lambda b=b: b.run(images)) for name, b in self.backends.items()}
-
-    def close(self) -> None:
-        for opened in self.backends.values():
-            opened.close()
-        self.backends.clear()
-
-
-class TensorrtTimer(Timer):
-    def __init__(self, graphs: dict[str, Path], workdir: Path, batches: Sequence[int]) -> None:
-        from ltmp_deploy.runtime.backends import TensorrtBackend
-        from ltmp_deploy.runtime.trt.build import build_engine
-
-        super().__init__()
-        self.engines = {}
-        for name, path in graphs.items():
-            try:
-                engine = build_engine(
-                    path,
-                    workdir / f"{name}.engine",
-                    preset="datacenter",
-                    min_batch=min(batches),
-                    opt_batch=max(batches),
-                    max_batch=max(batches),
-                )
-                self.engines[name] = TensorrtBackend(engine)
-            except LTMPError as err:
-                self.skipped[name] = str(err)
-
-    def calls(self, images: np.ndarray) -> Calls:
-        return {name: (lambda e=e: e.run(images)) for name, e in self.engines.items()}
-
-    def close(self) -> None:
-        for engine in self.engines.values():
-            engine.close()
-        self.engines.clear()
-
-
-def open_timer(
+def open_targets(
     backend: str,
     model: LTMPVisionTransformer,
     variants: Sequence[Variant],
@@ -158,10 +68,87 @@ def open_timer(
     workdir: Path,
     batches: Sequence[int],
     threads: int,
-) -> Timer:
-    """The timer for ``backend`` (checked available); ``graphs``: the exported ONNX per variant."""
+) -> tuple[dict[str, Target], dict[str, str]]:
+    """Every variant on ``backend``'s runner, activated (``graphs``: the exported ONNX per variant), and
+    why each variant that cannot run there is left out."""
     if backend.startswith("torch"):
-        return TorchTimer(model, variants, backend.split("-", 1)[1])
+        return _torch_targets(model, variants, backend.split("-", 1)[1]), {}
     if backend == "tensorrt":
-        return TensorrtTimer(graphs, workdir, batches)
-    return OrtTimer(graphs, backend, threads)
+        return _engine_targets(graphs, workdir, batches)
+    return _graph_targets(graphs, backend, threads)
+
+
+def timed_calls(targets: dict[str, Target], variants: Sequence[Variant], images: np.ndarray) -> Calls:
+    """One zero-argument call per variant: ``images`` through its runner. PyTorch's variants share one
+    model, so each call first puts it in its variant's mode, as the timed calls always have."""
+    by_name = {v.name: v for v in variants}
+
+    def call(name: str, target: Target) -> Callable[[], object]:
+        if target.backend != "torch":
+            return lambda: infer(target, images)
+        variant, model = by_name[name], target.runner.model
+
+        def run() -> object:
+            variant.apply(model)
+            return infer(target, images)
+
+        return run
+
+    return {name: call(name, t) for name, t in targets.items()}
+
+
+def close_targets(targets: dict[str, Target]) -> None:
+    """Deactivate every runner once (PyTorch's variants share one) and let a CUDA copy of the model go."""
+    opened = {id(t): t for t in targets.values()}
+    targets.clear()
+    while opened:
+        close(opened.popitem()[1])
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _torch_targets(model: LTMPVisionTransformer, variants: Sequence[Variant], device: str) -> dict[str, Target]:
+    from ltmp_deploy.export.runner import LTMPTorchRunner
+
+    on = torch.device(device)
+    placed = model if on.type == "cpu" else copy.deepcopy(model).to(on)
+    runner = LTMPTorchRunner(placed, decisions=False, name=f"pytorch {device}")
+    runner.activate()
+    shape = (None, *runner.image_shape)
+    target = Target(runner, "torch", f"the model on {device}", input_shape=shape, output_names=[OUTPUT_NAME])
+    return {v.name: target for v in variants}
+
+
+def _graph_targets(graphs: dict[str, Path], backend: str, threads: int) -> tuple[dict[str, Target], dict[str, str]]:
+    provider = ORT_PROVIDER[backend]
+    targets, skipped = {}, {}
+    for name, path in graphs.items():
+        target = open_runner(path, "onnxruntime", [provider], threads)
+        if target.providers[0] != provider:  # ONNX Runtime falls back to the CPU silently
+            close(target)
+            skipped[name] = f"{provider} did not take the graph (it ran on {target.providers[0]})"
+            continue
+        targets[name] = target
+    return targets, skipped
+
+
+def _engine_targets(
+    graphs: dict[str, Path], workdir: Path, batches: Sequence[int]
+) -> tuple[dict[str, Target], dict[str, str]]:
+    from ltmp_deploy.runtime.trt.build import build_engine
+
+    targets, skipped = {}, {}
+    for name, path in graphs.items():
+        try:
+            engine = build_engine(
+                path,
+                workdir / f"{name}.engine",
+                preset="datacenter",
+                min_batch=min(batches),
+                opt_batch=max(batches),
+                max_batch=max(batches),
+            )
+            targets[name] = open_runner(engine, "tensorrt")
+        except LTMPError as err:
+            skipped[name] = str(err)
+    return targets, skipped

@@ -16,10 +16,8 @@ from typing import Any, Union
 import numpy as np
 
 from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES, digits_arrays
-from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.export.runner import LTMPTorchRunner
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
-from ltmp_deploy.runtime.metadata import check_graph_file, decode
 from ltmp_deploy.runtime.parity.compare import RANDOM_IMAGES, ParityReport, Target, random_images, run_parity
 
 
@@ -61,20 +59,7 @@ def torch_target(source: Any, meta: dict[str, Any], mode: str | None) -> Target:
 
 
 def onnxruntime_target(source: Union[bytes, str], file: str) -> Target:
-    """A graph (bytes or a path) on ONNX Runtime's CPU provider, through Polygraphy's loader."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.logger import G_LOGGER
+    """A graph (bytes or a path) on ONNX Runtime's CPU provider, opened as the runtime opens every graph."""
+    from ltmp_deploy.runtime.backends import graph_target
 
-    if isinstance(source, str):
-        check_graph_file(source)
-    try:
-        with G_LOGGER.verbosity(G_LOGGER.ERROR):
-            session = SessionFromOnnx(source, providers=["CPUExecutionProvider"])()
-    except Exception as err:  # noqa: BLE001  (ONNX Runtime raises InvalidProtobuf, Fail, RuntimeException...)
-        reason = first_line(err, 300)
-        raise LTMPError(f"{file}: not a loadable ONNX graph, it may be truncated or corrupt ({reason})") from err
-    meta = decode(session.get_modelmeta().custom_metadata_map, str(file))
-    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in session.get_inputs()[0].shape)
-    batch_range = (1, None) if not shape or shape[0] is None else (shape[0], shape[0])
-    runner = OnnxrtRunner(session, name=f"onnxruntime[CPU] {Path(file).name}")
-    return Target(runner, "onnxruntime", file, meta, shape, batch_range, meta.get("precision") or "fp32")
+    return graph_target(source if isinstance(source, bytes) else Path(source), ["CPUExecutionProvider"], file=file)

@@ -1,13 +1,15 @@
-"""The toolkit's PyTorch model as a Polygraphy runner, and as the Session's PyTorch backend.
+"""The toolkit's PyTorch model as a Polygraphy runner: a Session's PyTorch backend, validate's reference, bench's.
 
 Polygraphy's ``Comparator`` runs any list of runners on one data loader; this runner joins that
 contract (activate, infer, deactivate, input metadata) so PyTorch is compared with ONNX Runtime
-and TensorRT by the same machinery. It answers with the names the exported graph uses:
-``logits`` and, with ``decisions=True``, ``block{i}_kept`` and ``block{i}_merge_dst``.
+and TensorRT by the same machinery, and a Session and ``ltmp-deploy bench`` run it as they run
+the others. It answers with the names the exported graph uses: ``logits`` and, with
+``decisions=True``, ``block{i}_kept`` and ``block{i}_merge_dst``; host arrays in and out, the
+model on whichever device it sits.
 
-:class:`TorchBackend` opens a checkpoint for :class:`ltmp_deploy.runtime.Session`. The runtime
-never imports it by name (it runs where torch is not installed): it finds it through the
-``ltmp_deploy.backends`` entry point group that ``pyproject.toml`` declares.
+A Session opens a checkpoint on it, but the runtime never imports it by name (it runs where torch
+is not installed): it finds this class through the ``ltmp_deploy.backends`` entry point group that
+``pyproject.toml`` declares.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class LTMPTorchRunner(BaseRunner):
     """Runs a toolkit checkpoint (a path, loaded on activation) or an LTMP model in eager PyTorch.
 
     ``mode``: run in this mode (fixed / threshold) rather than the checkpoint's own, e.g. the
-    mode a graph was exported in. ``decisions``: also return every block's token decisions.
+    mode a graph was exported in. ``decisions``: also return every block's token decisions (without
+    them the model runs as its plain ``forward`` does, recording none).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class LTMPTorchRunner(BaseRunner):
         super().__init__(name=name, prefix="pytorch-runner")
         self._model, self._decisions, self._mode = model, decisions, mode
         self.model: LTMPVisionTransformer | None = None
+        self._device: torch.device | None = None
 
     def activate_impl(self) -> None:
         if isinstance(self._model, (str, os.PathLike)):
@@ -57,6 +61,7 @@ class LTMPTorchRunner(BaseRunner):
             if self._mode is not None and self.model.ltmp.mode != self._mode:
                 self.model.ltmp_set_mode(self._mode)
         self.model.eval()
+        self._device = next(self.model.parameters()).device
 
     @property
     def input_name(self) -> str:
@@ -97,17 +102,17 @@ class LTMPTorchRunner(BaseRunner):
         x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
         start = time.perf_counter()
         with torch.inference_mode():
-            out = model.forward_ltmp(x.float())
-        self.inference_time = time.perf_counter() - start
-        result: OrderedDict[str, np.ndarray] = OrderedDict(logits=out.logits.numpy())
-        if self._decisions:
+            out = model.forward_ltmp(x.to(self._device).float(), record=self._decisions)
+            # to the host: on CUDA this waits for the work, so the time covers it
+            result: OrderedDict[str, np.ndarray] = OrderedDict(logits=out.logits.cpu().numpy())
             for i, d in enumerate(out.decisions):
-                result[f"block{i}_kept"] = d.kept.numpy()
-                result[f"block{i}_merge_dst"] = d.merge_dst.numpy()
+                result[f"block{i}_kept"] = d.kept.cpu().numpy()
+                result[f"block{i}_merge_dst"] = d.merge_dst.cpu().numpy()
+        self.inference_time = time.perf_counter() - start
         return result
 
     def deactivate_impl(self) -> None:
-        self.model = None
+        self.model, self._device = None, None
 
     def _active(self) -> LTMPVisionTransformer:
         if self.model is None:
@@ -115,30 +120,4 @@ class LTMPTorchRunner(BaseRunner):
         return self.model
 
 
-class TorchBackend:
-    """A toolkit checkpoint behind a Session: what ``ltmp_deploy.runtime.backends.Backend`` lists."""
-
-    name = "torch"
-    providers: list[str] | None = None
-    sidecar: dict[str, Any] | None = None
-
-    def __init__(self, path: Path, mode: str | None = None) -> None:
-        self.path = Path(path)
-        self.runner = LTMPTorchRunner(self.path, decisions=True, mode=mode, name=f"torch:{self.path.name}")
-        self.runner.activate()
-        self.input_name = self.runner.input_name
-        self.input_dtype = np.dtype(np.float32)
-        self.input_shape: tuple[int | None, ...] = (None, *self.runner.image_shape)
-        self.batch_range: tuple[int, int | None] = (1, None)
-        self.output_names = self.runner.output_names
-        self.metadata = self.runner.metadata()
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(self.runner.infer({self.input_name: batch}, check_inputs=False))
-
-    def close(self) -> None:
-        if getattr(self, "runner", None) is not None and self.runner.is_active:
-            self.runner.deactivate()
-
-
-__all__ = ["LTMPTorchRunner", "TorchBackend"]
+__all__ = ["LTMPTorchRunner"]

@@ -1,16 +1,22 @@
-"""The three backends behind :class:`~ltmp_deploy.runtime.session.Session`.
+"""Opening a model file on its Polygraphy runner: the one way Session, predict, validate and bench run models.
 
-Each opens one kind of file, told by its content (:mod:`ltmp_deploy.formats`), and answers the
-same few questions (input name, dtype and shape, allowed batch sizes, output names, metadata) and
-runs a checked batch to named outputs:
+Every backend is a Polygraphy runner (``polygraphy.backend.base.BaseRunner``: activate, infer,
+deactivate, input metadata), opened by :func:`open_runner` from the file's content
+(:mod:`ltmp_deploy.formats`) into a :class:`~ltmp_deploy.runtime.parity.compare.Target`: the runner and
+what running and comparing it needs to know (input name, dtype and shape, allowed batch sizes,
+output names, metadata). :func:`infer` runs one batch through it; ``Session.run`` (so ``predict``)
+calls it, ``ltmp-deploy bench`` times it, and ``validate`` hands the same runners to Polygraphy's
+``Comparator``.
 
-- ``onnxruntime``: an ONNX graph, in an InferenceSession opened by :func:`ort_session` (the one place), on the CPU
-  or with the CUDA and TensorRT execution providers that ``onnxruntime-gpu`` brings;
+- ``onnxruntime``: an ONNX graph, in an InferenceSession opened by :func:`ort_session` (the one place,
+  with its provider and thread options), on :class:`~ltmp_deploy.runtime.onnxrt_runner.LeanOnnxrtRunner`
+  (Polygraphy's ``OnnxrtRunner``);
 - ``tensorrt``: an engine, through Polygraphy's ``EngineFromBytes`` and ``TrtRunner``;
-- ``torch``: a toolkit checkpoint, through the toolkit's own Polygraphy runner. It lives with
-  the PyTorch side of the toolkit (``ltmp_deploy.export.runner``), and this package finds it
-  through the ``ltmp_deploy.backends`` entry point group, never by importing it: the field
-  install has no torch.
+- ``torch``: a toolkit checkpoint, on the toolkit's own Polygraphy runner. It lives with the PyTorch
+  side of the toolkit (``ltmp_deploy.export.runner.LTMPTorchRunner``), and this package finds that
+  runner class through the ``ltmp_deploy.backends`` entry point group, never by importing it: the
+  field install has no torch. A runner class there takes ``(path, name=...)`` and answers
+  ``output_names`` and ``metadata()`` besides Polygraphy's contract.
 
 Nothing here imports torch, timm or onnx; each backend imports its library when it is opened
 and says what to pip install when that library is missing.
@@ -18,10 +24,11 @@ and says what to pip install when that library is missing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Dict, Tuple, Union
 
@@ -31,13 +38,15 @@ from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.extras import FULL, ORT
 from ltmp_deploy.formats import FileKind, expect
 from ltmp_deploy.runtime.metadata import check_graph_file, decode
-from ltmp_deploy.runtime.trt.engine import batch_range, engine_runner, model_file_kind, quiet_polygraphy
+from ltmp_deploy.runtime.parity.compare import Target, quiet_polygraphy
+from ltmp_deploy.runtime.trt.engine import batch_range, engine_runner, model_file_kind
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 KIND_BACKEND = {FileKind.ONNX: "onnxruntime", FileKind.ENGINE: "tensorrt", FileKind.TOOLKIT_CHECKPOINT: "torch"}
 # Execution providers in the order "auto" prefers them, when ONNX Runtime has them.
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 PLUGIN_GROUP = "ltmp_deploy.backends"
+LIBRARY = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT", "torch": "PyTorch"}
 
 # typing's generics, not the builtins': this alias is evaluated at import, and Python 3.8 (JetPack 5.1)
 # cannot subscript tuple or dict.
@@ -78,31 +87,6 @@ def require(module: str, path: Path, hint: str) -> Any:
         raise LTMPError(f"{path}: needs {module}, which is not installed here ({type(err).__name__}); {hint}") from err
 
 
-class Backend:
-    """What a Session needs from a backend. Shapes use None for a dynamic dimension.
-
-    A backend from the ``ltmp_deploy.backends`` entry point group answers the same attributes
-    without subclassing this class (it is imported where this package may not import from).
-    """
-
-    name: str
-    path: Path
-    input_name: str
-    input_dtype: np.dtype
-    input_shape: tuple[int | None, ...]
-    output_names: list[str]
-    batch_range: tuple[int, int | None]
-    metadata: dict[str, Any]
-    providers: list[str] | None = None
-    sidecar: dict[str, Any] | None = None
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
 def static_dims(shape: Sequence[Any]) -> tuple[int | None, ...]:
     return tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape)
 
@@ -130,117 +114,37 @@ def choose_providers(ort: Any, requested: Sequence[Provider] | None, path: Path)
     return chosen
 
 
-def ort_session(path: Path, providers: Sequence[Provider] | None = None, threads: int | None = None) -> Any:
+def ort_session(
+    path: Path | bytes, providers: Sequence[Provider] | None = None, threads: int | None = None, file: str = ""
+) -> Any:
     """An ONNX Runtime InferenceSession, with one-line errors: the one place the toolkit opens one, so
-    what bench times is what predict and validate run. ``threads``: intra-op threads (default: ONNX
-    Runtime's, every core)."""
-    ort = require("onnxruntime", path, ORT)
-    chosen = choose_providers(ort, providers, path)
-    check_graph_file(path)  # external weights outside its folder: refused before ONNX Runtime reads them
+    what bench times is what predict and validate run. ``path``: the graph file, or the serialised graph
+    (named ``file`` in messages) as export checks it before writing it. ``threads``: intra-op threads
+    (default: ONNX Runtime's, every core)."""
+    where = file or str(path)
+    ort = require("onnxruntime", where, ORT)
+    chosen = choose_providers(ort, providers, where)
+    if not isinstance(path, bytes):
+        check_graph_file(path)  # external weights outside its folder: refused before ONNX Runtime reads them
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), options, providers=chosen)
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=chosen)
     except Exception as err:  # noqa: BLE001  (ONNX Runtime raises InvalidProtobuf, Fail, RuntimeException...)
         reason = first_line(err, 300)
-        raise LTMPError(f"{path}: not a loadable ONNX graph, it may be truncated or corrupt ({reason})") from err
+        raise LTMPError(f"{where}: not a loadable ONNX graph, it may be truncated or corrupt ({reason})") from err
 
 
-class OnnxruntimeBackend(Backend):
-    name = "onnxruntime"
-
-    def __init__(self, path: Path, providers: Sequence[Provider] | None = None, threads: int | None = None) -> None:
-        self.path = path
-        self.session = ort_session(path, providers, threads)
-        self.providers = list(self.session.get_providers())
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise LTMPError(
-                f"{path}: expected one image input, the graph has {len(inputs)}: {', '.join(i.name for i in inputs)}"
-            )
-        from polygraphy.datatype import DataType
-
-        self.input_name = inputs[0].name
-        self.input_dtype = np.dtype(DataType.to_dtype(DataType.from_dtype(inputs[0].type, "onnxruntime"), "numpy"))
-        self.input_shape = static_dims(inputs[0].shape)
-        self.batch_range = shape_batch_range(self.input_shape)
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.metadata = decode(self.session.get_modelmeta().custom_metadata_map, str(path))
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        try:
-            outputs = self.session.run(None, {self.input_name: batch})
-        except Exception as err:  # noqa: BLE001
-            raise LTMPError(
-                f"{self.path}: ONNX Runtime failed on a batch of shape {batch.shape}: {first_line(err, 300)}"
-            ) from err
-        return dict(zip(self.output_names, outputs))
-
-    def close(self) -> None:
-        self.session = None
-
-
-class TensorrtBackend(Backend):
-    name = "tensorrt"
-
-    def __init__(self, path: Path) -> None:
-        from polygraphy.datatype import DataType
-
-        self.path = path
-        self.runner, self.sidecar = engine_runner(path, name=f"tensorrt:{path.name}")
-        with quiet_polygraphy():
-            self.runner.activate()
-            meta = self.runner.get_input_metadata(use_numpy_dtypes=False)
-        if len(meta) != 1:
-            raise LTMPError(f"{path}: expected one image input, the engine has {len(meta)}: {', '.join(meta)}")
-        ((self.input_name, (dtype, shape)),) = meta.items()
-        self.input_dtype = np.dtype(DataType.to_dtype(DataType.from_dtype(dtype), "numpy"))
-        self.input_shape = static_dims(shape)
-        self.batch_range = batch_range(
-            self.runner.engine, self.input_name, self.input_shape[0] if self.input_shape else None
-        )
-        engine = self.runner.engine
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        self.output_names = [n for n in names if n != self.input_name]
-        self.metadata = dict(self.sidecar.get("metadata") or {})
-        if self.sidecar.get("precision"):
-            self.metadata["engine_precision"] = self.sidecar["precision"]
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        try:
-            with quiet_polygraphy():
-                outputs = self.runner.infer({self.input_name: batch}, check_inputs=False)
-        except Exception as err:  # noqa: BLE001  (PolygraphyException or TensorRT's errors)
-            raise LTMPError(
-                f"{self.path}: TensorRT failed on a batch of shape {batch.shape}: {first_line(err, 300)}"
-            ) from err
-        return {k: np.array(v, copy=True) for k, v in outputs.items()}  # the runner reuses its buffers
-
-    def close(self) -> None:
-        if getattr(self, "runner", None) is not None and self.runner.is_active:
-            with quiet_polygraphy():
-                self.runner.deactivate()
-
-
-def plugin_backend(name: str, path: Path) -> Backend:
-    """The backend ``name`` from the ``ltmp_deploy.backends`` entry point group, opened on ``path``."""
-    found = list(importlib.metadata.entry_points(group=PLUGIN_GROUP, name=name))
-    if not found:
-        missing = f"no {PLUGIN_GROUP} entry point {name!r}"
-        raise LTMPError(f"{path}: the {name} backend is not installed here ({missing}); {FULL}")
-    try:
-        backend = found[0].load()
-    except Exception as err:  # noqa: BLE001  (ImportError for torch or timm, or a broken install's OSError)
-        missing = getattr(err, "name", None) or type(err).__name__
-        raise LTMPError(f"{path}: the {name} backend needs {missing}, not installed here; {FULL}") from err
-    return backend(path)
-
-
-def open_backend(
-    path: str | os.PathLike, backend: str = "auto", providers: Sequence[Provider] | None = None
-) -> Backend:
+def open_runner(
+    path: str | os.PathLike,
+    backend: str = "auto",
+    providers: Sequence[Provider] | None = None,
+    threads: int | None = None,
+) -> Target:
+    """``path`` on its runner, activated, and what running it needs to know: the one way the toolkit opens a
+    model file to run it (Session, predict, validate, bench). ``threads``: ONNX Runtime's intra-op threads."""
     path = Path(path)
     if not path.is_file():
         raise LTMPError(f"{path}: no such file")
@@ -248,7 +152,147 @@ def open_backend(
     if providers is not None and name != "onnxruntime":
         raise LTMPError(f"{path}: providers apply to the onnxruntime backend only, not {name}")
     if name == "onnxruntime":
-        return OnnxruntimeBackend(path, providers)
+        return graph_target(path, providers, threads)
     if name == "tensorrt":
-        return TensorrtBackend(path)
-    return plugin_backend(name, path)
+        return _tensorrt(path)
+    return _plugin(name, path)
+
+
+def infer(target: Target, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """One checked batch through the target's runner, to named host arrays: what Session.run, and so predict,
+    runs, and what bench times."""
+    try:
+        if target.backend == "tensorrt":
+            with quiet_polygraphy():
+                outputs = target.runner.infer({target.input_name: batch}, check_inputs=False)
+            return {k: np.array(v, copy=True) for k, v in outputs.items()}  # the runner reuses its buffers
+        return target.runner.infer({target.input_name: batch}, check_inputs=False)
+    except LTMPError:
+        raise
+    except Exception as err:  # noqa: BLE001  (ONNX Runtime's, TensorRT's, PyTorch's or Polygraphy's errors)
+        library = LIBRARY.get(target.backend, target.backend)
+        raise LTMPError(
+            f"{target.file}: {library} failed on a batch of shape {batch.shape}: {first_line(err, 300)}"
+        ) from err
+
+
+def close(target: Target) -> None:
+    """Deactivate the target's runner (frees what activation took: a TensorRT context, a checkpoint's weights)."""
+    if target.runner is None or not target.runner.is_active:
+        return
+    if target.backend != "tensorrt":  # nothing to hush, and nothing to import: a Session may close at exit
+        target.runner.deactivate()
+        return
+    with quiet_polygraphy():
+        target.runner.deactivate()
+
+
+@contextlib.contextmanager
+def _activated(runner: Any) -> Iterator[None]:
+    """``runner`` activated; deactivated again if reading it fails (Polygraphy warns of runners left active)."""
+    with quiet_polygraphy():
+        runner.activate()
+    try:
+        yield
+    except BaseException:
+        with quiet_polygraphy():
+            runner.deactivate()
+        raise
+
+
+def _input(runner: Any, path: Path, what: str) -> tuple[str, np.dtype, tuple[int | None, ...]]:
+    """The one image input of an active runner, from Polygraphy's input metadata: name, numpy dtype, shape."""
+    from polygraphy.datatype import DataType
+
+    with quiet_polygraphy():
+        meta = runner.get_input_metadata(use_numpy_dtypes=False)
+    if len(meta) != 1:
+        raise LTMPError(f"{path}: expected one image input, {what} has {len(meta)}: {', '.join(meta)}")
+    ((name, (dtype, shape)),) = meta.items()
+    return name, np.dtype(DataType.to_dtype(DataType.from_dtype(dtype), "numpy")), static_dims(shape)
+
+
+def graph_target(
+    source: Path | bytes, providers: Sequence[Provider] | None = None, threads: int | None = None, file: str = ""
+) -> Target:
+    """A graph file (or a serialised graph named ``file``) on ONNX Runtime, opened by :func:`ort_session`."""
+    from ltmp_deploy.runtime.onnxrt_runner import LeanOnnxrtRunner
+
+    where = Path(file or str(source))
+    session = ort_session(source, providers, threads, str(where))
+    used = list(session.get_providers())
+    meta = decode(session.get_modelmeta().custom_metadata_map, str(where))
+    short = "+".join(p.replace("ExecutionProvider", "") for p in used)
+    runner = LeanOnnxrtRunner(session, name=f"onnxruntime[{short}] {where.name}")
+    with _activated(runner):
+        name, dtype, shape = _input(runner, where, "the graph")
+    outputs = list(runner.output_names)
+    return Target(
+        runner,
+        "onnxruntime",
+        str(where),
+        meta,
+        shape,
+        shape_batch_range(shape),
+        meta.get("precision") or "fp32",
+        input_name=name,
+        input_dtype=dtype,
+        output_names=outputs,
+        providers=used,
+    )
+
+
+def _tensorrt(path: Path) -> Target:
+    runner, sidecar = engine_runner(path, name=f"tensorrt {path.name}")
+    with _activated(runner):
+        name, dtype, shape = _input(runner, path, "the engine")
+        engine = runner.engine
+        span = batch_range(engine, name, shape[0] if shape else None)
+        outputs = [n for n in (engine.get_tensor_name(i) for i in range(engine.num_io_tensors)) if n != name]
+    meta = dict(sidecar.get("metadata") or {})
+    if sidecar.get("precision"):
+        meta["engine_precision"] = sidecar["precision"]
+    precision = sidecar.get("precision") or meta.get("precision") or "fp32"
+    return Target(
+        runner,
+        "tensorrt",
+        str(path),
+        meta,
+        shape,
+        span,
+        precision,
+        input_name=name,
+        input_dtype=dtype,
+        output_names=outputs,
+        sidecar=sidecar,
+    )
+
+
+def _plugin(name: str, path: Path) -> Target:
+    """``path`` on the runner class the ``ltmp_deploy.backends`` entry point ``name`` names."""
+    found = list(importlib.metadata.entry_points(group=PLUGIN_GROUP, name=name))
+    if not found:
+        missing = f"no {PLUGIN_GROUP} entry point {name!r}"
+        raise LTMPError(f"{path}: the {name} backend is not installed here ({missing}); {FULL}")
+    try:
+        runner_class = found[0].load()
+    except Exception as err:  # noqa: BLE001  (ImportError for torch or timm, or a broken install's OSError)
+        missing = getattr(err, "name", None) or type(err).__name__
+        raise LTMPError(f"{path}: the {name} backend needs {missing}, not installed here; {FULL}") from err
+    runner = runner_class(path, name=f"{name} {path.name}")
+    with _activated(runner):  # a checkpoint's weights load here
+        input_name, dtype, shape = _input(runner, path, "the model")
+        meta = runner.metadata()
+        outputs = list(runner.output_names)
+    return Target(
+        runner,
+        name,
+        str(path),
+        meta,
+        shape,
+        shape_batch_range(shape),
+        meta.get("precision") or "fp32",
+        input_name=input_name,
+        input_dtype=dtype,
+        output_names=outputs,
+    )

@@ -14,7 +14,9 @@ takes images of any count and splits them into batches the file allows.
 
 This module imports neither torch nor timm: a Jetson needs numpy, Pillow and TensorRT or ONNX
 Runtime only. A checkpoint opens on the PyTorch backend of the full toolkit, which the runtime
-finds through the ``ltmp_deploy.backends`` entry point group.
+finds through the ``ltmp_deploy.backends`` entry point group. Every backend is a Polygraphy runner,
+opened and run by :mod:`ltmp_deploy.runtime.backends`, the same runners validate compares and
+bench times.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.runtime.backends import Backend, Provider, open_backend
+from ltmp_deploy.runtime.backends import Provider, close, infer, open_runner
 from ltmp_deploy.runtime.metadata import OUTPUT_NAME
+from ltmp_deploy.runtime.parity.compare import Target
 from ltmp_deploy.runtime.preprocess import ImageLike, preprocess
 
 
@@ -87,14 +90,19 @@ class Session:
         self, path: str | os.PathLike, backend: str = "auto", providers: Sequence[Provider] | None = None
     ) -> None:
         self.path = Path(path)
-        self._backend: Backend | None = open_backend(self.path, backend, providers)
-        self._turns = threading.Lock() if self._backend.name == "tensorrt" else contextlib.nullcontext()
+        self._target: Target | None = open_runner(self.path, backend, providers)
+        self._turns = threading.Lock() if self._target.backend == "tensorrt" else contextlib.nullcontext()
 
     # -- what the file is ---------------------------------------------------------------------
 
     @property
     def backend(self) -> str:
-        return self._open().name
+        return self._open().backend
+
+    @property
+    def runner(self) -> Any:
+        """The Polygraphy runner the file runs on (active while the session is open)."""
+        return self._open().runner
 
     @property
     def providers(self) -> list[str] | None:
@@ -159,7 +167,7 @@ class Session:
         """Run one preprocessed batch (N, C, H, W) of the input's dtype; N within batch_range."""
         self._check(batch)
         with self._turns:
-            outputs = self._open().run(batch)
+            outputs = infer(self._open(), batch)
         if OUTPUT_NAME not in outputs:
             raise LTMPError(f"{self.path}: has no 'logits' output (outputs: {', '.join(outputs)})")
         logits = np.asarray(outputs[OUTPUT_NAME], dtype=np.float32)
@@ -192,9 +200,9 @@ class Session:
         return results[0] if len(results) == 1 else self._concat(results)
 
     def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+        if self._target is not None:
+            close(self._target)
+            self._target = None
 
     def __del__(self) -> None:
         try:
@@ -209,15 +217,15 @@ class Session:
         self.close()
 
     def __repr__(self) -> str:
-        state = self._backend.name if self._backend is not None else "closed"
+        state = self._target.backend if self._target is not None else "closed"
         return f"Session({str(self.path)!r}, backend={state!r})"
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _open(self) -> Backend:
-        if self._backend is None:
+    def _open(self) -> Target:
+        if self._target is None:
             raise LTMPError(f"{self.path}: session is closed")
-        return self._backend
+        return self._target
 
     def _expected(self) -> str:
         low, high = self.batch_range

@@ -40,7 +40,9 @@ RANDOM_IMAGES = "seeded random images"
 
 @dataclass
 class Target:
-    """A Polygraphy runner and what the comparison needs to know of it (None: a dynamic axis)."""
+    """A model on its Polygraphy runner, and what running and comparing it needs to know of it (None:
+    a dynamic axis). The one record a Session, validate and bench hold; running is the runner's
+    (``ltmp_deploy.runtime.backends.open_runner`` opens files into one)."""
 
     runner: Any
     backend: str
@@ -49,6 +51,11 @@ class Target:
     input_shape: tuple[int | None, ...] = ()
     batch_range: tuple[int, int | None] = (1, None)
     precision: str = "fp32"
+    input_name: str = INPUT_NAME
+    input_dtype: np.dtype = np.dtype(np.float32)
+    output_names: list[str] = field(default_factory=list)
+    providers: list[str] | None = None  # ONNX Runtime's execution providers in use
+    sidecar: dict[str, Any] | None = None  # a TensorRT engine's build sidecar
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.runtime.backends import OnnxruntimeBackend, Provider, TensorrtBackend, resolve_backend
+from ltmp_deploy.runtime.backends import Provider, close, open_runner, resolve_backend
 from ltmp_deploy.runtime.parity.compare import (
     DEFAULT_IMAGES,
     RANDOM_IMAGES,
@@ -44,25 +44,17 @@ CHECKPOINT_REFERENCE = (
 
 
 def open_target(path: str | os.PathLike, backend: str = "auto", providers: Sequence[Provider] | None = None) -> Target:
-    """``path`` as a comparison target: a graph on ONNX Runtime (default CPU), an engine on TensorRT."""
+    """``path`` as a comparison target: a graph on ONNX Runtime (default CPU), an engine on TensorRT; opened
+    by the Session's own opener, its runner left inactive for Polygraphy's ``Comparator`` to activate."""
     path = Path(path)
     name = resolve_backend(path, backend)
-    if name == "onnxruntime":
-        from polygraphy.backend.onnxrt import OnnxrtRunner
-
-        opened = OnnxruntimeBackend(path, providers if providers is not None else ["CPUExecutionProvider"])
-        used = "+".join(p.replace("ExecutionProvider", "") for p in opened.providers or [])
-        runner = OnnxrtRunner(opened.session, name=f"onnxruntime[{used}] {path.name}")
-        precision = opened.metadata.get("precision") or "fp32"
-    elif name == "tensorrt":
-        opened = TensorrtBackend(path)
-        opened.close()  # Comparator activates the runner itself
-        runner = opened.runner
-        runner.name = f"tensorrt {path.name}"
-        precision = (opened.sidecar or {}).get("precision") or opened.metadata.get("precision") or "fp32"
-    else:
+    if name not in ("onnxruntime", "tensorrt"):
         raise LTMPError(f"{path}: {CHECKPOINT_REFERENCE}")
-    return Target(runner, name, str(path), opened.metadata, opened.input_shape, opened.batch_range, precision)
+    if name == "onnxruntime" and providers is None:
+        providers = ["CPUExecutionProvider"]
+    target = open_runner(path, name, providers if name == "onnxruntime" else None)
+    close(target)
+    return target
 
 
 def validate(
