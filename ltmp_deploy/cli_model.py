@@ -58,10 +58,12 @@ def add_patch(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def run_patch(args: argparse.Namespace) -> int:
+    from ltmp_deploy.files import ensure_writable
     from ltmp_deploy.ltmp.checkpoint import create_model, save_checkpoint
     from ltmp_deploy.ltmp.data_config import PREPROCESSING
     from ltmp_deploy.ltmp.labels import read_labels
 
+    ensure_writable(args.output)  # before the model is built and the random-weights warning printed
     inputs = [args.model, args.weights, args.reference_checkpoint, args.labels]
     refuse_overwriting_inputs([("-o", args.output)], inputs)
     kwargs = {k: v for k, v in (("num_classes", args.num_classes), ("img_size", args.img_size)) if v is not None}
