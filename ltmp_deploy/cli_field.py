@@ -1,4 +1,4 @@
-"""The field commands of ``ltmp-deploy``: predict, show and inspect.
+"""The field commands: predict, show and inspect.
 
 Thin layers over ``ltmp_deploy.runtime``: none of them imports torch unless it is handed a
 checkpoint (``show`` draws a checkpoint's decisions with PyTorch), so they run on a device with
@@ -12,20 +12,53 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.options import positive_int
+from ltmp_deploy.runtime.metadata import EXPORT_MODES
 
-DIGITS = "digits:"  # show's name for image N of the embedded digits test split
-Picture = Any  # (picture the model saw, per-block PatchMaps, patch grid)
-
-
-# -- predict ------------------------------------------------------------------------------------
+# -- predict --------------------------------------------------------------------------------------
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def add_predict(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add(
+        "predict",
+        run_predict,
+        "Classify image files and folders with an ONNX file or an engine (no torch needed): top-k per image, "
+        "with an optional audit log of every block's token decisions.",
+        "ltmp-deploy predict model.onnx photos/ -k 3 --log-decisions audit.jsonl",
+    )
+    p.add_argument("file", metavar="FILE", help="an ONNX file or a TensorRT engine (.engine/.plan with ENGINE.json)")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGES",
+        help="image files, or folders searched recursively for images (recognised by content)",
+    )
+    p.add_argument("-k", type=positive_int, default=5, help="classes per image, best first")
+    p.add_argument(
+        "--batch", type=positive_int, metavar="N", help="images per run (default: a pinned batch's size, else 8)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per image on stdout instead of a table")
+    p.add_argument(
+        "--log-decisions",
+        metavar="AUDIT.jsonl",
+        help="one JSON line per image with every block's kept "
+        "count, pruned patches and merged groups (needs an export with --decisions); the file appears "
+        "whole when the run ends, and not at all if it fails",
+    )
+    p.add_argument(
+        "--provider",
+        action="append",
+        metavar="NAME",
+        help="ONNX Runtime execution provider, repeated in order of preference (default: the best installed)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def run_predict(args: argparse.Namespace) -> int:
     from ltmp_deploy.files import ensure_writable, refuse_overwriting_inputs
     from ltmp_deploy.runtime.audit import AuditLog
     from ltmp_deploy.runtime.predict import image_files, predict_files
@@ -37,8 +70,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ensure_writable(args.log_decisions)
         refuse_overwriting_inputs([("--log-decisions", args.log_decisions)], [args.file, *images])
     with Session(args.file, providers=args.provider) as session:
-        log = AuditLog(args.log_decisions, session) if args.log_decisions else None
-        try:
+        # the log is discarded when the run fails, and appears whole when it ends
+        with AuditLog(args.log_decisions, session) if args.log_decisions else contextlib.nullcontext() as log:
             named = {Path(i) for i in args.images if not Path(i).is_dir()}  # their refusal ends the run
             options = {"k": args.k, "batch": args.batch, "log": log, "progress": not args.no_progress}
             rows = predict_files(session, images, **options, skipped=skipped, explicit=named)
@@ -46,12 +79,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 _print_json(rows)
             else:
                 _print_table(rows, images)
-        except BaseException:
-            if log is not None:
-                log.discard()
-            raise
         if log is not None:
-            print(f"wrote {log.close()}: {log.count} lines", file=sys.stderr)
+            print(f"wrote {log.path}: {log.count} lines", file=sys.stderr)
     if skipped:
         print(f"skipped {len(skipped)} image(s) that cannot be read safely: {'; '.join(skipped[:3])}", file=sys.stderr)
     return 0
@@ -73,200 +102,78 @@ def _print_table(rows: Iterator[Any], images: Sequence[Path]) -> None:
         print((f"{p.image:<{width}}  " + "  ".join(f"{c:<16}" for c in cells)).rstrip(), flush=True)
 
 
-# -- show ---------------------------------------------------------------------------------------
+# -- show -----------------------------------------------------------------------------------------
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    from ltmp_deploy.files import refuse_overwriting_inputs
+def add_show(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add(
+        "show",
+        run_show,
+        "Draw what the model threw away, per image a grid over the blocks: pruned patches greyed, merged patches "
+        "outlined in their group's colour; from a checkpoint, an ONNX file or engine exported with --decisions, "
+        "or an audit log.",
+        "ltmp-deploy show model.onnx cat.jpg -o cat.png",
+        "ltmp-deploy show audit.jsonl --image cat.jpg --image 7 -o pictures/",
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a toolkit checkpoint (PyTorch), an ONNX file or engine exported "
+        "with --decisions (no torch needed), or an audit log from predict --log-decisions",
+    )
+    p.add_argument(
+        "images",
+        nargs="*",
+        metavar="IMAGE",
+        help="with a model: image files, or digits:N for image N of the embedded test split (checkpoints only)",
+    )
+    p.add_argument(
+        "--image",
+        action="append",
+        metavar="NAME",
+        help="with an audit log: a logged image (its path as "
+        "logged, its file name, or a line index from 0); repeat for several",
+    )
+    p.add_argument("--mode", choices=EXPORT_MODES, help="a checkpoint's mode (default: the checkpoint's own)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="the PNG to write; a folder for several images (one PNG each)",
+    )
 
-    kind = _show_kind(args.source)
-    if kind != "checkpoint" and args.mode:
-        raise LTMPError(f"--mode: applies to a checkpoint; {args.source} decided its mode when it was made")
-    if kind == "log":
-        if args.images:
-            raise LTMPError(
-                f"{args.source}: an audit log draws the images it logged; "
-                f"choose them with --image, not {args.images[0]}"
-            )
-        if not args.image:
-            raise LTMPError(f"{args.source}: choose the logged images to draw with --image NAME or --image INDEX")
-        names, logged = args.image, []
-        outs = _outputs(args.output, names)
-        refuse_overwriting_inputs([("-o", o) for o in outs], [args.source])
-        pictures = list(_from_log(args.source, args.image, logged))  # every picture drawn before any is written
-        refuse_overwriting_inputs([("-o", o) for o in outs], logged)
-    else:
-        if args.image:
-            raise LTMPError(_not_a_log(args.source))
-        if not args.images:
-            raise LTMPError(f"{args.source}: give at least one image to draw")
-        names = args.images
-        outs = _outputs(args.output, names)
-        refuse_overwriting_inputs([("-o", o) for o in outs], [args.source, *names])
-        pictures = list(
-            _from_runtime(args.source, args.images)
-            if kind == "runtime"
-            else _from_checkpoint(args.source, args.images, args.mode)
-        )
-    for out in _write_all(outs, pictures):
+
+def run_show(args: argparse.Namespace) -> int:
+    from ltmp_deploy.pictures import draw_decisions
+
+    for out in draw_decisions(args.source, args.output, args.images, logged=args.image or (), mode=args.mode):
         print(f"wrote {out}")
     return 0
 
 
-def _write_all(outs: Sequence[Path], pictures: Sequence[Picture]) -> list[Path]:
-    """Draw every picture, then write them all or none: each goes to a temporary file first, and
-    the files are renamed into place only when every one was written."""
-    from ltmp_deploy.files import atomic_output
-    from ltmp_deploy.runtime.visualize import draw
-
-    drawn = [draw(picture, maps, grid) for picture, maps, grid in pictures]
-    folder = outs[0].parent
-    made = not folder.exists()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with contextlib.ExitStack() as stack:
-            for out, image in zip(outs, drawn):
-                image.save(stack.enter_context(atomic_output(out, suffix=".png")), format="PNG")
-    except BaseException:
-        if made and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
-    return list(outs)
+# -- inspect --------------------------------------------------------------------------------------
 
 
-def _show_kind(source: str) -> str:
-    """What ``source`` is, from its content: "log", "runtime" (an exported graph or engine) or "checkpoint"."""
-    from ltmp_deploy.formats import FileKind
-    from ltmp_deploy.runtime.audit import is_audit_log
-    from ltmp_deploy.runtime.trt.engine import model_file_kind
-
-    path = Path(source)
-    if not path.is_file():
-        return "checkpoint"  # a model name, or a missing file the checkpoint loader names
-    kind = model_file_kind(path)
-    if kind in (FileKind.ONNX, FileKind.ENGINE):
-        return "runtime"
-    if kind is FileKind.JSON and is_audit_log(path):
-        return "log"
-    return "checkpoint"
-
-
-def _not_a_log(source: str) -> str:
-    from ltmp_deploy.formats import sniff
-
-    advice = "--image picks images of an audit log; give image files after a model instead"
-    if not Path(source).exists():
-        return f"{source}: no such file (--image picks images of an audit log)"
-    if not Path(source).is_file():
-        return f"--image: {advice}"
-    return f"{source}: not an audit log ({sniff(source).human}): {advice}"
+def add_inspect(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add(
+        "inspect",
+        run_inspect,
+        "Say what a checkpoint, an ONNX file or an engine holds: model, mode, schedule, thresholds, FLOPs kept, "
+        "precision, opset, inputs and outputs; an engine's TensorRT version and GPU.",
+        "ltmp-deploy inspect model.plan --json",
+    )
+    p.add_argument(
+        "file",
+        metavar="FILE",
+        help="a toolkit checkpoint (.safetensors), an ONNX file, or an engine with its ENGINE.json",
+    )
+    p.add_argument("--json", action="store_true", help="everything as one JSON object on stdout instead of the summary")
 
 
-def _outputs(output: str, names: Sequence[str]) -> list[Path]:
-    """``output`` itself for one image; for several, a file per image in the folder ``output``
-    (made when the pictures are written). Checked here, before any drawing."""
-    from ltmp_deploy.files import ensure_writable, ensure_writable_folder
-
-    target = Path(output)
-    if len(names) == 1 and not target.is_dir():
-        return [ensure_writable(target)]
-    if target.exists() and not target.is_dir():
-        raise LTMPError(f"-o {output}: {len(names)} images need a folder to write into, and this is a file")
-    ensure_writable_folder(target, "-o")
-    outs, seen = [], set()
-    for name in names:
-        stem = Path(name.replace(":", "-")).stem or "image"
-        out, n = target / f"{stem}.png", 1
-        while out in seen:
-            n += 1
-            out = target / f"{stem}-{n}.png"
-        seen.add(out)
-        outs.append(out)
-    return outs
-
-
-def _from_log(path: str, wanted: Sequence[str], logged: list[str]) -> Iterator[Picture]:
-    """The pictures of the ``wanted`` entries of the log; ``logged`` gets each image file read."""
-    from ltmp_deploy.files import sha256
-    from ltmp_deploy.runtime.audit import entry_maps, select
-    from ltmp_deploy.runtime.preprocess import model_view
-
-    for entry in select(path, wanted):
-        image = entry.get("image")
-        where = f"{path}: image {image!r}"
-        if not image or not os.path.isfile(image):
-            raise LTMPError(f"{where}: not found here (run show from the folder predict ran in)")
-        if entry.get("image_sha256") and sha256(image) != entry["image_sha256"]:
-            raise LTMPError(
-                f"{where}: the file changed since it was logged (its sha256 differs); the log no longer describes it"
-            )
-        grid, maps = entry_maps(entry, where)
-        logged.append(image)
-        yield model_view(image, entry["input"]["data_config"]), maps, grid
-
-
-def _from_runtime(path: str, images: Sequence[str]) -> Iterator[Picture]:
-    from ltmp_deploy.runtime.audit import NO_DECISIONS
-    from ltmp_deploy.runtime.preprocess import model_view
-    from ltmp_deploy.runtime.session import Session
-    from ltmp_deploy.runtime.sources import image_maps, patch_grid
-
-    with Session(path) as session:
-        if not session.has_decisions:
-            raise LTMPError(f"{path}: {NO_DECISIONS.replace('to log', 'to draw')}")
-        meta = session.metadata
-        grid = patch_grid(meta, path)
-        for image in images:
-            if image.startswith(DIGITS):
-                raise LTMPError(
-                    f"{image}: the embedded digits need the toolkit; save the digit as a PNG to draw it from {path}"
-                )
-            result = session.predict([image], k=1)
-            maps = image_maps(result.decisions, 0, int(meta["num_prefix_tokens"]), grid[0] * grid[1])
-            yield model_view(image, meta["data_config"]), maps, grid
-
-
-def _from_checkpoint(spec: str, images: Sequence[str], mode: str | None) -> Iterator[Picture]:
-    try:
-        import torch
-    except ImportError as err:
-        raise LTMPError(
-            f"{spec}: a checkpoint draws only with the full toolkit, not on a field install; draw from an audit "
-            "log (predict --log-decisions) or an ONNX file exported with --decisions instead"
-        ) from err
-
-    from ltmp_deploy import load
-    from ltmp_deploy.ltmp.data_config import model_data_config
-    from ltmp_deploy.report.grids import checkpoint_maps
-    from ltmp_deploy.runtime.preprocess import model_view, preprocess
-
-    model = load(spec, mode=mode or None)
-    cfg, grid = model_data_config(model), tuple(model.patch_embed.grid_size)
-    for image in images:
-        picture = _digit(image) if image.startswith(DIGITS) else image
-        yield model_view(picture, cfg), checkpoint_maps(model, torch.from_numpy(preprocess(picture, cfg))[0]), grid
-
-
-def _digit(name: str) -> Any:
-    """Image N of the embedded digits test split, as its 8x8 grey picture."""
-    from ltmp_deploy.data.digits import raw_images
-
-    pictures, _ = raw_images("test")
-    index = name[len(DIGITS) :]
-    if not index.isdigit() or int(index) >= len(pictures):
-        raise LTMPError(f"{name}: the digits test split has images {DIGITS}0 to {DIGITS}{len(pictures) - 1}")
-    return pictures[int(index)]
-
-
-# -- inspect ------------------------------------------------------------------------------------
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
+def run_inspect(args: argparse.Namespace) -> int:
     from ltmp_deploy.runtime.inspection import inspect_file, summary
 
     info = inspect_file(args.file)
     print(json.dumps(info, indent=2) if args.json else summary(info))
     return 0
-
-
-__all__ = ["cmd_inspect", "cmd_predict", "cmd_show"]

@@ -7,7 +7,7 @@ usage() {
 Usage: scripts/ci_parity_gate.sh CHECKPOINT [options]
 
 Exports CHECKPOINT to ONNX in fixed and threshold mode with `ltmp-deploy export`, then runs
-`ltmp-deploy validate GRAPH --against CHECKPOINT --json REPORT` on each graph. Exits 1 when any
+`ltmp-deploy validate GRAPH --against CHECKPOINT -o REPORT` on each graph. Exits 1 when any
 export or validation fails, so CI can gate on it. CHECKPOINT is a toolkit .safetensors checkpoint
 that carries thresholds and a fixed-mode schedule (what `ltmp-deploy calibrate` writes); use
 --modes threshold for one that has no schedule yet.
@@ -61,7 +61,7 @@ for mode in $modes; do
         continue
     fi
     echo "== $mode: validate $graph against $checkpoint"
-    if ! "${LTMP[@]}" validate "$graph" --against "$checkpoint" --json "$report" "${validate_args[@]}"; then
+    if ! "${LTMP[@]}" validate "$graph" --against "$checkpoint" -o "$report" "${validate_args[@]}"; then
         failed+=("$mode (validate: $report)")
     fi
 done

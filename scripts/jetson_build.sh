@@ -161,10 +161,10 @@ if [ "$do_validate" = 1 ]; then
     if [ "$have_trt_python" = 1 ]; then
         against="${checkpoint:-$build_onnx}"
         say "validating $engine against $against"
-        "${LTMP[@]}" validate "$engine" --against "$against" --json "$report" || status=$?
+        "${LTMP[@]}" validate "$engine" --against "$against" -o "$report" || status=$?
     elif [ -n "$checkpoint" ]; then
         say "no TensorRT Python bindings: validating $build_onnx (ONNX Runtime) against $checkpoint instead of the engine"
-        "${LTMP[@]}" validate "$build_onnx" --against "$checkpoint" --json "$report" || status=$?
+        "${LTMP[@]}" validate "$build_onnx" --against "$checkpoint" -o "$report" || status=$?
     else
         say "no TensorRT Python bindings and no --checkpoint: engine validation skipped (install python3-libnvinfer)"
     fi

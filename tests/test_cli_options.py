@@ -107,3 +107,70 @@ def test_the_missing_schedule_advice_names_a_command_and_options_that_exist():
     options = {o for a in _subcommands()["calibrate"]._actions for o in a.option_strings}
     advised = {word.strip("`()") for word in advice.split() if word.startswith(("--", "(--"))}
     assert advised and advised <= options, (advised, options)
+
+
+# -- options declared once, on the config dataclasses ------------------------------------------------
+
+CONFIGS = {
+    "bench": "ltmp_deploy.bench.config:BenchConfig",
+    "build": "ltmp_deploy.runtime.trt.build_options:BuildOptions",
+}
+CONFIGS["learn"] = "ltmp_deploy.calibration.learn_config:LearnConfig"
+
+
+def _config(command: str) -> type:
+    import importlib
+
+    module, name = CONFIGS[command].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("command", sorted(CONFIGS))
+def test_every_declared_config_field_is_an_option_of_its_command(command):
+    from dataclasses import fields
+
+    from ltmp_deploy.options import KEY
+
+    dests = {a.dest for a in _subcommands()[command]._actions}
+    declared = {f.name for f in fields(_config(command)) if KEY in f.metadata}
+    assert declared and declared <= dests, declared - dests
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("bench", ["m.safetensors", "--targets", "--no-threshold", "--batch", "1", "4", "--rounds", "3"]),
+        ("bench", ["--targets", "0.5", "--threshold-target", "0.4", "--from-checkpoint", "--threads", "2"]),
+        ("build", ["g.onnx", "--preset", "orin-nx", "--workspace", "64", "--strongly-typed", "-o", "e"]),
+        ("learn", ["m", "--target", "0.5", "--lambda", "2", "--finetune", "--seed", "3", "-o", "o"]),
+    ],
+)
+def test_a_config_spelled_out_parses_back_to_itself(command, argv):
+    """The parsed config, written back as arguments (how bench records the command that repeats it), and
+    parsed again, is the same config: no field is lost or renamed between the dataclass and its options."""
+    from ltmp_deploy.options import command_line, from_args
+
+    parser, config = _subcommands()[command], _config(command)
+    first = from_args(config, parser.parse_args(argv))
+    fixed = {"bench": [], "build": ["g.onnx", "-o", "e"], "learn": ["m", "-o", "o"]}[command]
+    again = from_args(config, parser.parse_args([*command_line(first), *fixed]))
+    assert again == first
+    assert first != config(**({"target": 0.5} if command == "learn" else {}))  # the argv changed something
+
+
+def test_help_shows_defaults_and_examples(capsys):
+    assert main(["bench", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 1 8 32)" in text and "(default: 20)" in text and "example:" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_json_is_a_flag_and_takes_no_file(capsys):
+    """The old spelling `--json REPORT` is refused in one line, before any file is opened."""
+    for argv in (
+        ["validate", "a.onnx", "--against", "b.onnx", "--json", "parity.json"],
+        ["estimate", "bench.json", "--price-per-hour", "1", "--json", "parity.json"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "unrecognized arguments: parity.json" in err, err

@@ -190,11 +190,11 @@ def test_a_wrong_option_is_caught():
     assert _parse(_argv("export fixed.safetensors --mode fixed -o fixed.onnx")) is None
     assert _parse(_argv("export fixed.safetensors --made fixed -o fixed.onnx")) is not None
     assert _parse(_argv("check fixed.onnx --trt 9.9")) is not None
-    assert _argv("validate a.onnx --against b.safetensors --json p.json || status=$?") == [
+    assert _argv("validate a.onnx --against b.safetensors -o p.json || status=$?") == [
         "validate",
         "a.onnx",
         "--against",
         "b.safetensors",
-        "--json",
+        "-o",
         "p.json",
     ]

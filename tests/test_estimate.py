@@ -60,7 +60,7 @@ def test_table_and_json(capsys, tmp_path):
     table = capsys.readouterr().out
     assert "price 2.5 per machine-hour, 1e+06 images a day" in table and "cost/1M img" in table and "saved/day" in table
     assert all(v in table for v in VARIANTS)
-    assert main(["estimate", str(bench_path()), "--price-per-hour", "2.5", "--json", "-"]) == 0
+    assert main(["estimate", str(bench_path()), "--price-per-hour", "2.5", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (
         doc["schema"] == SCHEMA
@@ -68,8 +68,13 @@ def test_table_and_json(capsys, tmp_path):
         and len(doc["rows"]) == len(tiny_bench_doc()["records"])
     )
     out = tmp_path / "cost.json"
-    assert main(["estimate", str(bench_path()), "--price-per-hour", "2.5", "--json", str(out)]) == 0
+    assert main(["estimate", str(bench_path()), "--price-per-hour", "2.5", "-o", str(out)]) == 0
     assert json.loads(out.read_text()) == doc
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out}"  # after the table
+    again = tmp_path / "again.json"
+    assert main(["estimate", str(bench_path()), "--price-per-hour", "2.5", "--json", "-o", str(again)]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == json.loads(again.read_text()) == doc and printed.err == f"wrote {again}\n"
 
 
 def refusal(capsys, *argv: str) -> str:

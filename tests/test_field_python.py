@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # A module that imports one of these at its top belongs to the full toolkit, not the field side.
 TOOLKIT = {"torch", "timm", "torchvision", "safetensors", "sklearn", "onnxscript", "onnxslim", "matplotlib"}
 # Where the field side starts: the CLI (its field commands) and every runtime module.
-FIELD_ROOTS = ("ltmp_deploy.cli", "ltmp_deploy.cli_field", "ltmp_deploy.runtime")
+FIELD_ROOTS = ("ltmp_deploy.cli", "ltmp_deploy.cli_field", "ltmp_deploy.cli_deploy", "ltmp_deploy.runtime")
 # Generics Python 3.8 cannot subscript at run time (3.9 made them subscriptable).
 BUILTIN_GENERICS = {"list", "dict", "tuple", "set", "frozenset", "type"}
 

@@ -4,14 +4,14 @@ function, goes to the module's own layer or a lower one, and the field runtime n
 The layers, lowest first (the README's layout section draws the same):
 
     base         errors, files, formats, extras, images, the standard library, numpy, Pillow
-                 schemas                                 and jsonschema
+                 options, schemas                        and jsonschema
     runtime/     Session, predict, parity, TensorRT,     numpy, Pillow, onnx, ONNX Runtime,
                  INT8, Triton, inspect, estimate         Polygraphy, TensorRT only: the field install
     ltmp/        the model: merge/prune, patching         torch, timm
     data/        datasets for the model                   + scikit-learn
     calibration/ learning thresholds, fixed schedules, the ToMe baseline
     export/      PyTorch -> ONNX and the PyTorch reference and parity
-    top          cli, demo, embedded, bench, report, the front door
+    top          cli, cli_*, pictures, demo, embedded, bench, report, the front door
 
 The field install is base and runtime/: the boundary is the package boundary.
 """
@@ -25,7 +25,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ltmp_deploy"
 LAYERS = ["base", "runtime", "ltmp", "data", "calibration", "export", "top"]
-BASE = {"errors", "files", "formats", "extras", "images", "schemas"}
+BASE = {"errors", "files", "formats", "extras", "images", "options", "schemas"}
 # Installed on a Jetson without the toolkit: these and whatever they import must stay torch-free.
 FIELD_LAYERS = ("base", "runtime")
 TOOLKIT_ONLY = {"torch", "timm", "torchvision", "sklearn", "onnxscript", "onnxslim", "safetensors", "matplotlib"}

@@ -53,7 +53,7 @@ def tamper(src, dst, node_name, scale):
 def test_clean_graph_passes_with_a_json_report(tmp_path, capsys, mode):
     files = exported(mode)
     report_path = tmp_path / "report.json"
-    code = main(["validate", str(files.onnx), "--against", str(files.checkpoint), "--json", str(report_path)])
+    code = main(["validate", str(files.onnx), "--against", str(files.checkpoint), "-o", str(report_path)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.startswith("PASS:") and "token decisions identical in all 3 blocks" in out
@@ -69,6 +69,17 @@ def test_clean_graph_passes_with_a_json_report(tmp_path, capsys, mode):
     assert report["versions"]["polygraphy"] and report["versions"]["onnxruntime"]
 
 
+def test_json_prints_the_report_that_output_writes(tmp_path, capsys):
+    """--json: the full report on stdout instead of the summary; -o writes the same document."""
+    files = exported("fixed")
+    report_path = tmp_path / "report.json"
+    argv = ["validate", str(files.onnx), "--against", str(files.onnx), "--images", "4", "--json"]
+    assert main([*argv, "-o", str(report_path)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == json.loads(report_path.read_text())
+    assert json.loads(out)["ok"] is True and err.strip() == f"wrote {report_path}"
+
+
 def test_graphs_of_two_modes_in_one_run_are_refused_in_one_line(capsys):
     fixed, threshold = exported("fixed"), exported("threshold")
     code = main(["validate", str(fixed.onnx), str(threshold.onnx), "--against", str(fixed.checkpoint)])
@@ -80,7 +91,7 @@ def test_tampered_mlp_weights_fail_on_the_logits(tmp_path, capsys):
     files = exported("fixed")
     bad = tamper(files.onnx, tmp_path / "tampered.onnx", "/blocks.2/mlp/fc2/MatMul", 1.01)
     report_path = tmp_path / "report.json"
-    code = main(["validate", str(bad), "--against", str(files.checkpoint), "--json", str(report_path)])
+    code = main(["validate", str(bad), "--against", str(files.checkpoint), "-o", str(report_path)])
     out = capsys.readouterr().out
     assert code == 1, out
     assert out.startswith("FAIL:") and "failed: max |logit diff|" in out
@@ -221,7 +232,7 @@ def test_check_after_export_and_validate_give_the_same_report(tmp_path):
             "8",
             "--batch",
             "8",
-            "--json",
+            "-o",
             str(json_path),
         ]
     )

@@ -7,7 +7,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "BenchConfig": "ltmp_deploy.bench.run",
+    "BenchConfig": "ltmp_deploy.bench.config",
     "run_bench": "ltmp_deploy.bench.run",
     "write_bench": "ltmp_deploy.bench.write",
 }

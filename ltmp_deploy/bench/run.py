@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ltmp_deploy.bench.config import BenchConfig
 from ltmp_deploy.bench.machine import load_average, machine, usable_cores
-from ltmp_deploy.bench.timers import BACKENDS, ONNX_BACKENDS, close_targets, open_targets, timed_calls, unavailable
+from ltmp_deploy.bench.timers import ONNX_BACKENDS, close_targets, open_targets, timed_calls, unavailable
 from ltmp_deploy.bench.variants import Variant, build_variants
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.reference import sample_images
@@ -30,36 +31,6 @@ from ltmp_deploy.ltmp.flops import image_flops, model_dims, padded_flops_ratio, 
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.runtime.bench import interleaved, paired_samples
 from ltmp_deploy.runtime.bench_results import SCHEMA, THRESHOLD, UNPATCHED, latency_stats
-
-
-@dataclass
-class BenchConfig:
-    checkpoint: str | None = None  # default: the embedded base model
-    weights: str | None = None
-    targets: Sequence[float] = (0.9, 0.75, 0.5)
-    threshold_target: float | None = 0.5
-    from_checkpoint: bool = False
-    batches: Sequence[int] = (1, 8, 32)
-    backends: Sequence[str] = BACKENDS
-    rounds: int = 20
-    warmup: int = 2
-    threads: int | None = None  # default: every core this process may use
-    opset: int = 17  # one opset for every graph (threshold mode needs 17)
-    merge_threshold: float = 0.8
-    workdir: str | None = None  # where the graphs (and engines) go; default a temporary folder
-    note: str = ""
-    command: str = ""
-    progress: bool = True
-
-    def check(self) -> None:
-        if not self.batches or any(b < 1 for b in self.batches):
-            raise LTMPError(f"--batch {list(self.batches)}: batch sizes must be at least 1")
-        if self.rounds < 1 or self.warmup < 0:
-            raise LTMPError(f"--rounds {self.rounds} / --warmup {self.warmup}: at least one round, no negative warm-up")
-        if self.threads is not None and self.threads < 1:
-            raise LTMPError(f"--threads {self.threads}: at least 1")
-        for backend in self.backends:
-            unavailable(backend)  # raises for an unknown name
 
 
 def _model(config: BenchConfig) -> LTMPVisionTransformer:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ltmp_deploy.bench.config import BACKENDS
 from ltmp_deploy.bench.variants import Variant
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
@@ -28,7 +29,6 @@ from ltmp_deploy.runtime.backends import close, infer, open_runner
 from ltmp_deploy.runtime.metadata import OUTPUT_NAME
 from ltmp_deploy.runtime.parity.compare import Target
 
-BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda", "onnxruntime-cuda", "tensorrt")
 ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
 ORT_PROVIDER = {"onnxruntime-cpu": "CPUExecutionProvider", "onnxruntime-cuda": "CUDAExecutionProvider"}
 

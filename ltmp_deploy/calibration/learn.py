@@ -25,36 +25,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ltmp_deploy.calibration.learn_config import LearnConfig
 from ltmp_deploy.data.folder import unreadable_marks, warn_skipped
 from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 from ltmp_deploy.ltmp.flops import flops_ratio_of_token_means, soft_token_means
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
-
-
-@dataclass
-class LearnConfig:
-    target: float  # fraction of the unpatched block FLOPs to keep, in (0, 1]
-    epochs: int = 1
-    batch_size: int = 128
-    lr_prune: float = 5e-6
-    lr_merge: float = 5e-3
-    lr_model: float = 1e-5  # only with finetune=True
-    lam: float = 10.0
-    tau: float = 0.1
-    label_smoothing: float = 0.1
-    finetune: bool = False  # train every weight too, not only the thresholds
-    seed: int = 0
-    workers: int = 0
-
-    def check(self) -> None:
-        if not 0.0 < self.target <= 1.0:
-            raise LTMPError(f"--target {self.target}: the fraction of FLOPs kept must lie in (0, 1]")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise LTMPError("--epochs and --batch-size must be at least 1")
-        if min(self.lr_prune, self.lr_merge, self.lr_model, self.tau) <= 0 or self.lam < 0:
-            raise LTMPError("learning rates and --tau must be positive, --lambda not negative")
 
 
 @dataclass

@@ -24,16 +24,19 @@ HELD_OUT_MAX = 10_000
 HELD_OUT_SEED = 0
 
 
-def dataset_for(spec: str, model: object, split: str) -> Dataset:
-    """The ``split`` of ``spec`` preprocessed for ``model`` (its timm data config)."""
+def dataset_for(spec: str, model: object, split: str, limit: int | None = None) -> Dataset:
+    """The ``split`` of ``spec`` preprocessed for ``model`` (its timm data config); its first
+    ``limit`` images only when given (smoke tests)."""
     if spec == EMBEDDED:
-        return _digits(model, split)
-    root = Path(spec)
-    for name in SPLIT_FOLDERS[split]:
-        if (root / name).is_dir():
-            root = root / name
-            break
-    return _folder(root, model)
+        data = _digits(model, split)
+    else:
+        root = Path(spec)
+        for name in SPLIT_FOLDERS[split]:
+            if (root / name).is_dir():
+                root = root / name
+                break
+        data = _folder(root, model)
+    return data if limit is None else torch.utils.data.Subset(data, range(min(limit, len(data))))
 
 
 def takes_digits(model: object) -> bool:

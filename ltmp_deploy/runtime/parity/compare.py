@@ -142,9 +142,12 @@ class ParityReport:
         doc["comparisons"] = [c.to_dict() for c in self.comparisons]
         return {"ok": self.ok, **doc}
 
+    def to_json(self, where: str = "validation report") -> str:
+        doc = check(self.to_dict(), "validation-report", where)  # what is written follows the published schema
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
     def write_json(self, path: str | os.PathLike) -> Path:
-        doc = check(self.to_dict(), "validation-report", str(path))  # what is written follows the published schema
-        write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(path, self.to_json(str(path)))
         return Path(path)
 
     def summary(self) -> str:

@@ -41,30 +41,10 @@ from ltmp_deploy.runtime.int8.quantize import has_qdq
 from ltmp_deploy.runtime.metadata import read_metadata
 from ltmp_deploy.runtime.onnxgraph import dims, image_io, load
 from ltmp_deploy.runtime.parity.tolerances import PRECISIONS
+from ltmp_deploy.runtime.trt.build_options import MAX_OPT_LEVEL, BuildOptions
 from ltmp_deploy.runtime.trt.parser_check import check_model
 from ltmp_deploy.runtime.trt.presets import DLA_ONLY_ON, JETPACK, PRESETS, TRT_VERSIONS, Preset
 from ltmp_deploy.runtime.trt.targets import at_least, strongly_typed_only, trt_key
-
-MAX_OPT_LEVEL = 5
-
-
-@dataclass
-class BuildOptions:
-    """What the user asks for; :func:`plan_build` checks it and fills in the preset's defaults."""
-
-    preset: str = "datacenter"
-    precision: str | None = None  # fp32 | fp16 | bf16 | int8; None: the preset's default
-    trt: str | None = None  # target TensorRT version (a TRT_VERSIONS key); None: installed / preset default
-    min_batch: int | None = None
-    opt_batch: int | None = None
-    max_batch: int | None = None
-    dla_core: int | None = None
-    workspace_mib: int | None = None
-    timing_cache: str | None = None
-    opt_level: int | None = None
-    hardware_compat: bool = False
-    version_compatible: bool = False
-    strongly_typed: bool | None = None  # None: chosen from the TensorRT version and the graph
 
 
 @dataclass

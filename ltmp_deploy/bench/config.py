@@ -1,0 +1,130 @@
+"""What ``ltmp-deploy bench`` times, as one dataclass whose fields carry their command-line options
+(:mod:`ltmp_deploy.options`). Imports no torch: the CLI builds its parser from it everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.options import fraction, non_negative_int, option, positive_int
+
+BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda", "onnxruntime-cuda", "tensorrt")
+
+
+@dataclass
+class BenchConfig:
+    checkpoint: str | None = field(
+        default=None,
+        metadata=option(
+            nargs="?",
+            metavar="CHECKPOINT",
+            help="toolkit checkpoint (.safetensors), or a timm model name / description JSON patched fresh "
+            "(random weights unless --weights); default: the embedded base model",
+        ),
+    )
+    weights: str | None = field(
+        default=None, metadata=option("--weights", metavar="FILE", help="timm weights for a model name")
+    )
+    targets: Sequence[float] = field(
+        default=(0.9, 0.75, 0.5),
+        metadata=option(
+            "--targets",
+            type=fraction,
+            nargs="*",
+            metavar="F",
+            help="fractions of block FLOPs for LTMP fixed, its oracle and ToMe",
+        ),
+    )
+    threshold_target: float | None = field(
+        default=0.5,
+        metadata=option(
+            "--threshold-target",
+            type=fraction,
+            metavar="F",
+            help="threshold mode's thresholds are bisected to keep this fraction of block FLOPs on sample images",
+            off=("--no-threshold", "leave threshold mode out"),
+        ),
+    )
+    from_checkpoint: bool = field(
+        default=False,
+        metadata=option(
+            "--from-checkpoint",
+            action="store_true",
+            help="also time the checkpoint's own schedule (ltmp-fixed@calibrated, its oracle, ToMe at its "
+            "FLOPs) and its own thresholds (ltmp-threshold@learned) instead of bisected ones",
+        ),
+    )
+    batches: Sequence[int] = field(
+        default=(1, 8, 32),
+        metadata=option("--batch", type=positive_int, nargs="+", metavar="N", help="batch sizes"),
+    )
+    backends: Sequence[str] = field(
+        default=BACKENDS,
+        metadata=option(
+            "--backends",
+            nargs="+",
+            metavar="NAME",
+            help="the backends to time (those missing here are skipped with the reason)",
+        ),
+    )
+    rounds: int = field(
+        default=20,
+        metadata=option(
+            "--rounds", metavar="N", type=positive_int, help="timed rounds: every variant once per round, interleaved"
+        ),
+    )
+    warmup: int = field(
+        default=2,
+        metadata=option("--warmup", metavar="N", type=non_negative_int, help="untimed calls per variant first"),
+    )
+    threads: int | None = field(
+        default=None,
+        metadata=option(
+            "--threads",
+            metavar="N",
+            type=positive_int,
+            help="CPU threads for PyTorch and ONNX Runtime (default: every core this process may use)",
+        ),
+    )
+    opset: int = field(
+        default=17,
+        metadata=option(
+            "--opset",
+            metavar="N",
+            type=positive_int,
+            help="ONNX opset of every exported graph (threshold mode needs 17)",
+        ),
+    )
+    merge_threshold: float = field(
+        default=0.8,
+        metadata=option(
+            "--merge-threshold", type=float, help="threshold mode's merge threshold when its thresholds are bisected"
+        ),
+    )
+    workdir: str | None = field(
+        default=None,
+        metadata=option(
+            "--workdir", metavar="DIR", help="keep the exported graphs (and engines) here (default: a temporary folder)"
+        ),
+    )
+    note: str = field(
+        default="",
+        metadata=option("--note", metavar="TEXT", help="a line for the results' header, e.g. how busy the machine was"),
+    )
+    command: str = ""  # the command line that repeats the run, for the results' header
+    progress: bool = True
+
+    def check(self) -> None:
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise LTMPError(f"--batch {list(self.batches)}: batch sizes must be at least 1")
+        if self.rounds < 1 or self.warmup < 0:
+            raise LTMPError(f"--rounds {self.rounds} / --warmup {self.warmup}: at least one round, no negative warm-up")
+        if self.threads is not None and self.threads < 1:
+            raise LTMPError(f"--threads {self.threads}: at least 1")
+        for backend in self.backends:
+            if backend not in BACKENDS:
+                raise LTMPError(f"--backends {backend}: choose from {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "BenchConfig"]
