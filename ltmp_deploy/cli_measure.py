@@ -45,7 +45,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from ltmp_deploy.bench.tables import LATENCY_HEADER, latency_rows, markdown_table
     from ltmp_deploy.bench.write import FILES, prepare_output, write_bench
     from ltmp_deploy.files import ensure_writable_folder
-    from ltmp_deploy.runtime.bench_results import backends, batches
+    from ltmp_deploy.runtime.bench_results import backends, batches, noise_warning
 
     prepare_output(args.output_dir, args.results_md, create=False)  # fail now, not after the timing
     if args.workdir:
@@ -65,6 +65,9 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"\n{backend}, batch {batch}:\n{markdown_table(LATENCY_HEADER, latency_rows(doc, backend, batch))}")
     paths = write_bench(doc, args.output_dir, args.results_md)
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    warning = noise_warning(doc)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

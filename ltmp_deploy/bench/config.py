@@ -79,12 +79,13 @@ class BenchConfig:
         metadata=option("--warmup", metavar="N", type=non_negative_int, help="untimed calls per variant first"),
     )
     threads: int | None = field(
-        default=None,
+        default=1,
         metadata=option(
             "--threads",
             metavar="N",
             type=positive_int,
-            help="CPU threads for PyTorch and ONNX Runtime (default: every core this process may use)",
+            help="CPU threads for PyTorch and ONNX Runtime (default 1: steady figures on a shared machine; "
+            "give the deployment's thread count to time what it gets)",
         ),
     )
     opset: int = field(
