@@ -10,6 +10,7 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.options import fraction, non_negative_int, option, positive_int
 
 BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda", "onnxruntime-cuda", "tensorrt")
+DTYPES = ("fp32", "fp16")
 
 
 @dataclass
@@ -78,6 +79,35 @@ class BenchConfig:
         default=2,
         metadata=option("--warmup", metavar="N", type=non_negative_int, help="untimed calls per variant first"),
     )
+    dtype: str = field(
+        default="fp32",
+        metadata=option(
+            "--dtype",
+            choices=DTYPES,
+            help="precision of the model and its input on the PyTorch backends (fp16 on torch-cuda only); "
+            "the exported graphs stay fp32",
+        ),
+    )
+    compile: str | None = field(
+        default=None,
+        metadata=option(
+            "--compile",
+            nargs="?",
+            const="inductor",
+            metavar="BACKEND",
+            help="also time torch.compile'd copies on the PyTorch backends (as torch-cpu+compile, torch-cuda+compile; "
+            "BACKEND: torch.compile's, default inductor); a variant that fails to compile is skipped with the reason",
+        ),
+    )
+    cuda_graph: bool = field(
+        default=False,
+        metadata=option(
+            "--cuda-graph",
+            action="store_true",
+            help="also time every variant captured in a CUDA graph and replayed, as torch-cuda+graph "
+            "(threshold mode cannot be captured: skipped with the reason)",
+        ),
+    )
     threads: int | None = field(
         default=1,
         metadata=option(
@@ -126,6 +156,12 @@ class BenchConfig:
         for backend in self.backends:
             if backend not in BACKENDS:
                 raise LTMPError(f"--backends {backend}: choose from {', '.join(BACKENDS)}")
+        if self.dtype not in DTYPES:
+            raise LTMPError(f"--dtype {self.dtype}: choose from {', '.join(DTYPES)}")
+        if self.dtype == "fp16" and "torch-cpu" in self.backends:
+            raise LTMPError("--dtype fp16: PyTorch runs fp16 on CUDA only; leave torch-cpu out of --backends")
+        if self.cuda_graph and "torch-cuda" not in self.backends:
+            raise LTMPError("--cuda-graph: CUDA graphs are captured on torch-cuda; add it to --backends")
 
 
-__all__ = ["BACKENDS", "BenchConfig"]
+__all__ = ["BACKENDS", "DTYPES", "BenchConfig"]

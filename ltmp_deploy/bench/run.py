@@ -9,6 +9,7 @@ bench document of :mod:`ltmp_deploy.runtime.bench_results`; :func:`write_bench` 
 from __future__ import annotations
 
 import datetime
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -22,8 +23,9 @@ from tqdm import tqdm
 from ltmp_deploy.bench.config import BenchConfig
 from ltmp_deploy.bench.machine import load_average, machine, usable_cores
 from ltmp_deploy.bench.timers import ONNX_BACKENDS, close_targets, open_targets, timed_calls, unavailable
+from ltmp_deploy.bench.torch_paths import TorchPaths, paths, set_compile_limits
 from ltmp_deploy.bench.variants import Variant, build_variants
-from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.export.reference import sample_images
 from ltmp_deploy.ltmp.checkpoint import load
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
@@ -51,6 +53,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     if not runnable:
         raise LTMPError("no backend can run here: " + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
     model = _model(config).eval()
+    if config.compile is not None:
+        for line in set_compile_limits(64):  # every variant at a static batch, then a dynamic one
+            print(line, file=sys.stderr)
     images = torch.from_numpy(sample_images(model_metadata(model), max(config.batches))[0]).float()
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -148,33 +153,59 @@ def _time_all(
     config: BenchConfig,
     skipped: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    total = len(backends) * len(config.batches) * config.rounds
+    extra = {b: paths(b, config.compile, config.cuda_graph) for b in backends}
+    total = sum(1 + len(extra[b]) for b in backends) * len(config.batches) * config.rounds
     bar = tqdm(total=total, desc="timing", unit="round", disable=not config.progress)
     records: list[dict[str, Any]] = []
     try:
         for backend in backends:
-            targets, left_out = open_targets(backend, model, variants, graphs, workdir, config.batches, threads)
+            targets, left_out = open_targets(
+                backend, model, variants, graphs, workdir, config.batches, threads, config.dtype
+            )
             skipped += [{"backend": backend, "variant": n, "reason": r} for n, r in left_out.items()]
+            torch_paths = (
+                TorchPaths(next(iter(targets.values())).runner.model, config.compile) if extra[backend] else None
+            )
             try:
                 for batch in sorted(config.batches):
-                    bar.set_description(f"timing {backend} batch {batch}")
                     x = np.ascontiguousarray(images[:batch].numpy())
-                    timings = interleaved(
-                        timed_calls(targets, variants, x),
-                        batch,
-                        rounds=config.rounds,
-                        warmup=config.warmup,
-                        on_round=bar.update,
-                    )
-                    samples = {name: list(t.samples_ms) for name, t in timings.items()}
-                    records += [
-                        _record(backend, batch, v, samples, flops[v.name, batch]) for v in variants if v.name in samples
-                    ]
+                    for path in ["", *extra[backend]]:
+                        bar.set_description(f"timing {backend}{path} batch {batch}")
+                        calls = torch_paths.calls(path, variants, x) if path else timed_calls(targets, variants, x)
+                        samples = _timed(calls, batch, config, bar, torch_paths, path)
+                        records += [
+                            _record(backend + path, batch, v, samples, flops[v.name, batch])
+                            for v in variants
+                            if v.name in samples
+                        ]
             finally:
                 close_targets(targets)
+            if torch_paths is not None:
+                skipped += [
+                    {"backend": backend + p, "variant": n, "reason": r} for (p, n), r in torch_paths.failed.items()
+                ]
     finally:
         bar.close()
     return records
+
+
+def _timed(
+    calls: dict[str, Any], batch: int, config: BenchConfig, bar: tqdm, torch_paths: TorchPaths | None, path: str
+) -> dict[str, list[float]]:
+    """The samples of every call, timed interleaved; a compiled or graphed path that fails while
+    timed is left out at this batch with the reason (eager failures are the run's errors)."""
+    if not calls:
+        bar.update(config.rounds)
+        return {}
+    try:
+        timings = interleaved(calls, batch, rounds=config.rounds, warmup=config.warmup, on_round=bar.update)
+    except Exception as exc:
+        if not path or torch_paths is None:
+            raise
+        for name in calls:
+            torch_paths.failed.setdefault((path, name), f"failed while timed at batch {batch}: {first_line(exc)}")
+        return {}
+    return {name: list(t.samples_ms) for name, t in timings.items()}
 
 
 def _record(

@@ -4,7 +4,10 @@ Every backend runs as a Session runs it: on the runtime's Polygraphy runners, ea
 :func:`ltmp_deploy.runtime.backends.infer` (what ``Session.run``, and so ``predict``, calls), host
 arrays in and host arrays out. ``torch-cpu`` and ``torch-cuda`` run the patched model eagerly on
 the toolkit's PyTorch runner (``LTMPTorchRunner``: inference mode, no decisions recorded; on CUDA
-the copy of the logits to the host waits for the work, so the clock covers it).
+the copy of the logits to the host waits for the work, so the clock covers it), in fp32 or, on
+CUDA, fp16 (``--dtype``; the input is converted on the device). ``--compile`` and ``--cuda-graph``
+add torch.compile'd and CUDA-graph paths beside the eager one (:mod:`ltmp_deploy.bench.torch_paths`),
+timed the same way, host to host.
 ``onnxruntime-cpu`` and ``onnxruntime-cuda`` open the exported graphs (dynamic batch axis) with
 the runtime's opener, on the provider and thread count asked. ``tensorrt`` builds an engine per
 graph with ``runtime.build`` (datacenter preset, the graph's precision, a profile over the timed
@@ -68,11 +71,12 @@ def open_targets(
     workdir: Path,
     batches: Sequence[int],
     threads: int,
+    dtype: str = "fp32",
 ) -> tuple[dict[str, Target], dict[str, str]]:
     """Every variant on ``backend``'s runner, activated (``graphs``: the exported ONNX per variant), and
-    why each variant that cannot run there is left out."""
+    why each variant that cannot run there is left out. ``dtype``: the PyTorch backends' precision."""
     if backend.startswith("torch"):
-        return _torch_targets(model, variants, backend.split("-", 1)[1]), {}
+        return _torch_targets(model, variants, backend.split("-", 1)[1], dtype), {}
     if backend == "tensorrt":
         return _engine_targets(graphs, workdir, batches)
     return _graph_targets(graphs, backend, threads)
@@ -107,11 +111,14 @@ def close_targets(targets: dict[str, Target]) -> None:
         torch.cuda.empty_cache()
 
 
-def _torch_targets(model: LTMPVisionTransformer, variants: Sequence[Variant], device: str) -> dict[str, Target]:
+def _torch_targets(
+    model: LTMPVisionTransformer, variants: Sequence[Variant], device: str, dtype: str
+) -> dict[str, Target]:
+    from ltmp_deploy.bench.torch_paths import DTYPES
     from ltmp_deploy.export.runner import LTMPTorchRunner
 
     on = torch.device(device)
-    placed = model if on.type == "cpu" else copy.deepcopy(model).to(on)
+    placed = model if on.type == "cpu" and dtype == "fp32" else copy.deepcopy(model).to(on, DTYPES[dtype])
     runner = LTMPTorchRunner(placed, decisions=False, name=f"pytorch {device}")
     runner.activate()
     shape = (None, *runner.image_shape)

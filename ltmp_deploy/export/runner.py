@@ -52,6 +52,7 @@ class LTMPTorchRunner(BaseRunner):
         self._model, self._decisions, self._mode = model, decisions, mode
         self.model: LTMPVisionTransformer | None = None
         self._device: torch.device | None = None
+        self._dtype: torch.dtype = torch.float32
 
     def activate_impl(self) -> None:
         if isinstance(self._model, (str, os.PathLike)):
@@ -61,7 +62,8 @@ class LTMPTorchRunner(BaseRunner):
             if self._mode is not None and self.model.ltmp.mode != self._mode:
                 self.model.ltmp_set_mode(self._mode)
         self.model.eval()
-        self._device = next(self.model.parameters()).device
+        param = next(self.model.parameters())
+        self._device, self._dtype = param.device, param.dtype  # bench runs fp16 copies on CUDA
 
     @property
     def input_name(self) -> str:
@@ -102,7 +104,7 @@ class LTMPTorchRunner(BaseRunner):
         x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
         start = time.perf_counter()
         with torch.inference_mode():
-            out = model.forward_ltmp(x.to(self._device).float(), record=self._decisions)
+            out = model.forward_ltmp(x.to(self._device, self._dtype), record=self._decisions)
             # to the host: on CUDA this waits for the work, so the time covers it
             result: OrderedDict[str, np.ndarray] = OrderedDict(logits=out.logits.cpu().numpy())
             for i, d in enumerate(out.decisions):
