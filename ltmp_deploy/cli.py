@@ -27,7 +27,9 @@ from ltmp_deploy.extras import explain_missing, require_full
 from ltmp_deploy.runtime.inspection import format_values
 
 # Commands that patch, train or export a PyTorch model: the full toolkit, not the field runtime.
-FULL_COMMANDS = frozenset({"patch", "export", "train-base", "learn", "calibrate", "demo", "bench", "report"})
+FULL_COMMANDS = frozenset(
+    {"patch", "export", "train-base", "learn", "calibrate", "demo", "trial", "evaluate", "bench", "report"}
+)
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
@@ -211,6 +213,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.quick:
         chosen.update(epochs=1, rounds=3, train_images=128)
     run_demo(args.workdir, **chosen)
+    return 0
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from ltmp_deploy.files import ensure_writable_folder
+    from ltmp_deploy.trial import TrialRecipe, folder_inputs, run_trial
+
+    ensure_writable_folder(args.workdir, "-o")
+    recipe = TrialRecipe(
+        target=args.target,
+        epochs=args.epochs,
+        lr_merge=args.lr_merge,
+        lr_prune=args.lr_prune,
+        batch_size=args.batch_size,
+        statistic=args.statistic,
+        rounds=args.rounds,
+        threads=args.threads,
+        train_images=args.limit,
+    )
+    if args.quick:
+        recipe.epochs, recipe.rounds, recipe.train_images = 1, 3, min(args.limit or 128, 128)
+    recipe.check()  # before the model and the folder are read
+    run_trial(folder_inputs(args.model, args.data, weights=args.weights), args.workdir, recipe)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ltmp_deploy.calibration.calibrate import parse_statistic
+    from ltmp_deploy.data.datasets import calibration_split
+    from ltmp_deploy.files import ensure_writable
+    from ltmp_deploy.ltmp.checkpoint import load
+    from ltmp_deploy.report.accuracy import write_accuracy
+    from ltmp_deploy.report.held_out import accuracy_table, evaluate_variants, split_name
+
+    ensure_writable(args.output)
+    _outputs_not_inputs([("-o", args.output)], [args.model, args.weights])
+    statistic = parse_statistic(args.statistic)
+    model = load(args.model, weights=args.weights)
+    held_out = calibration_split(args.data, model, "evaluation")
+    needs_schedule = args.target is None and model.ltmp.schedule is None
+    doc = evaluate_variants(
+        model,
+        held_out,
+        dataset=args.data,
+        split=split_name(args.data, held_out),
+        target=args.target,
+        calibration=calibration_split(args.data, model, "calibration") if needs_schedule else None,
+        statistic=statistic,
+        model_name=model.ltmp.architecture.get("timm_model") or os.path.basename(args.model),
+    )
+    write_accuracy(args.output, doc)
+    print(f"{args.data}, {doc['dataset']['split']}: {len(held_out)} images; +- the sampling error (binomial)")
+    print(accuracy_table(doc))
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -516,6 +572,94 @@ def _parser_demo(add: Adder) -> None:
         default=DEMO_THREADS,
         help="CPU threads for the latency step (default %(default)s: steady on a shared machine; more to see the "
         "graphs split over cores)",
+    )
+
+
+def _parser_trial(add: Adder) -> None:
+    from ltmp_deploy.trial import EPOCHS, LR_MERGE, LR_PRUNE, ROUNDS, STATISTIC, THREADS
+
+    p = add(
+        "trial",
+        cmd_trial,
+        "Run the whole job on your model and your image folder: learn, calibrate, accuracy with sampling errors on "
+        "held-out images, export, validate, check, benchmark, report.",
+    )
+    p.epilog = _example(
+        "ltmp-deploy trial vit.json --weights vit.safetensors --data photos/ --target 0.5 -o trial/",
+        "ltmp-deploy trial learned.safetensors --data photos/ --quick -o trial-smoke/",
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a timm model name or a model description JSON (with --weights), or a toolkit checkpoint",
+    )
+    p.add_argument("--weights", metavar="FILE", help="timm weights for a name or description (.safetensors or .pth)")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="an image folder, one subfolder per class, optionally under train/, val/ and test/ ('digits' for the "
+        "embedded set). Learning, calibration and accuracy never share an image",
+    )
+    p.add_argument("--target", type=fraction, default=0.5, help="fraction of block FLOPs to keep (default %(default)s)")
+    p.add_argument(
+        "-o", "--workdir", default="ltmp-trial", metavar="WORKDIR", help="artefacts folder (default %(default)s)"
+    )
+    p.add_argument(
+        "--epochs", type=positive_int, default=EPOCHS, help="threshold-learning epochs (default %(default)s)"
+    )
+    p.add_argument("--lr-merge", type=positive_float, default=LR_MERGE, help="default %(default)s")
+    p.add_argument("--lr-prune", type=positive_float, default=LR_PRUNE, help="default %(default)s")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="learning batch size (default %(default)s)")
+    p.add_argument("--statistic", default=STATISTIC, help="'mean' of the per-image counts, or a quantile such as q0.9")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="learn on N train images drawn at random (seeded)")
+    p.add_argument("--rounds", type=positive_int, default=ROUNDS, help="timed rounds per variant (default %(default)s)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=THREADS,
+        help="CPU threads for the latency step (default %(default)s: steady on a shared machine)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a smoke run of every step: one epoch on 128 train images, 3 rounds"
+    )
+
+
+def _parser_evaluate(add: Adder) -> None:
+    p = add(
+        "evaluate",
+        cmd_evaluate,
+        "Accuracy of the unpatched model, LTMP threshold and fixed mode and ToMe at equal FLOPs on the held-out "
+        "images of a folder, each with its sampling error; writes an accuracy result for `report --accuracy`.",
+    )
+    p.epilog = _example(
+        "ltmp-deploy evaluate fixed.safetensors --data photos/ -o accuracy.json",
+        "ltmp-deploy evaluate learned.safetensors --data photos/ --target 0.5 -o accuracy.json",
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a toolkit checkpoint (its thresholds and schedule), or a timm name or model description JSON",
+    )
+    p.add_argument("--weights", metavar="FILE", help="timm weights for a name or description")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="an image folder (or 'digits'); accuracy on its held-out part: test/ (or val/), else a seeded part "
+        "that calibration never sees",
+    )
+    p.add_argument(
+        "--target",
+        type=fraction,
+        help="the fixed variant keeps this fraction of block FLOPs (default: the checkpoint's schedule, else one "
+        "calibrated on the folder's calibration part)",
+    )
+    p.add_argument(
+        "--statistic", default="mean", help="calibrating: 'mean' of the per-image counts, or a quantile such as q0.9"
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="ACCURACY.json", help="the accuracy result (ltmp-deploy-accuracy/1)"
     )
 
 
@@ -1064,6 +1208,8 @@ PARSERS = (
     _parser_export,
     _parser_check,
     _parser_demo,
+    _parser_trial,
+    _parser_evaluate,
     _parser_show,
     _parser_predict,
     _parser_inspect,

@@ -47,6 +47,9 @@ class BenchConfig:
     opset: int = 17  # one opset for every graph (threshold mode needs 17)
     merge_threshold: float = 0.8
     workdir: str | None = None  # where the graphs (and engines) go; default a temporary folder
+    # The images timed (threshold mode's cost depends on them): held-out images of "digits" or an
+    # image folder (data.datasets.calibration_split); default the export check's sample images.
+    data: str | None = None
     note: str = ""
     command: str = ""
     progress: bool = True
@@ -80,7 +83,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     if not runnable:
         raise LTMPError("no backend can run here: " + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
     model = _model(config).eval()
-    images = torch.from_numpy(sample_images(model_metadata(model), max(config.batches))[0]).float()
+    images = _images(model, config.data, max(config.batches))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -114,6 +117,18 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "skipped": skipped,
         "records": records,
     }
+
+
+def _images(model: LTMPVisionTransformer, data: str | None, count: int) -> torch.Tensor:
+    """``count`` images to time: held-out images of ``data`` (repeated when it holds fewer), or the
+    sample images (for a digits model the digits test split, else random images)."""
+    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, sample_batch, takes_digits
+
+    if data is None or (data == EMBEDDED and takes_digits(model)):
+        return torch.from_numpy(sample_images(model_metadata(model), count)[0]).float()
+    held_out = calibration_split(data, model, "evaluation")
+    drawn = sample_batch(held_out, min(count, len(held_out)))
+    return torch.from_numpy(drawn[np.arange(count) % len(drawn)]).float()
 
 
 def _now() -> str:
