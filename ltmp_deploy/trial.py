@@ -276,12 +276,16 @@ def _latency(inputs: TrialInputs, report: TrialReport, recipe: TrialRecipe, comm
     from ltmp_deploy.bench.run import run_bench
     from ltmp_deploy.bench.tables import LATENCY_HEADER, latency_rows, markdown_table
     from ltmp_deploy.report.trial_report import trial_bench_config
+    from ltmp_deploy.runtime.bench_results import noise_warning
 
     config = trial_bench_config(report.files["fixed"], recipe.rounds, recipe.threads, data=inputs.data, command=command)
     bench = run_bench(config)
     for batch in config.batches:
         rows = latency_rows(bench, "onnxruntime-cpu", batch)
         print(f"\nbatch {batch}:\n{markdown_table(LATENCY_HEADER, rows)}")
+    warning = noise_warning(bench)
+    if warning:  # a headline read from these must say they are noise
+        print(f"\nwarning: {warning}")
     for rec in bench["records"]:
         row = {"p50_ms": rec["p50_ms"], "vs_unpatched": rec["vs_unpatched"]}
         report.latency.setdefault(f"batch{rec['batch']}", {})[rec["variant"]] = row

@@ -269,3 +269,16 @@ def test_the_demo_report_hook(tmp_path):
     assert set(files.headline.latency_saved) == {1, 8} and None not in files.headline.latency_saved.values()
     assert files.html.is_file() and (tmp_path / "bench" / "bench.json").is_file()
     assert len(list(files.markdown.parent.glob("report_grid_*.png"))) == 3
+
+
+def test_the_report_says_when_its_latency_is_noise(tmp_path):
+    """The headline's latency is read from the bench figures: a page quoting noise must say so."""
+    doc = tiny_bench_doc()
+    for rec in doc["records"]:
+        if rec["vs_unpatched"] is not None:
+            rec["vs_unpatched_q1"] = rec["vs_unpatched_q3"] = rec["vs_unpatched"]
+    assert "Warning:" not in write_report(tmp_path / "quiet", doc).markdown.read_text()
+    rec = next(r for r in doc["records"] if r["variant"] != "unpatched")
+    rec["vs_unpatched_q1"], rec["vs_unpatched_q3"] = 0.5 * rec["vs_unpatched"], 1.5 * rec["vs_unpatched"]
+    page = write_report(tmp_path / "busy", doc).markdown.read_text()
+    assert f"Warning: 1 of {len(doc['records'])} figures are noise" in page and rec["variant"] in page

@@ -31,6 +31,7 @@ from ltmp_deploy.runtime.bench_results import (
     batches,
     check_bench,
     find_record,
+    noise_warning,
     read_bench,
 )
 
@@ -191,6 +192,9 @@ def _sections(
                 plots.latency_vs_flops(bench, [head.backend], shown),
             ),
         ]
+        warning = noise_warning(bench)
+        if warning:  # the headline's latency comes from these figures
+            out.append(("p", f"Warning: {warning}."))
         for b in shown:
             out += [
                 ("p", f"Batch {b}:"),
