@@ -240,10 +240,10 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ltmp_deploy import load
     from ltmp_deploy.calibration.calibrate import parse_statistic
     from ltmp_deploy.data.datasets import calibration_split
     from ltmp_deploy.files import ensure_writable
-    from ltmp_deploy.ltmp.checkpoint import load
     from ltmp_deploy.report.accuracy import write_accuracy
     from ltmp_deploy.report.held_out import accuracy_table, evaluate_variants, split_name
 
