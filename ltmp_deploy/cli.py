@@ -4,6 +4,7 @@ The subcommands live in a module per group, each command's ``add_*`` function (i
 the ``run_*`` handler that turns them into library calls and prints the outcome:
 
 - :mod:`~ltmp_deploy.cli_model`: patch, train-base, learn, calibrate, demo (the full toolkit)
+- :mod:`~ltmp_deploy.cli_trial`: trial, evaluate (the full toolkit)
 - :mod:`~ltmp_deploy.cli_deploy`: export, then check, validate, build
 - :mod:`~ltmp_deploy.cli_field`: predict, show, inspect
 - :mod:`~ltmp_deploy.cli_measure`: bench, estimate, report
@@ -24,7 +25,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from ltmp_deploy import __version__, cli_deploy, cli_field, cli_measure, cli_model
+from ltmp_deploy import __version__, cli_deploy, cli_field, cli_measure, cli_model, cli_trial
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.extras import explain_missing, require_full
 
@@ -34,6 +35,8 @@ COMMANDS = (
     cli_deploy.add_export,
     cli_deploy.add_check,
     cli_model.add_demo,
+    cli_trial.add_trial,
+    cli_trial.add_evaluate,
     cli_field.add_show,
     cli_field.add_predict,
     cli_field.add_inspect,

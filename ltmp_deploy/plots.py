@@ -122,12 +122,13 @@ def throughput_vs_batch(doc: dict[str, Any]) -> bytes:
 
 
 def accuracy_vs_flops(acc: dict[str, Any]) -> bytes:
-    """Accuracy against block FLOPs kept for each method (error bars: the spread over runs)."""
+    """Accuracy against block FLOPs kept for each method (error bars: the spread over runs, or for a
+    single run its sampling error on the images scored)."""
     fig = _figure(5.5, 4.0)
     ax = fig.subplots()
     for kind in (FIXED, THRESHOLD, TOME, ORACLE, UNPATCHED):
         rows = sorted(
-            (v["flops_ratio"], 100 * v["accuracy"], 100 * (v.get("accuracy_std") or 0.0))
+            (v["flops_ratio"], 100 * v["accuracy"], 100 * (v.get("accuracy_std") or v.get("accuracy_stderr") or 0.0))
             for v in acc["variants"]
             if v["method"] == kind
         )

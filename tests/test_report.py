@@ -230,14 +230,14 @@ def test_cli_report(capsys, tmp_path, report):
 
 
 def test_the_demo_report_hook(tmp_path):
-    """What run_demo calls at its end, on a tiny 10-class model over the embedded digits."""
+    """What run_trial calls at its end, on a tiny 10-class model over the embedded digits."""
     from ltmp_deploy.calibration.calibrate import calibrate, tome_schedule
     from ltmp_deploy.calibration.evaluate import evaluate
     from ltmp_deploy.data.datasets import dataset_for
     from ltmp_deploy.demo import DemoReport
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint, save_checkpoint
     from ltmp_deploy.ltmp.flops import schedule_flops
-    from ltmp_deploy.report.demo_report import write_demo_report
+    from ltmp_deploy.report.trial_report import write_trial_report
 
     with one_torch_thread():
         model = load_checkpoint(tiny_checkpoint(tmp_path, num_classes=10, img_size=56))  # the digits' size
@@ -255,7 +255,7 @@ def test_the_demo_report_hook(tmp_path):
             "accuracy": evaluate(model.ltmp_set_mode("fixed", tome), test)[0],
             "flops": schedule_flops(model, tome).ratio,
         }
-        files = write_demo_report(report, rounds=1, progress=False)
+        files = write_trial_report(report, rounds=1, progress=False)
     acc = read_accuracy(tmp_path / "accuracy.json")
     assert {v["name"] for v in acc["variants"]} == {
         "unpatched",
@@ -269,3 +269,16 @@ def test_the_demo_report_hook(tmp_path):
     assert set(files.headline.latency_saved) == {1, 8} and None not in files.headline.latency_saved.values()
     assert files.html.is_file() and (tmp_path / "bench" / "bench.json").is_file()
     assert len(list(files.markdown.parent.glob("report_grid_*.png"))) == 3
+
+
+def test_the_report_says_when_its_latency_is_noise(tmp_path):
+    """The headline's latency is read from the bench figures: a page quoting noise must say so."""
+    doc = tiny_bench_doc()
+    for rec in doc["records"]:
+        if rec["vs_unpatched"] is not None:
+            rec["vs_unpatched_q1"] = rec["vs_unpatched_q3"] = rec["vs_unpatched"]
+    assert "Warning:" not in write_report(tmp_path / "quiet", doc).markdown.read_text()
+    rec = next(r for r in doc["records"] if r["variant"] != "unpatched")
+    rec["vs_unpatched_q1"], rec["vs_unpatched_q3"] = 0.5 * rec["vs_unpatched"], 1.5 * rec["vs_unpatched"]
+    page = write_report(tmp_path / "busy", doc).markdown.read_text()
+    assert f"Warning: 1 of {len(doc['records'])} figures are noise" in page and rec["variant"] in page

@@ -139,6 +139,15 @@ class BenchConfig:
             "--workdir", metavar="DIR", help="keep the exported graphs (and engines) here (default: a temporary folder)"
         ),
     )
+    data: str | None = field(
+        default=None,
+        metadata=option(
+            "--data",
+            metavar="DIR",
+            help="time held-out images of this image folder (or 'digits'): threshold mode's cost depends on them "
+            "(default: the export check's sample images)",
+        ),
+    )
     note: str = field(
         default="",
         metadata=option("--note", metavar="TEXT", help="a line for the results' header, e.g. how busy the machine was"),

@@ -56,7 +56,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     if config.compile is not None:
         for line in set_compile_limits(64):  # every variant at a static batch, then a dynamic one
             print(line, file=sys.stderr)
-    images = torch.from_numpy(sample_images(model_metadata(model), max(config.batches))[0]).float()
+    images = _images(model, config.data, max(config.batches))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -90,6 +90,18 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "skipped": skipped,
         "records": records,
     }
+
+
+def _images(model: LTMPVisionTransformer, data: str | None, count: int) -> torch.Tensor:
+    """``count`` images to time: held-out images of ``data`` (repeated when it holds fewer), or the
+    sample images (for a digits model the digits test split, else random images)."""
+    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, sample_batch, takes_digits
+
+    if data is None or (data == EMBEDDED and takes_digits(model)):
+        return torch.from_numpy(sample_images(model_metadata(model), count)[0]).float()
+    held_out = calibration_split(data, model, "evaluation")
+    drawn = sample_batch(held_out, min(count, len(held_out)))
+    return torch.from_numpy(drawn[np.arange(count) % len(drawn)]).float()
 
 
 def _now() -> str:

@@ -9,20 +9,25 @@ Schema ``ltmp-deploy-accuracy/1``, one JSON document::
     dataset     {name, split, images}: what the accuracy was measured on
     tokens      tokens entering the first block (unpatched), optional
     headline    the variant the report's headline is about, optional
-    variants    [{name, method, label, flops_ratio, accuracy, accuracy_std, runs: [{seed, accuracy, flops_ratio}]}]
+    variants    [{name, method, label, flops_ratio, accuracy, accuracy_std, accuracy_stderr, images,
+                  runs: [{seed, accuracy, flops_ratio}]}]
     tokens_per_block  {variant name: {mean: [per block], std: [...], q10: [...], q90: [...], images}}
 
 ``method`` is a bench variant kind (unpatched, ltmp-threshold, ltmp-fixed, tome, oracle) and
 ``name`` is ``method@label`` as in bench results, so a report can put a variant's accuracy beside
 its latency. ``flops_ratio`` is the block FLOPs kept per image on the evaluated images (threshold
 mode: their mean), ``accuracy`` the mean over ``runs`` and ``accuracy_std`` their standard
-deviation (null for one run). Accuracies are fractions in [0, 1].
+deviation (null for one run). ``images`` (optional) is how many images each run was scored on and
+``accuracy_stderr`` (optional) the sampling error of ``accuracy`` on that many images: the binomial
+standard error sqrt(p(1-p)/n), which on a site's few hundred held-out images is often larger than
+the differences between variants. Accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
@@ -39,20 +44,33 @@ from ltmp_deploy.schemas import check
 SCHEMA = "ltmp-deploy-accuracy/1"
 
 
-def variant_entry(method: str, label: str | None, runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One variant from its runs, each ``{"seed": s, "accuracy": a, "flops_ratio": f}``."""
+def sampling_error(accuracy: float, images: int) -> float:
+    """The binomial standard error of an accuracy measured on ``images`` images: sqrt(p(1-p)/n)."""
+    if images < 1:
+        raise LTMPError(f"accuracy result: a sampling error needs at least 1 image, got {images}")
+    return math.sqrt(accuracy * (1.0 - accuracy) / images)
+
+
+def variant_entry(
+    method: str, label: str | None, runs: Sequence[Mapping[str, Any]], *, images: int | None = None
+) -> dict[str, Any]:
+    """One variant from its runs, each ``{"seed": s, "accuracy": a, "flops_ratio": f}``; ``images``:
+    how many images each run was scored on, which adds the sampling error of the accuracy."""
     if method not in KINDS:
         raise LTMPError(f"accuracy result: method {method!r} is not one of {', '.join(KINDS)}")
     if not runs:
         raise LTMPError(f"accuracy result: {variant_name(method, label)} has no runs")
     acc = [float(r["accuracy"]) for r in runs]
+    mean = statistics.fmean(acc)
+    sampled = {} if images is None else {"accuracy_stderr": sampling_error(mean, images), "images": int(images)}
     return {
         "name": variant_name(method, label),
         "method": method,
         "label": label,
         "flops_ratio": statistics.fmean(float(r["flops_ratio"]) for r in runs),
-        "accuracy": statistics.fmean(acc),
+        "accuracy": mean,
         "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else None,
+        **sampled,
         "runs": [
             {"seed": r.get("seed"), "accuracy": float(r["accuracy"]), "flops_ratio": float(r["flops_ratio"])}
             for r in runs

@@ -31,6 +31,7 @@ from ltmp_deploy.runtime.bench_results import (
     batches,
     check_bench,
     find_record,
+    noise_warning,
     read_bench,
 )
 
@@ -124,6 +125,14 @@ def headline(
     return out
 
 
+def sampling_error_text(variant: dict[str, Any]) -> str:
+    """A variant's sampling error as the tables print it: +-points on n images, or "-" unmeasured."""
+    if variant.get("accuracy_stderr") is None:
+        return "-"
+    images = f" (n={variant['images']})" if variant.get("images") else ""
+    return f"+-{100 * variant['accuracy_stderr']:.2f} pts{images}"
+
+
 def _accuracy_rows(accuracy: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for v in accuracy["variants"]:
@@ -134,13 +143,16 @@ def _accuracy_rows(accuracy: dict[str, Any]) -> list[tuple[str, ...]]:
                 v["method"],
                 f"{v['flops_ratio']:.3f}",
                 f"{100 * v['accuracy']:.2f}%{std}",
+                sampling_error_text(v),
                 str(len(v.get("runs") or [])),
             )
         )
     return rows
 
 
-ACCURACY_HEADER = ("variant", "method", "block FLOPs kept", "accuracy", "runs")
+# "sampling error": the binomial standard error on the images scored; "+- x" beside the accuracy:
+# the spread over runs (learning seeds), a different uncertainty.
+ACCURACY_HEADER = ("variant", "method", "block FLOPs kept", "accuracy", "sampling error", "runs")
 
 
 def _sections(
@@ -180,6 +192,9 @@ def _sections(
                 plots.latency_vs_flops(bench, [head.backend], shown),
             ),
         ]
+        warning = noise_warning(bench)
+        if warning:  # the headline's latency comes from these figures
+            out.append(("p", f"Warning: {warning}."))
         for b in shown:
             out += [
                 ("p", f"Batch {b}:"),
