@@ -117,7 +117,7 @@ def cmd_train_base(args: argparse.Namespace) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     from ltmp_deploy import load
     from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
-    from ltmp_deploy.data.datasets import dataset_for
+    from ltmp_deploy.data.datasets import dataset_for, held_out_split
 
     _outputs_not_inputs([("-o", args.output)], [args.model])
     model = load(args.model)
@@ -130,6 +130,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
         lr_model=args.lr_model,
         lam=args.lam,
         tau=args.tau,
+        prune_tau=args.prune_tau,
+        merge_start=args.merge_start,
+        prune_start=args.prune_start,
+        merge_only=args.merge_only,
+        check_images=args.check_images,
         finetune=args.finetune,
         seed=args.seed,
         workers=args.workers,
@@ -140,7 +145,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
         import torch.utils.data
 
         data = torch.utils.data.Subset(data, range(min(args.limit, len(data))))
-    history = learn_thresholds(model, data, args.output, cfg, resume=args.resume)
+    split = held_out_split(args.data, model)  # threshold mode is measured there after learning
+    heldout = {} if split is None else {"heldout_name": split[0], "heldout": split[1]}
+    history = learn_thresholds(model, data, args.output, cfg, resume=args.resume, **heldout)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for all
     merge, prune = model.ltmp_thresholds()
@@ -822,15 +829,20 @@ def _parser_learn(add: Adder) -> None:
         help="default 1 (the paper's recipe on ImageNet; small sets need more)",
     )
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr-merge", type=positive_float, default=5e-3)
-    p.add_argument("--lr-prune", type=positive_float, default=5e-6)
+    p.add_argument("--lr-merge", type=positive_float, default=5e-3, help="default %(default)s")
+    p.add_argument("--lr-prune", type=positive_float, default=1e-5, help="default %(default)s (the authors': 5e-6)")
     p.add_argument(
         "--lr-model", type=positive_float, default=1e-5, help="with --finetune: the learning rate of every other weight"
     )
     p.add_argument(
         "--lambda", dest="lam", type=non_negative_float, default=10.0, help="weight of the FLOPs budget term"
     )
-    p.add_argument("--tau", type=positive_float, default=0.1, help="temperature of the soft masks")
+    p.add_argument("--tau", type=positive_float, default=0.1, help="temperature of the soft masks (default 0.1)")
+    p.add_argument("--prune-tau", type=positive_float, help="of the prune mask (default tau/tokens; authors': tau)")
+    p.add_argument("--merge-start", type=non_negative_float, help="default: merging alone keeps (1 + target) / 2")
+    p.add_argument("--prune-start", type=non_negative_float, help="default: 0.5 / tokens (the authors': 0, merge 0.9)")
+    p.add_argument("--merge-only", action="store_true", help="hold the prune thresholds at 0: merging alone")
+    p.add_argument("--check-images", type=non_negative_int, default=5000, help="held-out images checked after (0: all)")
     p.add_argument("--finetune", action="store_true", help="train every weight, not only the thresholds")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--workers", type=non_negative_int, default=0, help="data loader worker processes")

@@ -25,11 +25,9 @@ if TYPE_CHECKING:
 
 DEMO_TARGET = 0.5
 # The paper trains one epoch on ImageNet (10k steps); the digits train split is 9 steps an
-# epoch, so the demo takes more epochs and a larger merge step to travel as far: enough of them
-# to reach each FLOPs target of benchmarks/accuracy_table.py.
+# epoch, so the demo takes more epochs: enough of them to reach each FLOPs target of
+# benchmarks/accuracy_table.py from learning's automatic start (the learning rates are LearnConfig's).
 DEMO_EPOCHS = 8
-DEMO_LR_MERGE = 0.06
-DEMO_LR_PRUNE = 5e-6  # the reference rate: a faster one prunes early and costs accuracy at the same FLOPs
 # One thread times what the graphs cost, not how a second core that other work may hold splits them:
 # on a shared machine that is the steady measurement (``--threads`` times more).
 DEMO_THREADS = 1
@@ -124,7 +122,7 @@ def _learn(model: LTMPVisionTransformer, train: Dataset, report: DemoReport, tar
     _say(f"2/6 learn the thresholds: target {target} of the block FLOPs, {epochs} epochs")
     model.ltmp_set_mode("threshold")
     save_checkpoint(model, workdir / "patched.safetensors")
-    cfg = LearnConfig(target=target, epochs=epochs, lr_merge=DEMO_LR_MERGE, lr_prune=DEMO_LR_PRUNE)
+    cfg = LearnConfig(target=target, epochs=epochs)
     learn_thresholds(model, train, workdir / "learned.safetensors", cfg, progress=True)
     report.files["learned"] = str(workdir / "learned.safetensors")
 
