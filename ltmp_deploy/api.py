@@ -34,20 +34,25 @@ def learn(
     output: PathLike | None = None,
     progress: bool = True,
     **options: Any,
-) -> list:
+) -> Sequence:
     """Learn the thresholds of ``model`` towards ``target`` (fraction of block FLOPs kept).
 
     ``data``: a torch Dataset, ``"digits"`` (the embedded set) or an image folder. ``options``:
     any :class:`~ltmp_deploy.calibration.learn.LearnConfig` field (epochs, lr_merge, ...).
     ``output``: a checkpoint written after every epoch; None keeps the result in ``model`` only.
+    Returns the epochs' statistics, with ``.check``: threshold mode measured after learning on the
+    held-out split of named data (its val split), else on the training images.
     """
     from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
+    from ltmp_deploy.data.datasets import held_out_split
 
     try:
         cfg = LearnConfig(target=target, **options)
     except TypeError as err:
         raise LTMPError(f"learn: {err}") from err
-    return learn_thresholds(model, _dataset(data, model, "train"), output, cfg, progress=progress)
+    split = held_out_split(os.fspath(data), model) if isinstance(data, (str, os.PathLike)) else None
+    heldout = {} if split is None else {"heldout_name": split[0], "heldout": split[1]}
+    return learn_thresholds(model, _dataset(data, model, "train"), output, cfg, progress=progress, **heldout)
 
 
 def calibrate(

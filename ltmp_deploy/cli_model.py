@@ -153,14 +153,16 @@ def add_learn(add: Callable[..., argparse.ArgumentParser]) -> None:
 def run_learn(args: argparse.Namespace) -> int:
     from ltmp_deploy import load
     from ltmp_deploy.calibration.learn import learn_thresholds
-    from ltmp_deploy.data.datasets import dataset_for
+    from ltmp_deploy.data.datasets import dataset_for, held_out_split
 
     refuse_overwriting_inputs([("-o", args.output)], [args.model])
     model = load(args.model)
     cfg = from_args(LearnConfig, args)
     cfg.check()
     data = dataset_for(args.data, model, "train", limit=args.limit)
-    history = learn_thresholds(model, data, args.output, cfg, resume=args.resume)
+    split = held_out_split(args.data, model)  # threshold mode is measured there after learning
+    heldout = {} if split is None else {"heldout_name": split[0], "heldout": split[1]}
+    history = learn_thresholds(model, data, args.output, cfg, resume=args.resume, **heldout)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for all
     if history:

@@ -1,10 +1,22 @@
 """Learning the thresholds: LTMP's budget loss with straight-through masks (docs/arithmetic.md#training-the-thresholds).
 
-Reference recipe: one epoch, plain SGD (no momentum, no weight decay), cosine schedule, batch
-128, label smoothing 0.1, ``lambda`` 10, ``tau`` 0.1, learning rate 5e-6 for the prune thresholds
-and 5e-3 for the merge thresholds, only the thresholds trainable, thresholds clamped to [0, 1]
-after every step. Loss: ``CE + lambda * (r_flops - r_target)^2`` with ``r_flops`` the fraction of
-the unpatched block FLOPs the masks keep.
+Recipe: one epoch, plain SGD (no momentum, no weight decay), cosine schedule, batch 128, label
+smoothing 0.1, ``lambda`` 10, ``tau`` 0.1, learning rate 1e-5 for the prune thresholds and 5e-3
+for the merge thresholds, only the thresholds trainable, thresholds clamped to [0, 1] after every
+step. Loss: ``CE + lambda * (r_flops - r_target)^2`` with ``r_flops`` the fraction of the
+unpatched block FLOPs the masks keep.
+
+Two things differ from the authors' recipe, so that pruning learns as well as merging
+(docs/arithmetic.md#why-the-prune-thresholds-did-not-learn). The prune mask's temperature is
+``tau / tokens``: importance, the attention a token receives, averages 1 / tokens, and at ``tau``
+the mask is flat across tokens. And the thresholds start where the budget asks both mechanisms to
+remove more: pruning at its edge, where it starts to remove tokens, and merging where the two keep
+(1 + target) / 2 of the FLOPs. From the authors' 0.9 and 0, merging alone can already keep less
+than the target, the budget then pushes the prune thresholds down, and the clamp holds them at 0.
+The authors' recipe is ``LearnConfig(merge_start=0.9, prune_start=0.0, prune_tau=tau, lr_prune=5e-6)``.
+
+Learning ends by measuring threshold mode as it will run, on held-out images when given
+(:mod:`ltmp_deploy.calibration.learn_check`).
 
 Runs under ``torchrun`` as DistributedDataParallel (gloo on CPU, nccl on GPUs); rank 0 writes
 the checkpoints. A checkpoint is written after every epoch, with a resume file beside it, so an
@@ -15,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +38,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ltmp_deploy.calibration.learn_check import ThresholdCheck, check_threshold_mode, report
 from ltmp_deploy.calibration.learn_config import LearnConfig
 from ltmp_deploy.data.folder import unreadable_marks, warn_skipped
 from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output, ensure_writable
-from ltmp_deploy.ltmp.checkpoint import save_checkpoint
-from ltmp_deploy.ltmp.flops import flops_ratio_of_token_means, soft_token_means
+from ltmp_deploy.ltmp.checkpoint import read_metadata, save_checkpoint
+from ltmp_deploy.ltmp.flops import flops_ratio_of_token_means, image_flops, soft_token_means
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+
+PRUNE_START_REMOVES = 0.01  # the prune start: where pruning alone removes this much of the block FLOPs
+START_STEPS = 14  # bisection steps of an automatic start: to 1e-4 of a merge threshold, where blank patches sit
+NO_MERGE = 2.0  # a merge threshold above every cosine similarity, to measure pruning alone
 
 
 @dataclass
@@ -73,12 +91,68 @@ def _threshold_params(model: LTMPVisionTransformer) -> tuple[list[nn.Parameter],
     return merge, prune
 
 
+def _trained_thresholds(model: LTMPVisionTransformer, cfg: LearnConfig) -> list[nn.Parameter]:
+    merge, prune = _threshold_params(model)
+    return merge if cfg.merge_only else merge + prune
+
+
+def _start(model: LTMPVisionTransformer, cfg: LearnConfig, data: Dataset | None) -> None:
+    """The temperatures of the masks and, given the training data, the start values."""
+    n, depth = model.ltmp_num_tokens, len(model.blocks)
+    model.ltmp.tau = cfg.tau
+    model.ltmp.prune_tau = cfg.tau / n if cfg.prune_tau is None else cfg.prune_tau
+    if data is None:
+        return
+    images = None
+    if (cfg.prune_start is None and not cfg.merge_only) or cfg.merge_start is None:
+        images = _sample(data, cfg.batch_size, cfg.seed)
+    prune = cfg.prune_start
+    if cfg.merge_only:
+        prune = 0.0
+    elif prune is None:
+        prune = start_at_edge(model, images, "prune", 1.0 - PRUNE_START_REMOVES, other=NO_MERGE)
+    merge = cfg.merge_start
+    if merge is None:
+        merge = start_at_edge(model, images, "merge", (1.0 + cfg.target) / 2, other=prune)
+    model.ltmp_set_thresholds([merge] * depth, [prune] * depth)
+
+
+def _sample(data: Dataset, count: int, seed: int) -> torch.Tensor:
+    """``count`` images of ``data`` drawn at random (seeded): folders list one class after another."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    return torch.stack([torch.as_tensor(data[int(i)][0]) for i in order])
+
+
+@torch.no_grad()
+def start_at_edge(model: LTMPVisionTransformer, images: torch.Tensor, which: str, keep: float, other: float) -> float:
+    """The threshold of ``which`` ("merge" or "prune", the other's thresholds at ``other``) that removes
+    the most while threshold mode still keeps ``keep`` of the block FLOPs of ``images``.
+
+    Bisected: a merge threshold in [0, 1] (lower merges more), a prune threshold in [0, 1 / tokens]
+    (higher prunes more; some token's importance lies below the mean 1 / tokens), each to 2^-14 of
+    its range."""
+    model.eval()
+    model.ltmp_set_mode("threshold")
+    depth, merging = len(model.blocks), which == "merge"
+    safe, risky = (1.0, 0.0) if merging else (0.0, 1.0 / model.ltmp_num_tokens)
+    for _ in range(START_STEPS):
+        mid = (safe + risky) / 2
+        merge, prune = (mid, other) if merging else (other, mid)
+        model.ltmp_set_thresholds([merge] * depth, [prune] * depth)
+        flops = [r.ratio for r in image_flops(model, model.forward_ltmp(images).decisions)]
+        safe, risky = (mid, risky) if sum(flops) / len(flops) >= keep else (safe, mid)
+    return safe
+
+
 def _optimizer(model: LTMPVisionTransformer, cfg: LearnConfig) -> torch.optim.Optimizer:
     merge, prune = _threshold_params(model)
+    trained_ids = {id(p) for p in _trained_thresholds(model, cfg)}
     ids = {id(p) for p in merge + prune}
     for p in model.parameters():
-        p.requires_grad_(cfg.finetune or id(p) in ids)
-    groups = [{"params": merge, "lr": cfg.lr_merge}, {"params": prune, "lr": cfg.lr_prune}]
+        p.requires_grad_(id(p) in trained_ids or (cfg.finetune and id(p) not in ids))
+    groups = [{"params": merge, "lr": cfg.lr_merge}]
+    if not cfg.merge_only:
+        groups.append({"params": prune, "lr": cfg.lr_prune})
     if cfg.finetune:
         groups.append({"params": [p for p in model.parameters() if id(p) not in ids], "lr": cfg.lr_model})
     return torch.optim.SGD(groups, momentum=0.0, weight_decay=0.0)
@@ -88,16 +162,54 @@ def resume_path(output: Path) -> Path:
     return output.with_name(output.name + ".resume.pt")
 
 
+@dataclass
+class LearnResult(Sequence):
+    """What learning did: the statistics of every epoch run (a sequence of :class:`EpochStats`, as
+    learning returned before) and threshold mode's check on held-out images (None on ranks other than 0)."""
+
+    history: list[EpochStats]
+    check: ThresholdCheck | None = None
+    start: tuple[list[float], list[float]] = ([], [])  # the merge and prune thresholds learning started from
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.history[i]
+
+    def __len__(self) -> int:
+        return len(self.history)
+
+
+@dataclass
+class _Run:
+    """The state of one learning run, across its epochs."""
+
+    model: LTMPVisionTransformer
+    step: nn.Module
+    loader: DataLoader
+    sampler: Any
+    order: torch.Generator
+    optimizer: Any
+    scheduler: Any
+    start: int
+    rank: int
+    world: int
+
+
 def learn_thresholds(
     model: LTMPVisionTransformer,
     data: Dataset,
     output: str | os.PathLike | None = None,
     cfg: LearnConfig | None = None,
     *,
+    heldout: Dataset | None = None,
+    heldout_name: str = "held-out",
     resume: bool = False,
     progress: bool = True,
-) -> list[EpochStats]:
-    """Train the thresholds of ``model`` on ``data``; write ``output`` (if given) after every epoch."""
+) -> LearnResult:
+    """Train the thresholds of ``model`` on ``data``; write ``output`` (if given) after every epoch.
+
+    Then threshold mode is measured on ``heldout`` (a sample of ``data`` when None, named "train") and
+    printed with ``progress``; a FLOPs ratio more than ``learn_check.FLOPS_TOLERANCE`` from the target warns.
+    """
     if cfg is None:
         raise LTMPError("learning needs a LearnConfig with at least its FLOPs target")
     cfg.check()
@@ -106,9 +218,31 @@ def learn_thresholds(
         raise LTMPError("the training data holds no images")
     if resume and output is None:
         raise LTMPError("resume needs the output checkpoint to resume from")
+    run = _setup(model, data, cfg, output, resume)
+    start = model.ltmp_thresholds() if run.start == 0 else ([], [])  # a resumed run started before
+    if start[0] and progress and run.rank == 0:
+        print(
+            f"start: merge thresholds {start[0][0]:.5f}, prune thresholds {start[1][0]:.3g} "
+            f"(prune mask temperature {model.ltmp.prune_tau:.3g})"
+        )
+    history = [_epoch(run, cfg, epoch, output, progress) for epoch in range(run.start, cfg.epochs)]
+    _warn_skipped(data, run.rank, run.world)
+    model.eval()
+    model.ltmp_set_mode("threshold")
+    check = None
+    if run.rank == 0:
+        named = (heldout_name, heldout) if heldout is not None else ("train", data)
+        check = _check(model, cfg, *named, output, progress)
+    if run.world > 1:
+        dist.barrier()
+    return LearnResult(history, check, start)
+
+
+def _setup(model: LTMPVisionTransformer, data: Dataset, cfg: LearnConfig, output: Path | None, resume: bool) -> _Run:
     rank, world = _distributed()
     torch.manual_seed(cfg.seed)
-    model.ltmp.tau = cfg.tau
+    resuming = resume and resume_path(output).is_file()
+    _start(model, cfg, None if resuming else data)  # a resumed run takes its thresholds from the resume file
     model.ltmp_set_mode("train")
     optimizer = _optimizer(model, cfg)
     loader, sampler, order = _loader(data, cfg, rank, world)
@@ -116,37 +250,48 @@ def learn_thresholds(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
     )
-    start = 0
-    if resume and resume_path(output).is_file():
-        start = _load_resume(resume_path(output), model, optimizer, scheduler)
+    start = _load_resume(resume_path(output), model, optimizer, scheduler) if resuming else 0
     step = _TrainStep(model)
     if world > 1:
         step = nn.parallel.DistributedDataParallel(step)
-    history = []
-    for epoch in range(start, cfg.epochs):
-        # The order of every epoch depends on the seed and the epoch only, so a resumed run
-        # sees exactly the batches an uninterrupted one would have.
-        order.manual_seed(cfg.seed + epoch)
-        sampler.set_epoch(epoch)
-        bar = tqdm(loader, desc=f"learn epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
-        sums = _train_epoch(model, step, bar, optimizer, scheduler, cfg, epoch, output if epoch > start else None)
-        if world > 1:
-            dist.all_reduce(sums)
-        stats = EpochStats(epoch + 1, float(sums[0] / sums[3]), float(sums[1] / sums[3]), float(sums[2] / sums[3]))
-        history.append(stats)
-        if rank == 0 and output is not None:
-            _save_epoch(model, output, cfg, stats, optimizer, scheduler)
-        if rank == 0 and progress:
-            print(
-                f"epoch {stats.epoch}: loss {stats.loss:.4f}, FLOPs kept {stats.flops_ratio:.3f}, "
-                f"train accuracy {stats.accuracy:.3f}" + (f", checkpoint {output}" if output else "")
-            )
-        if world > 1:
-            dist.barrier()
-    _warn_skipped(data, rank, world)
-    model.eval()
-    model.ltmp_set_mode("threshold")
-    return history
+    return _Run(model, step, loader, sampler, order, optimizer, scheduler, start, rank, world)
+
+
+def _epoch(run: _Run, cfg: LearnConfig, epoch: int, output: Path | None, progress: bool) -> EpochStats:
+    # The order of every epoch depends on the seed and the epoch only, so a resumed run
+    # sees exactly the batches an uninterrupted one would have.
+    run.order.manual_seed(cfg.seed + epoch)
+    run.sampler.set_epoch(epoch)
+    quiet = not progress or run.rank != 0
+    bar = tqdm(run.loader, desc=f"learn epoch {epoch + 1}/{cfg.epochs}", disable=quiet, leave=False)
+    last_good = output if epoch > run.start else None
+    sums = _train_epoch(run.model, run.step, bar, run.optimizer, run.scheduler, cfg, epoch, last_good)
+    if run.world > 1:
+        dist.all_reduce(sums)
+    stats = EpochStats(epoch + 1, float(sums[0] / sums[3]), float(sums[1] / sums[3]), float(sums[2] / sums[3]))
+    if run.rank == 0 and output is not None:
+        _save_epoch(run.model, output, cfg, stats, run.optimizer, run.scheduler)
+    if not quiet:
+        print(
+            f"epoch {stats.epoch}: loss {stats.loss:.4f}, FLOPs kept {stats.flops_ratio:.3f}, "
+            f"train accuracy {stats.accuracy:.3f}" + (f", checkpoint {output}" if output else "")
+        )
+    if run.world > 1:
+        dist.barrier()
+    return stats
+
+
+def _check(
+    model: LTMPVisionTransformer, cfg: LearnConfig, name: str, data: Dataset, output: Path | None, progress: bool
+) -> ThresholdCheck:
+    """Threshold mode on ``data``, reported, and recorded beside the learning record in the checkpoint's
+    metadata (the weights are written again unchanged)."""
+    check = check_threshold_mode(model, data, cfg.target, name, cfg.check_images)
+    report(check, progress)
+    if output is not None and output.is_file():
+        learned = read_metadata(output).get("learn", {})
+        save_checkpoint(model, output, extra={"learn": {**learned, "check": check.to_dict()}})
+    return check
 
 
 def _warn_skipped(data: Dataset, rank: int, world: int) -> None:
@@ -189,7 +334,7 @@ def _train_epoch(
 ) -> torch.Tensor:
     """One pass of the budget loss; returns the sums of (loss, FLOPs ratio, correct, seen)."""
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    merge, prune = _threshold_params(model)
+    trained = _trained_thresholds(model, cfg)
     model.train()
     sums = torch.zeros(4)
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -207,7 +352,7 @@ def _train_epoch(
         optimizer.step()
         scheduler.step()
         with torch.no_grad():
-            for p in merge + prune:
+            for p in trained:
                 p.clamp_(0.0, 1.0)
         n = len(labels)
         correct = float((logits.argmax(-1) == labels).sum())

@@ -24,7 +24,10 @@ class LearnConfig:
     )
     batch_size: int = field(default=128, metadata=option("--batch-size", type=positive_int, help="images per step"))
     lr_prune: float = field(
-        default=5e-6, metadata=option("--lr-prune", type=positive_float, help="learning rate of the prune thresholds")
+        default=1e-5,
+        metadata=option(
+            "--lr-prune", type=positive_float, help="learning rate of the prune thresholds (authors': 5e-6)"
+        ),
     )
     lr_merge: float = field(
         default=5e-3, metadata=option("--lr-merge", type=positive_float, help="learning rate of the merge thresholds")
@@ -39,6 +42,30 @@ class LearnConfig:
         default=10.0, metadata=option("--lambda", type=non_negative_float, help="weight of the FLOPs budget term")
     )
     tau: float = field(default=0.1, metadata=option("--tau", type=positive_float, help="temperature of the soft masks"))
+    # Temperature of the prune mask, in units of importance; None: tau / tokens. Importance is attention
+    # received, which averages 1/tokens, so at tau itself the mask is flat across tokens.
+    prune_tau: float | None = field(
+        default=None,
+        metadata=option(
+            "--prune-tau", type=positive_float, help="of the prune mask (default tau/tokens; authors': tau)"
+        ),
+    )
+    # Start values of every merge / prune threshold. None: pruning starts at its edge, where it removes
+    # 1% of the block FLOPs (so its mask has a gradient), and merging where, with pruning at its start,
+    # 1 - (1 + target) / 2 is removed: the budget then asks both to remove more. The authors' recipe
+    # starts at 0.9 and 0 (apply_patch's values).
+    merge_start: float | None = field(
+        default=None,
+        metadata=option("--merge-start", type=non_negative_float, help="default: merging alone keeps (1 + target) / 2"),
+    )
+    prune_start: float | None = field(
+        default=None,
+        metadata=option("--prune-start", type=non_negative_float, help="default: where pruning removes 1% of FLOPs"),
+    )
+    merge_only: bool = field(
+        default=False,
+        metadata=option("--merge-only", action="store_true", help="hold the prune thresholds at 0: merging alone"),
+    )
     label_smoothing: float = 0.1
     finetune: bool = field(
         default=False,
@@ -48,6 +75,12 @@ class LearnConfig:
     workers: int = field(
         default=0, metadata=option("--workers", type=non_negative_int, help="data loader worker processes")
     )
+    check_images: int = field(
+        default=5000,
+        metadata=option(
+            "--check-images", type=non_negative_int, help="held-out images threshold mode is checked on after (0: all)"
+        ),
+    )
 
     def check(self) -> None:
         if not 0.0 < self.target <= 1.0:
@@ -56,6 +89,13 @@ class LearnConfig:
             raise LTMPError("--epochs and --batch-size must be at least 1")
         if min(self.lr_prune, self.lr_merge, self.lr_model, self.tau) <= 0 or self.lam < 0:
             raise LTMPError("learning rates and --tau must be positive, --lambda not negative")
+        if self.prune_tau is not None and self.prune_tau <= 0:
+            raise LTMPError(f"--prune-tau {self.prune_tau}: must be positive")
+        for name, value in (("--merge-start", self.merge_start), ("--prune-start", self.prune_start)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise LTMPError(f"{name} {value}: thresholds lie in [0, 1]")
+        if self.check_images < 0:
+            raise LTMPError(f"--check-images {self.check_images}: must not be negative")
 
 
 __all__ = ["LearnConfig"]

@@ -39,6 +39,20 @@ def dataset_for(spec: str, model: object, split: str, limit: int | None = None) 
     return data if limit is None else torch.utils.data.Subset(data, range(min(limit, len(data))))
 
 
+def held_out_split(spec: str, model: object) -> tuple[str, Dataset] | None:
+    """The split learning does not train on, for its closing check: the digits' val split, or the
+    ``val/`` (``validation/``) folder beside a folder's ``train/``; None when there is none."""
+    if spec == EMBEDDED:
+        return "val", _digits(model, "val")
+    root = Path(spec)
+    if not (root / "train").is_dir():
+        return None  # the whole tree is the training data
+    for name in SPLIT_FOLDERS["val"]:
+        if (root / name).is_dir():
+            return name, _folder(root / name, model)
+    return None
+
+
 def takes_digits(model: object) -> bool:
     """Whether ``model`` takes the embedded digits: their size and their 10 classes."""
     from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES

@@ -35,6 +35,7 @@ class LTMPConfig:
     mode: Mode = Mode.THRESHOLD
     schedule: Schedule | None = None
     tau: float = 0.1
+    prune_tau: float | None = None  # training's prune-mask temperature (None: tau); set by learning, not saved
     architecture: dict[str, Any] = field(default_factory=dict)
     labels: list[str] | None = None  # class names, in class order
 
@@ -93,7 +94,7 @@ class LTMPVisionTransformer(VisionTransformer):
         for i, blk in enumerate(self.blocks):
             r, k = (schedule.merges[i], schedule.keeps[i]) if schedule is not None else (0, 0)
             thresholds = blk.merge_masker.threshold, blk.prune_masker.threshold
-            plans.append(Plan(mode, r, k, *thresholds, self.ltmp.tau, self.ltmp_num_tokens))
+            plans.append(Plan(mode, r, k, *thresholds, self.ltmp.tau, self.ltmp_num_tokens, self.ltmp.prune_tau))
         return plans
 
     def forward_ltmp(self, x: Tensor, track_source: bool = False, record: bool = True) -> LTMPOutput:

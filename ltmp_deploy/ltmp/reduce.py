@@ -102,6 +102,9 @@ class Plan:
     prune_threshold: Tensor | None = None
     tau: float = 0.1  # train: temperature of the soft masks
     length: int = 0  # threshold / train: the model's token count, the longest a block sees (0: this block's)
+    # train: temperature of the prune mask, in units of importance (None: ``tau``, the reference recipe).
+    # Importance averages 1/N, so at ``tau`` the mask is flat across tokens: see LearnConfig.prune_tau.
+    prune_tau: float | None = None
 
     def __post_init__(self) -> None:
         self.mode = Mode(self.mode)
@@ -433,7 +436,8 @@ class _ThresholdRule:
         """Which tokens survive pruning: (B, N, 1) as booleans and as the validity they carry."""
         plan = self.plan
         if self.soft:
-            keep_value = alive * straight_through(imp, plan.prune_threshold, plan.tau)
+            tau = plan.tau if plan.prune_tau is None else plan.prune_tau
+            keep_value = alive * straight_through(imp, plan.prune_threshold, tau)
             return keep_value > 0.5, keep_value
         keep = alive & (imp > plan.prune_threshold)
         if self.num_prefix == 0:  # no class token to fall back on: the most important token stays
