@@ -15,7 +15,10 @@ def ratio_text(rec: Mapping[str, Any], key: str) -> str:
     """``0.612 (0.601-0.630)``: the median per-round ratio and its quartiles, or a dash."""
     if rec.get(key) is None:
         return "-"
-    return f"{rec[key]:.3f} ({rec[f'{key}_q1']:.3f}-{rec[f'{key}_q3']:.3f})"
+    q1, q3 = rec.get(f"{key}_q1"), rec.get(f"{key}_q3")
+    if q1 is None or q3 is None:  # a result edited by hand, or by a tool that dropped them
+        return f"{rec[key]:.3f}"
+    return f"{rec[key]:.3f} ({q1:.3f}-{q3:.3f})"
 
 
 def flops_text(rec: Mapping[str, Any]) -> str:
