@@ -56,11 +56,13 @@ class LearnConfig:
     # starts at 0.9 and 0 (apply_patch's values).
     merge_start: float | None = field(
         default=None,
-        metadata=option("--merge-start", type=non_negative_float, help="default: merging alone keeps (1 + target) / 2"),
+        metadata=option(
+            "--merge-start", type=non_negative_float, help="default: keeping (1 + target) / 2 (authors': 0.9)"
+        ),
     )
     prune_start: float | None = field(
         default=None,
-        metadata=option("--prune-start", type=non_negative_float, help="default: where pruning removes 1% of FLOPs"),
+        metadata=option("--prune-start", type=non_negative_float, help="default: where pruning starts (authors': 0)"),
     )
     merge_only: bool = field(
         default=False,
