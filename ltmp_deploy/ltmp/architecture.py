@@ -125,8 +125,9 @@ def build_model(architecture: dict[str, Any], source: str | os.PathLike | None =
         raise LTMPError(f"{where}timm cannot build {what} with {key} {kwargs}: {first_line(err)}") from err
 
 
-def architecture_from_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a model description JSON (``timm_class`` + ``config``, or ``timm_model`` + ``kwargs``)."""
+def read_description(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A model description JSON, read once: its checked architecture (``timm_class`` + ``config``, or
+    ``timm_model`` + ``kwargs``) and what it says beside it (``preprocessing``, ``labels``)."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -136,10 +137,4 @@ def architecture_from_file(path: str | os.PathLike) -> dict[str, Any]:
         raise LTMPError(f"{path}: a model description needs 'timm_model' or 'timm_class'")
     architecture = {k: doc[k] for k in KEYS if k in doc}
     check_architecture(architecture, f"{path}: ")
-    return architecture
-
-
-def description_extras(path: str | os.PathLike) -> dict[str, Any]:
-    """What a model description says beside the architecture: ``preprocessing`` and ``labels``."""
-    doc = json.loads(Path(path).read_text())  # architecture_from_file has read it already
-    return {k: doc[k] for k in DESCRIBED if k in doc}
+    return architecture, {k: doc[k] for k in DESCRIBED if k in doc}

@@ -36,7 +36,7 @@ from ltmp_deploy.formats import (
     checkpoint_metadata,
     expect,
 )
-from ltmp_deploy.ltmp.architecture import architecture_from_file, build_model, description_extras
+from ltmp_deploy.ltmp.architecture import build_model, read_description
 from ltmp_deploy.ltmp.data_config import PREPROCESSING, model_data_config, set_preprocessing
 from ltmp_deploy.ltmp.labels import check_labels
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer, apply_patch
@@ -70,8 +70,8 @@ def create_model(
     elif Path(model).is_file():
         expect(model, FileKind.JSON, what="a model description JSON or a timm model name")
         source = model
-        architecture = _with_kwargs(architecture_from_file(model), kwargs)
-        described = description_extras(model)
+        described_architecture, described = read_description(model)
+        architecture = _with_kwargs(described_architecture, kwargs)
     else:
         _check_model_name(str(model))
         architecture = {"timm_model": str(model), "kwargs": dict(kwargs)}
