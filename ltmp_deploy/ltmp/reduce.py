@@ -210,20 +210,18 @@ def layout(num_prefix: int) -> tuple[slice, slice, slice]:
     return slice(0, num_prefix), slice(first_src, None, 2), slice(first_dst, None, 2)
 
 
-def bipartite_match(metric: Tensor, num_prefix: int, every_position: Tensor) -> tuple[Tensor, Tensor]:
-    """Best destination for every position by cosine similarity (see :func:`layout`), fixed mode.
+def bipartite_match(metric: Tensor, num_prefix: int) -> tuple[Tensor, Tensor]:
+    """Best destination for every source by cosine similarity (see :func:`layout`), fixed mode.
 
-    Returns ``(best, dst)``, both rows (B, 1, N): the similarity of each position's best
-    destination and that destination's index among the destinations; ``every_position`` (N,),
-    0 at sources and -inf elsewhere, masks every position that may not merge. The similarity
-    matrix is destination-major (B, Nd, N), so that the best destination comes out as a row per
-    image, the orientation in which the merge broadcasts per-source values; the static counts
-    need no slicing of the sources and no mapping of source indices back to positions.
+    Returns ``(best, dst)``, both rows (B, 1, Ns): the similarity of each source's best destination
+    and that destination's index among the destinations. The similarity matrix is destination-major
+    (B, Nd, Ns), so that the best destination comes out as a row per image, the orientation in which
+    the merge broadcasts per-source values. Only source columns are computed: half the product and
+    half the search of every position's, and no mask for the positions that may not merge.
     """
-    _, _, dst = layout(num_prefix)
+    _, src, dst = layout(num_prefix)
     metric = unit_rows(metric)
-    best, dst_idx = best_of(metric[:, dst] @ metric.transpose(1, 2), dim=1)
-    return best + every_position, dst_idx
+    return best_of(metric[:, dst] @ metric[:, src].transpose(1, 2), dim=1)
 
 
 def merge_rows(x: Tensor, size: Tensor, moved: Tensor, x_merging: Tensor) -> tuple[Tensor, Tensor]:
@@ -484,7 +482,7 @@ class _FixedLayout:
     """Fixed mode's per-position constants for a block of ``n`` tokens (static shapes: exported
     graphs hold them as initializers)."""
 
-    src_mask: Tensor  # (N,) 0 at every source, -inf elsewhere
+    src_pos: Tensor  # (Ns,) position of every source
     dst_pos: Tensor  # (Nd,) position of every destination
     dst_rank: Tensor  # (N, 1) index among the destinations, -1 for every other position
     dst_rank_at: Tensor  # (N,) the same, to be indexed by positions (B, K, 1)
@@ -507,7 +505,7 @@ def _fixed_layout(n: int, num_prefix: int, device: torch.device, dtype: torch.dt
         slot[p] = float(rank)
     no_merge = [float("inf") if p < num_prefix else NEG_INF for p in pos]
     return _FixedLayout(
-        src_mask=torch.tensor([0.0 if p in set(src_pos) else NEG_INF for p in pos], dtype=dtype, device=device),
+        src_pos=torch.tensor(src_pos, dtype=torch.long, device=device),
         dst_pos=torch.tensor(dst_pos, dtype=torch.long, device=device),
         dst_rank=torch.tensor(dst_rank, dtype=torch.long, device=device)[:, None],
         dst_rank_at=torch.tensor(dst_rank, dtype=torch.long, device=device),
@@ -535,11 +533,12 @@ class _FixedRule:
         self.imp_row = imp_row  # (B, 1, N)
         self.hit: Tensor | None = None
         if plan.r:
-            best, dst_idx = bipartite_match(metric, num_prefix, self.c.src_mask)  # rows (B, 1, N)
-            # (B, 1, r) the merging sources' positions (distinct) and their destinations, as indices
-            # among the destinations
-            self.best_c, self.chosen_pos = top_k(best, plan.r)
-            self.dst_c = dst_idx.gather(2, self.chosen_pos)
+            best, dst_idx = bipartite_match(metric, num_prefix)  # rows (B, 1, Ns)
+            # (B, 1, r) the merging sources (distinct), as positions, and their destinations, as
+            # indices among the destinations
+            self.best_c, chosen = top_k(best, plan.r)
+            self.chosen_pos = self.c.src_pos[chosen]
+            self.dst_c = dst_idx.gather(2, chosen)
             self.hit = self.c.dst_rank == self.dst_c  # (B, N, r): position j receives chosen source i
 
     def merge(self, keep: Keep) -> Merge | None:
