@@ -519,10 +519,10 @@ class _FixedRule:
 
     The counts are static, so the work is written for the fewest operations per block, each a
     kernel launch at batch 1: only the ``r`` chosen source rows enter the merge (gathered once, by
-    position), and the merge is computed over the whole token axis in input positions (rows that
-    receive nothing come out unchanged: ``x * 1 + 0``), so no slicing into parts and no merged
-    layout is built; survivors are put in layout order by sorting their slots (a constant per
-    position), and each tensor is gathered once. Per-source values are rows (B, 1, r) and
+    position), and the merge is computed on the kept rows, which each tensor is gathered at once
+    (rows that receive nothing come out unchanged: ``x * 1 + 0``), so no slicing into parts and no
+    merged layout is built; survivors are put in layout order by sorting their slots (a constant
+    per position). Per-source values are rows (B, 1, r) and
     per-position values columns (B, N, 1), so every product broadcasts without a reshape.
     """
 
