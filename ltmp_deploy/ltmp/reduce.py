@@ -210,18 +210,20 @@ def layout(num_prefix: int) -> tuple[slice, slice, slice]:
     return slice(0, num_prefix), slice(first_src, None, 2), slice(first_dst, None, 2)
 
 
-def bipartite_match(metric: Tensor, num_prefix: int) -> tuple[Tensor, Tensor]:
-    """Best destination for every source by cosine similarity (see :func:`layout`), fixed mode.
+def bipartite_match(metric: Tensor, num_prefix: int, every_position: Tensor) -> tuple[Tensor, Tensor]:
+    """Best destination for every position by cosine similarity (see :func:`layout`), fixed mode.
 
-    Returns ``(best, dst)``, both rows (B, 1, Ns): the similarity of each source's best destination
-    and that destination's index among the destinations. The similarity matrix is destination-major
-    (B, Nd, Ns), so that the best destination comes out as a row per image, the orientation in which
-    the merge broadcasts per-source values. Only source columns are computed: half the product and
-    half the search of every position's, and no mask for the positions that may not merge.
+    Returns ``(best, dst)``, both rows (B, 1, N): the similarity of each position's best
+    destination and that destination's index among the destinations; ``every_position`` (N,),
+    0 at sources and -inf elsewhere, masks every position that may not merge. The similarity
+    matrix is destination-major (B, Nd, N), so that the best destination comes out as a row per
+    image, the orientation in which the merge broadcasts per-source values; the static counts
+    need no slicing of the sources and no mapping of source indices back to positions.
     """
-    _, src, dst = layout(num_prefix)
+    _, _, dst = layout(num_prefix)
     metric = unit_rows(metric)
-    return best_of(metric[:, dst] @ metric[:, src].transpose(1, 2), dim=1)
+    best, dst_idx = best_of(metric[:, dst] @ metric.transpose(1, 2), dim=1)
+    return best + every_position, dst_idx
 
 
 def merge_rows(x: Tensor, size: Tensor, moved: Tensor, x_merging: Tensor) -> tuple[Tensor, Tensor]:
@@ -239,16 +241,13 @@ def merge_rows(x: Tensor, size: Tensor, moved: Tensor, x_merging: Tensor) -> tup
 
 @dataclass
 class Merge:
-    """Which input rows merge into which output rows: the first half of a block's decision, applied
-    after the second.
+    """Which input rows merge into which positions: the first half of a block's decision.
 
-    ``into`` (B, K, M) says how much of merging row ``m`` output row ``j`` takes, for the rows the
-    keep step keeps only: a row pruned or merged away needs no merge, so features are merged on
-    ``K`` rows instead of all ``N`` (the same values for every row kept). ``at`` says which input
+    ``into`` (B, N, W) says how much of column ``w`` each position takes, and ``at`` which input
     rows the merging ones are. Fixed mode: ``into`` booleans, the columns the ``r`` chosen sources,
     ``at`` their positions (B, r, 1) and ``at_row`` the same as a row (B, 1, r). Threshold mode and
-    training: ``into`` weights over the sources (0/1 flags; training's straight-through weights),
-    ``at`` the slice of the sources.
+    training: ``into`` weights over every position (0/1 flags; training's straight-through
+    weights), ``at`` the slice of the sources, whose columns are the ones that count.
     """
 
     into: Tensor
@@ -260,25 +259,24 @@ class Merge:
         return t[:, self.at] if isinstance(self.at, slice) else take_rows(t, self.at)
 
     def weights(self, dtype: torch.dtype) -> Tensor:
-        """(B, K, M) how much of merging row ``m`` output row ``j`` takes."""
-        return self.into.to(dtype) if self.into.dtype == torch.bool else self.into
+        """(B, N, M) how much of merging row ``m`` position ``j`` takes."""
+        return self.into[:, :, self.at] if isinstance(self.at, slice) else self.into.to(dtype)
 
     def moved(self, size: Tensor) -> Tensor:
-        """(B, K, M) how many patches output row ``j`` takes from merging row ``m``, of input sizes ``size``."""
+        """(B, N, M) how many patches position ``j`` takes from merging row ``m``, of sizes ``size``."""
         if isinstance(self.at, slice):
-            return self.into * size.transpose(1, 2)[:, :, self.at]
+            return (self.into * size.transpose(1, 2))[:, :, self.at]
         return torch.where(self.into, size.transpose(1, 2).gather(2, self.at_row), 0.0)
 
-    def apply(self, kept: Tokens, tokens: Tokens) -> Tokens:
-        """The kept rows ``kept`` (from :meth:`Keep.apply`) merged with the merging rows of the block's
-        input ``tokens``: features as size-weighted means, sizes and the source map as sums (validity is
-        the keep step's)."""
-        moved = self.weights(kept.x.dtype) if tokens.size is None else self.moved(tokens.size)
-        x, size = merge_rows(kept.x, 1.0 if kept.size is None else kept.size, moved, self.rows(tokens.x))
-        source = kept.source
+    def apply(self, tokens: Tokens) -> Tokens:
+        """Every tensor that rides along, merged: features as size-weighted means, sizes and the source
+        map as sums (validity is the keep step's)."""
+        x, size, source = tokens.x, tokens.size, tokens.source
+        moved = self.weights(x.dtype) if size is None else self.moved(size)
+        x, size = merge_rows(x, 1.0 if size is None else size, moved, self.rows(x))
         if source is not None:
-            source = source + self.weights(source.dtype) @ self.rows(tokens.source)
-        return Tokens(x, size, kept.valid, source)
+            source = source + self.weights(source.dtype) @ self.rows(source)
+        return Tokens(x, size, tokens.valid, source)
 
 
 @dataclass
@@ -311,10 +309,9 @@ def merge_and_prune(
 ) -> tuple[Tokens, Decision | None]:
     """One block's reduction: merge (size-weighted), then prune, then compact the tokens.
 
-    The mode's rule takes the decision in two steps: which rows merge where, then, from the
-    importance the merges carry, which positions stay and in which order (:class:`Keep`). The keep
-    step is applied first, to every tensor that rides along, and the merge (:class:`Merge`) then to
-    the kept rows only: rows that are pruned or merged away are never merged. The merged layout is
+    The mode's rule takes the decision in two steps, each applied to every tensor that rides along
+    as soon as it is taken: which rows merge where (:class:`Merge`), then, from the importance the
+    merges carry, which positions stay and in which order (:class:`Keep`). The merged layout is
     [prefix, sources, destinations]: prefix tokens in front in their original order (so that a
     distillation token, an odd position, stays where the head reads it), then the sources and the
     destinations in their original orders (docs/arithmetic.md#order-after-merging). Survivors leave
@@ -330,11 +327,10 @@ def merge_and_prune(
         raise ValueError(f"no merging in mode {plan.mode!r}")
     imp_row = imp[:, None, :] if imp.dim() == 2 else imp
     rule = (_FixedRule if plan.mode.scheduled else _ThresholdRule)(tokens, metric, imp_row, num_prefix, plan)
+    if rule.merge is not None:
+        tokens = rule.merge.apply(tokens)
     keep = rule.keep()
     out = keep.apply(tokens)
-    merge = rule.merge(keep)
-    if merge is not None:
-        out = merge.apply(out, tokens)
     return out, rule.decision(keep, out) if record else None
 
 
@@ -410,22 +406,11 @@ class _ThresholdRule:
             self.merging = self.w > 0.5
         else:
             self.w, self.merging = None, best > plan.merge_threshold
-        self.hit = self._takes(t.pos, self.merging).to(x.dtype)  # (B, N, N): 1 where receiver j takes sender i
-
-    def _takes(self, pos: Tensor, merging: Tensor, dst: Tensor | None = None) -> Tensor:
-        """(B, R, S) whether the receiver at ``pos`` (a column) is the best of each merging sender
-        (``merging`` and ``dst``, rows)."""
-        return (pos == (self.dst if dst is None else dst)) & merging
-
-    def merge(self, keep: Keep) -> Merge:
-        """The merge onto the kept rows, from the sources only."""
-        src = layout(self.num_prefix)[1]
-        dst = self.dst[:, :, src]
-        if self.w is None:
-            return Merge(self._takes(keep.idx, self.merging[:, :, src], dst).to(self.imp_row.dtype), src)
+        best_for = t.pos == self.dst  # (B, N, N): receiver j is sender i's best
+        self.hit = (best_for & self.merging).to(x.dtype)  # 1 where receiver j takes sender i
         # In training every best pair is weighted by w, so that a source that stays gets the
         # gradient of merging too.
-        return Merge(torch.where(keep.idx == dst, self.w[:, :, src], 0.0), src)
+        self.merge = Merge(self.hit if self.w is None else torch.where(best_for, self.w, 0.0), layout(num_prefix)[1])
 
     def keep(self) -> Keep:
         """Survivors first, in layout order, then (in training) the dead; padding marked invalid."""
@@ -482,10 +467,9 @@ class _FixedLayout:
     """Fixed mode's per-position constants for a block of ``n`` tokens (static shapes: exported
     graphs hold them as initializers)."""
 
-    src_pos: Tensor  # (Ns,) position of every source
+    src_mask: Tensor  # (N,) 0 at every source, -inf elsewhere
     dst_pos: Tensor  # (Nd,) position of every destination
     dst_rank: Tensor  # (N, 1) index among the destinations, -1 for every other position
-    dst_rank_at: Tensor  # (N,) the same, to be indexed by positions (B, K, 1)
     # (N, 1) the importance a row takes from merges when it receives none: +inf for prefix tokens
     # (never pruned), -inf elsewhere (the maximum with its own importance leaves that)
     no_merge: Tensor
@@ -505,10 +489,9 @@ def _fixed_layout(n: int, num_prefix: int, device: torch.device, dtype: torch.dt
         slot[p] = float(rank)
     no_merge = [float("inf") if p < num_prefix else NEG_INF for p in pos]
     return _FixedLayout(
-        src_pos=torch.tensor(src_pos, dtype=torch.long, device=device),
+        src_mask=torch.tensor([0.0 if p in set(src_pos) else NEG_INF for p in pos], dtype=dtype, device=device),
         dst_pos=torch.tensor(dst_pos, dtype=torch.long, device=device),
         dst_rank=torch.tensor(dst_rank, dtype=torch.long, device=device)[:, None],
-        dst_rank_at=torch.tensor(dst_rank, dtype=torch.long, device=device),
         no_merge=torch.tensor(no_merge, dtype=dtype, device=device)[:, None],
         slot=torch.tensor(slot, dtype=torch.float32, device=device),
     )
@@ -519,10 +502,10 @@ class _FixedRule:
 
     The counts are static, so the work is written for the fewest operations per block, each a
     kernel launch at batch 1: only the ``r`` chosen source rows enter the merge (gathered once, by
-    position), and the merge is computed on the kept rows, which each tensor is gathered at once
-    (rows that receive nothing come out unchanged: ``x * 1 + 0``), so no slicing into parts and no
-    merged layout is built; survivors are put in layout order by sorting their slots (a constant
-    per position). Per-source values are rows (B, 1, r) and
+    position), and the merge is computed over the whole token axis in input positions (rows that
+    receive nothing come out unchanged: ``x * 1 + 0``), so no slicing into parts and no merged
+    layout is built; survivors are put in layout order by sorting their slots (a constant per
+    position), and each tensor is gathered once. Per-source values are rows (B, 1, r) and
     per-position values columns (B, N, 1), so every product broadcasts without a reshape.
     """
 
@@ -531,33 +514,26 @@ class _FixedRule:
         self.b, self.n, self.k = x.shape[0], x.shape[1], plan.k
         self.c = _fixed_layout(int(self.n), num_prefix, x.device, x.dtype)
         self.imp_row = imp_row  # (B, 1, N)
-        self.hit: Tensor | None = None
+        self.merge: Merge | None = None
         if plan.r:
-            best, dst_idx = bipartite_match(metric, num_prefix)  # rows (B, 1, Ns)
-            # (B, 1, r) the merging sources (distinct), as positions, and their destinations, as
-            # indices among the destinations
-            self.best_c, chosen = top_k(best, plan.r)
-            self.chosen_pos = self.c.src_pos[chosen]
-            self.dst_c = dst_idx.gather(2, chosen)
-            self.hit = self.c.dst_rank == self.dst_c  # (B, N, r): position j receives chosen source i
-
-    def merge(self, keep: Keep) -> Merge | None:
-        """The merge onto the kept rows: row j takes chosen source i if its position is i's destination."""
-        if self.hit is None:
-            return None
-        into = self.c.dst_rank_at[keep.idx] == self.dst_c  # (B, k, r)
-        return Merge(into, self.chosen_pos.transpose(1, 2), self.chosen_pos)
+            best, dst_idx = bipartite_match(metric, num_prefix, self.c.src_mask)  # rows (B, 1, N)
+            # (B, 1, r) the merging sources' positions (distinct) and their destinations, as indices
+            # among the destinations
+            self.best_c, self.chosen_pos = top_k(best, plan.r)
+            self.dst_c = dst_idx.gather(2, self.chosen_pos)
+            hit = self.c.dst_rank == self.dst_c  # (B, N, r): position j receives chosen source i
+            self.merge = Merge(hit, self.chosen_pos.transpose(1, 2), self.chosen_pos)
 
     def keep(self) -> Keep:
         """The ``k`` most important live tokens, in layout order."""
         c, imp_row = self.c, self.imp_row
-        if self.hit is None:
+        if self.merge is None:
             imp_col = torch.maximum(imp_row.transpose(1, 2), c.no_merge)
         else:
             # A destination is as important as the most important token merged into it; merged
             # sources drop out (-inf: a plain ScatterElements, without a reduction, which every
             # TensorRT target imports). Importance is never negative, so -inf marks them apart.
-            incoming = torch.where(self.hit, imp_row.gather(2, self.chosen_pos), c.no_merge)
+            incoming = torch.where(self.merge.into, imp_row.gather(2, self.chosen_pos), c.no_merge)
             incoming = incoming.amax(dim=2, keepdim=True)
             dropped = imp_row.scatter(2, self.chosen_pos, self.best_c - float("inf"))
             imp_col = torch.maximum(dropped.transpose(1, 2), incoming)
@@ -568,7 +544,7 @@ class _FixedRule:
         """What the block did, in its input positions."""
         b, n, device = self.b, self.n, out.x.device
         merge_dst = torch.full((b, (n + 1) // 2), -1, dtype=torch.long, device=device)
-        if self.hit is not None:
+        if self.merge is not None:
             merge_dst = merge_dst.scatter(1, self.chosen_pos[:, 0] // 2, self.c.dst_pos[self.dst_c[:, 0]])
         return Decision(
             kept=keep.idx[..., 0],
