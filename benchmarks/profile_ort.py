@@ -13,6 +13,9 @@ ratios measure it.
 
     python benchmarks/profile_ort.py --model deit_small_patch16_224 --batch 1 --threads 2
     python benchmarks/profile_ort.py --mode threshold --base fixed --batch 8 --threads 2
+
+``--by-node`` splits the time by node instead, each node step summed over the blocks (``/blocks.*/TopK_2``
+is that TopK in every block), which tells apart the several MatMuls or TopKs of one block.
 """
 
 from __future__ import annotations
