@@ -13,6 +13,9 @@ ratios measure it.
 
     python benchmarks/profile_ort.py --model deit_small_patch16_224 --batch 1 --threads 2
     python benchmarks/profile_ort.py --mode threshold --base fixed --batch 8 --threads 2
+
+``--by-node`` splits the time by node instead, each node step summed over the blocks (``/blocks.*/TopK_2``
+is that TopK in every block), which tells apart the several MatMuls or TopKs of one block.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -43,14 +47,21 @@ def session(path: Path, threads: int, prefix: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def op_times(profile: Path, runs: int) -> tuple[dict[str, float], int]:
-    """Mean kernel microseconds per run for every op type (the warm-up run dropped), and the node count."""
+def role(event: dict) -> str:
+    """A node's op type and name with the block number left out: the same step of every block sums together."""
+    name = re.sub(r"/blocks\.\d+/", "/blocks.*/", event["name"].removesuffix("_kernel_time"))
+    return f"{event['args']['op_name']} {name}"
+
+
+def op_times(profile: Path, runs: int, by_role: bool = False) -> tuple[dict[str, float], int]:
+    """Mean kernel microseconds per run for every op type, or every node :func:`role` (the warm-up run
+    dropped), and the node count."""
     events = [
         e for e in json.loads(profile.read_text()) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
     ]
     total: dict[str, float] = collections.defaultdict(float)
     for e in events:
-        total[e["args"]["op_name"]] += e["dur"]
+        total[role(e) if by_role else e["args"]["op_name"]] += e["dur"]
     nodes = len({e["name"] for e in events})
     return {op: us / (runs + 1) for op, us in total.items()}, nodes
 
@@ -64,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--mode", choices=("fixed", "threshold"), default="fixed")
     parser.add_argument("--base", choices=("oracle", "fixed"), default="oracle")
+    parser.add_argument("--by-node", action="store_true", help="rows per node step of a block, not per op type")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -84,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.runs + 1):  # alternating, the first run of each a warm-up
             for s in sessions.values():
                 s.run(None, {s.get_inputs()[0].name: images})
-        times = {mode: op_times(Path(s.end_profiling()), args.runs) for mode, s in sessions.items()}
+        times = {mode: op_times(Path(s.end_profiling()), args.runs, args.by_node) for mode, s in sessions.items()}
     report(args, times)
 
 
@@ -97,7 +109,7 @@ def report(args: argparse.Namespace, times: dict[str, tuple[dict[str, float], in
     print(f"{b} {sum(base.values()) / 1e3:.2f} ms in {base_nodes} nodes,", end=" ")
     print(f"{a} {sum(ours.values()) / 1e3:.2f} ms in {our_nodes} nodes:", end=" ")
     print(f"{a} / {b} {sum(ours.values()) / sum(base.values()):.3f}\n")
-    print(f"| op type | {b} ms | {a} ms | {a} - {b} ms |\n|---|---:|---:|---:|")
+    print(f"| {'node' if args.by_node else 'op type'} | {b} ms | {a} ms | {a} - {b} ms |\n|---|---:|---:|---:|")
     rows = [(ours.get(op, 0.0) - base.get(op, 0.0), op) for op in {*base, *ours}]
     for diff, op in sorted(rows, key=lambda r: -abs(r[0])):
         print(f"| {op} | {base.get(op, 0.0) / 1e3:.3f} | {ours.get(op, 0.0) / 1e3:.3f} | {diff / 1e3:+.3f} |")
