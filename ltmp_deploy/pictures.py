@@ -1,6 +1,8 @@
 """Token pictures: what a model threw away, per image a grid over the blocks, drawn from a
 checkpoint (PyTorch), from an ONNX file or engine exported with ``--decisions``, or from an audit
-log (both without torch).
+log (both without torch). The one entry point: ``show`` calls :func:`draw_decisions`, the trial
+report :func:`token_grid`. The maps come from ``ltmp.token_maps`` (PyTorch) or
+``runtime.patch_maps`` (an exported graph, a log); ``runtime.visualize`` draws them.
 
     draw_decisions("model.onnx", "cat.png", images=["cat.jpg"])
     draw_decisions("audit.jsonl", "pictures/", logged=["cat.jpg", "7"])
@@ -156,9 +158,9 @@ def log_pictures(path: str, wanted: Sequence[str], read: list[str]) -> Iterator[
 def graph_pictures(path: str, images: Sequence[str]) -> Iterator[Picture]:
     """The pictures of ``images`` through an ONNX file or engine exported with ``--decisions``."""
     from ltmp_deploy.runtime.audit import NO_DECISIONS
+    from ltmp_deploy.runtime.patch_maps import image_maps, patch_grid
     from ltmp_deploy.runtime.preprocess import model_view
     from ltmp_deploy.runtime.session import Session
-    from ltmp_deploy.runtime.sources import image_maps, patch_grid
 
     with Session(path) as session:
         if not session.has_decisions:
@@ -187,14 +189,27 @@ def checkpoint_pictures(spec: str, images: Sequence[str], mode: str | None) -> I
 
     from ltmp_deploy import load
     from ltmp_deploy.ltmp.data_config import model_data_config
-    from ltmp_deploy.report.grids import checkpoint_maps
     from ltmp_deploy.runtime.preprocess import model_view, preprocess
 
     model = load(spec, mode=mode or None)
-    cfg, grid = model_data_config(model), tuple(model.patch_embed.grid_size)
+    cfg = model_data_config(model)
     for image in images:
         picture = _digit(image) if image.startswith(DIGITS) else image
-        yield model_view(picture, cfg), checkpoint_maps(model, torch.from_numpy(preprocess(picture, cfg))[0]), grid
+        yield model_picture(model, torch.from_numpy(preprocess(picture, cfg))[0], model_view(picture, cfg))
+
+
+def model_picture(model: Any, image: Any, display: Any) -> Picture:
+    """A PyTorch model's picture of ``image`` (one preprocessed (C, H, W) tensor) over ``display``
+    ((H, W, 3) uint8, the picture as the model saw it)."""
+    from ltmp_deploy.ltmp.token_maps import token_maps
+
+    return display, token_maps(model, image), tuple(model.patch_embed.grid_size)
+
+
+def token_grid(model: Any, image: Any, display: Any, out: str | os.PathLike) -> Path:
+    """Draw a PyTorch model's decisions on ``image`` over ``display`` into the PNG ``out`` (the trial
+    report's token grids)."""
+    return write_pictures([Path(out)], [model_picture(model, image, display)])[0]
 
 
 def _digit(name: str) -> Any:
@@ -208,4 +223,4 @@ def _digit(name: str) -> Any:
     return pictures[int(index)]
 
 
-__all__ = ["draw_decisions"]
+__all__ = ["draw_decisions", "token_grid"]

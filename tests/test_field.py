@@ -19,7 +19,6 @@ from ltmp_deploy.files import sha256
 from ltmp_deploy.runtime import Session
 from ltmp_deploy.runtime.audit import SCHEMA, AuditLog, read_log, select
 from ltmp_deploy.runtime.predict import batches, image_files, predict_files
-from ltmp_deploy.runtime.sources import PatchMap
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -112,7 +111,7 @@ def torch_maps(image_path):
 
     model = load_checkpoint(checkpoint("fixed"))
     x = torch.from_numpy(preprocess(image_path, model_data_config(model)))[0]
-    return [PatchMap(m["block"], m["kept"], m["owner"]) for m in token_maps(model, x)]
+    return token_maps(model, x)
 
 
 def test_audit_log_of_a_pinned_batch_file_has_every_image_and_pytorchs_decisions(photos, tmp_path, capsys):

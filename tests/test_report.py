@@ -33,7 +33,7 @@ def tiny_accuracy(tmp_path: Path) -> tuple[dict, list[Path]]:
     from ltmp_deploy.ltmp.checkpoint import load_checkpoint, metadata
     from ltmp_deploy.ltmp.flops import image_flops
     from ltmp_deploy.ltmp.schedule import Schedule
-    from ltmp_deploy.report.grids import token_grid
+    from ltmp_deploy.pictures import token_grid
 
     model = load_checkpoint(tiny_bench() / "tiny5.safetensors")
     images = torch.from_numpy(sample_images(metadata(model), 64)[0])

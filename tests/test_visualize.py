@@ -17,7 +17,7 @@ from runtime_models import exported
 from ltmp_deploy.cli import main
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 from ltmp_deploy.ltmp.token_maps import token_maps
-from ltmp_deploy.runtime.sources import PatchMap, compose
+from ltmp_deploy.runtime.patch_maps import PatchMap, compose
 from ltmp_deploy.runtime.visualize import GAP, LABEL, PANEL, draw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,18 +39,14 @@ def test_every_patch_is_owned_by_a_surviving_token_or_pruned():
     with torch.no_grad():
         decisions = model.forward_ltmp(image[None]).decisions
     for m, d in zip(maps, decisions):
-        owners = set(m["owner"][m["owner"] >= 0].tolist())
+        owners = set(m.owner[m.owner >= 0].tolist())
         assert len(owners) == int(d.n_out[0]) - model.num_prefix_tokens  # the class token owns no patch
-    assert (maps[-1]["owner"] < 0).any(), "something should be pruned by the last block"
-
-
-def patch_maps(model, image):
-    return [PatchMap(m["block"], m["kept"], m["owner"]) for m in token_maps(model, image)]
+    assert (maps[-1].owner < 0).any(), "something should be pruned by the last block"
 
 
 def test_draw_makes_one_panel_per_block_in_a_grid():
     model = reducing()
-    maps = patch_maps(model, torch.randn(3, 32, 32))
+    maps = token_maps(model, torch.randn(3, 32, 32))
     im = draw(np.zeros((32, 32, 3), np.uint8), maps, (4, 4))
     assert im.size == ((PANEL + 8) * 4, PANEL + 40)
     wide = [PatchMap(i, 25, np.arange(24)) for i in range(3)]  # 32x48 pixels, 4x6 patches
@@ -88,7 +84,7 @@ def test_composed_decisions_are_pytorchs_source_map(kind, mode):
         maps = compose(
             [d.kept[i].numpy() for d in out.decisions], [d.merge_dst[i].numpy() for d in out.decisions], prefix, patches
         )
-        ref = patch_maps(model, images[i])
+        ref = token_maps(model, images[i])
         assert [m.to_json() for m in maps] == [r.to_json() for r in ref]
         assert PatchMap.from_json(maps[-1].to_json(), patches).to_json() == maps[-1].to_json()
     assert any(m.pruned for m in maps) and any(m.groups for m in maps)

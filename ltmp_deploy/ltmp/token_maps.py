@@ -1,38 +1,27 @@
 """What the model threw away, from PyTorch: per block, which patches each surviving token stands for.
 
-The source map the model tracks (``forward_ltmp(track_source=True)``) turned into one owner map
-per block; ``ltmp_deploy.runtime.visualize`` draws it, as it draws the maps composed from an
-exported graph's decision outputs or read back from an audit log.
+The source map the model tracks (``forward_ltmp(track_source=True)``) as one
+:class:`~ltmp_deploy.runtime.patch_maps.PatchMap` per block: the maps the runtime composes from an
+exported graph's decision outputs or reads back from an audit log, so ``ltmp_deploy.pictures`` draws
+all three alike.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
+from ltmp_deploy.runtime.patch_maps import PatchMap, owner_of
 
 
-def token_maps(model: LTMPVisionTransformer, image: torch.Tensor) -> list[dict[str, Any]]:
-    """Per block: ``owner`` (P,) the output token each patch now belongs to (-1: pruned), and the
-    block's counts. ``image``: one preprocessed (3, H, W) tensor."""
+def token_maps(model: LTMPVisionTransformer, image: torch.Tensor) -> list[PatchMap]:
+    """Per block, which input patches each surviving token of ``image`` stands for (-1: pruned).
+    ``image``: one preprocessed (3, H, W) tensor."""
     with torch.no_grad():
         out = model.forward_ltmp(image[None], track_source=True)
     maps = []
     for i, d in enumerate(out.decisions):
-        source = d.source[0]  # (K, P)
-        valid = torch.arange(source.shape[0]) < int(d.n_out[0].round())
-        owner = (
-            torch.where(valid[:, None] & (source > 0.5), torch.arange(source.shape[0])[:, None], -1).max(dim=0).values
-        )
-        maps.append(
-            {
-                "block": i,
-                "owner": owner.numpy(),
-                "kept": int(d.n_out[0].round()),
-                "merged": int(d.merged()[0].sum()),
-                "pruned": int(d.pruned()[0].sum()),
-            }
-        )
+        kept = int(d.n_out[0].round())
+        source = d.source[0][:kept] > 0.5  # (kept, P): rows past the kept tokens are padding
+        maps.append(PatchMap(i, kept, owner_of(source.numpy())))
     return maps

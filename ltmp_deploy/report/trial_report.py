@@ -4,7 +4,7 @@ Accuracy, its sampling error and the tokens per block come from ``report.held_ou
 on the held-out images (unless the trial passes the document it already measured); the latency
 from ``run_bench`` on the calibrated checkpoint (ONNX Runtime on the CPU, batch 1 and 8: its
 calibrated schedule, its oracle, ToMe at its FLOPs and its learned thresholds, timed on held-out
-images); the token grids from ``report.grids.token_grid`` on a few held-out images.
+images); the token grids from ``pictures.token_grid`` on a few held-out images.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def grid_indices(images: int, count: int) -> list[int]:
 
 def token_grids(model: Any, held_out: Dataset, workdir: Path, count: int = GRID_IMAGES) -> list[Path]:
     """Token grids of ``count`` held-out images spread over the set, as PNGs in ``workdir``."""
-    from ltmp_deploy.report.grids import token_grid
+    from ltmp_deploy.pictures import token_grid
 
     grids = []
     for n, i in enumerate(grid_indices(len(held_out), count)):

@@ -24,9 +24,9 @@ import numpy as np
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import atomic_output, refuse_overwriting_inputs, sha256
+from ltmp_deploy.runtime.patch_maps import PatchMap, image_maps, patch_grid
 from ltmp_deploy.runtime.preprocess import ImageLike
 from ltmp_deploy.runtime.session import Result, Session
-from ltmp_deploy.runtime.sources import PatchMap, image_maps, patch_grid
 from ltmp_deploy.schemas import check
 
 SCHEMA = "ltmp-deploy-audit/1"

@@ -6,9 +6,14 @@ decide. The TensorRT parser check (``trt.parser_check``) and the INT8 layer sele
 both read graphs through :class:`Graph`.
 
 Constant values are computed by onnx's own reference evaluator over the constant part of the
-graph (Polygraphy's ``fold_constants`` would need onnx-graphsurgeon, which the field install
-lacks). That part is found here: onnx's ``utils.Extractor`` walks the top-level graph only and
+graph. That part is found here: onnx's ``utils.Extractor`` walks the top-level graph only and
 cannot stand a static shape in for a Shape node. Pure onnx + numpy: no torch, no onnxslim.
+
+Not onnx-graphsurgeon, although it installs on JetPack 5.1's Python 3.8: its importer raises on an
+element type the installed onnx cannot name (FLOAT4E2M1 under onnx 1.17, the newest for 3.8), a
+graph the parser check must report rather than refuse; its ``fold_constants`` evaluates with ONNX
+Runtime, which the base field install lacks (without it nothing folds, with a warning only), and
+folds Shape reads but not Size (benchmarks/results/2026-12-05-graphsurgeon-check.md).
 """
 
 from __future__ import annotations

@@ -4,23 +4,21 @@ One panel per block, after the input, in a grid: pruned patches are greyed out, 
 group (a token standing for several patches) is tinted and outlined in its own colour, and
 untouched patches keep the image. The picture depends only on the patch maps (which patches
 share a token, which are gone), so a checkpoint, an exported graph and an audit log line that
-agree on the decisions give the same pixels.
+agree on the decisions give the same pixels. ``ltmp_deploy.pictures`` gathers the maps and writes
+the files.
 """
 
 from __future__ import annotations
 
 import colorsys
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.files import atomic_output
-from ltmp_deploy.runtime.sources import PatchMap
+from ltmp_deploy.runtime.patch_maps import PatchMap
 
 PANEL = 192  # pixels per panel side (the long one for a non-square input)
 GAP = 8  # white space right of each panel
@@ -110,11 +108,4 @@ def draw(picture: np.ndarray, maps: Sequence[PatchMap], grid: tuple[int, int], c
     return canvas
 
 
-def save_png(image: Image.Image, out: str | os.PathLike) -> Path:
-    """Write ``image`` as a PNG, whole or not at all."""
-    with atomic_output(out, suffix=".png") as tmp:
-        image.save(tmp, format="PNG")
-    return Path(out)
-
-
-__all__ = ["COLUMNS", "PANEL", "draw", "group_colour", "save_png"]
+__all__ = ["COLUMNS", "PANEL", "draw", "group_colour"]

@@ -4,7 +4,8 @@ An export with ``--decisions`` gives, per block and image, the input position of
 token (``kept``) and, for every even input position, the input position it merged into
 (``merge_dst``), both padded with -1 (see ``ltmp.reduce.Decision``). Composed over the blocks
 they say which patches each surviving token stands for, as PyTorch's tracked source map does
-(``forward_ltmp(track_source=True)``). Patches are numbered row by row over the patch grid.
+(``forward_ltmp(track_source=True)``, turned into the same maps by ``ltmp.token_maps``). Patches
+are numbered row by row over the patch grid.
 """
 
 from __future__ import annotations
