@@ -102,7 +102,9 @@ def validate(
 
     ``backend``/``providers``: how the files run (see :class:`~ltmp_deploy.runtime.session.Session`).
     ``mode``: the mode a checkpoint alone is exported and run in (default: its own). ``options``:
-    ``images``, ``batch``, ``json_path``. Returns the :class:`~ltmp_deploy.runtime.parity.compare.ParityReport`;
+    ``images`` (a count, an image folder or files, or pictures), ``batch``, ``json_path``,
+    ``require_reductions`` (fail when the images exercised no merge and no prune). Returns the
+    :class:`~ltmp_deploy.runtime.parity.compare.ParityReport`;
     ``report.ok`` is the verdict.
     """
     from pathlib import Path
