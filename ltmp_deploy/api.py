@@ -151,8 +151,10 @@ def _dataset(data: Any, model: Any, split: str) -> Any:
     """A named data set's ``split``: "train", or calibrate's "calibration" / "evaluation", which never
     share an image (data.datasets.calibration_split); a Dataset passes as it is."""
     if isinstance(data, (str, os.PathLike)):
-        from ltmp_deploy.data.datasets import calibration_split, dataset_for
+        from ltmp_deploy.data.datasets import calibration_split, dataset_for, record_source
 
+        if split in ("train", "calibration"):
+            record_source(model, os.fspath(data), split)  # the checkpoint says where it learned
         if split in ("calibration", "evaluation"):
             return calibration_split(os.fspath(data), model, split)
         return dataset_for(os.fspath(data), model, split)

@@ -58,7 +58,9 @@ def add_export(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--data",
         metavar="DATA",
         help="threshold mode: measure the FLOPs in the metadata on held-out images of 'digits' or an image folder "
-        "(default: the digits test split for a model that takes it, else random images, as the metadata says)",
+        "(default: the folder the checkpoint learned on when it is still here, else the digits test split for a "
+        "model that takes it, else random images, on which threshold mode may merge nothing; the metadata says "
+        "which)",
     )
     p.add_argument(
         "--triton-repo",
@@ -79,6 +81,7 @@ def add_export(add: Callable[..., argparse.ArgumentParser]) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from ltmp_deploy.export.onnx_export import export_onnx
     from ltmp_deploy.files import ensure_writable_folder
+    from ltmp_deploy.runtime.parity.compare import RANDOM_IMAGES, RANDOM_WARNING
 
     if args.triton_repo:
         ensure_writable_folder(args.triton_repo, "--triton-repo")  # before the export, not after it
@@ -96,10 +99,13 @@ def run_export(args: argparse.Namespace) -> int:
     )
     meta = result.metadata
     macs = meta["block_macs"]
+    measured = f", on {meta['flops_measured_on']}" if meta["mode"] == "threshold" else ""
     print(
         f"wrote {result.path}: {meta['mode']} mode, opset {meta['opset']}, {meta['precision']}, "
-        f"block FLOPs {macs['patched'] / macs['unpatched']:.3f} of unpatched ({macs['basis']})"
+        f"block FLOPs {macs['patched'] / macs['unpatched']:.3f} of unpatched ({macs['basis']}{measured})"
     )
+    if meta["mode"] == "threshold" and RANDOM_IMAGES in meta["flops_measured_on"]:
+        print(f"note: {RANDOM_WARNING} on them: these FLOPs are not what real images cost (give --data FOLDER)")
     if result.validation is not None:
         print(result.validation.summary())
     if args.triton_repo:
