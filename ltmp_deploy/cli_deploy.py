@@ -167,7 +167,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def add_validate(add: Callable[..., argparse.ArgumentParser]) -> None:
     from ltmp_deploy.runtime.backends import BACKENDS
-    from ltmp_deploy.runtime.parity.inputs import FOLDER_IMAGES
+    from ltmp_deploy.runtime.parity.inputs import FOLDER_IMAGES, images_arg
 
     p = add(
         "validate",
@@ -193,6 +193,7 @@ def add_validate(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--images",
         nargs="+",
+        type=images_arg,
         metavar="N|FOLDER|FILE",
         help="what to compare on: a count of sample images (default 16: against a checkpoint, held-out images of "
         "the folder it learned on when that is here, real digits for the embedded digits model, else seeded random "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.options import positive_int
 
 # Input kinds, as the report names them.
 RANDOM = "random"
@@ -44,10 +45,21 @@ class Inputs:
     notes: list[str] = field(default_factory=list)
 
 
+def _is_count(text: str) -> bool:
+    return text.strip().lstrip("-").isdigit() and not os.path.exists(text)
+
+
+def images_arg(text: str) -> str:
+    """argparse's type of each ``--images`` value: a count is refused at parse time when below 1."""
+    if _is_count(text):
+        positive_int(text)
+    return text
+
+
 def images_option(values: Sequence[str]) -> int | list[str]:
     """``--images N``, ``--images FOLDER`` or ``--images FILE [FILE ...]`` as parsed: a count or paths.
     A lone number is a count unless a file or folder of that name is here."""
-    if len(values) == 1 and values[0].strip().lstrip("-").isdigit() and not os.path.exists(values[0]):
+    if len(values) == 1 and _is_count(values[0]):
         return int(values[0])
     return list(values)
 
@@ -125,6 +137,7 @@ __all__ = [
     "RANDOM",
     "Inputs",
     "folder_inputs",
+    "images_arg",
     "images_option",
     "read_inputs",
     "recorded_inputs",
