@@ -102,7 +102,9 @@ def validate(
 
     ``backend``/``providers``: how the files run (see :class:`~ltmp_deploy.runtime.session.Session`).
     ``mode``: the mode a checkpoint alone is exported and run in (default: its own). ``options``:
-    ``images``, ``batch``, ``json_path``. Returns the :class:`~ltmp_deploy.runtime.parity.compare.ParityReport`;
+    ``images`` (a count, an image folder or files, or pictures), ``batch``, ``json_path``,
+    ``require_reductions`` (fail when the images exercised no merge and no prune). Returns the
+    :class:`~ltmp_deploy.runtime.parity.compare.ParityReport`;
     ``report.ok`` is the verdict.
     """
     from pathlib import Path
@@ -149,8 +151,10 @@ def _dataset(data: Any, model: Any, split: str) -> Any:
     """A named data set's ``split``: "train", or calibrate's "calibration" / "evaluation", which never
     share an image (data.datasets.calibration_split); a Dataset passes as it is."""
     if isinstance(data, (str, os.PathLike)):
-        from ltmp_deploy.data.datasets import calibration_split, dataset_for
+        from ltmp_deploy.data.datasets import calibration_split, dataset_for, record_source
 
+        if split in ("train", "calibration"):
+            record_source(model, os.fspath(data), split)  # the checkpoint says where it learned
         if split in ("calibration", "evaluation"):
             return calibration_split(os.fspath(data), model, split)
         return dataset_for(os.fspath(data), model, split)

@@ -58,7 +58,9 @@ def add_export(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--data",
         metavar="DATA",
         help="threshold mode: measure the FLOPs in the metadata on held-out images of 'digits' or an image folder "
-        "(default: the digits test split for a model that takes it, else random images, as the metadata says)",
+        "(default: the folder the checkpoint learned on when it is still here, else the digits test split for a "
+        "model that takes it, else random images, on which threshold mode may merge nothing; the metadata says "
+        "which)",
     )
     p.add_argument(
         "--triton-repo",
@@ -79,6 +81,7 @@ def add_export(add: Callable[..., argparse.ArgumentParser]) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from ltmp_deploy.export.onnx_export import export_onnx
     from ltmp_deploy.files import ensure_writable_folder
+    from ltmp_deploy.runtime.parity.compare import RANDOM_IMAGES, RANDOM_WARNING
 
     if args.triton_repo:
         ensure_writable_folder(args.triton_repo, "--triton-repo")  # before the export, not after it
@@ -96,10 +99,13 @@ def run_export(args: argparse.Namespace) -> int:
     )
     meta = result.metadata
     macs = meta["block_macs"]
+    measured = f", on {meta['flops_measured_on']}" if meta["mode"] == "threshold" else ""
     print(
         f"wrote {result.path}: {meta['mode']} mode, opset {meta['opset']}, {meta['precision']}, "
-        f"block FLOPs {macs['patched'] / macs['unpatched']:.3f} of unpatched ({macs['basis']})"
+        f"block FLOPs {macs['patched'] / macs['unpatched']:.3f} of unpatched ({macs['basis']}{measured})"
     )
+    if meta["mode"] == "threshold" and RANDOM_IMAGES in meta["flops_measured_on"]:
+        print(f"note: {RANDOM_WARNING} on them: these FLOPs are not what real images cost (give --data FOLDER)")
     if result.validation is not None:
         print(result.validation.summary())
     if args.triton_repo:
@@ -161,6 +167,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def add_validate(add: Callable[..., argparse.ArgumentParser]) -> None:
     from ltmp_deploy.runtime.backends import BACKENDS
+    from ltmp_deploy.runtime.parity.inputs import FOLDER_IMAGES, images_arg
 
     p = add(
         "validate",
@@ -169,6 +176,7 @@ def add_validate(add: Callable[..., argparse.ArgumentParser]) -> None:
         "TensorRT runners; exit 1 when it does not.",
         "ltmp-deploy validate fixed.onnx --against fixed.safetensors -o parity.json",
         "ltmp-deploy validate fixed.engine --against fixed.onnx --json",
+        "ltmp-deploy validate threshold.onnx --against learned.safetensors --images photos/ --require-reductions",
     )
     p.add_argument(
         "files",
@@ -184,8 +192,19 @@ def add_validate(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--images",
-        type=positive_int,
-        help="sample images (default 16; against a checkpoint, the embedded digits model gets real digits)",
+        nargs="+",
+        type=images_arg,
+        metavar="N|FOLDER|FILE",
+        help="what to compare on: a count of sample images (default 16: against a checkpoint, held-out images of "
+        "the folder it learned on when that is here, real digits for the embedded digits model, else seeded random "
+        f"images, on which threshold mode may merge nothing), an image folder (at most {FOLDER_IMAGES} of its "
+        "images, evenly drawn) or image files",
+    )
+    p.add_argument(
+        "--require-reductions",
+        action="store_true",
+        help="CI gate: exit 1 when the images exercised no merge and no prune (the decisions compared never "
+        "reduced a token)",
     )
     p.add_argument(
         "--batch",
@@ -214,18 +233,21 @@ def add_validate(add: Callable[..., argparse.ArgumentParser]) -> None:
 def run_validate(args: argparse.Namespace) -> int:
     """A checkpoint in play means PyTorch as the reference (the full toolkit); else ONNX Runtime."""
     from ltmp_deploy.api import validate
+    from ltmp_deploy.runtime.parity.inputs import images_option
 
     refuse_overwriting_inputs([("-o", args.output)], [*args.files, args.against])
     options = {"batch": args.batch, "json_path": args.output, "backend": args.backend, "providers": args.provider}
     if args.images is not None:
-        options["images"] = args.images
-    report = validate(args.files, args.against, mode=args.mode, **options)
+        options["images"] = images_option(args.images)
+    report = validate(args.files, args.against, mode=args.mode, require_reductions=args.require_reductions, **options)
     if args.json:
         sys.stdout.write(report.to_json())
     else:
         print(report.summary())
     if args.output:
         print(f"wrote {args.output}", file=sys.stderr if args.json else sys.stdout)
+    if report.failures and all(c.ok for c in report.comparisons):
+        print(f"validate: {report.failures[0]}", file=sys.stderr)  # the gate's one line, beside the summary
     return 0 if report.ok else 1
 
 

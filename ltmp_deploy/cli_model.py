@@ -153,13 +153,14 @@ def add_learn(add: Callable[..., argparse.ArgumentParser]) -> None:
 def run_learn(args: argparse.Namespace) -> int:
     from ltmp_deploy import load
     from ltmp_deploy.calibration.learn import learn_thresholds
-    from ltmp_deploy.data.datasets import dataset_for, held_out_split
+    from ltmp_deploy.data.datasets import dataset_for, held_out_split, record_source
 
     refuse_overwriting_inputs([("-o", args.output)], [args.model])
     model = load(args.model)
     cfg = from_args(LearnConfig, args)
     cfg.check()
     data = dataset_for(args.data, model, "train", limit=args.limit)
+    record_source(model, args.data, "train")
     split = held_out_split(args.data, model)  # threshold mode is measured there after learning
     heldout = {} if split is None else {"heldout_name": split[0], "heldout": split[1]}
     history = learn_thresholds(model, data, args.output, cfg, resume=args.resume, **heldout)
@@ -219,7 +220,7 @@ def add_calibrate(add: Callable[..., argparse.ArgumentParser]) -> None:
 def run_calibrate(args: argparse.Namespace) -> int:
     from ltmp_deploy import calibrate, load
     from ltmp_deploy.calibration.calibrate import parse_statistic
-    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, sample_batch, takes_digits
+    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, record_source, sample_batch, takes_digits
     from ltmp_deploy.files import ensure_writable, ensure_writable_folder
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
     from ltmp_deploy.runtime.int8.calibration_data import write_calibration_data
@@ -233,6 +234,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     data = EMBEDDED if args.data is None else args.data
     need_images = args.flops_target is None or args.int8_calib  # read before the checkpoint is written
     calibration = calibration_split(data, model, "calibration") if need_images else None
+    if args.flops_target is None:
+        record_source(model, data, "calibration")  # the schedule came from these images
     evaluate = args.evaluate
     if evaluate and args.data is None and not takes_digits(model):
         print("not evaluated: the model does not take the embedded digits; give --data FOLDER to measure accuracy")

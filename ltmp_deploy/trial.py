@@ -187,12 +187,14 @@ def _base_model(inputs: TrialInputs, report: TrialReport) -> None:
 def _learn(inputs: TrialInputs, report: TrialReport, recipe: TrialRecipe) -> None:
     """Step 2: learn the thresholds in place, saving the patched and the learned checkpoint."""
     from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
+    from ltmp_deploy.data.datasets import record_source
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 
     workdir, model, train = report.workdir, inputs.model, _train_images(inputs.train, recipe.train_images)
     _say(2, f"learn the thresholds: target {recipe.target} of the block FLOPs, {recipe.epochs} epochs")
     model.ltmp_set_mode("threshold")
     save_checkpoint(model, workdir / "patched.safetensors")
+    record_source(model, inputs.data, "train")  # learned.safetensors and fixed.safetensors say where
     cfg = LearnConfig(
         target=recipe.target,
         epochs=recipe.epochs,

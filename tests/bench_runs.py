@@ -24,6 +24,7 @@ VARIANTS = {
     "oracle@0.5",
     "ltmp-fixed@0.5",
     "tome@0.5",
+    "oracle@threshold",
     "ltmp-threshold@0.5",
 }
 

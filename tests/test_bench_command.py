@@ -121,10 +121,16 @@ def test_flops_follow_from_the_model_and_the_images_timed():
         assert tome["schedule"] == tome_schedule(model, fixed["flops_ratio"]).pairs()
         assert abs(fixed["flops_ratio"] - float(label)) < 0.1
     threshold = variants["ltmp-threshold@0.5"]
-    assert threshold["oracle"] == "oracle@0.5"
+    assert threshold["oracle"] == "oracle@threshold"  # at the counts reached, not at the target 0.5
+    assert doc["images"] == "seeded random images"
     model.ltmp_set_thresholds(threshold["thresholds"]["merge"], threshold["thresholds"]["prune"])
     model.ltmp_set_mode("threshold")
     images = torch.from_numpy(sample_images(model_metadata(model), max(BATCHES))[0])
+    with torch.no_grad():
+        timed = model.forward_ltmp(images).decisions
+    assert threshold["flops_ratio"] == pytest.approx(np.mean([r.ratio for r in image_flops(model, timed)]))
+    reached = [k for _, k in variants["oracle@threshold"]["schedule"]]
+    assert all(abs(k - float(d.n_out.mean())) <= 1 for k, d in zip(reached, timed))
     for rec in doc["records"]:
         if rec["kind"] != "ltmp-threshold":
             assert rec["flops_ratio"] == rec["flops_ratio_padded"] == variants[rec["variant"]]["flops_ratio"]
@@ -185,9 +191,10 @@ def test_from_checkpoint_times_its_schedule_and_thresholds(tmp_path):
         "oracle@calibrated",
         "ltmp-fixed@calibrated",
         "tome@calibrated",
+        "oracle@threshold",
         "ltmp-threshold@learned",
     }
     assert doc["variants"]["ltmp-fixed@calibrated"]["schedule"] == model.ltmp.schedule.pairs()
     assert doc["variants"]["ltmp-threshold@learned"]["thresholds"]["merge"] == pytest.approx([0.6, 0.5, 0.4])
-    assert doc["variants"]["ltmp-threshold@learned"]["oracle"] == "oracle@calibrated"
+    assert doc["variants"]["ltmp-threshold@learned"]["oracle"] == "oracle@threshold"
     assert json.loads(json.dumps(doc)) == doc  # plain JSON all through

@@ -33,6 +33,7 @@ from ltmp_deploy.ltmp.flops import image_flops, model_dims, padded_flops_ratio, 
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.runtime.bench import interleaved, paired_samples
 from ltmp_deploy.runtime.bench_results import SCHEMA, THRESHOLD, UNPATCHED, latency_stats
+from ltmp_deploy.runtime.parity.compare import RANDOM_IMAGES, RANDOM_WARNING
 
 
 def _model(config: BenchConfig) -> LTMPVisionTransformer:
@@ -56,7 +57,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     if config.compile is not None:
         for line in set_compile_limits(64):  # every variant at a static batch, then a dynamic one
             print(line, file=sys.stderr)
-    images = _images(model, config.data, max(config.batches))
+    images, images_are = _images(model, config.data, max(config.batches))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -86,22 +87,36 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             for k, v in asdict(config).items()
             if k not in ("note", "command", "progress", "workdir")
         },
+        "images": images_are,  # what was timed, and what threshold mode's FLOPs were measured on
         "variants": {v.name: v.to_dict() for v in variants},
         "skipped": skipped,
         "records": records,
     }
 
 
-def _images(model: LTMPVisionTransformer, data: str | None, count: int) -> torch.Tensor:
-    """``count`` images to time: held-out images of ``data`` (repeated when it holds fewer), or the
-    sample images (for a digits model the digits test split, else random images)."""
-    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, sample_batch, takes_digits
+def _images(model: LTMPVisionTransformer, data: str | None, count: int) -> tuple[torch.Tensor, str]:
+    """``count`` images to time and what they are: held-out images of ``data`` (repeated when it holds
+    fewer); given no data, those of the folder the checkpoint learned on when it is still here, else
+    the sample images (for a digits model the digits test split, else random images, said so)."""
+    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, recorded_folder, sample_batch, takes_digits
 
+    where = ""
+    if data is None:
+        data, missing = recorded_folder(model)
+        where = " (where the checkpoint learned)" if data is not None else ""
+        if missing:
+            print(f"bench: {missing}", file=sys.stderr)
     if data is None or (data == EMBEDDED and takes_digits(model)):
-        return torch.from_numpy(sample_images(model_metadata(model), count)[0]).float()
+        pictures, what = sample_images(model_metadata(model), count)
+        if what == RANDOM_IMAGES:
+            print(f"bench: timing {RANDOM_WARNING} on them (give --data FOLDER)", file=sys.stderr)
+        return torch.from_numpy(pictures).float(), what
     held_out = calibration_split(data, model, "evaluation")
     drawn = sample_batch(held_out, min(count, len(held_out)))
-    return torch.from_numpy(drawn[np.arange(count) % len(drawn)]).float()
+    what = f"{len(drawn)} held-out images of {data}{where}"
+    if where:
+        print(f"bench: timing {what}", file=sys.stderr)
+    return torch.from_numpy(drawn[np.arange(count) % len(drawn)]).float(), what
 
 
 def _now() -> str:

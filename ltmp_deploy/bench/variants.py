@@ -7,6 +7,8 @@
 - ``tome@T``: ToMe's fixed-r merging (``tome_schedule``) at the FLOPs ``ltmp-fixed@T`` keeps.
 - ``ltmp-threshold@T``: threshold mode with thresholds bisected to keep about T of the block
   FLOPs on sample images (``thresholds_for_flops``).
+- ``oracle@threshold``: threshold mode's oracle, at the token counts it reached on the timed images
+  (per block their mean), whatever the target was.
 
 With ``from_checkpoint``, the checkpoint's own thresholds are timed instead (``ltmp-threshold@learned``)
 and, when it carries a schedule, ``ltmp-fixed@calibrated`` with its oracle and ToMe at its FLOPs.
@@ -21,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltmp_deploy.calibration.calibrate import tome_schedule
+from ltmp_deploy.calibration.calibrate import schedule_from_counts, tome_schedule
+from ltmp_deploy.calibration.evaluate import per_image_counts
 from ltmp_deploy.calibration.thresholds import thresholds_for_flops
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, schedule_for_flops, unpatched_flops
@@ -31,6 +34,7 @@ from ltmp_deploy.runtime.bench_results import FIXED, ORACLE, THRESHOLD, TOME, UN
 
 CALIBRATED = "calibrated"  # label of the checkpoint's own schedule
 LEARNED = "learned"  # label of the checkpoint's own thresholds
+REACHED = "threshold"  # label of the oracle at the token counts threshold mode reached
 BISECTION_IMAGES = 8
 
 
@@ -41,7 +45,7 @@ class Variant:
     mode: str  # the model's LTMP mode: off, oracle, fixed or threshold
     schedule: Schedule | None
     oracle: str | None  # the name of the oracle at the same token counts or FLOPs
-    flops_ratio: float  # block FLOPs kept per image (threshold mode: mean over the sample images)
+    flops_ratio: float  # block FLOPs kept per image (threshold mode: mean over the timed images)
     macs_per_image: float  # the whole model, reduction matmuls included
     thresholds: dict[str, list[float]] | None = None  # threshold mode: {"merge": [...], "prune": [...]}
 
@@ -101,21 +105,32 @@ def build_variants(
     if own_schedule is not None:
         own_schedule.validate(len(model.blocks), model.ltmp_num_tokens, model.num_prefix_tokens)
         variants += _fixed_family(model, CALIBRATED, own_schedule)
-    sample = images[:BISECTION_IMAGES]
     if from_checkpoint:
-        label, oracle = LEARNED, (variant_name(ORACLE, CALIBRATED) if own_schedule is not None else None)
+        label = LEARNED
     elif threshold_target is not None:
-        thresholds_for_flops(model, sample, threshold_target, merge_threshold)
+        thresholds_for_flops(model, images[:BISECTION_IMAGES], threshold_target, merge_threshold)
         label = f"{threshold_target:g}"
-        oracle = variant_name(ORACLE, label) if label in {v.label for v in variants} else None
     else:
         return variants
+    return [*variants, *_threshold_pair(model, images, label)]
+
+
+def _threshold_pair(model: LTMPVisionTransformer, images: torch.Tensor, label: str) -> list[Variant]:
+    """Threshold mode with the model's thresholds, and its oracle: the plain ViT at the token counts
+    threshold mode reached on ``images`` (the timed ones; per block the mean over the images), so
+    "vs oracle" compares at the FLOPs actually reached, not at a target it may have missed (on random
+    images threshold mode may merge nothing)."""
     model.ltmp_set_mode("threshold")
     with torch.no_grad():
-        reports = image_flops(model, model.forward_ltmp(sample).decisions)
+        decisions = model.forward_ltmp(images).decisions
+    reports = image_flops(model, decisions)
     ratio, total = (float(np.mean([getattr(r, k) for r in reports])) for k in ("ratio", "total"))
+    merges, keeps = per_image_counts([decisions])
+    reached = schedule_from_counts(model, merges, keeps, "mean")
+    floor = schedule_flops(model, reached, reduce=False)
+    oracle = variant_name(ORACLE, REACHED)
     merge, prune = model.ltmp_thresholds()
-    variants.append(
-        Variant(THRESHOLD, label, "threshold", None, oracle, ratio, total, {"merge": merge, "prune": prune})
-    )
-    return variants
+    return [
+        Variant(ORACLE, REACHED, "oracle", reached, None, floor.ratio, floor.total),
+        Variant(THRESHOLD, label, "threshold", None, oracle, ratio, total, {"merge": merge, "prune": prune}),
+    ]

@@ -53,6 +53,26 @@ def held_out_split(spec: str, model: object) -> tuple[str, Dataset] | None:
     return None
 
 
+def record_source(model: object, spec: str, split: str) -> None:
+    """Remember on ``model`` (and so in its checkpoint) the image folder ``spec`` it learned from and
+    the ``split`` read, so that export, validate and bench given no data can measure on real images;
+    the digits need no record (a model that takes them is measured on them)."""
+    ltmp = getattr(model, "ltmp", None)
+    if ltmp is not None:
+        ltmp.learned_on = None if spec == EMBEDDED else {"folder": str(Path(spec).resolve()), "split": split}
+
+
+def recorded_folder(model: object) -> tuple[str | None, str | None]:
+    """(the folder ``model`` learned on, if it is still here; a note when it recorded one that is not)."""
+    record = getattr(getattr(model, "ltmp", None), "learned_on", None)
+    if not record:
+        return None, None
+    folder = record.get("folder")
+    if isinstance(folder, str) and Path(folder).is_dir():
+        return folder, None
+    return None, f"the checkpoint learned on {folder}, which is not here any more"
+
+
 def takes_digits(model: object) -> bool:
     """Whether ``model`` takes the embedded digits: their size and their 10 classes."""
     from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES

@@ -12,6 +12,7 @@ providers it was asked for.
 
 from __future__ import annotations
 
+import numbers
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from ltmp_deploy.export.reference import onnxruntime_target, sample_images, torc
 from ltmp_deploy.ltmp.checkpoint import read_metadata
 from ltmp_deploy.runtime.parity.compare import (
     DEFAULT_IMAGES,
+    SAMPLE_KINDS,
     ParityReport,
     Target,
     check_request,
@@ -32,6 +34,8 @@ from ltmp_deploy.runtime.parity.compare import (
     split_batches,
     whole_batches,
 )
+from ltmp_deploy.runtime.parity.inputs import RANDOM, Inputs, read_inputs, recorded_inputs
+from ltmp_deploy.runtime.preprocess import preprocess
 
 PathLike = Union[str, os.PathLike]
 
@@ -40,23 +44,30 @@ def validate_checkpoint(
     checkpoint: PathLike,
     files: PathLike | Sequence[PathLike] = (),
     *,
-    images: int = DEFAULT_IMAGES,
+    images: int | PathLike | Sequence[Any] = DEFAULT_IMAGES,
     batch: int | None = None,
     mode: str | None = None,
     json_path: PathLike | None = None,
     open_file: Callable[[Path], Target] | None = None,
+    require_reductions: bool = False,
 ) -> ParityReport:
     """Compare each of ``files`` with the toolkit ``checkpoint`` it came from, PyTorch the reference.
 
     Without ``files``, the checkpoint is exported to a temporary graph (in ``mode``, default its
     own) with decision outputs, and that graph is compared with it. ``open_file``: opens each
     file as a comparison target (default: ONNX graphs on ONNX Runtime's CPU provider). ``batch``:
-    the batch size for dynamic-batch files (default 4). Writes ``json_path`` when given.
+    the batch size for dynamic-batch files (default 4). ``images``: a count of sample images, an
+    image folder or pictures (see :func:`ltmp_deploy.runtime.parity.validate.validate`); a count
+    draws held-out images of the folder the checkpoint learned on when it recorded one that is
+    still here, else the digits for a digits model, else seeded random images (said so).
+    ``require_reductions``: fail when the images exercised no merge and no prune. Writes
+    ``json_path`` when given.
     """
     checkpoint = Path(checkpoint)
     paths = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
-    check_request([checkpoint, *paths], images, batch, json_path)
+    check_request([checkpoint, *paths], int(images) if isinstance(images, numbers.Integral) else 1, batch, json_path)
     reference_meta = read_metadata(checkpoint)  # the header only: weights load when the runner activates
+    inputs = _inputs(images, reference_meta)
     with tempfile.TemporaryDirectory(prefix="ltmp-validate-") as work:
         notes = []
         if not paths:
@@ -70,11 +81,33 @@ def validate_checkpoint(
         run_mode = graph_mode if graph_mode in ("fixed", "threshold") else mode
         reference = torch_target(checkpoint, reference_meta, run_mode)
         size = common_batch(targets, batch)
-        pictures, data = sample_images(reference_meta, whole_batches(images, size))
-        report = run_parity(reference, targets, split_batches(pictures, size), data=data, mode=graph_mode, notes=notes)
+        if inputs.pictures is None:
+            pictures, inputs.description = sample_images(reference_meta, whole_batches(inputs.count, size))
+            inputs.kind = SAMPLE_KINDS.get(inputs.description, inputs.kind)
+        else:
+            pictures = preprocess(inputs.pictures, reference_meta["data_config"])
+        report = run_parity(
+            reference,
+            targets,
+            split_batches(pictures, size),
+            data=inputs.description,
+            mode=graph_mode,
+            notes=[*notes, *inputs.notes],
+            input_kind=inputs.kind,
+            input_source=inputs.source,
+            require_reductions=require_reductions,
+        )
     if json_path is not None:
         report.write_json(json_path)
     return report
+
+
+def _inputs(images: int | PathLike | Sequence[Any], meta: dict[str, Any]) -> Inputs:
+    """What to compare on: what was asked, or for a count the folder the checkpoint learned on."""
+    inputs = read_inputs(images)
+    if inputs.kind != RANDOM:
+        return inputs
+    return recorded_inputs(meta, inputs.count) or inputs
 
 
 def _graph_file(path: Path) -> Target:

@@ -90,7 +90,8 @@ def export_onnx(
     (for strongly typed TensorRT builds). ``decisions``: extra outputs with each block's kept
     and merged indices. ``data``: "digits" or an image folder (see ``data.datasets.calibration_split``)
     on whose held-out images threshold mode's FLOPs are measured for the metadata; by default the
-    digits test split for a model that takes it, else the random sample images, and the metadata's
+    folder the checkpoint learned on (its ``learned_on``) when it is still here, else the digits
+    test split for a model that takes it, else the random sample images, and the metadata's
     ``flops_measured_on`` says which.
     """
     ensure_writable(output)
@@ -199,17 +200,23 @@ def _flops_images(
 ) -> tuple[torch.Tensor | None, str]:
     """The images threshold mode's FLOPs are measured on, and what they are: real held-out images
     whenever there are some, the random samples (said so) otherwise. Other modes need none."""
-    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, sample_batch, takes_digits
+    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, recorded_folder, sample_batch, takes_digits
 
     if model.ltmp.mode != "threshold":
         return None, "the schedule (no images)" if model.ltmp.mode != "off" else "the unpatched model (no images)"
+    recorded, missing = recorded_folder(model) if data is None else (None, None)
     if data is None and takes_digits(model):
         data = EMBEDDED
+    if recorded is not None:
+        data = recorded
     if data is None:
-        return samples, f"{len(samples)} {sample_data}: no data given, not what real images cost"
+        given = f"no data given and {missing}" if missing else "no data given"
+        return samples, f"{len(samples)} {sample_data}: {given}, not what real images cost"
     held_out = calibration_split(data, model, "evaluation")
     count = min(FLOPS_IMAGES, len(held_out))
     where = "the digits test split" if data == EMBEDDED else f"{data} (held-out images)"
+    if recorded is not None:
+        where = f"{data} (held-out images, where the checkpoint learned)"
     return torch.from_numpy(sample_batch(held_out, count)), f"{count} images of {where}"
 
 

@@ -18,7 +18,14 @@ import numpy as np
 from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES, digits_arrays
 from ltmp_deploy.export.runner import LTMPTorchRunner
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
-from ltmp_deploy.runtime.parity.compare import RANDOM_IMAGES, ParityReport, Target, random_images, run_parity
+from ltmp_deploy.runtime.parity.compare import (
+    DIGITS_IMAGES,
+    RANDOM_IMAGES,
+    ParityReport,
+    Target,
+    random_images,
+    run_parity,
+)
 
 
 def sample_images(meta: dict[str, Any], count: int) -> tuple[np.ndarray, str]:
@@ -26,7 +33,7 @@ def sample_images(meta: dict[str, Any], count: int) -> tuple[np.ndarray, str]:
     shape = [int(d) for d in meta["data_config"]["input_size"]]
     if shape == [3, IMAGE_SIZE, IMAGE_SIZE] and meta.get("num_classes") == NUM_CLASSES:
         images, _ = digits_arrays("test")
-        return images[np.arange(count) % len(images)], "digits test split"
+        return images[np.arange(count) % len(images)], DIGITS_IMAGES
     return random_images(shape, count), RANDOM_IMAGES
 
 

@@ -175,7 +175,8 @@ def metadata(model: LTMPVisionTransformer) -> dict[str, Any]:
 
 def save_checkpoint(model: LTMPVisionTransformer, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write the toolkit checkpoint atomically: whole or not at all."""
-    meta = {**metadata(model), **(extra or {})}
+    learned_on = {"learned_on": dict(model.ltmp.learned_on)} if model.ltmp.learned_on else {}
+    meta = {**metadata(model), **learned_on, **(extra or {})}
     _check_rebuildable(model)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_output(path, suffix=".safetensors") as tmp:
@@ -237,6 +238,8 @@ def load_checkpoint(path: str | os.PathLike, mode: str | None = None) -> LTMPVis
     set_preprocessing(model, {k: v for k, v in meta["data_config"].items() if k in PREPROCESSING}, str(path))
     if meta.get("labels") is not None:
         model.ltmp.labels = check_labels(meta["labels"], int(model.num_classes), str(path))
+    if isinstance(meta.get("learned_on"), dict):
+        model.ltmp.learned_on = dict(meta["learned_on"])
     try:
         schedule = Schedule.from_pairs(meta["schedule"]) if meta["schedule"] else None
         model.ltmp_set_mode(mode or meta["mode"], schedule)

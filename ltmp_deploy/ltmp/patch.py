@@ -38,6 +38,9 @@ class LTMPConfig:
     prune_tau: float | None = None  # training's prune-mask temperature (None: tau); set by learning, not saved
     architecture: dict[str, Any] = field(default_factory=dict)
     labels: list[str] | None = None  # class names, in class order
+    # Where the thresholds or schedule were learned: {"folder": absolute path, "split": ...}; kept in
+    # checkpoints (not exports), so later measurements without data can use real images.
+    learned_on: dict[str, str] | None = None
 
 
 @dataclass

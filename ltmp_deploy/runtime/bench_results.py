@@ -7,6 +7,7 @@ One JSON document, schema ``ltmp-deploy-bench/1``::
     machine    {cpu, logical_cores, usable_cores, threads, load_average_start/end, os,
                 gpu (or null), versions {python, numpy, torch, timm, onnxruntime, onnx, ...}}
     config     {batches, rounds, warmup, targets, threshold_target, opset, backends}
+    images     what the timed images were (held-out images of a folder, the digits, seeded random images)
     variants   {name: {kind, label, mode, schedule [[r, k], ...] or null, oracle (name or null),
                        flops_ratio (block FLOPs kept, per image), macs_per_image,
                        thresholds {merge, prune} (threshold mode) or null}}

@@ -36,6 +36,9 @@ from ltmp_deploy.schemas import check
 DEFAULT_IMAGES = 16
 DEFAULT_BATCH = 4
 RANDOM_IMAGES = "seeded random images"
+RANDOM_WARNING = "seeded random images: threshold mode may merge nothing"
+DIGITS_IMAGES = "digits test split"
+SAMPLE_KINDS = {RANDOM_IMAGES: "random", DIGITS_IMAGES: "embedded digits"}  # input kinds of the sample images
 
 
 @dataclass
@@ -100,6 +103,45 @@ class Comparison:
 
 
 @dataclass
+class Reductions:
+    """How many merges and prunes the reference's decisions made over all images, per block and in
+    all: what "token decisions identical" was tested on. ``pruned`` is None when the tokens entering
+    the first block are unknown (an export by an older ltmp-deploy)."""
+
+    merged: list[int]
+    pruned: list[int] | None
+
+    @property
+    def total_merged(self) -> int:
+        return sum(self.merged)
+
+    @property
+    def total_pruned(self) -> int | None:
+        return None if self.pruned is None else sum(self.pruned)
+
+    @property
+    def none(self) -> bool:
+        return self.total_merged == 0 and not self.total_pruned
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "merged": self.total_merged,
+            "pruned": self.total_pruned,
+            "blocks": [
+                {"merged": m, "pruned": None if self.pruned is None else self.pruned[i]}
+                for i, m in enumerate(self.merged)
+            ],
+        }
+
+    def summary(self, images: int) -> str:
+        pruned = "prunes not counted" if self.pruned is None else f"{self.total_pruned} prunes"
+        per_block = ", ".join(
+            f"{m}/{'?' if self.pruned is None else self.pruned[i]}" for i, m in enumerate(self.merged)
+        )
+        return f"{self.total_merged} merges and {pruned} over {images} images (merges/prunes per block: {per_block})"
+
+
+@dataclass
 class ParityReport:
     files: list[str]
     reference: str
@@ -113,10 +155,25 @@ class ParityReport:
     tolerances: dict[str, float]
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str | None] = field(default_factory=dict)
+    input_kind: str = "random"  # random, embedded digits, folder, files or pictures (runtime.parity.inputs)
+    input_source: str | None = None  # the folder, for a folder
+    reductions: Reductions | None = None  # None: the reference gives no decisions
+    failures: list[str] = field(default_factory=list)  # the report's own gates (--require-reductions)
 
     @property
     def ok(self) -> bool:
-        return bool(self.comparisons) and all(c.ok for c in self.comparisons)
+        return bool(self.comparisons) and all(c.ok for c in self.comparisons) and not self.failures
+
+    def reductions_line(self) -> str:
+        """What the decisions compared were made of, plainly: none at all is said so."""
+        if self.reductions is None:
+            return "merges and prunes not counted (the reference gives no token decisions)"
+        if self.reductions.none:
+            return (
+                f"NO merge and NO prune on these {self.images} images ({self.data}): the token decisions compared "
+                "never reduced a token; validate on real images (--images FOLDER)"
+            )
+        return f"exercised {self.reductions.summary(self.images)}"
 
     # The worst over all comparisons: what a single-file check (the one after export) reads.
     @property
@@ -140,6 +197,7 @@ class ParityReport:
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["comparisons"] = [c.to_dict() for c in self.comparisons]
+        doc["reductions"] = self.reductions.to_dict() if self.reductions is not None else None
         return {"ok": self.ok, **doc}
 
     def to_json(self, where: str = "validation report") -> str:
@@ -157,6 +215,8 @@ class ParityReport:
             f"{'PASS' if self.ok else 'FAIL'}: {names} ({mode}{self.precision}), {self.images} images in batches of "
             f"{self.batch_size} ({self.data}), reference {self.reference}"
         ]
+        lines.append(f"  {self.reductions_line()}")
+        lines += [f"  failed: {f}" for f in self.failures]
         for c in self.comparisons:
             shown = f" ({c.precision})" if c.precision != self.precision else ""
             lines.append(f"  {c.runner}{shown}: {'PASS' if c.ok else 'FAIL'}")
@@ -227,8 +287,15 @@ def run_parity(
     data: str,
     mode: str | None = None,
     notes: Sequence[str] = (),
+    input_kind: str | None = None,
+    input_source: str | None = None,
+    require_reductions: bool = False,
 ) -> ParityReport:
-    """Run ``reference`` and every target on ``batches`` and judge each target against the reference."""
+    """Run ``reference`` and every target on ``batches`` and judge each target against the reference.
+
+    ``input_kind``/``input_source``: what the images are (default: from ``data``, the sample images'
+    description). ``require_reductions``: the report fails when the reference's decisions merged and
+    pruned nothing (or it gives none to count)."""
     if not targets:
         raise LTMPError("validate: nothing to compare with the reference")
     for t in targets:
@@ -249,8 +316,12 @@ def run_parity(
             for p in low
         ),
     ]
+    input_kind = input_kind or SAMPLE_KINDS.get(data, "pictures")
+    if input_kind == "random" and mode == "threshold":
+        notes.append(f"{RANDOM_WARNING} on them (validate on real images: --images FOLDER)")
     precision = targets[0].precision
-    return ParityReport(
+    reductions = _reductions([dict(it) for it in results[reference.runner.name]], _first_tokens([reference, *targets]))
+    report = ParityReport(
         files=[t.file for t in targets],
         reference=reference.runner.name,
         reference_backend=reference.backend,
@@ -263,7 +334,14 @@ def run_parity(
         tolerances=gates(precision),
         notes=notes,
         versions=versions(),
+        input_kind=input_kind,
+        input_source=input_source,
+        reductions=reductions,
     )
+    if require_reductions and (reductions is None or reductions.none):
+        what = "gave no token decisions to count" if reductions is None else "exercised no merge and no prune"
+        report.failures.append(f"the {report.images} images ({data}) {what} (--require-reductions)")
+    return report
 
 
 def _judge(results: Any, reference: Target, index: int, target: Target) -> Comparison:
@@ -331,6 +409,37 @@ def _strip(row: np.ndarray) -> np.ndarray:
     return row[: valid[-1] + 1] if len(valid) else row[:0]
 
 
+def _first_tokens(targets: Sequence[Target]) -> int | None:
+    """Tokens entering the first block (prefix tokens and patches), from the first metadata that says."""
+    for t in targets:
+        grid, prefix = t.metadata.get("patch_grid"), t.metadata.get("num_prefix_tokens")
+        if isinstance(grid, list) and len(grid) == 2 and isinstance(prefix, int):
+            return prefix + int(grid[0]) * int(grid[1])
+    return None
+
+
+def _reductions(ref: list[dict[str, Any]], first: int | None) -> Reductions | None:
+    """Merges and prunes in the reference's decisions, per block, summed over its images: a block's
+    merged tokens are its merge_dst entries, and whatever else entered and did not stay was pruned."""
+    if not ref or "block0_kept" not in ref[0]:
+        return None
+    blocks = 0
+    while f"block{blocks}_kept" in ref[0]:
+        blocks += 1
+    merged, pruned = [0] * blocks, [0] * blocks
+    for r in ref:
+        for row in range(len(r["block0_kept"])):
+            entering = first
+            for i in range(blocks):
+                kept = int((np.asarray(r[f"block{i}_kept"][row]) >= 0).sum())
+                merges = int((np.asarray(r[f"block{i}_merge_dst"][row]) >= 0).sum())
+                merged[i] += merges
+                if entering is not None:
+                    pruned[i] += entering - merges - kept
+                entering = kept
+    return Reductions(merged, pruned if first is not None else None)
+
+
 def _decision_agreement(ref: list[dict[str, Any]], got: list[dict[str, Any]]) -> list[float] | None:
     """Per block, the share of images whose kept and merged indices are identical in both."""
     blocks = []
@@ -393,6 +502,7 @@ def versions() -> dict[str, str | None]:
 __all__ = [
     "Comparison",
     "ParityReport",
+    "Reductions",
     "Target",
     "check_request",
     "common_batch",

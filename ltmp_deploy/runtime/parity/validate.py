@@ -6,7 +6,9 @@ batches, and judges them with the toolkit's one comparator and gates
 (:mod:`ltmp_deploy.runtime.parity.compare`, :mod:`ltmp_deploy.runtime.parity.tolerances`): fp32 within 1e-4
 and identical token decisions; fp16 / bf16 / int8 by top-1 agreement and the precision's logit
 bound. The images are seeded random ones in the model's normalised input space, or pictures
-of your own, preprocessed as the file's metadata says.
+of your own (a folder, files, arrays), preprocessed as the file's metadata says. The report counts
+the merges and prunes the reference made on them (:mod:`ltmp_deploy.runtime.parity.inputs`): on
+random images threshold mode may make none, and the report says so.
 
 A toolkit checkpoint as the reference (PyTorch) is the full toolkit's job:
 :func:`ltmp_deploy.export.checkpoint_parity.validate_checkpoint`, which ``ltmp-deploy validate`` calls
@@ -15,6 +17,7 @@ when ``--against`` is a checkpoint. Nothing here imports torch.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +38,7 @@ from ltmp_deploy.runtime.parity.compare import (
     split_batches,
     whole_batches,
 )
+from ltmp_deploy.runtime.parity.inputs import read_inputs
 from ltmp_deploy.runtime.preprocess import ImageLike, preprocess
 
 CHECKPOINT_REFERENCE = (
@@ -61,48 +65,60 @@ def validate(
     files: str | os.PathLike | Sequence[str | os.PathLike],
     against: str | os.PathLike | None = None,
     *,
-    images: int | Sequence[ImageLike] = DEFAULT_IMAGES,
+    images: int | str | os.PathLike | Sequence[ImageLike] = DEFAULT_IMAGES,
     batch: int | None = None,
     backend: str = "auto",
     providers: Sequence[Provider] | None = None,
     json_path: str | os.PathLike | None = None,
+    require_reductions: bool = False,
 ) -> ParityReport:
     """Compare each of ``files`` (.onnx, .engine/.plan) with the ONNX graph ``against``.
 
-    ``images``: how many seeded random images, or your own pictures (paths, PIL images, uint8
-    arrays), preprocessed by the reference's data config. ``providers``: ONNX Runtime execution
-    providers for the files (default CPU). ``batch``: the batch size for dynamic-batch files
-    (default 4). Writes ``json_path`` when given.
+    ``images``: how many seeded random images, an image folder (at most
+    :data:`~ltmp_deploy.runtime.parity.inputs.FOLDER_IMAGES` of it, evenly drawn), or your own
+    pictures (paths, PIL images, uint8 arrays), preprocessed by the reference's data config.
+    ``providers``: ONNX Runtime execution providers for the files (default CPU). ``batch``: the
+    batch size for dynamic-batch files (default 4). ``require_reductions``: fail when the images
+    exercised no merge and no prune. Writes ``json_path`` when given.
     """
     paths = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
     if not paths:
         raise LTMPError("validate: no file given")
-    if isinstance(images, (str, os.PathLike)):
-        images = [images]
-    pictures = None if isinstance(images, (int, np.integer)) else list(images)
     if against is None:
         raise LTMPError(
             f"{paths[0]}: --against is required: the checkpoint it was exported from (PyTorch reference), "
             "or for an engine its source ONNX graph"
         )
     reference_path = Path(against)
-    check_request([*paths, reference_path], len(pictures) if pictures is not None else int(images), batch, json_path)
+    count = int(images) if isinstance(images, numbers.Integral) else 1  # a folder's or files' count comes later
+    check_request([*paths, reference_path], count, batch, json_path)
     kind = resolve_backend(reference_path, "auto")
     if kind == "torch":
         raise LTMPError(f"{reference_path}: {CHECKPOINT_REFERENCE}")
     if kind == "tensorrt":
         raise LTMPError(f"{reference_path}: --against takes a toolkit checkpoint or an ONNX graph, not an engine")
+    inputs = read_inputs(images)
 
     targets = [open_target(p, backend, providers) for p in paths]
     reference = open_target(reference_path)
     meta = next((t.metadata for t in targets if t.metadata), reference.metadata)
     size = common_batch(targets, batch)
-    if pictures is None:
-        batches = split_batches(random_images(targets[0].input_shape[1:], whole_batches(int(images), size)), size)
-        data = RANDOM_IMAGES
+    if inputs.pictures is None:
+        pictures = random_images(targets[0].input_shape[1:], whole_batches(inputs.count, size))
+        inputs.description = RANDOM_IMAGES
     else:
-        batches, data = split_batches(_preprocessed(pictures, meta, reference_path), size), "your images"
-    report = run_parity(reference, targets, batches, data=data, mode=meta.get("mode"))
+        pictures = _preprocessed(inputs.pictures, meta, reference_path)
+    report = run_parity(
+        reference,
+        targets,
+        split_batches(pictures, size),
+        data=inputs.description,
+        mode=meta.get("mode"),
+        notes=inputs.notes,
+        input_kind=inputs.kind,
+        input_source=inputs.source,
+        require_reductions=require_reductions,
+    )
     if json_path is not None:
         report.write_json(json_path)
     return report
