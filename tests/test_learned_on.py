@@ -122,3 +122,24 @@ def test_a_recorded_folder_that_is_gone_is_a_note_and_random_images_say_so(tmp_p
     _, what = _images(load_checkpoint(checkpoint), None, 2)
     err = capsys.readouterr().err
     assert what == "seeded random images" and "not here any more" in err and "may merge nothing" in err
+
+
+@pytest.mark.parametrize("mode", ["fixed", "threshold"])
+def test_the_check_after_export_runs_on_the_folder_given(tmp_path, mode):
+    from ltmp_deploy.export.onnx_export import export_onnx
+
+    folder = tmp_path / "site"
+    for split in ("train", "test"):  # flat pictures: identical patches, which threshold mode merges
+        for c in range(CLASSES):
+            (folder / split / f"c{c}").mkdir(parents=True)
+            Image.new("RGB", (40, 40), (40 * c, 90, 200 - 30 * c)).save(folder / split / f"c{c}" / "0.png")
+    checkpoint = tiny_checkpoint(tmp_path)
+    if mode == "fixed":
+        calibrate = ["calibrate", str(checkpoint), "--flops-target", "0.5", "--no-evaluate"]
+        assert main([*calibrate, "-o", str(tmp_path / "fixed.safetensors")]) == 0
+        checkpoint = tmp_path / "fixed.safetensors"
+    result = export_onnx(checkpoint, tmp_path / "t.onnx", mode=mode, data=str(folder), batch=3)
+    report = result.validation
+    assert report.ok and report.input_kind == "folder"
+    assert report.data == f"3 images of {folder} (held-out images)"
+    assert not report.reductions.none

@@ -36,7 +36,7 @@ from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
 from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, unpatched_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names, write_metadata
-from ltmp_deploy.runtime.parity.compare import ParityReport
+from ltmp_deploy.runtime.parity.compare import RANDOM_IMAGES, ParityReport
 
 # "off" (the unpatched model) and "oracle" (same token counts, no reduction) export too: they
 # are the baselines benchmarks compare against, exported the same way.
@@ -113,13 +113,20 @@ def export_onnx(
     pictures, sample_data = sample_images(model_metadata(model), max(num_samples, batch or 0, 2))
     images = torch.from_numpy(pictures)
     graph = _export(model, opset, batch, fp16, images)
-    meta = _metadata(model, opset, fp16, *_flops_images(model, data, images, sample_data), batch)
+    needed = FLOPS_IMAGES if mode == "threshold" else len(images) if validate else 0
+    real, real_on = _held_out(model, data, needed) if needed else (None, "no images needed")
+    meta = _metadata(model, opset, fp16, *_flops_images(model, real, real_on, images, sample_data), batch)
     write_metadata(graph, meta)
 
     report = None
     if validate:
-        checked = images if batch is None else images[:batch]
-        report = compare_with_torch(graph, model, checked, fp16, file=str(output), data=sample_data)
+        # Random images may exercise no merge at all in threshold mode: check on real ones when there are.
+        on_real = real is not None and sample_data == RANDOM_IMAGES
+        checked = real[: len(images)] if on_real else images
+        checked = checked if batch is None else _fill(checked, batch)
+        checked_on = f"{len(checked)} images of {real_on}" if on_real else sample_data
+        kind = "folder" if on_real else None
+        report = compare_with_torch(graph, model, checked, fp16, file=str(output), data=checked_on, input_kind=kind)
         if not report.ok:
             raise LTMPError(f"{output}: exported graph does not match PyTorch, nothing written:\n{report.summary()}")
     if not decisions:
@@ -195,29 +202,42 @@ def _drop_decision_outputs(graph: onnx.ModelProto) -> onnx.ModelProto:
     return _simplify(graph)
 
 
-def _flops_images(
-    model: LTMPVisionTransformer, data: str | None, samples: torch.Tensor, sample_data: str
-) -> tuple[torch.Tensor | None, str]:
-    """The images threshold mode's FLOPs are measured on, and what they are: real held-out images
-    whenever there are some, the random samples (said so) otherwise. Other modes need none."""
+def _held_out(model: LTMPVisionTransformer, data: str | None, count: int) -> tuple[torch.Tensor | None, str]:
+    """Up to ``count`` held-out images of ``data`` and where they come from; with none given, of the
+    folder the checkpoint learned on while it is here, else of the digits test split for a model that
+    takes them. None and the reason when there are no real images: the caller falls back to its
+    samples and says so."""
     from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, recorded_folder, sample_batch, takes_digits
 
-    if model.ltmp.mode != "threshold":
-        return None, "the schedule (no images)" if model.ltmp.mode != "off" else "the unpatched model (no images)"
     recorded, missing = recorded_folder(model) if data is None else (None, None)
     if data is None and takes_digits(model):
         data = EMBEDDED
     if recorded is not None:
         data = recorded
     if data is None:
-        given = f"no data given and {missing}" if missing else "no data given"
-        return samples, f"{len(samples)} {sample_data}: {given}, not what real images cost"
+        return None, f"no data given and {missing}" if missing else "no data given"
     held_out = calibration_split(data, model, "evaluation")
-    count = min(FLOPS_IMAGES, len(held_out))
     where = "the digits test split" if data == EMBEDDED else f"{data} (held-out images)"
     if recorded is not None:
         where = f"{data} (held-out images, where the checkpoint learned)"
-    return torch.from_numpy(sample_batch(held_out, count)), f"{count} images of {where}"
+    return torch.from_numpy(sample_batch(held_out, min(count, len(held_out)))), where
+
+
+def _flops_images(
+    model: LTMPVisionTransformer, real: torch.Tensor | None, real_on: str, samples: torch.Tensor, sample_data: str
+) -> tuple[torch.Tensor | None, str]:
+    """The images threshold mode's FLOPs are measured on, and what they are: real held-out images
+    whenever there are some, the random samples (said so) otherwise. Other modes need none."""
+    if model.ltmp.mode != "threshold":
+        return None, "the schedule (no images)" if model.ltmp.mode != "off" else "the unpatched model (no images)"
+    if real is None:
+        return samples, f"{len(samples)} {sample_data}: {real_on}, not what real images cost"
+    return real, f"{len(real)} images of {real_on}"
+
+
+def _fill(images: torch.Tensor, batch: int) -> torch.Tensor:
+    """Exactly ``batch`` images for a fixed-batch graph, repeating the first ones when there are fewer."""
+    return images[torch.arange(batch) % len(images)]
 
 
 def _metadata(

@@ -45,16 +45,18 @@ def compare_with_torch(
     *,
     file: str = "exported graph",
     data: str = "sample images",
+    input_kind: str | None = None,
 ) -> ParityReport:
     """The check right after export: ``graph`` (an onnx ModelProto, with decision outputs when it
     has them) on ONNX Runtime's CPU provider against ``model`` in PyTorch, ``images`` as one batch.
-    ``fp16``: the graph's precision (default: its metadata's)."""
+    ``fp16``: the graph's precision (default: its metadata's). ``data``/``input_kind``: what the
+    images are (default kind: from ``data``, the sample images' description)."""
     target = onnxruntime_target(graph.SerializeToString(), file)
     if fp16 is not None:
         target.precision = "fp16" if fp16 else "fp32"
     reference = torch_target(model, model_metadata(model), None)
     batch = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
-    return run_parity(reference, [target], [batch], data=data, mode=model.ltmp.mode)
+    return run_parity(reference, [target], [batch], data=data, mode=model.ltmp.mode, input_kind=input_kind)
 
 
 def torch_target(source: Any, meta: dict[str, Any], mode: str | None) -> Target:
