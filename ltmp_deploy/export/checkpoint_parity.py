@@ -22,6 +22,7 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.onnx_export import export_onnx
 from ltmp_deploy.export.reference import onnxruntime_target, sample_images, torch_target
 from ltmp_deploy.ltmp.checkpoint import read_metadata
+from ltmp_deploy.ltmp.device import resolve_device
 from ltmp_deploy.runtime.parity.compare import (
     DEFAULT_IMAGES,
     ParityReport,
@@ -45,15 +46,18 @@ def validate_checkpoint(
     mode: str | None = None,
     json_path: PathLike | None = None,
     open_file: Callable[[Path], Target] | None = None,
+    device: str | None = None,
 ) -> ParityReport:
     """Compare each of ``files`` with the toolkit ``checkpoint`` it came from, PyTorch the reference.
 
     Without ``files``, the checkpoint is exported to a temporary graph (in ``mode``, default its
     own) with decision outputs, and that graph is compared with it. ``open_file``: opens each
     file as a comparison target (default: ONNX graphs on ONNX Runtime's CPU provider). ``batch``:
-    the batch size for dynamic-batch files (default 4). Writes ``json_path`` when given.
+    the batch size for dynamic-batch files (default 4). Writes ``json_path`` when given. ``device``:
+    where the PyTorch reference runs, in plain fp32 (default: CUDA when available, else the CPU).
     """
     checkpoint = Path(checkpoint)
+    where = resolve_device(device)  # a device not here stops before the export
     paths = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
     check_request([checkpoint, *paths], images, batch, json_path)
     reference_meta = read_metadata(checkpoint)  # the header only: weights load when the runner activates
@@ -68,7 +72,7 @@ def validate_checkpoint(
         _check_same_model(checkpoint, reference_meta, meta)
         graph_mode = meta.get("mode")
         run_mode = graph_mode if graph_mode in ("fixed", "threshold") else mode
-        reference = torch_target(checkpoint, reference_meta, run_mode)
+        reference = torch_target(checkpoint, reference_meta, run_mode, where)
         size = common_batch(targets, batch)
         pictures, data = sample_images(reference_meta, whole_batches(images, size))
         report = run_parity(reference, targets, split_batches(pictures, size), data=data, mode=graph_mode, notes=notes)

@@ -16,16 +16,15 @@ from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 
 def token_maps(model: LTMPVisionTransformer, image: torch.Tensor) -> list[dict[str, Any]]:
     """Per block: ``owner`` (P,) the output token each patch now belongs to (-1: pruned), and the
-    block's counts. ``image``: one preprocessed (3, H, W) tensor."""
+    block's counts. ``image``: one preprocessed (3, H, W) tensor, on the model's device."""
     with torch.no_grad():
         out = model.forward_ltmp(image[None], track_source=True)
     maps = []
     for i, d in enumerate(out.decisions):
         source = d.source[0]  # (K, P)
-        valid = torch.arange(source.shape[0]) < int(d.n_out[0].round())
-        owner = (
-            torch.where(valid[:, None] & (source > 0.5), torch.arange(source.shape[0])[:, None], -1).max(dim=0).values
-        )
+        slots = torch.arange(source.shape[0], device=source.device)
+        valid = slots < int(d.n_out[0].round())
+        owner = torch.where(valid[:, None] & (source > 0.5), slots[:, None], -1).max(dim=0).values.cpu()
         maps.append(
             {
                 "block": i,
