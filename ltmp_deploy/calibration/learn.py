@@ -46,7 +46,7 @@ from ltmp_deploy.data.folder import unreadable_marks, warn_skipped
 from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import read_metadata, save_checkpoint
-from ltmp_deploy.ltmp.device import autocast, distributed, resolve_device
+from ltmp_deploy.ltmp.device import autocast, distributed, placed
 from ltmp_deploy.ltmp.flops import flops_ratio_of_token_means, image_flops, soft_token_means
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 
@@ -230,42 +230,24 @@ def learn_thresholds(
         raise LTMPError("the training data holds no images")
     if resume and output is None:
         raise LTMPError("resume needs the output checkpoint to resume from")
-    where, home = resolve_device(device), next(model.parameters()).device
-    model.to(where)
-    try:
-        return _learn(
-            model, data, output, cfg, _setup(model, data, cfg, output, resume, where), heldout, heldout_name, progress
-        )
-    finally:
-        model.to(home)  # the caller's model stays where it was (export and saving expect it there)
-
-
-def _learn(
-    model: LTMPVisionTransformer,
-    data: Dataset,
-    output: Path | None,
-    cfg: LearnConfig,
-    run: _Run,
-    heldout: Dataset | None,
-    heldout_name: str,
-    progress: bool,
-) -> LearnResult:
-    start = model.ltmp_thresholds() if run.start == 0 else ([], [])  # a resumed run started before
-    if start[0] and progress and run.rank == 0:
-        print(
-            f"start: merge thresholds {start[0][0]:.5f}, prune thresholds {start[1][0]:.3g} "
-            f"(prune mask temperature {model.ltmp.prune_tau:.3g})"
-        )
-    history = [_epoch(run, cfg, epoch, output, progress) for epoch in range(run.start, cfg.epochs)]
-    _warn_skipped(data, run)
-    model.eval()
-    model.ltmp_set_mode("threshold")
-    check = None
-    if run.rank == 0:
-        named = (heldout_name, heldout) if heldout is not None else ("train", data)
-        check = _check(model, cfg, *named, output, progress, run.device)
-    if run.world > 1:
-        dist.barrier()
+    with placed(model, device) as where:
+        run = _setup(model, data, cfg, output, resume, where)
+        start = model.ltmp_thresholds() if run.start == 0 else ([], [])  # a resumed run started before
+        if start[0] and progress and run.rank == 0:
+            print(
+                f"start: merge thresholds {start[0][0]:.5f}, prune thresholds {start[1][0]:.3g} "
+                f"(prune mask temperature {model.ltmp.prune_tau:.3g})"
+            )
+        history = [_epoch(run, cfg, epoch, output, progress) for epoch in range(run.start, cfg.epochs)]
+        _warn_skipped(data, run)
+        model.eval()
+        model.ltmp_set_mode("threshold")
+        check = None
+        if run.rank == 0:
+            named = (heldout_name, heldout) if heldout is not None else ("train", data)
+            check = _check(model, cfg, *named, output, progress, where)
+        if run.world > 1:
+            dist.barrier()
     return LearnResult(history, check, start)
 
 

@@ -42,6 +42,18 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return chosen
 
 
+@contextlib.contextmanager
+def placed(model: torch.nn.Module, device: str | torch.device | None) -> Iterator[torch.device]:
+    """``model`` on ``device`` (resolved, and yielded) for the duration, then back where it was: the
+    caller's model stays where it expects it (export and saving read it on the CPU)."""
+    where, home = resolve_device(device), next(model.parameters()).device
+    model.to(where)
+    try:
+        yield where
+    finally:
+        model.to(home)
+
+
 def _local_gpu() -> torch.device:
     """The GPU of this process: under torchrun, its LOCAL_RANK's (so no two processes share one)."""
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
