@@ -33,6 +33,7 @@ def learn(
     target: float,
     output: PathLike | None = None,
     progress: bool = True,
+    device: str | None = None,
     **options: Any,
 ) -> Sequence:
     """Learn the thresholds of ``model`` towards ``target`` (fraction of block FLOPs kept).
@@ -41,7 +42,8 @@ def learn(
     any :class:`~ltmp_deploy.calibration.learn.LearnConfig` field (epochs, lr_merge, ...).
     ``output``: a checkpoint written after every epoch; None keeps the result in ``model`` only.
     Returns the epochs' statistics, with ``.check``: threshold mode measured after learning on the
-    held-out split of named data (its val split), else on the training images.
+    held-out split of named data (its val split), else on the training images. ``device``: where it
+    runs (default: CUDA when available, else the CPU); the model stays where it is.
     """
     from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
     from ltmp_deploy.data.datasets import held_out_split
@@ -52,7 +54,8 @@ def learn(
         raise LTMPError(f"learn: {err}") from err
     split = held_out_split(os.fspath(data), model) if isinstance(data, (str, os.PathLike)) else None
     heldout = {} if split is None else {"heldout_name": split[0], "heldout": split[1]}
-    return learn_thresholds(model, _dataset(data, model, "train"), output, cfg, progress=progress, **heldout)
+    train = _dataset(data, model, "train")
+    return learn_thresholds(model, train, output, cfg, progress=progress, device=device, **heldout)
 
 
 def calibrate(
@@ -63,13 +66,15 @@ def calibrate(
     statistic: str = "mean",
     evaluate_on: Any = None,
     progress: bool = True,
+    device: str | None = None,
 ) -> Any:
     """Give ``model`` a fixed schedule: from threshold-mode counts on ``data``, or from ``flops_target``.
 
     Returns the :class:`~ltmp_deploy.calibration.calibrate.CalibrationReport`; ``model`` is left in
     fixed mode. ``evaluate_on``: data to measure both modes' accuracy on. Named data ("digits" or a
     folder) gives its calibration part as ``data`` and its evaluation part as ``evaluate_on``: the
-    same name in both never puts an image in both.
+    same name in both never puts an image in both. ``device``: where the images run (default: CUDA
+    when available, else the CPU); the model stays where it is.
     """
     from ltmp_deploy.calibration.calibrate import calibrate as calibrate_schedule
     from ltmp_deploy.calibration.calibrate import parse_statistic
@@ -85,6 +90,7 @@ def calibrate(
         flops_target=flops_target,
         evaluation=evaluation,
         progress=progress,
+        device=device,
     )
 
 
@@ -95,10 +101,12 @@ def validate(
     backend: str = "auto",
     providers: Sequence[Any] | None = None,
     mode: str | None = None,
+    device: str | None = None,
     **options: Any,
 ) -> Any:
     """Parity of graphs or engines against a checkpoint (PyTorch) or an ONNX file (ONNX Runtime);
-    a checkpoint alone is exported to a temporary graph and compared with itself.
+    a checkpoint alone is exported to a temporary graph and compared with itself. ``device``: where
+    the PyTorch reference runs (default: CUDA when available, else the CPU).
 
     ``backend``/``providers``: how the files run (see :class:`~ltmp_deploy.runtime.session.Session`).
     ``mode``: the mode a checkpoint alone is exported and run in (default: its own). ``options``:
@@ -117,6 +125,10 @@ def validate(
     listed = [files] if isinstance(files, (str, os.PathLike)) else list(files)
     reference = against if against is not None else (listed[0] if len(listed) == 1 else None)
     if reference is None or resolve_backend(Path(reference), "auto") != "torch":
+        if device is not None:
+            raise LTMPError(
+                f"--device {device}: the reference here is ONNX Runtime; --device places a checkpoint's PyTorch one"
+            )
         return validate_files(listed, against, backend=backend, providers=providers, **options)
     require("torch", Path(reference), FULL)
     from ltmp_deploy.export.checkpoint_parity import validate_checkpoint
@@ -125,7 +137,7 @@ def validate(
         return open_target(path, backend, providers)
 
     rest = [f for f in listed if os.fspath(f) != os.fspath(reference)]
-    return validate_checkpoint(reference, rest, mode=mode, open_file=open_file, **options)
+    return validate_checkpoint(reference, rest, mode=mode, open_file=open_file, device=device, **options)
 
 
 def build(onnx_path: PathLike, output: PathLike, *, preset: str = "datacenter", **options: Any) -> Any:

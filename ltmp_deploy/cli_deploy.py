@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import refuse_overwriting_inputs
-from ltmp_deploy.options import add_options, from_args, positive_int
+from ltmp_deploy.options import DeviceChoice, add_options, from_args, positive_int
 from ltmp_deploy.runtime.metadata import EXPORT_MODES
 
 # -- export ---------------------------------------------------------------------------------------
@@ -226,6 +226,7 @@ def add_validate(add: Callable[..., argparse.ArgumentParser]) -> None:
         choices=EXPORT_MODES,
         help="with a checkpoint alone: the mode to export and compare (default: its own)",
     )
+    add_options(p, DeviceChoice)  # the PyTorch reference's
     p.add_argument("--json", action="store_true", help="the full report as JSON on stdout instead of the summary")
     p.add_argument("-o", "--output", metavar="REPORT.json", help="also write the full report as JSON here")
 
@@ -237,6 +238,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
     refuse_overwriting_inputs([("-o", args.output)], [*args.files, args.against])
     options = {"batch": args.batch, "json_path": args.output, "backend": args.backend, "providers": args.provider}
+    if args.device is not None:
+        options["device"] = args.device
     if args.images is not None:
         options["images"] = images_option(args.images)
     report = validate(args.files, args.against, mode=args.mode, require_reductions=args.require_reductions, **options)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ltmp_deploy.options import positive_int
+from ltmp_deploy.options import DeviceChoice, add_options, positive_int
 from ltmp_deploy.runtime.metadata import EXPORT_MODES
 
 # -- predict --------------------------------------------------------------------------------------
@@ -135,6 +135,7 @@ def add_show(add: Callable[..., argparse.ArgumentParser]) -> None:
         "logged, its file name, or a line index from 0); repeat for several",
     )
     p.add_argument("--mode", choices=EXPORT_MODES, help="a checkpoint's mode (default: the checkpoint's own)")
+    add_options(p, DeviceChoice)  # a checkpoint's
     p.add_argument(
         "-o",
         "--output",
@@ -147,7 +148,10 @@ def add_show(add: Callable[..., argparse.ArgumentParser]) -> None:
 def run_show(args: argparse.Namespace) -> int:
     from ltmp_deploy.pictures import draw_decisions
 
-    for out in draw_decisions(args.source, args.output, args.images, logged=args.image or (), mode=args.mode):
+    drawn = draw_decisions(
+        args.source, args.output, args.images, logged=args.image or (), mode=args.mode, device=args.device
+    )
+    for out in drawn:
         print(f"wrote {out}")
     return 0
 

@@ -11,6 +11,7 @@ from ltmp_deploy.calibration.learn_config import LearnConfig
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import refuse_overwriting_inputs
 from ltmp_deploy.options import (
+    DeviceChoice,
     add_options,
     finite_float,
     fraction,
@@ -145,6 +146,7 @@ def add_learn(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--data", default="digits", help="'digits' (embedded) or an image folder (with train/ or one folder per class)"
     )
     add_options(p, LearnConfig)
+    add_options(p, DeviceChoice)
     p.add_argument("--resume", action="store_true", help="continue from OUT's last finished epoch")
     p.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N training images (smoke tests)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint written after every epoch")
@@ -154,8 +156,10 @@ def run_learn(args: argparse.Namespace) -> int:
     from ltmp_deploy import load
     from ltmp_deploy.calibration.learn import learn_thresholds
     from ltmp_deploy.data.datasets import dataset_for, held_out_split, record_source
+    from ltmp_deploy.ltmp.device import resolve_device
 
     refuse_overwriting_inputs([("-o", args.output)], [args.model])
+    device = resolve_device(args.device)  # a device not here stops before any file is read
     model = load(args.model)
     cfg = from_args(LearnConfig, args)
     cfg.check()
@@ -163,7 +167,7 @@ def run_learn(args: argparse.Namespace) -> int:
     record_source(model, args.data, "train")
     split = held_out_split(args.data, model)  # threshold mode is measured there after learning
     heldout = {} if split is None else {"heldout_name": split[0], "heldout": split[1]}
-    history = learn_thresholds(model, data, args.output, cfg, resume=args.resume, **heldout)
+    history = learn_thresholds(model, data, args.output, cfg, resume=args.resume, device=device, **heldout)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for all
     if history:
@@ -214,6 +218,7 @@ def add_calibrate(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--int8-calib", metavar="DIR", help="also write INT8 calibration data (npy, npz, Polygraphy JSON) here"
     )
     p.add_argument("--int8-images", type=positive_int, default=64, help="images in the INT8 calibration batch")
+    add_options(p, DeviceChoice)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint with the schedule (mode fixed)")
 
 
@@ -223,8 +228,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, record_source, sample_batch, takes_digits
     from ltmp_deploy.files import ensure_writable, ensure_writable_folder
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+    from ltmp_deploy.ltmp.device import resolve_device
     from ltmp_deploy.runtime.int8.calibration_data import write_calibration_data
 
+    device = resolve_device(args.device)
     ensure_writable(args.output)
     if args.int8_calib:
         ensure_writable_folder(args.int8_calib, "--int8-calib")
@@ -246,6 +253,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         flops_target=args.flops_target,
         statistic=args.statistic,
         evaluate_on=data if evaluate else None,
+        device=device,
     )
     save_checkpoint(model, args.output)
     print(report.summary())

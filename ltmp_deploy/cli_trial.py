@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 
 from ltmp_deploy.files import refuse_overwriting_inputs
-from ltmp_deploy.options import add_options, fraction, from_args
+from ltmp_deploy.options import DeviceChoice, add_options, fraction, from_args
 from ltmp_deploy.trial import TrialRecipe
 
 DATA_HELP = (
@@ -76,6 +76,7 @@ def add_evaluate(add: Callable[..., argparse.ArgumentParser]) -> None:
         "calibrated on the folder's calibration part)",
     )
     p.add_argument("--statistic", default="mean", help="calibrating: 'mean' of the per-image counts, or a quantile")
+    add_options(p, DeviceChoice)
     p.add_argument("-o", "--output", required=True, metavar="ACCURACY.json", help="the accuracy result to write")
 
 
@@ -84,9 +85,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ltmp_deploy.calibration.calibrate import parse_statistic
     from ltmp_deploy.data.datasets import calibration_split
     from ltmp_deploy.files import ensure_writable
+    from ltmp_deploy.ltmp.device import resolve_device
     from ltmp_deploy.report.accuracy import write_accuracy
     from ltmp_deploy.report.held_out import accuracy_table, evaluate_variants, split_name
 
+    device = resolve_device(args.device)
     ensure_writable(args.output)
     refuse_overwriting_inputs([("-o", args.output)], [args.model, args.weights])
     statistic = parse_statistic(args.statistic)
@@ -102,6 +105,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         calibration=calibration_split(args.data, model, "calibration") if needs_schedule else None,
         statistic=statistic,
         model_name=model.ltmp.architecture.get("timm_model") or os.path.basename(args.model),
+        device=device,
     )
     write_accuracy(args.output, doc)
     print(f"{args.data}, {doc['dataset']['split']}: {len(held_out)} images; +- the sampling error (binomial)")

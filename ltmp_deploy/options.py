@@ -97,6 +97,27 @@ def command_line(config: Any, exclude: tuple[str, ...] = ()) -> list[str]:
     return words
 
 
+# -- the device the PyTorch side runs on: one option, on every command that runs PyTorch -----------
+
+DEVICE_HELP = (
+    "where PyTorch runs: auto (the default: CUDA when available, under torchrun the GPU of the process's "
+    "LOCAL_RANK; else the CPU), cpu, cuda or cuda:N; a device this machine lacks is a one-line error (exit 2)"
+)
+
+
+def device_option(help: str = DEVICE_HELP) -> dict[str, Option]:
+    """The ``--device`` option (default None: auto), for a config field; ``help`` where a command
+    gives it a narrower meaning (bench: the GPU of its torch-cuda backends)."""
+    return option("--device", metavar="DEVICE", help=help)
+
+
+@dataclasses.dataclass
+class DeviceChoice:
+    """The ``--device`` of a command that has no config of its own (``add_options(p, DeviceChoice)``)."""
+
+    device: str | None = dataclasses.field(default=None, metadata=device_option())
+
+
 # -- value types: a bad number is refused when parsed, before any file is opened -------------------
 
 
@@ -151,7 +172,10 @@ def non_negative_float(text: str) -> float:
 
 
 __all__ = [
+    "DEVICE_HELP",
+    "DeviceChoice",
     "add_options",
+    "device_option",
     "command_line",
     "finite_float",
     "fraction",

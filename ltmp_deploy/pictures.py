@@ -32,13 +32,17 @@ def draw_decisions(
     *,
     logged: Sequence[str] = (),
     mode: str | None = None,
+    device: str | None = None,
 ) -> list[Path]:
     """Draw ``images`` through the model ``source``, or the ``logged`` images of the audit log
     ``source`` (a logged path, a file name or a line index); return the PNGs written. ``output``:
-    the PNG for one image, a folder (one PNG each) for several. ``mode``: a checkpoint's mode."""
+    the PNG for one image, a folder (one PNG each) for several. ``mode``: a checkpoint's mode;
+    ``device``: where a checkpoint runs (default: CUDA when available, else the CPU)."""
     kind = source_kind(source)
     if kind != "checkpoint" and mode:
         raise LTMPError(f"--mode: applies to a checkpoint; {source} decided its mode when it was made")
+    if kind != "checkpoint" and device:
+        raise LTMPError(f"--device: applies to a checkpoint, which PyTorch runs; {source} is not one")
     if kind == "log":
         if images:
             raise LTMPError(
@@ -58,7 +62,9 @@ def draw_decisions(
             raise LTMPError(f"{source}: give at least one image to draw")
         outs = picture_paths(output, images)
         refuse_overwriting_inputs([("-o", o) for o in outs], [source, *images])
-        drawn = graph_pictures(source, images) if kind == "runtime" else checkpoint_pictures(source, images, mode)
+        drawn = (
+            graph_pictures(source, images) if kind == "runtime" else checkpoint_pictures(source, images, mode, device)
+        )
         pictures = list(drawn)
     return write_pictures(outs, pictures)
 
@@ -177,7 +183,9 @@ def graph_pictures(path: str, images: Sequence[str]) -> Iterator[Picture]:
             yield model_view(image, meta["data_config"]), maps, grid
 
 
-def checkpoint_pictures(spec: str, images: Sequence[str], mode: str | None) -> Iterator[Picture]:
+def checkpoint_pictures(
+    spec: str, images: Sequence[str], mode: str | None, device: str | None = None
+) -> Iterator[Picture]:
     """The pictures of ``images`` (files, or ``digits:N``) through a toolkit checkpoint, with PyTorch."""
     try:
         import torch
@@ -189,13 +197,16 @@ def checkpoint_pictures(spec: str, images: Sequence[str], mode: str | None) -> I
 
     from ltmp_deploy import load
     from ltmp_deploy.ltmp.data_config import model_data_config
+    from ltmp_deploy.ltmp.device import resolve_device
     from ltmp_deploy.runtime.preprocess import model_view, preprocess
 
-    model = load(spec, mode=mode or None)
+    where = resolve_device(device)  # before the checkpoint is read
+    model = load(spec, mode=mode or None).to(where)
     cfg = model_data_config(model)
     for image in images:
         picture = _digit(image) if image.startswith(DIGITS) else image
-        yield model_picture(model, torch.from_numpy(preprocess(picture, cfg))[0], model_view(picture, cfg))
+        tensor = torch.from_numpy(preprocess(picture, cfg))[0].to(where)
+        yield model_picture(model, tensor, model_view(picture, cfg))
 
 
 def model_picture(model: Any, image: Any, display: Any) -> Picture:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.files import write_text_atomic
-from ltmp_deploy.options import fraction, option, positive_float, positive_int
+from ltmp_deploy.options import device_option, fraction, option, positive_float, positive_int
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -74,6 +74,9 @@ class TrialRecipe:
         default=None,
         metadata=option("--limit", type=positive_int, metavar="N", help="learn on N train images drawn at random"),
     )
+    # Where learning, calibration and the accuracy run (None: auto). Export, the parity check and the
+    # latency step stay where they were: the ONNX graphs are timed on ONNX Runtime's CPU provider.
+    device: str | None = field(default=None, metadata=device_option())
     grid_images: int = 3
 
     def check(self) -> None:
@@ -94,6 +97,10 @@ class TrialRecipe:
         if min(self.lr_merge, self.lr_prune) <= 0:
             raise LTMPError("--lr-merge and --lr-prune must be positive")
         parse_statistic(self.statistic)
+        if self.device is not None:
+            from ltmp_deploy.ltmp.device import resolve_device
+
+            resolve_device(self.device)
 
 
 @dataclass
@@ -154,10 +161,10 @@ def run_trial(
     report = TrialReport(workdir)
     torch.manual_seed(0)
 
-    _base_model(inputs, report)
+    _base_model(inputs, report, recipe)
     _learn(inputs, report, recipe)
     schedule = _calibrate(inputs, report, recipe)
-    accuracy = _accuracy(inputs, report)
+    accuracy = _accuracy(inputs, report, recipe.device)
     _export(inputs, schedule, report)
     _check_tensorrt(report)
     _say(7, "ONNX Runtime latency on this CPU: the variants interleaved, ratios per round, one run")
@@ -170,7 +177,7 @@ def run_trial(
     return report
 
 
-def _base_model(inputs: TrialInputs, report: TrialReport) -> None:
+def _base_model(inputs: TrialInputs, report: TrialReport, recipe: TrialRecipe) -> None:
     """Step 1: the base model, unpatched, scored on the held-out images (before minutes of learning)."""
     from ltmp_deploy.calibration.evaluate import evaluate
 
@@ -179,7 +186,7 @@ def _base_model(inputs: TrialInputs, report: TrialReport) -> None:
         print(inputs.note)
     model = inputs.model
     model.ltmp_set_mode("off")
-    acc, _, _ = evaluate(model, inputs.held_out, progress=True)
+    acc, _, _ = evaluate(model, inputs.held_out, progress=True, device=recipe.device)
     report.rows["unpatched"] = {"accuracy": acc, "flops": 1.0}
     print(f"{inputs.source}: {inputs.held_out_name} accuracy {acc:.4f} on {len(inputs.held_out)} images")
 
@@ -203,7 +210,16 @@ def _learn(inputs: TrialInputs, report: TrialReport, recipe: TrialRecipe) -> Non
         batch_size=recipe.batch_size,
     )
     learned = workdir / "learned.safetensors"
-    learn_thresholds(model, train, learned, cfg, heldout=inputs.calibration, heldout_name="calibration", progress=True)
+    learn_thresholds(
+        model,
+        train,
+        learned,
+        cfg,
+        heldout=inputs.calibration,
+        heldout_name="calibration",
+        progress=True,
+        device=recipe.device,
+    )
     report.files["learned"] = str(workdir / "learned.safetensors")
 
 
@@ -225,14 +241,15 @@ def _calibrate(inputs: TrialInputs, report: TrialReport, recipe: TrialRecipe) ->
 
     _say(3, f"calibrate a fixed schedule from threshold mode's counts on {len(inputs.calibration)} calibration images")
     model = inputs.model
-    cal = calibrate(model, inputs.calibration, statistic=parse_statistic(recipe.statistic), progress=True)
+    statistic = parse_statistic(recipe.statistic)
+    cal = calibrate(model, inputs.calibration, statistic=statistic, progress=True, device=recipe.device)
     print(cal.summary())
     save_checkpoint(model, report.workdir / "fixed.safetensors")
     report.files["fixed"] = str(report.workdir / "fixed.safetensors")
     return model.ltmp.schedule
 
 
-def _accuracy(inputs: TrialInputs, report: TrialReport) -> dict[str, Any]:
+def _accuracy(inputs: TrialInputs, report: TrialReport, device: str | None = None) -> dict[str, Any]:
     """Step 4: every variant on the held-out images, each with its sampling error; accuracy.json."""
     from ltmp_deploy.report.accuracy import write_accuracy
     from ltmp_deploy.report.held_out import accuracy_table, evaluate_variants
@@ -241,7 +258,12 @@ def _accuracy(inputs: TrialInputs, report: TrialReport) -> dict[str, Any]:
 
     _say(4, f"accuracy on {len(inputs.held_out)} held-out images: unpatched, LTMP both modes, ToMe at equal FLOPs")
     doc = evaluate_variants(
-        inputs.model, inputs.held_out, dataset=inputs.data, split=inputs.held_out_name, model_name=inputs.model_name
+        inputs.model,
+        inputs.held_out,
+        dataset=inputs.data,
+        split=inputs.held_out_name,
+        model_name=inputs.model_name,
+        device=device,
     )
     report.files["accuracy"] = str(write_accuracy(report.workdir / "accuracy.json", doc))
     found = {v["name"]: v for v in doc["variants"]}

@@ -89,3 +89,100 @@ def test_evaluate_and_calibrate_on_cuda_take_the_cpu_counts_and_schedule():
     on_cpu = calibrate(tiny_ltmp("threshold"), _digits_like(), progress=False, device="cpu")
     on_gpu = calibrate(tiny_ltmp("threshold"), _digits_like(), progress=False, device="cuda")
     assert on_cpu.schedule == on_gpu.schedule
+
+
+def _learn(device, **kw):
+    from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
+
+    torch.manual_seed(0)
+    model = tiny_ltmp("threshold")
+    cfg = LearnConfig(target=0.5, epochs=1, batch_size=8, lr_merge=0.05, lr_prune=0.02, check_images=8, **kw)
+    history = learn_thresholds(model, _digits_like(), None, cfg, progress=False, device=device)
+    return model, history
+
+
+@pytest.mark.filterwarnings("ignore:threshold mode keeps")
+def test_learn_on_cuda_takes_the_cpu_steps_and_leaves_the_model_where_it_was():
+    on_cpu, cpu_history = _learn("cpu")
+    on_gpu, gpu_history = _learn("cuda")
+    assert next(on_gpu.parameters()).device.type == "cpu"  # back where the caller had it
+    for ours, theirs in zip(on_cpu.ltmp_thresholds(), on_gpu.ltmp_thresholds()):
+        assert ours == pytest.approx(theirs, abs=1e-4)
+    assert cpu_history[0].flops_ratio == pytest.approx(gpu_history[0].flops_ratio, abs=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:threshold mode keeps")
+def test_bf16_autocast_on_cuda_learns_with_the_thresholds_kept_fp32():
+    plain, plain_history = _learn("cuda")
+    model, history = _learn("cuda", autocast="bf16")
+    assert all(
+        t.dtype == torch.float32
+        for blk in model.blocks
+        for t in (blk.merge_masker.threshold, blk.prune_masker.threshold)
+    )
+    start = [t for ts in history.start for t in ts]
+    moved = [t for ts in model.ltmp_thresholds() for t in ts]
+    moved_fp32 = [t for ts in plain.ltmp_thresholds() for t in ts]
+    assert moved != start, "bf16 autocast: the thresholds did not move"
+    assert [(a > s) - (a < s) for a, s in zip(moved, start)] == [(a > s) - (a < s) for a, s in zip(moved_fp32, start)]
+    assert history[0].flops_ratio == pytest.approx(plain_history[0].flops_ratio, abs=0.05)
+
+
+def test_cuda_alone_is_the_gpu_of_local_rank(monkeypatch):
+    from ltmp_deploy.ltmp.device import resolve_device
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    expected = torch.device("cuda", 1 % torch.cuda.device_count())
+    assert resolve_device("cuda") == expected and resolve_device("auto") == expected
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
+def test_validate_s_reference_and_show_run_on_cuda(tmp_path):
+    from ltmp_deploy.api import validate
+    from ltmp_deploy.ltmp.checkpoint import save_checkpoint
+    from ltmp_deploy.pictures import draw_decisions
+
+    ckpt = tmp_path / "fixed.safetensors"
+    save_checkpoint(tiny_ltmp("fixed"), ckpt)
+    assert validate([ckpt], device="cuda", images=8).ok  # exported on the fly, the reference on the GPU
+    assert draw_decisions(str(ckpt), tmp_path / "a.png", ["digits:0"], device="cuda") == [tmp_path / "a.png"]
+
+
+def test_bench_device_names_torch_cuda_s_gpu():
+    from ltmp_deploy.bench.timers import torch_device, unavailable
+
+    assert unavailable("torch-cuda", "cuda:0") is None
+    assert torch_device("torch-cuda", "cuda:0") == torch.device("cuda", 0)
+    assert torch_device("torch-cuda", None).type == "cuda"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="fewer than two CUDA devices here: nccl across processes needs two"
+)
+def test_two_processes_on_two_gpus_under_torchrun_learn_the_thresholds_of_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import timm
+
+    import ltmp_deploy.ltmp.embedded_vit  # noqa: F401  (registers vit_digits_56 with timm)
+    from ltmp_deploy.ltmp.checkpoint import load_checkpoint, save_checkpoint
+    from ltmp_deploy.ltmp.patch import apply_patch
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LTMP_DEPLOY_CACHE": str(tmp_path), "NVIDIA_TF32_OVERRIDE": "0"}
+    ckpt = tmp_path / "p.safetensors"
+    torch.manual_seed(0)
+    save_checkpoint(apply_patch(timm.create_model("vit_digits_56")), ckpt)
+    learn = ["-m", "ltmp_deploy.cli", "learn", str(ckpt), "--data", "digits", "--target", "0.6", "--epochs", "2"]
+    learn += ["--batch-size", "32", "--limit", "96", "--lr-merge", "0.05", "--lr-prune", "0.05", "--seed", "3"]
+    learn += ["--device", "cuda"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    ddp, single = tmp_path / "ddp.safetensors", tmp_path / "single.safetensors"
+    result = subprocess.run([*torchrun, *learn, "-o", str(ddp)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    alone = subprocess.run([sys.executable, *learn, "-o", str(single)], env=env, capture_output=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    for ours, theirs in zip(load_checkpoint(ddp).ltmp_thresholds(), load_checkpoint(single).ltmp_thresholds()):
+        assert ours == pytest.approx(theirs, abs=1e-4)

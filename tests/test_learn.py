@@ -118,6 +118,7 @@ def test_two_processes_under_torchrun_learn_the_thresholds_of_one(tmp_path):
     # --batch-size is the global batch: 2 processes take 16 images of each batch of 32 apiece.
     learn = ["-m", "ltmp_deploy.cli", "learn", str(ckpt), "--data", "digits", "--target", "0.6", "--epochs", "2"]
     learn += ["--batch-size", "32", "--limit", "96", "--lr-merge", "0.05", "--lr-prune", "0.05", "--seed", "3"]
+    learn += ["--device", "cpu"]  # gloo, each process on the CPU (tests/test_cuda.py runs nccl on two GPUs)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     ddp, single = tmp_path / "ddp.safetensors", tmp_path / "single.safetensors"
     result = subprocess.run([*torchrun, *learn, "-o", str(ddp)], env=env, capture_output=True, text=True, timeout=300)

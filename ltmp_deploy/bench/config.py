@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.options import fraction, non_negative_int, option, positive_int
+from ltmp_deploy.options import device_option, fraction, non_negative_int, option, positive_int
 
 BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda", "onnxruntime-cuda", "tensorrt")
 DTYPES = ("fp32", "fp16")
@@ -106,6 +106,16 @@ class BenchConfig:
             action="store_true",
             help="also time every variant captured in a CUDA graph and replayed, as torch-cuda+graph "
             "(threshold mode cannot be captured: skipped with the reason)",
+        ),
+    )
+    # The PyTorch backends are named for their device type; --device picks which GPU torch-cuda takes
+    # (and with cpu, leaves it out), as it places the model of learn, calibrate and the rest.
+    device: str | None = field(
+        default=None,
+        metadata=device_option(
+            "the GPU of the torch-cuda backends: auto (the default: the GPU of LOCAL_RANK, cuda:0 alone, when "
+            "CUDA is available), cuda or cuda:N; cpu leaves torch-cuda out (torch-cpu stays). A device this "
+            "machine lacks is a one-line error (exit 2)"
         ),
     )
     threads: int | None = field(

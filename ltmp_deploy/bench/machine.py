@@ -57,13 +57,14 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def machine(threads: int) -> dict[str, Any]:
+def machine(threads: int, gpu_index: int = 0) -> dict[str, Any]:
+    """The machine a bench ran on; ``gpu_index``: the GPU torch-cuda took (``--device cuda:N``)."""
     gpu = None
     if torch.cuda.is_available():
         gpu = {
-            "name": torch.cuda.get_device_name(0),
+            "name": torch.cuda.get_device_name(gpu_index),
             "cuda": torch.version.cuda,
-            "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+            "capability": ".".join(map(str, torch.cuda.get_device_capability(gpu_index))),
         }
     return {
         "cpu": cpu_model(),

@@ -22,13 +22,21 @@ from tqdm import tqdm
 
 from ltmp_deploy.bench.config import BenchConfig
 from ltmp_deploy.bench.machine import load_average, machine, usable_cores
-from ltmp_deploy.bench.timers import ONNX_BACKENDS, close_targets, open_targets, timed_calls, unavailable
+from ltmp_deploy.bench.timers import (
+    ONNX_BACKENDS,
+    close_targets,
+    open_targets,
+    timed_calls,
+    torch_device,
+    unavailable,
+)
 from ltmp_deploy.bench.torch_paths import TorchPaths, paths, set_compile_limits
 from ltmp_deploy.bench.variants import Variant, build_variants
 from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.export.reference import sample_images
 from ltmp_deploy.ltmp.checkpoint import load
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
+from ltmp_deploy.ltmp.device import AUTO, resolve_device
 from ltmp_deploy.ltmp.flops import image_flops, model_dims, padded_flops_ratio, unpatched_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.runtime.bench import interleaved, paired_samples
@@ -48,8 +56,10 @@ def _model(config: BenchConfig) -> LTMPVisionTransformer:
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Time every variant on every available backend and batch; return the bench document."""
     config.check()
+    if config.device not in (None, AUTO):
+        resolve_device(config.device)  # a device this machine lacks stops here, before any work
     threads = config.threads or usable_cores()
-    skipped = [{"backend": b, "reason": r} for b in config.backends if (r := unavailable(b)) is not None]
+    skipped = [{"backend": b, "reason": r} for b in config.backends if (r := unavailable(b, config.device)) is not None]
     runnable = [b for b in config.backends if b not in {s["backend"] for s in skipped}]
     if not runnable:
         raise LTMPError("no backend can run here: " + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
@@ -62,7 +72,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     torch.set_num_threads(threads)
     try:
         started = _now()
-        host = machine(threads)
+        host = machine(threads, _gpu_index(config))
         variants = build_variants(
             model, images, config.targets, config.threshold_target, config.from_checkpoint, config.merge_threshold
         )
@@ -92,6 +102,14 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         "skipped": skipped,
         "records": records,
     }
+
+
+def _gpu_index(config: BenchConfig) -> int:
+    """The GPU torch-cuda takes, described in the results (0 without CUDA or without torch-cuda)."""
+    if "torch-cuda" not in config.backends or not torch.cuda.is_available():
+        return 0
+    on = torch_device("torch-cuda", config.device)
+    return (on.index or 0) if on.type == "cuda" else 0
 
 
 def _images(model: LTMPVisionTransformer, data: str | None, count: int) -> tuple[torch.Tensor, str]:
@@ -187,7 +205,7 @@ def _time_all(
     try:
         for backend in backends:
             targets, left_out = open_targets(
-                backend, model, variants, graphs, workdir, config.batches, threads, config.dtype
+                backend, model, variants, graphs, workdir, config.batches, threads, config.dtype, config.device
             )
             skipped += [{"backend": backend, "variant": n, "reason": r} for n, r in left_out.items()]
             torch_paths = (

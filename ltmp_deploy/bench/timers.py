@@ -27,6 +27,7 @@ import torch
 from ltmp_deploy.bench.config import BACKENDS
 from ltmp_deploy.bench.variants import Variant
 from ltmp_deploy.errors import LTMPError
+from ltmp_deploy.ltmp.device import AUTO, resolve_device
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.runtime.backends import close, infer, open_runner
 from ltmp_deploy.runtime.metadata import OUTPUT_NAME
@@ -38,12 +39,24 @@ ORT_PROVIDER = {"onnxruntime-cpu": "CPUExecutionProvider", "onnxruntime-cuda": "
 Calls = dict[str, Callable[[], object]]
 
 
-def unavailable(backend: str) -> str | None:
-    """Why ``backend`` cannot run here, or None when it can."""
+def torch_device(backend: str, device: str | None = None) -> torch.device:
+    """Where a PyTorch backend runs: torch-cpu on the CPU, torch-cuda on ``device``'s GPU (``--device``;
+    None or auto: the GPU of LOCAL_RANK). A device this machine lacks is refused (LTMPError)."""
+    if backend == "torch-cpu":
+        return torch.device("cpu")
+    if device is None or device == AUTO:
+        return resolve_device("cuda")
+    return resolve_device(device)
+
+
+def unavailable(backend: str, device: str | None = None) -> str | None:
+    """Why ``backend`` cannot run here, or None when it can. ``device``: bench's ``--device``."""
     if backend not in BACKENDS:
         raise LTMPError(f"--backends {backend}: choose from {', '.join(BACKENDS)}")
     if backend == "torch-cpu":
         return None
+    if backend == "torch-cuda" and device not in (None, AUTO) and torch_device(backend, device).type != "cuda":
+        return f"--device {device}: PyTorch runs on the CPU here (torch-cpu)"
     if backend in ("torch-cuda", "tensorrt") and not torch.cuda.is_available():
         return f"no CUDA device: torch {torch.__version__} sees none"
     if backend == "tensorrt":
@@ -72,11 +85,14 @@ def open_targets(
     batches: Sequence[int],
     threads: int,
     dtype: str = "fp32",
+    device: str | None = None,
 ) -> tuple[dict[str, Target], dict[str, str]]:
     """Every variant on ``backend``'s runner, activated (``graphs``: the exported ONNX per variant), and
-    why each variant that cannot run there is left out. ``dtype``: the PyTorch backends' precision."""
+    why each variant that cannot run there is left out. ``dtype``: the PyTorch backends' precision;
+    ``device``: torch-cuda's GPU (:func:`torch_device`)."""
     if backend.startswith("torch"):
-        return _torch_targets(model, variants, backend.split("-", 1)[1], dtype), {}
+        on = torch_device(backend, device)
+        return _torch_targets(model, variants, on, backend.split("-", 1)[1], dtype), {}
     if backend == "tensorrt":
         return _engine_targets(graphs, workdir, batches)
     return _graph_targets(graphs, backend, threads)
@@ -112,12 +128,12 @@ def close_targets(targets: dict[str, Target]) -> None:
 
 
 def _torch_targets(
-    model: LTMPVisionTransformer, variants: Sequence[Variant], device: str, dtype: str
+    model: LTMPVisionTransformer, variants: Sequence[Variant], on: torch.device, device: str, dtype: str
 ) -> dict[str, Target]:
+    """``device``: the backend's device type as it names the runner ("cpu", "cuda"); ``on``: the device."""
     from ltmp_deploy.bench.torch_paths import DTYPES
     from ltmp_deploy.export.runner import LTMPTorchRunner
 
-    on = torch.device(device)
     placed = model if on.type == "cpu" and dtype == "fp32" else copy.deepcopy(model).to(on, DTYPES[dtype])
     runner = LTMPTorchRunner(placed, decisions=False, name=f"pytorch {device}")
     runner.activate()

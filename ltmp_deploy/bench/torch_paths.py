@@ -105,7 +105,8 @@ class TorchPaths:
     def _graphed_call(self, variant: Variant, images: np.ndarray) -> Callable[[], object]:
         model = variant.apply(self.model)
         host = torch.from_numpy(images)
-        with torch.inference_mode():
+        # the streams and the graph on the model's GPU (--device cuda:N), not the current device
+        with torch.inference_mode(), torch.cuda.device(self.param.device):
             static_x = host.to(self.param.device, self.param.dtype)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -118,7 +119,8 @@ class TorchPaths:
                 static_out = model(static_x)
 
         def run() -> Any:
-            with torch.inference_mode():  # static_x is an inference tensor: written in inference mode only
+            # static_x is an inference tensor: written in inference mode only
+            with torch.inference_mode(), torch.cuda.device(static_x.device):
                 static_x.copy_(host)
                 graph.replay()
                 return static_out.cpu()

@@ -43,14 +43,10 @@ def evaluate(
 
     Only the counts are kept of each batch's decisions, so memory does not grow with the images
     beyond a few integers each; the counts are None in a mode that makes no decisions."""
-    from ltmp_deploy.ltmp.device import resolve_device
+    from ltmp_deploy.ltmp.device import placed
 
-    where, home = resolve_device(device), next(model.parameters()).device
-    model.to(where).eval()
-    try:
-        correct, seen, ratios, merges, keeps = _run(model, data, batch_size, progress, where)
-    finally:
-        model.to(home)  # the caller's model stays where it was (export and saving expect it there)
+    with placed(model, device) as where:
+        correct, seen, ratios, merges, keeps = _run(model.eval(), data, batch_size, progress, where)
     warn_skipped(data)
     counts = TokenCounts(np.concatenate(merges), np.concatenate(keeps)) if merges else None
     return correct / max(seen, 1), sum(ratios) / max(len(ratios), 1), counts

@@ -18,9 +18,11 @@ The authors' recipe is ``LearnConfig(merge_start=0.9, prune_start=0.0, prune_tau
 Learning ends by measuring threshold mode as it will run, on held-out images when given
 (:mod:`ltmp_deploy.calibration.learn_check`).
 
-Runs under ``torchrun`` as DistributedDataParallel (gloo on CPU, nccl on GPUs); rank 0 writes
-the checkpoints. A checkpoint is written after every epoch, with a resume file beside it, so an
-interrupted run continues from the last finished epoch.
+Runs on ``device`` (default: CUDA when available, :mod:`ltmp_deploy.ltmp.device`), and under
+``torchrun`` as DistributedDataParallel, each process on the GPU of its LOCAL_RANK (nccl), or on
+the CPU (gloo); rank 0 writes the checkpoints. ``LearnConfig.autocast`` runs the forward pass in
+bf16; the thresholds, the loss and the optimizer stay fp32. A checkpoint is written after every
+epoch, with a resume file beside it, so an interrupted run continues from the last finished epoch.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from ltmp_deploy.data.folder import unreadable_marks, warn_skipped
 from ltmp_deploy.errors import LTMPError, first_line
 from ltmp_deploy.files import atomic_output, ensure_writable
 from ltmp_deploy.ltmp.checkpoint import read_metadata, save_checkpoint
+from ltmp_deploy.ltmp.device import autocast, distributed, placed
 from ltmp_deploy.ltmp.flops import flops_ratio_of_token_means, image_flops, soft_token_means
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 
@@ -61,15 +64,20 @@ class EpochStats:
 
 
 class _TrainStep(nn.Module):
-    """images -> (logits, soft token means per block): one module, so DDP sees the whole forward."""
+    """images -> (logits, soft token means per block): one module, so DDP sees the whole forward.
 
-    def __init__(self, model: LTMPVisionTransformer) -> None:
+    With ``precision`` the forward pass runs in autocast; what it returns is fp32, so the loss and
+    the FLOPs budget are computed in fp32 whatever the forward ran in."""
+
+    def __init__(self, model: LTMPVisionTransformer, device: torch.device, precision: str | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.device, self.precision = model, device, precision
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.forward_ltmp(images)
-        return out.logits, soft_token_means(out.decisions)
+        with autocast(self.device, self.precision):
+            out = self.model.forward_ltmp(images)
+            means = soft_token_means(out.decisions)
+        return out.logits.float(), means.float()
 
 
 def _global_ratio(model: LTMPVisionTransformer, means: torch.Tensor, world: int) -> torch.Tensor:
@@ -105,7 +113,7 @@ def _start(model: LTMPVisionTransformer, cfg: LearnConfig, data: Dataset | None)
         return
     images = None
     if (cfg.prune_start is None and not cfg.merge_only) or cfg.merge_start is None:
-        images = _sample(data, cfg.batch_size, cfg.seed)
+        images = _sample(data, cfg.batch_size, cfg.seed).to(next(model.parameters()).device)
     prune = cfg.prune_start
     if cfg.merge_only:
         prune = 0.0
@@ -187,6 +195,7 @@ class _Run:
     loader: DataLoader
     sampler: Any
     order: torch.Generator
+    device: torch.device
     optimizer: Any
     scheduler: Any
     start: int
@@ -204,11 +213,14 @@ def learn_thresholds(
     heldout_name: str = "held-out",
     resume: bool = False,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> LearnResult:
     """Train the thresholds of ``model`` on ``data``; write ``output`` (if given) after every epoch.
 
     Then threshold mode is measured on ``heldout`` (a sample of ``data`` when None, named "train") and
     printed with ``progress``; a FLOPs ratio more than ``learn_check.FLOPS_TOLERANCE`` from the target warns.
+    ``device``: where it runs (see :func:`~ltmp_deploy.ltmp.device.resolve_device`); the model is back
+    where it was after.
     """
     if cfg is None:
         raise LTMPError("learning needs a LearnConfig with at least its FLOPs target")
@@ -218,28 +230,36 @@ def learn_thresholds(
         raise LTMPError("the training data holds no images")
     if resume and output is None:
         raise LTMPError("resume needs the output checkpoint to resume from")
-    run = _setup(model, data, cfg, output, resume)
-    start = model.ltmp_thresholds() if run.start == 0 else ([], [])  # a resumed run started before
-    if start[0] and progress and run.rank == 0:
-        print(
-            f"start: merge thresholds {start[0][0]:.5f}, prune thresholds {start[1][0]:.3g} "
-            f"(prune mask temperature {model.ltmp.prune_tau:.3g})"
-        )
-    history = [_epoch(run, cfg, epoch, output, progress) for epoch in range(run.start, cfg.epochs)]
-    _warn_skipped(data, run.rank, run.world)
-    model.eval()
-    model.ltmp_set_mode("threshold")
-    check = None
-    if run.rank == 0:
-        named = (heldout_name, heldout) if heldout is not None else ("train", data)
-        check = _check(model, cfg, *named, output, progress)
-    if run.world > 1:
-        dist.barrier()
+    with placed(model, device) as where:
+        run = _setup(model, data, cfg, output, resume, where)
+        start = model.ltmp_thresholds() if run.start == 0 else ([], [])  # a resumed run started before
+        if start[0] and progress and run.rank == 0:
+            print(
+                f"start: merge thresholds {start[0][0]:.5f}, prune thresholds {start[1][0]:.3g} "
+                f"(prune mask temperature {model.ltmp.prune_tau:.3g})"
+            )
+        history = [_epoch(run, cfg, epoch, output, progress) for epoch in range(run.start, cfg.epochs)]
+        _warn_skipped(data, run)
+        model.eval()
+        model.ltmp_set_mode("threshold")
+        check = None
+        if run.rank == 0:
+            named = (heldout_name, heldout) if heldout is not None else ("train", data)
+            check = _check(model, cfg, *named, output, progress, where)
+        if run.world > 1:
+            dist.barrier()
     return LearnResult(history, check, start)
 
 
-def _setup(model: LTMPVisionTransformer, data: Dataset, cfg: LearnConfig, output: Path | None, resume: bool) -> _Run:
-    rank, world = _distributed()
+def _setup(
+    model: LTMPVisionTransformer,
+    data: Dataset,
+    cfg: LearnConfig,
+    output: Path | None,
+    resume: bool,
+    device: torch.device,
+) -> _Run:
+    rank, world = distributed(device)
     torch.manual_seed(cfg.seed)
     resuming = resume and resume_path(output).is_file()
     _start(model, cfg, None if resuming else data)  # a resumed run takes its thresholds from the resume file
@@ -251,10 +271,11 @@ def _setup(model: LTMPVisionTransformer, data: Dataset, cfg: LearnConfig, output
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
     )
     start = _load_resume(resume_path(output), model, optimizer, scheduler) if resuming else 0
-    step = _TrainStep(model)
+    step = _TrainStep(model, device, cfg.autocast)
     if world > 1:
-        step = nn.parallel.DistributedDataParallel(step)
-    return _Run(model, step, loader, sampler, order, optimizer, scheduler, start, rank, world)
+        ids = [device.index] if device.type == "cuda" else None  # this process's GPU; None on the CPU
+        step = nn.parallel.DistributedDataParallel(step, device_ids=ids)
+    return _Run(model, step, loader, sampler, order, device, optimizer, scheduler, start, rank, world)
 
 
 def _epoch(run: _Run, cfg: LearnConfig, epoch: int, output: Path | None, progress: bool) -> EpochStats:
@@ -265,9 +286,9 @@ def _epoch(run: _Run, cfg: LearnConfig, epoch: int, output: Path | None, progres
     quiet = not progress or run.rank != 0
     bar = tqdm(run.loader, desc=f"learn epoch {epoch + 1}/{cfg.epochs}", disable=quiet, leave=False)
     last_good = output if epoch > run.start else None
-    sums = _train_epoch(run.model, run.step, bar, run.optimizer, run.scheduler, cfg, epoch, last_good)
+    sums = _train_epoch(run, bar, cfg, epoch, last_good)
     if run.world > 1:
-        dist.all_reduce(sums)
+        sums = _all_reduce(sums, run.device)
     stats = EpochStats(epoch + 1, float(sums[0] / sums[3]), float(sums[1] / sums[3]), float(sums[2] / sums[3]))
     if run.rank == 0 and output is not None:
         _save_epoch(run.model, output, cfg, stats, run.optimizer, run.scheduler)
@@ -282,11 +303,17 @@ def _epoch(run: _Run, cfg: LearnConfig, epoch: int, output: Path | None, progres
 
 
 def _check(
-    model: LTMPVisionTransformer, cfg: LearnConfig, name: str, data: Dataset, output: Path | None, progress: bool
+    model: LTMPVisionTransformer,
+    cfg: LearnConfig,
+    name: str,
+    data: Dataset,
+    output: Path | None,
+    progress: bool,
+    device: torch.device,
 ) -> ThresholdCheck:
     """Threshold mode on ``data``, reported, and recorded beside the learning record in the checkpoint's
     metadata (the weights are written again unchanged)."""
-    check = check_threshold_mode(model, data, cfg.target, name, cfg.check_images)
+    check = check_threshold_mode(model, data, cfg.target, name, cfg.check_images, device=device)
     report(check, progress)
     if output is not None and output.is_file():
         learned = read_metadata(output).get("learn", {})
@@ -294,14 +321,19 @@ def _check(
     return check
 
 
-def _warn_skipped(data: Dataset, rank: int, world: int) -> None:
+def _warn_skipped(data: Dataset, run: _Run) -> None:
     marks = unreadable_marks(data)
-    if marks is not None and world > 1:
-        combined = marks.int()
-        dist.all_reduce(combined, op=dist.ReduceOp.MAX)
-        marks.copy_(combined)
-    if rank == 0:
+    if marks is not None and run.world > 1:
+        marks.copy_(_all_reduce(marks.int(), run.device, dist.ReduceOp.MAX))
+    if run.rank == 0:
         warn_skipped(data)
+
+
+def _all_reduce(tensor: torch.Tensor, device: torch.device, op: Any = None) -> torch.Tensor:
+    """``tensor`` reduced over the processes, back where it was: nccl reduces only tensors on the GPU."""
+    on_device = tensor.to(device)
+    dist.all_reduce(on_device, op=dist.ReduceOp.SUM if op is None else op)
+    return on_device.to(tensor.device)
 
 
 def _loader(data: Dataset, cfg: LearnConfig, rank: int, world: int) -> tuple[DataLoader, Any, torch.Generator]:
@@ -322,25 +354,17 @@ def _loader(data: Dataset, cfg: LearnConfig, rank: int, world: int) -> tuple[Dat
     return loader, sampler, order
 
 
-def _train_epoch(
-    model: LTMPVisionTransformer,
-    step: nn.Module,
-    batches: Any,
-    optimizer: Any,
-    scheduler: Any,
-    cfg: LearnConfig,
-    epoch: int,
-    last_good: Path | None,
-) -> torch.Tensor:
+def _train_epoch(run: _Run, batches: Any, cfg: LearnConfig, epoch: int, last_good: Path | None) -> torch.Tensor:
     """One pass of the budget loss; returns the sums of (loss, FLOPs ratio, correct, seen)."""
+    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     trained = _trained_thresholds(model, cfg)
     model.train()
     sums = torch.zeros(4)
-    world = dist.get_world_size() if dist.is_initialized() else 1
     for images, labels in batches:
-        logits, means = step(images)
-        ratio = _global_ratio(model, means, world)
+        images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+        logits, means = run.step(images)
+        ratio = _global_ratio(model, means, run.world)
         loss = criterion(logits, labels) + cfg.lam * (ratio - cfg.target) ** 2
         if not torch.isfinite(loss):
             raise LTMPError(
@@ -402,11 +426,3 @@ def _load_resume(path: Path, model: LTMPVisionTransformer, optimizer: Any, sched
         raise LTMPError(
             f"{path}: cannot resume from this file, it may be truncated or corrupt ({reason}); delete it to start over"
         ) from err
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); starts the process group when run under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)

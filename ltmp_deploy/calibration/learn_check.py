@@ -71,14 +71,20 @@ class ThresholdCheck:
 
 
 def check_threshold_mode(
-    model: LTMPVisionTransformer, data: Dataset, target: float, split: str, max_images: int = 0
+    model: LTMPVisionTransformer,
+    data: Dataset,
+    target: float,
+    split: str,
+    max_images: int = 0,
+    device: str | torch.device | None = None,
 ) -> ThresholdCheck:
-    """Run ``model`` in threshold mode on ``data`` (a seeded sample of ``max_images`` when larger, 0: all)."""
+    """Run ``model`` in threshold mode on ``data`` (a seeded sample of ``max_images`` when larger, 0: all),
+    on ``device`` (default: CUDA when available)."""
     if max_images and len(data) > max_images:
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(CHECK_SEED))[:max_images]
         data = Subset(data, sorted(int(i) for i in order))
     model.ltmp_set_mode("threshold")
-    accuracy, flops, counts = evaluate(model, data)
+    accuracy, flops, counts = evaluate(model, data, device=device)
     n = model.ltmp_num_tokens
     merges, keeps = counts.merges.astype(np.float64), counts.keeps.astype(np.float64)
     entering = np.concatenate([np.full((len(keeps), 1), float(n)), keeps[:, :-1]], axis=1)

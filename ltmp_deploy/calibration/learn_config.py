@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.options import fraction, non_negative_float, non_negative_int, option, positive_float, positive_int
 
+AUTOCAST = ("bf16",)
+
 
 @dataclass
 class LearnConfig:
@@ -77,6 +79,16 @@ class LearnConfig:
     workers: int = field(
         default=0, metadata=option("--workers", type=non_negative_int, help="data loader worker processes")
     )
+    # Mixed precision of the forward pass. The thresholds, the loss, the budget and the optimizer stay
+    # fp32 (the masks' sigmoid upcasts its input). bf16 only: fp16 would need loss scaling.
+    autocast: str | None = field(
+        default=None,
+        metadata=option(
+            "--autocast",
+            choices=AUTOCAST,
+            help="run the forward pass in bf16 autocast (CUDA, or CPUs with bf16); the thresholds stay fp32",
+        ),
+    )
     check_images: int = field(
         default=5000,
         metadata=option(
@@ -96,6 +108,8 @@ class LearnConfig:
         for name, value in (("--merge-start", self.merge_start), ("--prune-start", self.prune_start)):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise LTMPError(f"{name} {value}: thresholds lie in [0, 1]")
+        if self.autocast is not None and self.autocast not in AUTOCAST:
+            raise LTMPError(f"--autocast {self.autocast!r}: choose one of {', '.join(AUTOCAST)}")
         if self.check_images < 0:
             raise LTMPError(f"--check-images {self.check_images}: must not be negative")
 

@@ -23,6 +23,7 @@ from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.onnx_export import export_onnx
 from ltmp_deploy.export.reference import onnxruntime_target, sample_images, torch_target
 from ltmp_deploy.ltmp.checkpoint import read_metadata
+from ltmp_deploy.ltmp.device import resolve_device
 from ltmp_deploy.runtime.parity.compare import (
     DEFAULT_IMAGES,
     SAMPLE_KINDS,
@@ -50,6 +51,7 @@ def validate_checkpoint(
     json_path: PathLike | None = None,
     open_file: Callable[[Path], Target] | None = None,
     require_reductions: bool = False,
+    device: str | None = None,
 ) -> ParityReport:
     """Compare each of ``files`` with the toolkit ``checkpoint`` it came from, PyTorch the reference.
 
@@ -61,9 +63,11 @@ def validate_checkpoint(
     draws held-out images of the folder the checkpoint learned on when it recorded one that is
     still here, else the digits for a digits model, else seeded random images (said so).
     ``require_reductions``: fail when the images exercised no merge and no prune. Writes
-    ``json_path`` when given.
+    ``json_path`` when given. ``device``: where the PyTorch reference runs, in plain fp32 (default:
+    CUDA when available, else the CPU).
     """
     checkpoint = Path(checkpoint)
+    where = resolve_device(device)  # a device not here stops before the export
     paths = [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
     check_request([checkpoint, *paths], int(images) if isinstance(images, numbers.Integral) else 1, batch, json_path)
     reference_meta = read_metadata(checkpoint)  # the header only: weights load when the runner activates
@@ -79,7 +83,7 @@ def validate_checkpoint(
         _check_same_model(checkpoint, reference_meta, meta)
         graph_mode = meta.get("mode")
         run_mode = graph_mode if graph_mode in ("fixed", "threshold") else mode
-        reference = torch_target(checkpoint, reference_meta, run_mode)
+        reference = torch_target(checkpoint, reference_meta, run_mode, where)
         size = common_batch(targets, batch)
         if inputs.pictures is None:
             pictures, inputs.description = sample_images(reference_meta, whole_batches(inputs.count, size))

@@ -59,10 +59,11 @@ def compare_with_torch(
     return run_parity(reference, [target], [batch], data=data, mode=model.ltmp.mode, input_kind=input_kind)
 
 
-def torch_target(source: Any, meta: dict[str, Any], mode: str | None) -> Target:
+def torch_target(source: Any, meta: dict[str, Any], mode: str | None, device: Any = None) -> Target:
+    """``source`` (a checkpoint, or a model) on PyTorch; ``device``: where (see ``LTMPTorchRunner``)."""
     on_disk = isinstance(source, (str, os.PathLike))
     name = f"pytorch {Path(source).name}" if on_disk else "pytorch"
-    runner = LTMPTorchRunner(source, decisions=True, mode=mode, name=name)
+    runner = LTMPTorchRunner(source, decisions=True, mode=mode, name=name, device=device)
     shape = (None, *(int(d) for d in meta["data_config"]["input_size"]))
     return Target(runner, "torch", str(source) if on_disk else "model", meta, shape, (1, None), "fp32")
 

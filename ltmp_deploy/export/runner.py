@@ -14,6 +14,7 @@ is not installed): it finds this class through the ``ltmp_deploy.backends`` entr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from polygraphy.datatype import DataType
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.checkpoint import load_checkpoint
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
+from ltmp_deploy.ltmp.device import exact_fp32, resolve_device
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.runtime.metadata import INPUT_NAME, OUTPUT_NAME, decision_output_names
 
@@ -38,7 +40,10 @@ class LTMPTorchRunner(BaseRunner):
 
     ``mode``: run in this mode (fixed / threshold) rather than the checkpoint's own, e.g. the
     mode a graph was exported in. ``decisions``: also return every block's token decisions (without
-    them the model runs as its plain ``forward`` does, recording none).
+    them the model runs as its plain ``forward`` does, recording none). ``device``: load a checkpoint
+    onto this device (see :func:`~ltmp_deploy.ltmp.device.resolve_device`) and run it in plain fp32
+    there, TF32 off, as a parity check's reference must; without it a checkpoint loads on the CPU
+    and a model runs wherever it sits, as it is.
     """
 
     def __init__(
@@ -47,9 +52,10 @@ class LTMPTorchRunner(BaseRunner):
         decisions: bool = True,
         mode: str | None = None,
         name: str | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
         super().__init__(name=name, prefix="pytorch-runner")
-        self._model, self._decisions, self._mode = model, decisions, mode
+        self._model, self._decisions, self._mode, self._place = model, decisions, mode, device
         self.model: LTMPVisionTransformer | None = None
         self._device: torch.device | None = None
         self._dtype: torch.dtype = torch.float32
@@ -61,6 +67,8 @@ class LTMPTorchRunner(BaseRunner):
             self.model = self._model
             if self._mode is not None and self.model.ltmp.mode != self._mode:
                 self.model.ltmp_set_mode(self._mode)
+        if self._place is not None:
+            self.model.to(resolve_device(self._place))
         self.model.eval()
         param = next(self.model.parameters())
         self._device, self._dtype = param.device, param.dtype  # bench runs fp16 copies on CUDA
@@ -103,7 +111,9 @@ class LTMPTorchRunner(BaseRunner):
         images = feed_dict[INPUT_NAME]
         x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
         start = time.perf_counter()
-        with torch.inference_mode():
+        # placed here (validate's reference): plain fp32 on CUDA too; else as the model's owner set it (bench)
+        exact = exact_fp32(self._device) if self._place is not None else contextlib.nullcontext()
+        with torch.inference_mode(), exact:
             out = model.forward_ltmp(x.to(self._device, self._dtype), record=self._decisions)
             # to the host: on CUDA this waits for the work, so the time covers it
             result: OrderedDict[str, np.ndarray] = OrderedDict(logits=out.logits.cpu().numpy())

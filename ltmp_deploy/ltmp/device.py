@@ -25,9 +25,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if isinstance(device, torch.device):
         return device
     if device is None or device == AUTO:
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-        return torch.device("cpu")
+        return _local_gpu() if torch.cuda.is_available() else torch.device("cpu")
     try:
         chosen = torch.device(device)
     except (RuntimeError, TypeError):
@@ -35,11 +33,30 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
             raise LTMPError(f"--device {device}: torch {torch.__version__} sees no CUDA device here")
-        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        if chosen.index is None:
+            return _local_gpu()
+        if chosen.index >= torch.cuda.device_count():
             raise LTMPError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices here")
     elif chosen.type != "cpu":
         raise LTMPError(f"--device {device}: only cpu and cuda are supported")
     return chosen
+
+
+@contextlib.contextmanager
+def placed(model: torch.nn.Module, device: str | torch.device | None) -> Iterator[torch.device]:
+    """``model`` on ``device`` (resolved, and yielded) for the duration, then back where it was: the
+    caller's model stays where it expects it (export and saving read it on the CPU)."""
+    where, home = resolve_device(device), next(model.parameters()).device
+    model.to(where)
+    try:
+        yield where
+    finally:
+        model.to(home)
+
+
+def _local_gpu() -> torch.device:
+    """The GPU of this process: under torchrun, its LOCAL_RANK's (so no two processes share one)."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
 
 
 def distributed(device: torch.device) -> tuple[int, int]:
@@ -66,3 +83,18 @@ def autocast(device: torch.device, precision: str | None) -> Iterator[None]:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device) -> Iterator[None]:
+    """No TF32 on CUDA for the duration: cuDNN's convolutions default to it on Ampere and newer, and
+    its ~1e-3 relative error would fail a parity check whose reference must be plain fp32."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -140,8 +140,9 @@ class Decision:
 
 
 def straight_through(score: Tensor, threshold: Tensor, tau: float) -> Tensor:
-    """Hard 0/1 decision ``score > threshold`` forward, sigmoid gradient backward."""
-    soft = torch.sigmoid((score - threshold) / tau)
+    """Hard 0/1 decision ``score > threshold`` forward, sigmoid gradient backward; in fp32 whatever
+    ``score`` is (bf16 under autocast): a threshold moves by steps of 1e-5, finer than bf16 resolves."""
+    soft = torch.sigmoid((score.float() - threshold.float()) / tau)
     hard = (soft > 0.5).to(soft.dtype)
     return hard + soft - soft.detach()
 

@@ -16,12 +16,12 @@ from ltmp_deploy.runtime.patch_maps import PatchMap, owner_of
 
 def token_maps(model: LTMPVisionTransformer, image: torch.Tensor) -> list[PatchMap]:
     """Per block, which input patches each surviving token of ``image`` stands for (-1: pruned).
-    ``image``: one preprocessed (3, H, W) tensor."""
+    ``image``: one preprocessed (3, H, W) tensor, on the model's device."""
     with torch.no_grad():
         out = model.forward_ltmp(image[None], track_source=True)
     maps = []
     for i, d in enumerate(out.decisions):
         kept = int(d.n_out[0].round())
         source = d.source[0][:kept] > 0.5  # (kept, P): rows past the kept tokens are padding
-        maps.append(PatchMap(i, kept, owner_of(source.numpy())))
+        maps.append(PatchMap(i, kept, owner_of(source.cpu().numpy())))
     return maps

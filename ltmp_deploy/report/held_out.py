@@ -52,6 +52,7 @@ def fixed_schedule(
     calibration: Dataset | None = None,
     statistic: str | float = "mean",
     progress: bool = True,
+    device: str | None = None,
 ) -> tuple[Schedule, str]:
     """(schedule, label) of the fixed variant: ``schedule_for_flops(target)`` when a target is given,
     else the model's own schedule, else one calibrated from threshold mode's counts on ``calibration``."""
@@ -65,7 +66,7 @@ def fixed_schedule(
         raise LTMPError("the model carries no fixed schedule: give calibration images or a --target")
     mode = model.ltmp.mode
     try:
-        schedule = calibrate(model, calibration, statistic=statistic, progress=progress).schedule
+        schedule = calibrate(model, calibration, statistic=statistic, progress=progress, device=device).schedule
     finally:
         model.ltmp.mode, model.ltmp.schedule = mode, None
     return schedule, CALIBRATED
@@ -93,7 +94,7 @@ def evaluate_variants(
     n = len(held_out)
     if n == 0:
         raise LTMPError(f"{dataset}: no held-out images to measure accuracy on")
-    schedule, label = fixed_schedule(model, target, calibration, statistic, progress)
+    schedule, label = fixed_schedule(model, target, calibration, statistic, progress, device)
     tome = tome_schedule(model, schedule_flops(model, schedule).ratio)
     mode, own = model.ltmp.mode, model.ltmp.schedule
     runs: dict[str, tuple[str, str | None, float, float]] = {}  # name -> (method, label, accuracy, flops)
