@@ -305,14 +305,27 @@ class Keep:
         return Tokens(self.rows(tokens.x), self.rows(tokens.size), self.rows(self.valid), source)
 
 
+@dataclass
+class Reduction:
+    """One block's whole decision: the merges (None when the block merges nothing) and the survivors."""
+
+    merge: Merge | None
+    keep: Keep
+
+    def apply(self, tokens: Tokens) -> Tokens:
+        """Every tensor that rides along, merged and then gathered at the kept positions."""
+        return self.keep.apply(tokens if self.merge is None else self.merge.apply(tokens))
+
+
 def merge_and_prune(
     tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan, record: bool = True
 ) -> tuple[Tokens, Decision | None]:
     """One block's reduction: merge (size-weighted), then prune, then compact the tokens.
 
-    The mode's rule takes the decision in two steps, each applied to every tensor that rides along
-    as soon as it is taken: which rows merge where (:class:`Merge`), then, from the importance the
-    merges carry, which positions stay and in which order (:class:`Keep`). The merged layout is
+    The mode's rule takes the whole decision first (:class:`Reduction`): which rows merge where
+    (:class:`Merge`), then, from the importance the merges carry, which positions stay and in which
+    order (:class:`Keep`); one ``apply`` then carries it out on every tensor that rides along, the
+    same in both modes. The merged layout is
     [prefix, sources, destinations]: prefix tokens in front in their original order (so that a
     distillation token, an odd position, stays where the head reads it), then the sources and the
     destinations in their original orders (docs/arithmetic.md#order-after-merging). Survivors leave
@@ -328,11 +341,9 @@ def merge_and_prune(
         raise ValueError(f"no merging in mode {plan.mode!r}")
     imp_row = imp[:, None, :] if imp.dim() == 2 else imp
     rule = (_FixedRule if plan.mode.scheduled else _ThresholdRule)(tokens, metric, imp_row, num_prefix, plan)
-    if rule.merge is not None:
-        tokens = rule.merge.apply(tokens)
-    keep = rule.keep()
-    out = keep.apply(tokens)
-    return out, rule.decision(keep, out) if record else None
+    reduction = Reduction(rule.merge, rule.keep())
+    out = reduction.apply(tokens)
+    return out, rule.decision(reduction.keep, out) if record else None
 
 
 @dataclass(frozen=True)
