@@ -63,13 +63,17 @@ def calibrate(
     statistic: str = "mean",
     evaluate_on: Any = None,
     progress: bool = True,
+    cost: Any = None,
+    cost_batch: int = 1,
 ) -> Any:
     """Give ``model`` a fixed schedule: from threshold-mode counts on ``data``, or from ``flops_target``.
 
     Returns the :class:`~ltmp_deploy.calibration.calibrate.CalibrationReport`; ``model`` is left in
     fixed mode. ``evaluate_on``: data to measure both modes' accuracy on. Named data ("digits" or a
     folder) gives its calibration part as ``data`` and its evaluation part as ``evaluate_on``: the
-    same name in both never puts an image in both.
+    same name in both never puts an image in both. ``cost``: a cost-model file (or
+    :class:`~ltmp_deploy.runtime.cost_model.CostModel`) from ``ltmp-deploy cost``: the schedule is then
+    chosen for latency at batch ``cost_batch`` (at the FLOPs of the counted schedule).
     """
     from ltmp_deploy.calibration.calibrate import calibrate as calibrate_schedule
     from ltmp_deploy.calibration.calibrate import parse_statistic
@@ -85,7 +89,15 @@ def calibrate(
         flops_target=flops_target,
         evaluation=evaluation,
         progress=progress,
+        cost=_cost_model(cost),
+        cost_batch=cost_batch,
     )
+
+
+def _cost_model(cost: Any) -> Any:
+    from ltmp_deploy.runtime.cost_model import CostModel, read_cost_model
+
+    return cost if cost is None or isinstance(cost, CostModel) else read_cost_model(cost)
 
 
 def validate(
