@@ -111,8 +111,41 @@ def latency_schedule(
             f"no schedule keeps at most {flops_target:.3f} of the block FLOPs with every block at or above the "
             f"q{floor:g} of threshold mode's kept counts: lower the floor or raise the target"
         )
-    schedule, ratio = best
+    schedule = _fill(
+        model, best[0], merge_share, flops_target, lambda s: cost.schedule_ms(batch, dims.num_tokens, *_pair(s))
+    )
+    ratio = schedule_flops(model, schedule).ratio
     return LatencyChoice(schedule, floor, cost.schedule_ms(batch, dims.num_tokens, *_pair(schedule)), ratio)
+
+
+def _fill(
+    model: object, schedule: Schedule, merge_share: float, target: float, ms: Callable[[Schedule], float]
+) -> Schedule:
+    """Give back the FLOPs the programme left under ``target``, a token at a time where it costs the
+    least predicted time: each step raises one reducing block's output count and the blocks that pass
+    it on unchanged. The trade-off points of the Lagrangian lie apart; at equal FLOPs the schedule
+    keeps the tokens that accuracy needs and the comparison with the counted schedule is fair."""
+    dims = model_dims(model)
+    keeps = list(schedule.keeps)
+    while True:
+        best: tuple[float, Schedule] | None = None
+        for start in range(dims.depth):
+            before = dims.num_tokens if start == 0 else keeps[start - 1]
+            if keeps[start] >= before or (start and keeps[start] == keeps[start - 1]):
+                continue  # not the first block of a plateau that a reduction left
+            end = start
+            while end + 1 < dims.depth and keeps[end + 1] == keeps[start]:
+                end += 1
+            raised = keeps[:start] + [keeps[start] + 1] * (end - start + 1) + keeps[end + 1 :]
+            candidate = _schedule(dims, raised, merge_share)
+            if schedule_flops(model, candidate).ratio > target:
+                continue
+            cost = ms(candidate)
+            if best is None or cost < best[0]:
+                best = (cost, candidate)
+        if best is None:
+            return _schedule(dims, keeps, merge_share)
+        keeps = list(best[1].keeps)
 
 
 def _pair(schedule: Schedule) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -3,8 +3,9 @@ fixed-mode schedule. Standard library, numpy and jsonschema only (the field side
 
 A block entering with ``n`` tokens and leaving with ``k`` is predicted to cost its attention over
 ``n`` (the passing block's time at ``n`` less its MLP's), its MLP over ``k``, and, when it merges or
-prunes, the measured extra of a reducing block at ``n``; each table is interpolated linearly between
-the token counts it was measured at.
+prunes, the extra of a reducing block at ``n``. The block and MLP tables are interpolated linearly
+between the token counts they were measured at (a count the backend runs faster stays faster); the
+extras, each the difference of four timings, are smoothed by a least-squares quadratic in ``n``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class CostModel:
         attention = np.interp(n_in, e["tokens"], e["block_ms"]) - np.interp(n_in, e["tokens"], e["mlp_ms"])
         ms = attention + np.interp(n_out, e["tokens"], e["mlp_ms"])
         if reduces:
-            ms += np.interp(n_in, e["reduce_tokens"], e[f"{mode}_extra_ms"])
+            ms += _smooth(e["reduce_tokens"], e[f"{mode}_extra_ms"], np.asarray([n_in]))[0]
         return float(ms)
 
     def tables(self, batch: int, num_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,7 +81,7 @@ class CostModel:
         n = np.arange(num_tokens + 1)
         mlp = np.interp(n, e["tokens"], e["mlp_ms"])
         attention = np.interp(n, e["tokens"], e["block_ms"]) - mlp
-        return attention, mlp, np.interp(n, e["reduce_tokens"], e["fixed_extra_ms"])
+        return attention, mlp, _smooth(e["reduce_tokens"], e["fixed_extra_ms"], n)
 
     def schedule_ms(self, batch: int, num_tokens: int, merges: Sequence[int], keeps: Sequence[int]) -> float:
         """Predicted milliseconds of a fixed schedule's blocks (the patch embedding and head left out)."""
@@ -89,3 +90,13 @@ class CostModel:
             total += self.block_ms(batch, n, k, reduces=bool(r) or k != n)
             n = k
         return total
+
+
+def _smooth(tokens: Sequence[int], extra: Sequence[float], at: np.ndarray) -> np.ndarray:
+    """A reducing block's extra at the counts ``at``: a least-squares polynomial (quadratic with enough
+    points) through the measured extras, never below zero."""
+    degree = min(2, len(tokens) - 1)
+    if degree < 1:
+        return np.full(at.shape, max(float(extra[0]), 0.0))
+    coef = np.polyfit(np.asarray(tokens, float), np.asarray(extra, float), degree)
+    return np.clip(np.polyval(coef, at.astype(float)), 0.0, None)
