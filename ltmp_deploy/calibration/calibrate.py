@@ -90,11 +90,9 @@ class CalibrationReport:
     threshold_flops: float | None
     fixed_accuracy: float | None
     fixed_flops: float
-    latency: LatencyCalibration | None = None  # with a cost model: the search and what it replaced
 
     def summary(self) -> str:
-        lines = [self.latency.summary()] if self.latency is not None else []
-        lines.append(f"schedule ({self.statistic}), (r, k) per block: {self.schedule.pairs()}")
+        lines = [f"schedule ({self.statistic}), (r, k) per block: {self.schedule.pairs()}"]
         if self.threshold_accuracy is not None:
             lines.append(
                 f"threshold mode: accuracy {self.threshold_accuracy:.4f}, block FLOPs kept {self.threshold_flops:.3f}"
@@ -102,6 +100,16 @@ class CalibrationReport:
         acc = f"accuracy {self.fixed_accuracy:.4f}, " if self.fixed_accuracy is not None else ""
         lines.append(f"fixed mode:     {acc}block FLOPs kept {self.fixed_flops:.3f}")
         return "\n".join(lines)
+
+
+@dataclass
+class LatencyCalibrationReport(CalibrationReport):
+    """A report of calibration with a cost model: also the search and the schedule it replaced."""
+
+    latency: LatencyCalibration | None = None
+
+    def summary(self) -> str:
+        return (self.latency.summary() + "\n" if self.latency is not None else "") + super().summary()
 
 
 def calibrate(
@@ -164,4 +172,6 @@ def calibrate(
     if evaluation is not None:
         fixed_acc = evaluate(model, evaluation, progress=progress, device=device)[0]
     ratio = schedule_flops(model, schedule).ratio
-    return CalibrationReport(schedule, label, thr_acc, thr_flops, fixed_acc, ratio, latency)
+    if cost is None:
+        return CalibrationReport(schedule, label, thr_acc, thr_flops, fixed_acc, ratio)
+    return LatencyCalibrationReport(schedule, label, thr_acc, thr_flops, fixed_acc, ratio, latency)
