@@ -220,7 +220,9 @@ def calibrate_for_latency(
     flops_ms = cost.schedule_ms(batch, dims.num_tokens, *_pair(flops_schedule))
     model.ltmp_set_mode("fixed", flops_schedule)
     base_acc = evaluate(model, calibration, progress=progress, device=device)[0]
-    error = float(np.sqrt(max(base_acc * (1 - base_acc), 1e-12) / max(len(calibration), 1)))
+    images = max(len(calibration), 1)
+    # At 100% the binomial error is 0 and would refuse every other schedule: one image is the least error.
+    error = max(float(np.sqrt(base_acc * (1 - base_acc) / images)), 1.0 / images)
     tried, chosen = [], None
     for floor in floors:
         try:
