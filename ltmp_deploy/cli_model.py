@@ -247,6 +247,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
         if args.cost_batch not in cost.batches:
             raise LTMPError(f"{args.cost}: measured at batch sizes {cost.batches}, not --cost-batch {args.cost_batch}")
     model = load(args.checkpoint)
+    if cost is not None:
+        from ltmp_deploy.calibration.latency import check_cost_fits
+
+        try:
+            check_cost_fits(model, cost)
+        except LTMPError as err:
+            raise LTMPError(f"{args.cost}: {err}") from None
     parse_statistic(args.statistic)  # refused before any image is read
     data = EMBEDDED if args.data is None else args.data
     need_images = args.flops_target is None or args.int8_calib  # read before the checkpoint is written

@@ -115,7 +115,7 @@ def test_the_search_meets_the_flops_and_reduces_in_fewer_blocks_when_reducing_is
 def test_the_search_refuses_a_cost_model_of_another_model():
     model = tiny_ltmp()
     keeps = np.array([[13, 10, 7]])
-    with pytest.raises(LTMPError, match="measured on 197 tokens"):
+    with pytest.raises(LTMPError, match="measured on 3 blocks of 197 tokens"):
         latency_schedule(model, keeps * 0, keeps, CostModel(synthetic_cost(num_tokens=197)), 1, 0.9, 0.0)
 
 

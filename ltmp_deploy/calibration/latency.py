@@ -74,6 +74,17 @@ def _schedule(dims: Dims, keeps: Sequence[int], merge_share: float) -> Schedule:
     return schedule
 
 
+def check_cost_fits(model: object, cost: CostModel) -> None:
+    """LTMPError unless ``cost`` was measured on a model of this one's token count, width and depth."""
+    dims, info = model_dims(model), cost.doc["model"]
+    if (info["num_tokens"], info["dim"], info["depth"]) != (dims.num_tokens, dims.dim, dims.depth):
+        raise LTMPError(
+            f"the cost model was measured on {info['depth']} blocks of {info['num_tokens']} tokens of width "
+            f"{info['dim']}, this model has {dims.depth} of {dims.num_tokens} of width {dims.dim}: measure it "
+            "with `ltmp-deploy cost`"
+        )
+
+
 def latency_schedule(
     model: object,
     merges: np.ndarray,
@@ -89,12 +100,7 @@ def latency_schedule(
     dims = model_dims(model)
     if keeps.ndim != 2 or keeps.shape[1] != dims.depth:
         raise LTMPError(f"per-image counts for {keeps.shape[-1]} blocks, the model has {dims.depth}")
-    model_info = cost.doc["model"]
-    if model_info["num_tokens"] != dims.num_tokens or model_info["dim"] != dims.dim:
-        raise LTMPError(
-            f"the cost model was measured on {model_info['num_tokens']} tokens of width {model_info['dim']}, "
-            f"this model has {dims.num_tokens} of width {dims.dim}: measure it with `ltmp-deploy cost`"
-        )
+    check_cost_fits(model, cost)
     floors = [max(dims.num_prefix, int(np.floor(np.quantile(keeps[:, i], floor)))) for i in range(dims.depth)]
     removed = np.concatenate([np.full((len(keeps), 1), dims.num_tokens), keeps[:, :-1]], 1) - keeps
     merge_share = float(np.clip(merges.sum() / max(removed.sum(), 1), 0.0, 1.0))
@@ -215,6 +221,7 @@ def calibrate_for_latency(
     mode with the schedule chosen (the FLOPs schedule when none qualifies)."""
     from ltmp_deploy.calibration.evaluate import evaluate
 
+    check_cost_fits(model, cost)  # before any image is read; a mismatch is no reason to keep the FLOPs schedule
     dims = model_dims(model)
     target = schedule_flops(model, flops_schedule).ratio
     flops_ms = cost.schedule_ms(batch, dims.num_tokens, *_pair(flops_schedule))
