@@ -67,6 +67,8 @@ def calibrate(
     evaluate_on: Any = None,
     progress: bool = True,
     device: str | None = None,
+    cost: Any = None,
+    cost_batch: int = 1,
 ) -> Any:
     """Give ``model`` a fixed schedule: from threshold-mode counts on ``data``, or from ``flops_target``.
 
@@ -74,7 +76,9 @@ def calibrate(
     fixed mode. ``evaluate_on``: data to measure both modes' accuracy on. Named data ("digits" or a
     folder) gives its calibration part as ``data`` and its evaluation part as ``evaluate_on``: the
     same name in both never puts an image in both. ``device``: where the images run (default: CUDA
-    when available, else the CPU); the model stays where it is.
+    when available, else the CPU); the model stays where it is. ``cost``: a cost-model file (or
+    :class:`~ltmp_deploy.runtime.cost_model.CostModel`) from ``ltmp-deploy cost``: the schedule is then
+    chosen for latency at batch ``cost_batch`` (at the FLOPs of the counted schedule).
     """
     from ltmp_deploy.calibration.calibrate import calibrate as calibrate_schedule
     from ltmp_deploy.calibration.calibrate import parse_statistic
@@ -91,7 +95,15 @@ def calibrate(
         evaluation=evaluation,
         progress=progress,
         device=device,
+        cost=_cost_model(cost),
+        cost_batch=cost_batch,
     )
+
+
+def _cost_model(cost: Any) -> Any:
+    from ltmp_deploy.runtime.cost_model import CostModel, read_cost_model
+
+    return cost if cost is None or isinstance(cost, CostModel) else read_cost_model(cost)
 
 
 def validate(

@@ -41,6 +41,7 @@ COMMANDS = (
     cli_field.add_predict,
     cli_field.add_inspect,
     cli_measure.add_bench,
+    cli_measure.add_cost,
     cli_measure.add_estimate,
     cli_measure.add_report,
     cli_model.add_train_base,

@@ -71,6 +71,63 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- cost -----------------------------------------------------------------------------------------
+
+
+def add_cost(add: Callable[..., argparse.ArgumentParser]) -> None:
+    from ltmp_deploy.bench.cost_config import CostConfig
+
+    p = add(
+        "cost",
+        run_cost,
+        "Measure a cost model on a backend: one block's time by its token count, and what a merging/pruning block "
+        "adds in fixed and threshold mode, at the deployment's batch sizes; `calibrate --cost` chooses the fixed "
+        "schedule for latency with it.",
+        "ltmp-deploy cost --batch 1 8 --threads 1 -o cost.json",
+        "ltmp-deploy calibrate learned.safetensors --cost cost.json -o fixed.safetensors",
+        toolkit=True,
+    )
+    add_options(p, CostConfig)
+    p.add_argument("-o", "--output", required=True, metavar="COST.json", help="the cost model (JSON)")
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    from ltmp_deploy.bench.cost import measure_cost_model
+    from ltmp_deploy.bench.cost_config import CostConfig
+    from ltmp_deploy.files import ensure_writable, write_text_atomic
+    from ltmp_deploy.ltmp.checkpoint import load
+
+    config = from_args(CostConfig, args)
+    config.check()
+    ensure_writable(args.output)
+    refuse_overwriting_inputs([("-o", args.output)], [args.checkpoint, args.weights])
+    if config.checkpoint is None:
+        from ltmp_deploy.embedded import MODEL_NAME, default_base_checkpoint
+
+        model = load(MODEL_NAME, weights=config.weights or default_base_checkpoint())
+    else:
+        model = load(config.checkpoint, weights=config.weights)
+    doc = measure_cost_model(
+        model,
+        backend=config.backend,
+        batches=config.batches,
+        threads=config.threads,
+        step=config.step,
+        reduce_step=config.reduce_step,
+        rounds=config.rounds,
+        repeats=config.repeats,
+    )
+    write_text_atomic(args.output, json.dumps(doc, indent=1) + "\n")
+    for entry in doc["batches"]:
+        print(
+            f"batch {entry['batch']}: a block at {entry['tokens'][-1]} tokens {entry['block_ms'][-1]:.3f} ms, "
+            f"reducing adds {entry['fixed_extra_ms'][-1]:.3f} ms (fixed), {entry['threshold_extra_ms'][-1]:.3f} ms "
+            "(threshold)"
+        )
+    print(f"wrote {args.output}")
+    return 0
+
+
 # -- estimate -------------------------------------------------------------------------------------
 
 

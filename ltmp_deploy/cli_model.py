@@ -218,6 +218,15 @@ def add_calibrate(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--int8-calib", metavar="DIR", help="also write INT8 calibration data (npy, npz, Polygraphy JSON) here"
     )
     p.add_argument("--int8-images", type=positive_int, default=64, help="images in the INT8 calibration batch")
+    p.add_argument(
+        "--cost",
+        metavar="COST.json",
+        help="a cost model from `ltmp-deploy cost`: choose the schedule for its latency on that backend (fewer "
+        "reducing blocks, larger steps) at the FLOPs of the counted one, as accurate on the calibration images",
+    )
+    p.add_argument(
+        "--cost-batch", type=positive_int, default=1, help="the batch size the --cost schedule is chosen for"
+    )
     add_options(p, DeviceChoice)
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="checkpoint with the schedule (mode fixed)")
 
@@ -236,7 +245,23 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.int8_calib:
         ensure_writable_folder(args.int8_calib, "--int8-calib")
     refuse_overwriting_inputs([("-o", args.output)], [args.checkpoint])
+    cost = None
+    if args.cost is not None:
+        from ltmp_deploy.runtime.cost_model import read_cost_model
+
+        if args.flops_target is not None:
+            raise LTMPError("--cost chooses among schedules counted on data: leave --flops-target out")
+        cost = read_cost_model(args.cost)  # refused before any image is read
+        if args.cost_batch not in cost.batches:
+            raise LTMPError(f"{args.cost}: measured at batch sizes {cost.batches}, not --cost-batch {args.cost_batch}")
     model = load(args.checkpoint)
+    if cost is not None:
+        from ltmp_deploy.calibration.latency import check_cost_fits
+
+        try:
+            check_cost_fits(model, cost)
+        except LTMPError as err:
+            raise LTMPError(f"{args.cost}: {err}") from None
     parse_statistic(args.statistic)  # refused before any image is read
     data = EMBEDDED if args.data is None else args.data
     need_images = args.flops_target is None or args.int8_calib  # read before the checkpoint is written
@@ -253,6 +278,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         flops_target=args.flops_target,
         statistic=args.statistic,
         evaluate_on=data if evaluate else None,
+        cost=cost,
+        cost_batch=args.cost_batch,
         device=device,
     )
     save_checkpoint(model, args.output)

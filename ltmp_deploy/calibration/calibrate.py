@@ -11,10 +11,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ltmp_deploy.calibration.evaluate import evaluate
+from ltmp_deploy.calibration.latency import LatencyCalibration, calibrate_for_latency
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.flops import model_dims, schedule_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.ltmp.schedule import Schedule
+from ltmp_deploy.runtime.cost_model import CostModel
 
 Statistic = Union[str, float]  # "mean", or a quantile in [0, 1]
 
@@ -100,6 +102,16 @@ class CalibrationReport:
         return "\n".join(lines)
 
 
+@dataclass
+class LatencyCalibrationReport(CalibrationReport):
+    """A report of calibration with a cost model: also the search and the schedule it replaced."""
+
+    latency: LatencyCalibration | None = None
+
+    def summary(self) -> str:
+        return (self.latency.summary() + "\n" if self.latency is not None else "") + super().summary()
+
+
 def calibrate(
     model: LTMPVisionTransformer,
     calibration: Dataset | None,
@@ -109,16 +121,24 @@ def calibrate(
     evaluation: Dataset | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    cost: CostModel | None = None,
+    cost_batch: int = 1,
 ) -> CalibrationReport:
     """Derive the fixed-mode schedule and set it on ``model``; report both modes side by side.
 
     From data: the per-image counts of threshold mode on ``calibration``. From a FLOPs target:
     :func:`ltmp_deploy.ltmp.flops.schedule_for_flops`, no data needed. Accuracy is measured on
     ``evaluation`` when given. ``device``: where the model runs (default: CUDA when available).
+    ``cost``: a measured cost model (from data only): the schedule is then chosen for its predicted
+    latency at ``cost_batch`` at the FLOPs of the counts' schedule
+    (:func:`ltmp_deploy.calibration.latency.calibrate_for_latency`).
     """
     from ltmp_deploy.ltmp.flops import schedule_for_flops
 
     thr_acc = thr_flops = None
+    latency = None
+    if cost is not None and flops_target is not None:
+        raise LTMPError("a cost model chooses among schedules counted on data: leave --flops-target out")
     if flops_target is not None:
         if not 0.0 < flops_target <= 1.0:
             raise LTMPError(f"--flops-target {flops_target}: the fraction of FLOPs kept must lie in (0, 1]")
@@ -131,10 +151,27 @@ def calibrate(
         assert counts is not None  # threshold mode always decides
         schedule = schedule_from_counts(model, counts.merges, counts.keeps, statistic)
         label = "mean" if statistic == "mean" else f"q{statistic}"
+        if cost is not None:
+            latency = calibrate_for_latency(
+                model,
+                calibration,
+                counts.merges,
+                counts.keeps,
+                schedule,
+                cost,
+                cost_batch,
+                progress=progress,
+                device=device,
+            )
+            if latency.choice is not None:
+                schedule, label = latency.schedule, f"{label}, latency-aware q{latency.choice.floor:g} floor"
     if evaluation is not None and flops_target is None:
         thr_acc, thr_flops, _ = evaluate(model.ltmp_set_mode("threshold"), evaluation, progress=progress, device=device)
     model.ltmp_set_mode("fixed", schedule)
     fixed_acc = None
     if evaluation is not None:
         fixed_acc = evaluate(model, evaluation, progress=progress, device=device)[0]
-    return CalibrationReport(schedule, label, thr_acc, thr_flops, fixed_acc, schedule_flops(model, schedule).ratio)
+    ratio = schedule_flops(model, schedule).ratio
+    if cost is None:
+        return CalibrationReport(schedule, label, thr_acc, thr_flops, fixed_acc, ratio)
+    return LatencyCalibrationReport(schedule, label, thr_acc, thr_flops, fixed_acc, ratio, latency)

@@ -21,6 +21,8 @@ from ltmp_deploy.ltmp.reduce import (
     attention_received,
     key_row,
     merge_and_prune,
+    pass_through,
+    passes_through,
     slice_tokens,
     token_importance,
 )
@@ -91,11 +93,14 @@ class LTMPBlock(Block):
                 self.attn, self.norm1(tokens.x), tokens.size, tokens.valid, plan.mode.soft
             )
             tokens = Tokens(tokens.x + self.drop_path1(self.ls1(out)), tokens.size, tokens.valid, tokens.source)
-            if plan.mode.scheduled:  # no padding, and the reduction keeps the prefix by itself
-                imp = attention_received(probs, keepdim=True)
+            if passes_through(plan, int(tokens.x.shape[1])):  # nothing to decide: skip the importance
+                tokens, decision = pass_through(tokens, num_prefix, record)
             else:
-                imp = token_importance(probs, tokens.valid, num_prefix, keepdim=True)
-            tokens, decision = merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
+                if plan.mode.scheduled:  # no padding, and the reduction keeps the prefix by itself
+                    imp = attention_received(probs, keepdim=True)
+                else:
+                    imp = token_importance(probs, tokens.valid, num_prefix, keepdim=True)
+                tokens, decision = merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
 
         x = tokens.x + self.drop_path2(self.ls2(self.mlp(self.norm2(tokens.x))))
         return Tokens(x, tokens.size, tokens.valid, tokens.source), decision

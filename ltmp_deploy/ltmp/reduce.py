@@ -591,3 +591,43 @@ def slice_tokens(tokens: Tokens, k: int) -> Tokens:
         valid=None if tokens.valid is None else tokens.valid[:, :k],
         source=None if tokens.source is None else tokens.source[:, :k],
     )
+
+
+def passes_through(plan: Plan, n: int) -> bool:
+    """Whether a fixed-mode block neither merges nor prunes (``r = 0``, ``k = n``): it then skips
+    the decision (importance, TopK, sort) and only puts its tokens in layout order."""
+    return plan.mode is Mode.FIXED and plan.r == 0 and plan.k == n
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_order(n: int, num_prefix: int, device: torch.device) -> Tensor:
+    prefix, src, dst = layout(num_prefix)
+    pos = list(range(n))
+    return torch.tensor(pos[prefix] + pos[src] + pos[dst], dtype=torch.long, device=device)
+
+
+def pass_through(tokens: Tokens, num_prefix: int, record: bool = True) -> tuple[Tokens, Decision | None]:
+    """A fixed-mode block that keeps all its ``n`` tokens: what :func:`merge_and_prune` leaves then,
+    the tokens in layout order [prefix, sources, destinations] (every slot kept, sorted by slot),
+    taken by one constant permutation instead of an importance, a TopK and a sort. The order
+    matters: it decides which tokens later blocks pair as sources and destinations."""
+    x = tokens.x
+    b, n = x.shape[0], int(x.shape[1])
+    order = _layout_order(n, num_prefix, x.device)
+    out = Tokens(
+        x.index_select(1, order),
+        None if tokens.size is None else tokens.size.index_select(1, order),
+        None,
+        None if tokens.source is None else tokens.source.index_select(1, order),
+    )
+    if not record:
+        return out, None
+    decision = Decision(
+        kept=order.expand(b, -1),
+        merge_dst=torch.full((b, (n + 1) // 2), -1, dtype=torch.long, device=x.device),
+        n_in=x.new_full((b,), float(n)),
+        n_out=torch.full((b,), n, device=x.device),
+        length=n,
+        source=out.source,
+    )
+    return out, decision

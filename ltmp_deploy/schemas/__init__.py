@@ -24,6 +24,7 @@ FORMATS = (
     "bench-result",
     "accuracy-result",
     "estimate",
+    "cost-model",
     "validation-report",
     "engine-sidecar",
     "checkpoint-metadata",
