@@ -198,3 +198,30 @@ def test_from_checkpoint_times_its_schedule_and_thresholds(tmp_path):
     assert doc["variants"]["ltmp-threshold@learned"]["thresholds"]["merge"] == pytest.approx([0.6, 0.5, 0.4])
     assert doc["variants"]["ltmp-threshold@learned"]["oracle"] == "oracle@threshold"
     assert json.loads(json.dumps(doc)) == doc  # plain JSON all through
+
+
+def test_threshold_mode_meets_an_oracle_at_the_counts_of_each_batch(tmp_path):
+    """A batch of b times the first b images: where their counts differ from all the timed images',
+    the batch gets its own oracle, so "vs oracle" is always at the FLOPs threshold mode reached there."""
+    import torch as _torch
+
+    from ltmp_deploy.bench.variants import build_variants
+    from ltmp_deploy.calibration.calibrate import schedule_from_counts
+    from ltmp_deploy.calibration.evaluate import per_image_counts
+    from ltmp_deploy.ltmp.checkpoint import load_checkpoint
+
+    model = load_checkpoint(tiny_checkpoint(tmp_path))
+    _torch.manual_seed(0)
+    images = _torch.rand(8, 3, 32, 32)
+    images[1:, :, :16] = 0.5  # the first image alone merges least: batch 1 reaches other counts
+    variants = {v.name: v for v in build_variants(model, images, targets=(), threshold_target=0.5, batches=(1, 8))}
+    threshold = variants["ltmp-threshold@0.5"]
+    assert set(threshold.oracles) == {1, 8} and "oracle@threshold" not in variants
+    model.ltmp_set_mode("threshold")
+    for b in (1, 8):
+        oracle = variants[threshold.oracle_at(b)]
+        assert oracle.timed_at(b) and not oracle.timed_at(9 - b) and oracle.batch == b
+        with _torch.no_grad():
+            merges, keeps = per_image_counts([model.forward_ltmp(images[:b]).decisions])
+        assert oracle.schedule == schedule_from_counts(model, merges, keeps, "mean")
+    assert variants[threshold.oracle_at(1)].schedule != variants[threshold.oracle_at(8)].schedule

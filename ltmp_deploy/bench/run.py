@@ -74,7 +74,13 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         started = _now()
         host = machine(threads, _gpu_index(config))
         variants = build_variants(
-            model, images, config.targets, config.threshold_target, config.from_checkpoint, config.merge_threshold
+            model,
+            images,
+            config.targets,
+            config.threshold_target,
+            config.from_checkpoint,
+            config.merge_threshold,
+            config.batches,
         )
         with tempfile.TemporaryDirectory(prefix="ltmp-bench-") as tmp:
             workdir = Path(config.workdir or tmp)
@@ -214,13 +220,15 @@ def _time_all(
             try:
                 for batch in sorted(config.batches):
                     x = np.ascontiguousarray(images[:batch].numpy())
+                    here = [v for v in variants if v.timed_at(batch)]
+                    on = {n: t for n, t in targets.items() if n in {v.name for v in here}}
                     for path in ["", *extra[backend]]:
                         bar.set_description(f"timing {backend}{path} batch {batch}")
-                        calls = torch_paths.calls(path, variants, x) if path else timed_calls(targets, variants, x)
+                        calls = torch_paths.calls(path, here, x) if path else timed_calls(on, here, x)
                         samples = _timed(calls, batch, config, bar, torch_paths, path)
                         records += [
                             _record(backend + path, batch, v, samples, flops[v.name, batch])
-                            for v in variants
+                            for v in here
                             if v.name in samples
                         ]
             finally:
@@ -262,12 +270,12 @@ def _record(
         "variant": v.name,
         "kind": v.kind,
         "label": v.label,
-        "oracle": v.oracle,
+        "oracle": v.oracle_at(batch),
         "flops_ratio": flops[0],
         "flops_ratio_padded": flops[1],
         **latency_stats(samples[v.name], batch),
     }
-    for ref, key in ((UNPATCHED, "vs_unpatched"), (v.oracle, "vs_oracle")):
+    for ref, key in ((UNPATCHED, "vs_unpatched"), (v.oracle_at(batch), "vs_oracle")):
         ratio = paired_samples(samples[v.name], samples[ref]) if ref in samples else (None, None, None)
         rec[key], rec[f"{key}_q1"], rec[f"{key}_q3"] = ratio
     rec["samples_ms"] = samples[v.name]

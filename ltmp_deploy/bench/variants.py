@@ -48,6 +48,15 @@ class Variant:
     flops_ratio: float  # block FLOPs kept per image (threshold mode: mean over the timed images)
     macs_per_image: float  # the whole model, reduction matmuls included
     thresholds: dict[str, list[float]] | None = None  # threshold mode: {"merge": [...], "prune": [...]}
+    batch: int | None = None  # timed at this batch size only (None: at every one)
+    oracles: dict[int, str] | None = None  # threshold mode: the oracle at each batch size, when they differ
+
+    def oracle_at(self, batch: int) -> str | None:
+        """The oracle this variant is compared with at ``batch``."""
+        return self.oracle if self.oracles is None else self.oracles.get(batch, self.oracle)
+
+    def timed_at(self, batch: int) -> bool:
+        return self.batch is None or self.batch == batch
 
     @property
     def name(self) -> str:
@@ -68,6 +77,8 @@ class Variant:
             "flops_ratio": self.flops_ratio,
             "macs_per_image": self.macs_per_image,
             "thresholds": self.thresholds,
+            **({"batch": self.batch} if self.batch is not None else {}),
+            **({"oracles": {str(b): n for b, n in self.oracles.items()}} if self.oracles else {}),
         }
 
 
@@ -92,8 +103,10 @@ def build_variants(
     threshold_target: float | None = 0.5,
     from_checkpoint: bool = False,
     merge_threshold: float = 0.8,
+    batches: Sequence[int] = (),
 ) -> list[Variant]:
-    """Every variant, in timing order. Sets the model's thresholds when they are bisected."""
+    """Every variant, in timing order. Sets the model's thresholds when they are bisected. ``batches``:
+    the batch sizes timed, each on the first images of ``images`` (threshold mode's oracle follows them)."""
     for t in targets:
         if not 0.0 < t <= 1.0:
             raise LTMPError(f"--targets {t}: a fraction of block FLOPs kept must lie in (0, 1]")
@@ -112,14 +125,17 @@ def build_variants(
         label = f"{threshold_target:g}"
     else:
         return variants
-    return [*variants, *_threshold_pair(model, images, label)]
+    return [*variants, *_threshold_pair(model, images, label, batches)]
 
 
-def _threshold_pair(model: LTMPVisionTransformer, images: torch.Tensor, label: str) -> list[Variant]:
+def _threshold_pair(
+    model: LTMPVisionTransformer, images: torch.Tensor, label: str, batches: Sequence[int] = ()
+) -> list[Variant]:
     """Threshold mode with the model's thresholds, and its oracle: the plain ViT at the token counts
     threshold mode reached on ``images`` (the timed ones; per block the mean over the images), so
     "vs oracle" compares at the FLOPs actually reached, not at a target it may have missed (on random
-    images threshold mode may merge nothing)."""
+    images threshold mode may merge nothing). A batch of ``b`` times the first ``b`` images only, so
+    where their counts give another schedule, that batch gets an oracle of its own (``threshold-bB``)."""
     model.ltmp_set_mode("threshold")
     with torch.no_grad():
         decisions = model.forward_ltmp(images).decisions
@@ -127,10 +143,19 @@ def _threshold_pair(model: LTMPVisionTransformer, images: torch.Tensor, label: s
     ratio, total = (float(np.mean([getattr(r, k) for r in reports])) for k in ("ratio", "total"))
     merges, keeps = per_image_counts([decisions])
     reached = schedule_from_counts(model, merges, keeps, "mean")
-    floor = schedule_flops(model, reached, reduce=False)
-    oracle = variant_name(ORACLE, REACHED)
+    per_batch = {b: schedule_from_counts(model, merges[:b], keeps[:b], "mean") for b in sorted(set(batches))}
+    names = None
+    if all(s == reached for s in per_batch.values()):
+        oracles = [_oracle(model, REACHED, reached, None)]
+    else:
+        oracles = [_oracle(model, f"{REACHED}-b{b}", s, b) for b, s in per_batch.items()]
+        names = {o.batch: o.name for o in oracles}
     merge, prune = model.ltmp_thresholds()
-    return [
-        Variant(ORACLE, REACHED, "oracle", reached, None, floor.ratio, floor.total),
-        Variant(THRESHOLD, label, "threshold", None, oracle, ratio, total, {"merge": merge, "prune": prune}),
-    ]
+    thresholds = {"merge": merge, "prune": prune}
+    threshold = Variant(THRESHOLD, label, "threshold", None, oracles[-1].name, ratio, total, thresholds, None, names)
+    return [*oracles, threshold]
+
+
+def _oracle(model: LTMPVisionTransformer, label: str, schedule: Schedule, batch: int | None) -> Variant:
+    floor = schedule_flops(model, schedule, reduce=False)
+    return Variant(ORACLE, label, "oracle", schedule, None, floor.ratio, floor.total, batch=batch)
