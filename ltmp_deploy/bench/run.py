@@ -122,14 +122,12 @@ def _images(model: LTMPVisionTransformer, data: str | None, count: int) -> tuple
     """``count`` images to time and what they are: held-out images of ``data`` (repeated when it holds
     fewer); given no data, those of the folder the checkpoint learned on when it is still here, else
     the sample images (for a digits model the digits test split, else random images, said so)."""
-    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, recorded_folder, sample_batch, takes_digits
+    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, held_out_source, sample_batch, takes_digits
 
-    where = ""
-    if data is None:
-        data, missing = recorded_folder(model)
-        where = " (where the checkpoint learned)" if data is not None else ""
-        if missing:
-            print(f"bench: {missing}", file=sys.stderr)
+    data, recorded, missing = held_out_source(model, data)
+    where = " (where the checkpoint learned)" if recorded else ""
+    if missing:
+        print(f"bench: {missing}", file=sys.stderr)
     if data is None or (data == EMBEDDED and takes_digits(model)):
         pictures, what = sample_images(model_metadata(model), count)
         if what == RANDOM_IMAGES:

@@ -73,6 +73,19 @@ def recorded_folder(model: object) -> tuple[str | None, str | None]:
     return None, f"the checkpoint learned on {folder}, which is not here any more"
 
 
+def held_out_source(model: object, data: str | None) -> tuple[str | None, bool, str | None]:
+    """The data whose held-out images stand for ``model``'s inputs: ``data`` when given, else the
+    folder the checkpoint learned on while it is here, else the digits for a model that takes them.
+    Returns (that data or None, whether it is the recorded folder, a note when the record's folder is
+    gone); export, validation and bench all choose their real images by it."""
+    if data is not None:
+        return data, False, None
+    folder, missing = recorded_folder(model)
+    if folder is not None:
+        return folder, True, None
+    return (EMBEDDED if takes_digits(model) else None), False, missing
+
+
 def takes_digits(model: object) -> bool:
     """Whether ``model`` takes the embedded digits: their size and their 10 classes."""
     from ltmp_deploy.data.digits import IMAGE_SIZE, NUM_CLASSES

@@ -207,18 +207,14 @@ def _held_out(model: LTMPVisionTransformer, data: str | None, count: int) -> tup
     folder the checkpoint learned on while it is here, else of the digits test split for a model that
     takes them. None and the reason when there are no real images: the caller falls back to its
     samples and says so."""
-    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, recorded_folder, sample_batch, takes_digits
+    from ltmp_deploy.data.datasets import EMBEDDED, calibration_split, held_out_source, sample_batch
 
-    recorded, missing = recorded_folder(model) if data is None else (None, None)
-    if data is None and takes_digits(model):
-        data = EMBEDDED
-    if recorded is not None:
-        data = recorded
+    data, recorded, missing = held_out_source(model, data)
     if data is None:
         return None, f"no data given and {missing}" if missing else "no data given"
     held_out = calibration_split(data, model, "evaluation")
     where = "the digits test split" if data == EMBEDDED else f"{data} (held-out images)"
-    if recorded is not None:
+    if recorded:
         where = f"{data} (held-out images, where the checkpoint learned)"
     return torch.from_numpy(sample_batch(held_out, min(count, len(held_out)))), where
 
