@@ -14,9 +14,11 @@ from conftest import one_torch_thread, tiny_vit
 
 from ltmp_deploy.ltmp.flops import schedule_for_flops
 from ltmp_deploy.ltmp.patch import apply_patch
+from ltmp_deploy.ltmp.schedule import Schedule
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "node_count.py"
 NODES_PER_BLOCK = {"fixed": 35, "threshold": 65}  # beyond the oracle's
+MERGE_ONLY_NODES_PER_BLOCK = 28  # fixed mode, k = n - r: no importance, no carried maxima
 
 
 def node_count():
@@ -46,3 +48,22 @@ def test_reduction_nodes_per_block_stay_within_bounds():
         added.subtract(extra[3][mode])
         per_block = sum(added.values())
         assert per_block <= bound, f"{mode}: {per_block} nodes per block beyond the oracle: {dict(+added)}"
+
+
+def merging(depth: int):
+    """A tiny ViT whose fixed schedule merges two tokens in every block and prunes none."""
+    model = apply_patch(tiny_vit(depth=depth))
+    n = model.ltmp_num_tokens
+    model.ltmp_set_mode("fixed", Schedule((2,) * depth, tuple(n - 2 * (i + 1) for i in range(depth))))
+    return model
+
+
+@pytest.mark.slow
+def test_a_block_that_only_merges_adds_fewer_nodes():
+    counts = node_count()
+    with one_torch_thread():
+        extra = {depth: counts.extra_op_types(merging(depth), modes=("fixed",))["fixed"] for depth in (3, 4)}
+    added = extra[4].copy()
+    added.subtract(extra[3])
+    per_block = sum(added.values())
+    assert per_block <= MERGE_ONLY_NODES_PER_BLOCK, f"{per_block} nodes per merging block: {dict(+added)}"

@@ -5,10 +5,20 @@ import math
 
 import pytest
 import torch
+from conftest import MODEL_KINDS, tiny_ltmp
 from timm.layers import Attention
 
 from ltmp_deploy.ltmp.block import proportional_attention
-from ltmp_deploy.ltmp.reduce import Mode, Plan, Tokens, merge_and_prune, prefix_importance, token_importance
+from ltmp_deploy.ltmp.reduce import (
+    Mode,
+    Plan,
+    Tokens,
+    merge_and_prune,
+    merges_only,
+    prefix_importance,
+    token_importance,
+)
+from ltmp_deploy.ltmp.schedule import Schedule
 
 PREFIX = prefix_importance(torch.float32)  # what a prefix token's importance is, above every threshold
 
@@ -123,3 +133,25 @@ def test_a_mode_is_its_name_in_text_json_and_lookups():
         Mode("fast")
     with pytest.raises(ValueError, match="no merging in mode 'oracle'"):
         merge_and_prune(*case(), num_prefix=1, plan=Plan("oracle", k=3))
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_a_block_that_only_merges_keeps_what_the_full_reduction_keeps(kind, monkeypatch):
+    """k = n - r: the survivors taken without the importance are those the k most important give."""
+    import ltmp_deploy.ltmp.block as block
+
+    model = tiny_ltmp("fixed", kind)
+    n = model.ltmp_num_tokens
+    schedule = Schedule((4, 3, 2), (n - 4, n - 7, n - 10))  # only merges, only merges, merges and prunes
+    model.ltmp_set_mode("fixed", schedule)
+    plans = [(Plan("fixed", r=r, k=k), m) for r, (m, k) in zip(schedule.merges, schedule.token_counts(n))]
+    assert [merges_only(plan, m) for plan, m in plans] == [True, True, False]
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = model.forward_ltmp(x, track_source=True)
+        monkeypatch.setattr(block, "merges_only", lambda plan, n: False)
+        full = model.forward_ltmp(x, track_source=True)
+    assert torch.equal(fast.logits, full.logits)
+    assert torch.equal(fast.tokens.source, full.tokens.source)
+    for a, b in zip(fast.decisions, full.decisions):
+        assert torch.equal(a.kept, b.kept) and torch.equal(a.merge_dst, b.merge_dst)

@@ -21,6 +21,7 @@ from ltmp_deploy.ltmp.reduce import (
     attention_received,
     key_row,
     merge_and_prune,
+    merges_only,
     pass_through,
     passes_through,
     slice_tokens,
@@ -96,7 +97,9 @@ class LTMPBlock(Block):
             if passes_through(plan, int(tokens.x.shape[1])):  # nothing to decide: skip the importance
                 tokens, decision = pass_through(tokens, num_prefix, record)
             else:
-                if plan.mode.scheduled:  # no padding, and the reduction keeps the prefix by itself
+                if merges_only(plan, int(tokens.x.shape[1])):  # every token left after merging stays
+                    imp = None
+                elif plan.mode.scheduled:  # no padding, and the reduction keeps the prefix by itself
                     imp = attention_received(probs, keepdim=True)
                 else:
                     imp = token_importance(probs, tokens.valid, num_prefix, keepdim=True)

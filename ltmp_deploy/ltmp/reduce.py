@@ -318,7 +318,7 @@ class Reduction:
 
 
 def merge_and_prune(
-    tokens: Tokens, metric: Tensor, imp: Tensor, num_prefix: int, plan: Plan, record: bool = True
+    tokens: Tokens, metric: Tensor, imp: Tensor | None, num_prefix: int, plan: Plan, record: bool = True
 ) -> tuple[Tokens, Decision | None]:
     """One block's reduction: merge (size-weighted), then prune, then compact the tokens.
 
@@ -334,12 +334,13 @@ def merge_and_prune(
     ``tokens``: sizes and validity as columns (B, N, 1), or None. ``imp``: (B, N) or (B, 1, N);
     threshold and training modes take :func:`prefix_importance` for prefix tokens
     (:func:`token_importance`), fixed mode the plain mean (:func:`attention_received`) and keeps the
-    prefix by itself. With ``record`` False no :class:`Decision` is built (None): nothing reads it
-    when only the logits are wanted, and its bookkeeping is a dozen small kernels per block on a GPU.
+    prefix by itself, and None where the block only merges (:func:`merges_only`). With ``record`` False
+    no :class:`Decision` is built (None): nothing reads it when only the logits are wanted, and its
+    bookkeeping is a dozen small kernels per block on a GPU.
     """
     if not plan.mode.reduces:
         raise ValueError(f"no merging in mode {plan.mode!r}")
-    imp_row = imp[:, None, :] if imp.dim() == 2 else imp
+    imp_row = imp[:, None, :] if imp is not None and imp.dim() == 2 else imp
     rule = (_FixedRule if plan.mode.scheduled else _ThresholdRule)(tokens, metric, imp_row, num_prefix, plan)
     reduction = Reduction(rule.merge, rule.keep())
     out = reduction.apply(tokens)
@@ -525,10 +526,10 @@ class _FixedRule:
         x = tokens.x
         self.b, self.n, self.k = x.shape[0], x.shape[1], plan.k
         self.c = _fixed_layout(int(self.n), num_prefix, x.device, x.dtype)
-        self.imp_row = imp_row  # (B, 1, N)
+        self.imp_row = imp_row  # (B, 1, N); None when the block only merges (:func:`merges_only`)
         self.merge: Merge | None = None
         if plan.r:
-            best, dst_idx = bipartite_match(metric, num_prefix, self.c.src_mask)  # rows (B, 1, N)
+            self.best, dst_idx = best, dst_idx = bipartite_match(metric, num_prefix, self.c.src_mask)  # (B, 1, N)
             # (B, 1, r) the merging sources' positions (distinct) and their destinations, as indices
             # among the destinations
             self.best_c, self.chosen_pos = top_k(best, plan.r)
@@ -539,6 +540,8 @@ class _FixedRule:
     def keep(self) -> Keep:
         """The ``k`` most important live tokens, in layout order."""
         c, imp_row = self.c, self.imp_row
+        if imp_row is None:
+            return Keep(self._unmerged())
         if self.merge is None:
             imp_col = torch.maximum(imp_row.transpose(1, 2), c.no_merge)
         else:
@@ -551,6 +554,16 @@ class _FixedRule:
             imp_col = torch.maximum(dropped.transpose(1, 2), incoming)
         top = top_k(imp_col, self.k, dim=1)[1]  # (B, k, 1) the k most important live tokens...
         return Keep(top.gather(1, smallest_unique(c.slot[top], self.k, dim=1)))  # ...in layout order
+
+    def _unmerged(self) -> Tensor:
+        """(B, k, 1) every position that no chosen source left, in layout order: a block that only merges
+        (``k = n - r``) keeps every live token, which is what the ``k`` most important give there, so it
+        needs neither the importance nor the carried maxima. The chosen sources are marked by scattering a
+        value above every similarity (which is at most 1; -inf off the sources) onto the matching's row, and
+        sort after every other position's slot."""
+        chosen = self.best.scatter(2, self.chosen_pos, self.best_c + 4.0) > 2.0  # (B, 1, N)
+        key = torch.where(chosen, self.c.slot + self.n, self.c.slot)
+        return smallest_unique(key, self.k, dim=2).transpose(1, 2)
 
     def decision(self, keep: Keep, out: Tokens) -> Decision:
         """What the block did, in its input positions."""
@@ -591,6 +604,12 @@ def slice_tokens(tokens: Tokens, k: int) -> Tokens:
         valid=None if tokens.valid is None else tokens.valid[:, :k],
         source=None if tokens.source is None else tokens.source[:, :k],
     )
+
+
+def merges_only(plan: Plan, n: int) -> bool:
+    """Whether a fixed-mode block merges but prunes nothing (``r > 0``, ``k = n - r``): every token left
+    after merging stays, so the block needs no importance (:func:`merge_and_prune` takes None for it)."""
+    return plan.mode is Mode.FIXED and plan.r > 0 and plan.k == n - plan.r
 
 
 def passes_through(plan: Plan, n: int) -> bool:
