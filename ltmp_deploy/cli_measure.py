@@ -121,8 +121,8 @@ def run_cost(args: argparse.Namespace) -> int:
     for entry in doc["batches"]:
         print(
             f"batch {entry['batch']}: a block at {entry['tokens'][-1]} tokens {entry['block_ms'][-1]:.3f} ms, "
-            f"reducing adds {entry['fixed_extra_ms'][-1]:.3f} ms (fixed), {entry['threshold_extra_ms'][-1]:.3f} ms "
-            "(threshold)"
+            f"reducing adds {entry['fixed_extra_ms'][-1]:.3f} ms (fixed), {entry['merge_extra_ms'][-1]:.3f} ms "
+            f"(fixed, merging only), {entry['threshold_extra_ms'][-1]:.3f} ms (threshold)"
         )
     print(f"wrote {args.output}")
     return 0

@@ -9,17 +9,18 @@ from conftest import one_torch_thread, tiny_ltmp
 from torch.utils.data import TensorDataset
 
 from ltmp_deploy.calibration.calibrate import calibrate, schedule_from_counts
-from ltmp_deploy.calibration.latency import latency_schedule
+from ltmp_deploy.calibration.latency import latency_schedule, merge_shares
 from ltmp_deploy.cli import main
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.ltmp.checkpoint import save_checkpoint
-from ltmp_deploy.ltmp.flops import schedule_flops
+from ltmp_deploy.ltmp.flops import model_dims, schedule_flops
 from ltmp_deploy.ltmp.schedule import Schedule
 from ltmp_deploy.runtime.cost_model import SCHEMA, CostModel, check_cost_model, read_cost_model
 
 
-def synthetic_cost(num_tokens=17, dim=48, extra=0.5, batches=(1,)):
-    """Blocks linear in their tokens; every reducing block adds ``extra`` ms."""
+def synthetic_cost(num_tokens=17, dim=48, extra=0.5, batches=(1,), merge_extra=None):
+    """Blocks linear in their tokens; every reducing block adds ``extra`` ms (one that only merges
+    ``merge_extra``, when given: files measured before it was timed lack it)."""
     tokens = list(range(2, num_tokens + 1))
     return {
         "schema": SCHEMA,
@@ -37,6 +38,7 @@ def synthetic_cost(num_tokens=17, dim=48, extra=0.5, batches=(1,)):
                 "reduce_tokens": [2, num_tokens],
                 "fixed_extra_ms": [extra, extra],
                 "threshold_extra_ms": [2 * extra, 2 * extra],
+                **({} if merge_extra is None else {"merge_extra_ms": [merge_extra, merge_extra]}),
             }
             for b in batches
         ],
@@ -62,8 +64,9 @@ def test_a_measured_cost_model_is_written_and_read_back(measured, tmp_path):
     path.write_text(json.dumps(measured))
     cost = read_cost_model(path)
     assert cost.batches == [1, 2]
-    assert cost.block_ms(1, 17, 17, reduces=False) >= 0.0
-    assert cost.schedule_ms(2, 17, (0, 0, 0), (17, 17, 17)) == pytest.approx(3 * cost.block_ms(2, 17, 17, False))
+    assert cost.block_ms(1, 17, 17, None) >= 0.0
+    assert all(len(e["merge_extra_ms"]) == len(e["reduce_tokens"]) for e in measured["batches"])
+    assert cost.schedule_ms(2, 17, (0, 0, 0), (17, 17, 17)) == pytest.approx(3 * cost.block_ms(2, 17, 17, None))
 
 
 @pytest.mark.parametrize(
@@ -110,6 +113,30 @@ def test_the_search_meets_the_flops_and_reduces_in_fewer_blocks_when_reducing_is
 
     assert reducing(dear.schedule) < reducing(counted) <= 3
     assert dear.predicted_ms < CostModel(synthetic_cost(extra=5.0)).schedule_ms(1, 17, counted.merges, counted.keeps)
+
+
+def test_each_block_splits_what_it_removes_as_the_thresholds_did_there_and_merging_alone_is_cheaper():
+    model = tiny_ltmp()  # 17 tokens, 3 blocks, one prefix token
+    keeps = np.array([[13, 10, 7], [12, 9, 6], [14, 11, 8]])
+    merges = np.array([[4, 1, 3], [5, 1, 3], [3, 1, 3]])  # blocks 0 and 2 only merge, block 1 mostly prunes
+    dims = model_dims(model)
+    assert merge_shares(dims, merges, keeps) == pytest.approx([1.0, 1 / 3, 1.0])
+    target = schedule_flops(model, schedule_from_counts(model, merges, keeps, "mean")).ratio
+    both = CostModel(synthetic_cost(extra=1.0, merge_extra=1.0))
+    choice = latency_schedule(model, merges, keeps, both, 1, target, 0.0)
+    n = 17
+    for i, (r, k) in enumerate(zip(choice.schedule.merges, choice.schedule.keeps)):
+        if i != 1 and k < n:
+            assert r == n - k, f"block {i} should only merge: {choice.schedule}"
+        n = k
+    assert CostModel(synthetic_cost(extra=1.0)).schedule_ms(1, 17, (4,), (13,)) == pytest.approx(
+        both.schedule_ms(1, 17, (4,), (13,))
+    )
+    cheap = CostModel(synthetic_cost(extra=1.0, merge_extra=0.1))
+    assert cheap.schedule_ms(1, 17, (4,), (13,)) == pytest.approx(both.schedule_ms(1, 17, (4,), (13,)) - 0.9)
+    assert cheap.schedule_ms(1, 17, (4,), (12,)) == pytest.approx(both.schedule_ms(1, 17, (4,), (12,)))
+    faster = latency_schedule(model, merges, keeps, cheap, 1, target, 0.0)
+    assert faster.predicted_ms <= choice.predicted_ms - 0.9 + 1e-9
 
 
 def test_the_search_refuses_a_cost_model_of_another_model():

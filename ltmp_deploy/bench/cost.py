@@ -12,6 +12,8 @@ through the runtime's one runner contract (:func:`ltmp_deploy.runtime.backends.o
   attention over the tokens entering and its MLP over the tokens leaving;
 - ``fixed``: a fixed-mode block merging ``n // 4`` and pruning ``n // 8`` more: its extra over the
   passing block, after the MLP saved on the tokens it removed is given back;
+- ``merge``: a fixed-mode block merging ``n // 4`` and pruning none, which needs no importance
+  (:func:`ltmp_deploy.ltmp.reduce.merges_only`): its extra, likewise;
 - ``threshold``: a threshold-mode block whose thresholds remove nothing: the extra of its decision.
 
 Every probe takes the features (B, n, C) alone, the sizes computed inside from them (one patch and
@@ -50,7 +52,7 @@ from ltmp_deploy.ltmp.reduce import Mode, Plan, Tokens
 from ltmp_deploy.runtime.backends import close, infer, open_runner
 from ltmp_deploy.runtime.cost_model import SCHEMA, check_cost_model
 
-KINDS = ("block", "mlp", "fixed", "threshold")
+KINDS = ("block", "mlp", "fixed", "merge", "threshold")
 
 
 class _Probe(nn.Module):
@@ -61,9 +63,9 @@ class _Probe(nn.Module):
         self.block, self.kind, self.num_prefix = block, kind, num_prefix
         if kind == "threshold":  # cosine similarity never exceeds 2, importance never falls below -1
             self.plan = Plan(Mode.THRESHOLD, 0, 0, torch.tensor([2.0]), torch.tensor([-1.0]), length=length)
-        elif kind == "fixed":
+        elif kind in ("fixed", "merge"):
             r = n // 4
-            self.plan = Plan(Mode.FIXED, r, n - r - n // 8)
+            self.plan = Plan(Mode.FIXED, r, n - r - (n // 8 if kind == "fixed" else 0))
         else:
             self.plan = Plan(Mode.FIXED, 0, n)
 
@@ -125,7 +127,7 @@ def measure_cost_model(
     dims = model_dims(model)
     smallest = dims.num_prefix + 4
     grid = {"block": token_grid(dims.num_tokens, step, smallest), "mlp": token_grid(dims.num_tokens, step, smallest)}
-    grid["fixed"] = grid["threshold"] = token_grid(dims.num_tokens, reduce_step, smallest + 4)
+    grid["fixed"] = grid["merge"] = grid["threshold"] = token_grid(dims.num_tokens, reduce_step, smallest + 4)
     block = copy.deepcopy(model.blocks[len(model.blocks) // 2]).float().eval()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,10 +208,10 @@ def _time_batch(
         keys = sorted(table)
         return float(np.interp(n, keys, [table[k] for k in keys]))
 
-    fixed_extra = []
-    for n in grid["fixed"]:
-        k = n - n // 4 - n // 8
-        fixed_extra.append(net[("fixed", n)] - at(block, n) + at(mlp, n) - at(mlp, k))
+    def extra(kind: str, n: int) -> float:  # the probe less the passing block, the MLP it saved given back
+        k = n - n // 4 - (n // 8 if kind == "fixed" else 0)
+        return net[(kind, n)] - at(block, n) + at(mlp, n) - at(mlp, k)
+
     return {
         "batch": batch,
         "call_ms": call,
@@ -217,6 +219,7 @@ def _time_batch(
         "block_ms": [block[n] for n in grid["block"]],
         "mlp_ms": [mlp[n] for n in grid["mlp"]],
         "reduce_tokens": grid["fixed"],
-        "fixed_extra_ms": fixed_extra,
+        "fixed_extra_ms": [extra("fixed", n) for n in grid["fixed"]],
+        "merge_extra_ms": [extra("merge", n) for n in grid["merge"]],
         "threshold_extra_ms": [net[("threshold", n)] - at(block, n) for n in grid["threshold"]],
     }

@@ -1,15 +1,17 @@
-"""Latency-aware fixed schedules: the token counts a measured cost model (:mod:`ltmp_deploy.runtime.cost_model`)
-predicts to run fastest, within the FLOPs of the FLOPs-calibrated schedule and the counts the learned
-thresholds reach on real images.
+"""Latency-aware fixed schedules: the token counts a measured cost model
+(:mod:`ltmp_deploy.runtime.cost_model`) predicts to run fastest, within the FLOPs of the FLOPs-calibrated
+schedule and the counts the learned thresholds reach on real images.
 
 Every block that merges or prunes pays a reduction (similarity, TopK, gathers) on top of its attention
 and MLP, and on a small model or at batch 1 that extra is a large part of the block; a block that keeps
-all its tokens pays nothing of it (:func:`ltmp_deploy.ltmp.reduce.pass_through`). So the same FLOPs run
-faster removed in fewer, larger steps. The search is a dynamic programme over blocks and token counts:
-it minimises predicted milliseconds plus ``lam`` times block MACs, ``lam`` bisected so that the schedule
-keeps as many FLOPs as allowed and no more. Each block may keep no fewer tokens than the ``floor``
-quantile of what threshold mode keeps there per image: the thresholds' own statistics bound how far the
-schedule may run ahead of them.
+all its tokens pays nothing of it (:func:`ltmp_deploy.ltmp.reduce.pass_through`), and one that only
+merges pays less than one that also prunes (:func:`ltmp_deploy.ltmp.reduce.merges_only`). So the same
+FLOPs run faster removed in fewer, larger steps. Each block splits what it removes between merging and
+pruning as the learned thresholds did in that block (:func:`merge_shares`). The search is a dynamic
+programme over blocks and token counts: it minimises predicted milliseconds plus ``lam`` times block
+MACs, ``lam`` bisected so that the schedule keeps as many FLOPs as allowed and no more. Each block may
+keep no fewer tokens than the ``floor`` quantile of what threshold mode keeps there per image: the
+thresholds' own statistics bound how far the schedule may run ahead of them.
 """
 
 from __future__ import annotations
@@ -36,19 +38,34 @@ class LatencyChoice:
     flops_ratio: float
 
 
-def _dp(dims: Dims, tables: tuple[np.ndarray, ...], floors: Sequence[int], lam: float) -> tuple[list[int], float]:
-    """Kept counts per block minimising predicted ms + ``lam`` * block MACs / unpatched block MACs."""
-    attention, mlp, extra = tables
+def _mergeable(dims: Dims, n: np.ndarray | int) -> np.ndarray | int:
+    """Sources a block of ``n`` tokens can merge (the prefix's own sources left out)."""
+    return (n + 1) // 2 - (dims.num_prefix + 1) // 2
+
+
+def _merge_count(dims: Dims, share: float, n: np.ndarray | int, k: np.ndarray | int) -> np.ndarray | int:
+    """How many of the ``n - k`` tokens a block removes merge, at ``share`` (the rest are pruned)."""
+    return np.minimum(np.minimum(np.round(share * (n - k)).astype(int), _mergeable(dims, n)), n - k)
+
+
+def _dp(
+    dims: Dims, tables: tuple[np.ndarray, ...], floors: Sequence[int], shares: Sequence[float], lam: float
+) -> tuple[list[int], float]:
+    """Kept counts per block minimising predicted ms + ``lam`` * block MACs / unpatched block MACs; block
+    ``i`` merges ``shares[i]`` of what it removes, and pays the cheaper extra where that is all of it."""
+    attention, mlp, extra, merge_extra = tables
     n_all = dims.num_tokens
     n = np.arange(n_all + 1)
     full = dims.depth * block_macs(dims, n_all, n_all)
     macs = block_macs(dims, n[:, None], n[None, :]) / full  # [n_in, k]
-    ms = attention[:, None] + mlp[None, :] + np.where(n[None, :] < n[:, None], extra[:, None], 0.0)
-    step = ms + lam * macs
+    removed = np.maximum(n[:, None] - n[None, :], 0)
     value = np.full(n_all + 1, np.inf)
     value[n_all] = 0.0
     back = []
-    for floor in floors:
+    for floor, share in zip(floors, shares):
+        only_merges = _merge_count(dims, share, n[:, None], n[None, :]) == removed
+        paid = np.where(removed > 0, np.where(only_merges, merge_extra[:, None], extra[:, None]), 0.0)
+        step = attention[:, None] + mlp[None, :] + paid + lam * macs
         allowed = (n[None, :] <= n[:, None]) & (n[None, :] >= floor)
         total = np.where(allowed, value[:, None] + step, np.inf)
         back.append(total.argmin(axis=0))  # best n_in for every k
@@ -61,17 +78,26 @@ def _dp(dims: Dims, tables: tuple[np.ndarray, ...], floors: Sequence[int], lam: 
     return keeps[::-1], float(value.min())
 
 
-def _schedule(dims: Dims, keeps: Sequence[int], merge_share: float) -> Schedule:
-    """Merges and prunes for the kept counts: each step merges ``merge_share`` of what it removes (as the
-    learned thresholds did overall), as far as the block can merge, and prunes the rest."""
+def _schedule(dims: Dims, keeps: Sequence[int], shares: Sequence[float]) -> Schedule:
+    """Merges and prunes for the kept counts: block ``i`` merges ``shares[i]`` of what it removes (as the
+    learned thresholds did there), as far as it can merge, and prunes the rest."""
     merges, n = [], dims.num_tokens
-    for k in keeps:
-        mergeable = (n + 1) // 2 - (dims.num_prefix + 1) // 2
-        merges.append(min(int(round(merge_share * (n - k))), mergeable, n - k))
+    for k, share in zip(keeps, shares):
+        merges.append(int(_merge_count(dims, share, n, k)))
         n = k
     schedule = Schedule(tuple(merges), tuple(int(k) for k in keeps))
     schedule.validate(dims.depth, dims.num_tokens, dims.num_prefix)
     return schedule
+
+
+def merge_shares(dims: Dims, merges: np.ndarray, keeps: np.ndarray) -> list[float]:
+    """Per block, the share of the tokens the learned thresholds removed there that merged (images x
+    blocks of counts); a block where they removed nothing takes the share over all blocks."""
+    entering = np.concatenate([np.full((len(keeps), 1), dims.num_tokens), keeps[:, :-1]], 1)
+    removed = (entering - keeps).sum(axis=0)
+    merged = merges.sum(axis=0)
+    overall = float(np.clip(merged.sum() / max(removed.sum(), 1), 0.0, 1.0))
+    return [float(np.clip(m / r, 0.0, 1.0)) if r > 0 else overall for m, r in zip(merged, removed)]
 
 
 def check_cost_fits(model: object, cost: CostModel) -> None:
@@ -96,19 +122,18 @@ def latency_schedule(
 ) -> LatencyChoice:
     """The schedule of least predicted latency at ``batch`` keeping at most ``flops_target`` of the block
     FLOPs, no block below the ``floor`` quantile of threshold mode's per-image kept counts (``keeps``,
-    images x blocks; ``merges`` alike, for the share of removed tokens that merge)."""
+    images x blocks; ``merges`` alike, for each block's share of removed tokens that merge)."""
     dims = model_dims(model)
     if keeps.ndim != 2 or keeps.shape[1] != dims.depth:
         raise LTMPError(f"per-image counts for {keeps.shape[-1]} blocks, the model has {dims.depth}")
     check_cost_fits(model, cost)
     floors = [max(dims.num_prefix, int(np.floor(np.quantile(keeps[:, i], floor)))) for i in range(dims.depth)]
-    removed = np.concatenate([np.full((len(keeps), 1), dims.num_tokens), keeps[:, :-1]], 1) - keeps
-    merge_share = float(np.clip(merges.sum() / max(removed.sum(), 1), 0.0, 1.0))
+    shares = merge_shares(dims, merges, keeps)
     tables = cost.tables(batch, dims.num_tokens)
 
     def solve(lam: float) -> tuple[Schedule, float]:
-        kept, _ = _dp(dims, tables, floors, lam)
-        schedule = _schedule(dims, kept, merge_share)
+        kept, _ = _dp(dims, tables, floors, shares, lam)
+        schedule = _schedule(dims, kept, shares)
         return schedule, schedule_flops(model, schedule).ratio
 
     best = _bisect(solve, flops_target)
@@ -118,14 +143,14 @@ def latency_schedule(
             f"q{floor:g} of threshold mode's kept counts: lower the floor or raise the target"
         )
     schedule = _fill(
-        model, best[0], merge_share, flops_target, lambda s: cost.schedule_ms(batch, dims.num_tokens, *_pair(s))
+        model, best[0], shares, flops_target, lambda s: cost.schedule_ms(batch, dims.num_tokens, *_pair(s))
     )
     ratio = schedule_flops(model, schedule).ratio
     return LatencyChoice(schedule, floor, cost.schedule_ms(batch, dims.num_tokens, *_pair(schedule)), ratio)
 
 
 def _fill(
-    model: object, schedule: Schedule, merge_share: float, target: float, ms: Callable[[Schedule], float]
+    model: object, schedule: Schedule, shares: Sequence[float], target: float, ms: Callable[[Schedule], float]
 ) -> Schedule:
     """Give back the FLOPs the programme left under ``target``, a token at a time where it costs the
     least predicted time: each step raises one reducing block's output count and the blocks that pass
@@ -143,14 +168,14 @@ def _fill(
             while end + 1 < dims.depth and keeps[end + 1] == keeps[start]:
                 end += 1
             raised = keeps[:start] + [keeps[start] + 1] * (end - start + 1) + keeps[end + 1 :]
-            candidate = _schedule(dims, raised, merge_share)
+            candidate = _schedule(dims, raised, shares)
             if schedule_flops(model, candidate).ratio > target:
                 continue
             cost = ms(candidate)
             if best is None or cost < best[0]:
                 best = (cost, candidate)
         if best is None:
-            return _schedule(dims, keeps, merge_share)
+            return _schedule(dims, keeps, shares)
         keeps = list(best[1].keeps)
 
 
