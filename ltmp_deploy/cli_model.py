@@ -318,6 +318,11 @@ def add_demo(add: Callable[..., argparse.ArgumentParser]) -> None:
         help="a smoke run of every step: one learning epoch on 128 train images, 3 timed rounds",
     )
     p.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="calibrate for FLOPs alone, without timing this CPU's cost model for a latency-aware schedule",
+    )
+    p.add_argument(
         "--threads",
         type=positive_int,
         default=DEMO_THREADS,
@@ -332,6 +337,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     ensure_writable_folder(args.workdir, "--workdir")
     chosen = {"target": args.target, "epochs": args.epochs, "rounds": args.rounds, "threads": args.threads}
+    chosen["flops_only"] = args.flops_only
     if args.quick:
         chosen.update(epochs=1, rounds=3, train_images=128)
     run_demo(args.workdir, **chosen)

@@ -29,12 +29,16 @@ def run_demo(
     rounds: int = DEMO_ROUNDS,
     threads: int | None = DEMO_THREADS,
     train_images: int | None = None,
+    flops_only: bool = False,
 ) -> DemoReport:
     """The whole job on the embedded default. ``threads``: CPU threads for the latency step (None: every
-    usable core); ``train_images``: learn on only that many train images (a smoke run)."""
+    usable core); ``train_images``: learn on only that many train images (a smoke run); ``flops_only``:
+    calibrate for FLOPs alone, without this CPU's cost model."""
     from ltmp_deploy.trial import run_trial
 
-    recipe = TrialRecipe(target=target, epochs=epochs, rounds=rounds, threads=threads, train_images=train_images)
+    recipe = TrialRecipe(
+        target=target, epochs=epochs, rounds=rounds, threads=threads, train_images=train_images, flops_only=flops_only
+    )
     recipe.check()  # before the base model is trained or loaded
     return run_trial(demo_inputs(), workdir, recipe, command="ltmp-deploy demo")
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
     from ltmp_deploy.ltmp.schedule import Schedule
+    from ltmp_deploy.runtime.cost_model import CostModel
 
 STEPS = 7
 # The paper trains one epoch on ImageNet (10k steps); the digits train split is 9 steps an
@@ -73,6 +74,14 @@ class TrialRecipe:
     train_images: int | None = field(
         default=None,
         metadata=option("--limit", type=positive_int, metavar="N", help="learn on N train images drawn at random"),
+    )
+    flops_only: bool = field(
+        default=False,
+        metadata=option(
+            "--flops-only",
+            action="store_true",
+            help="calibrate for FLOPs alone, without timing this CPU's cost model for a latency-aware schedule",
+        ),
     )
     # Where learning, calibration and the accuracy run (None: auto). Export, the parity check and the
     # latency step stay where they were: the ONNX graphs are timed on ONNX Runtime's CPU provider.
@@ -127,6 +136,7 @@ class TrialReport:
     validation: dict[str, Any] = field(default_factory=dict)
     trt: dict[str, dict[str, bool]] = field(default_factory=dict)
     latency: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # batch -> variant -> p50, ratio
+    calibration: dict[str, Any] = field(default_factory=dict)  # the schedule, and the one it replaced
     headline: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +147,7 @@ class TrialReport:
             "validation": self.validation,
             "trt": self.trt,
             "latency_ms": self.latency,
+            "calibration": self.calibration,
         }
 
 
@@ -234,19 +245,60 @@ def _train_images(train: Dataset, count: int | None) -> Dataset:
 
 
 def _calibrate(inputs: TrialInputs, report: TrialReport, recipe: TrialRecipe) -> Schedule:
-    """Step 3: the fixed schedule from threshold mode's counts on the calibration images; leaves the
-    model in fixed mode and returns the schedule."""
+    """Step 3: the fixed schedule from threshold mode's counts on the calibration images, chosen for this
+    CPU's latency at batch 1 where its measured cost model finds a faster one as accurate on them
+    (``--flops-only``: for FLOPs alone); leaves the model in fixed mode and returns the schedule."""
     from ltmp_deploy.calibration.calibrate import calibrate, parse_statistic
     from ltmp_deploy.ltmp.checkpoint import save_checkpoint
 
-    _say(3, f"calibrate a fixed schedule from threshold mode's counts on {len(inputs.calibration)} calibration images")
+    aim = "FLOPs" if recipe.flops_only else "this CPU's latency"
+    _say(3, f"calibrate a fixed schedule for {aim} from threshold mode's counts on {len(inputs.calibration)} images")
     model = inputs.model
     statistic = parse_statistic(recipe.statistic)
-    cal = calibrate(model, inputs.calibration, statistic=statistic, progress=True, device=recipe.device)
+    cost = None if recipe.flops_only else _cost_model(model, report, recipe)
+    cal = calibrate(model, inputs.calibration, statistic=statistic, progress=True, device=recipe.device, cost=cost)
     print(cal.summary())
+    latency = getattr(cal, "latency", None)
+    report.calibration = {
+        "schedule": cal.schedule.pairs(),
+        "statistic": cal.statistic,
+        "flops_ratio": cal.fixed_flops,
+        "chosen_for": "latency" if latency is not None and latency.choice is not None else "flops",
+    }
+    if latency is not None:
+        report.calibration.update(
+            flops_schedule=latency.flops_schedule.pairs(),
+            predicted_ms={"flops_schedule": latency.flops_ms, "schedule": cost.schedule_ms(1, *_counts(model))},
+        )
     save_checkpoint(model, report.workdir / "fixed.safetensors")
     report.files["fixed"] = str(report.workdir / "fixed.safetensors")
     return model.ltmp.schedule
+
+
+def _counts(model: LTMPVisionTransformer) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    schedule = model.ltmp.schedule
+    return model.ltmp_num_tokens, schedule.merges, schedule.keeps
+
+
+def _cost_model(model: LTMPVisionTransformer, report: TrialReport, recipe: TrialRecipe) -> CostModel | None:
+    """What a block costs on this CPU (ONNX Runtime at batch 1, the latency step's threads), as cost.json;
+    None, with the reason said, where it cannot be measured."""
+    from ltmp_deploy.bench.cost import measure_cost_model
+    from ltmp_deploy.bench.machine import usable_cores
+    from ltmp_deploy.runtime.cost_model import CostModel
+
+    threads = recipe.threads or usable_cores()
+    try:
+        doc = measure_cost_model(
+            model, batches=(1,), threads=threads, step=8, reduce_step=16, rounds=min(recipe.rounds, 8), repeats=2
+        )
+    except LTMPError as err:
+        print(f"no cost model, so the schedule is chosen for FLOPs alone: {err}")
+        return None
+    path = report.workdir / "cost.json"
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    report.files["cost"] = str(path)
+    return CostModel(doc)
 
 
 def _accuracy(inputs: TrialInputs, report: TrialReport, device: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from conftest import one_torch_thread
 from PIL import Image
 
 from ltmp_deploy.cli import main
+from ltmp_deploy.ltmp.checkpoint import load_checkpoint
 from ltmp_deploy.report.accuracy import read_accuracy, sampling_error
+from ltmp_deploy.runtime.cost_model import read_cost_model
 
 TINY3 = {
     "timm_class": "timm.models.vision_transformer.VisionTransformer",
@@ -201,3 +203,10 @@ def test_a_trial_on_a_tiny_model_and_folder_runs_end_to_end(tmp_path, model_json
     assert bench["config"]["data"] == str(folder)  # timed on the folder's images, not random ones
     for name in ("patched", "learned", "fixed"):
         assert (workdir / f"{name}.safetensors").is_file()
+    # calibrated with this CPU's cost model: the file, and the schedule beside the one counted for FLOPs
+    assert read_cost_model(workdir / "cost.json").batches == [1]
+    assert report["files"]["cost"] == str(workdir / "cost.json")
+    cal = report["calibration"]
+    assert cal["chosen_for"] in ("latency", "flops") and len(cal["flops_schedule"]) == 3
+    assert cal["schedule"] == load_checkpoint(workdir / "fixed.safetensors").ltmp.schedule.pairs()
+    assert cal["predicted_ms"]["schedule"] <= cal["predicted_ms"]["flops_schedule"] + 1e-9

@@ -129,20 +129,12 @@ def measure_cost_model(
     grid = {"block": token_grid(dims.num_tokens, step, smallest), "mlp": token_grid(dims.num_tokens, step, smallest)}
     grid["fixed"] = grid["merge"] = grid["threshold"] = token_grid(dims.num_tokens, reduce_step, smallest + 4)
     block = copy.deepcopy(model.blocks[len(model.blocks) // 2]).float().eval()
+    torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        targets = {("empty", 0): _open(block, "empty", 4, dims, backend, threads, Path(tmp))}
-        for kind in KINDS:
-            for n in grid[kind]:
-                targets[(kind, n)] = _open(block, kind, n, dims, backend, threads, Path(tmp))
-        if progress:
-            print(f"cost model: {len(targets)} graphs on {backend}, batches {list(batches)}, {threads} thread(s)")
-        try:
-            clock = clock_for(threads)
-            per_batch = [_time_batch(targets, b, dims.dim, rounds, repeats, grid, clock) for b in batches]
-        finally:
-            for t in targets.values():
-                close(t)
+    try:
+        per_batch = _time_probes(block, dims, grid, backend, batches, threads, rounds, repeats, progress)
+    finally:
+        torch.set_num_threads(torch_threads)  # the caller's, for whatever it runs next
     doc = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -164,6 +156,33 @@ def measure_cost_model(
         "batches": per_batch,
     }
     return check_cost_model(doc, "the measured cost model")
+
+
+def _time_probes(
+    block: nn.Module,
+    dims: Any,
+    grid: dict[str, list[int]],
+    backend: str,
+    batches: Sequence[int],
+    threads: int,
+    rounds: int,
+    repeats: int,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Every probe of ``grid`` exported and opened on ``backend``, then timed at every batch size."""
+    with tempfile.TemporaryDirectory() as tmp:
+        targets = {("empty", 0): _open(block, "empty", 4, dims, backend, threads, Path(tmp))}
+        for kind in KINDS:
+            for n in grid[kind]:
+                targets[(kind, n)] = _open(block, kind, n, dims, backend, threads, Path(tmp))
+        if progress:
+            print(f"cost model: {len(targets)} graphs on {backend}, batches {list(batches)}, {threads} thread(s)")
+        try:
+            clock = clock_for(threads)
+            return [_time_batch(targets, b, dims.dim, rounds, repeats, grid, clock) for b in batches]
+        finally:
+            for t in targets.values():
+                close(t)
 
 
 def _open(block: nn.Module, kind: str, n: int, dims: Any, backend: str, threads: int, folder: Path) -> Any:
