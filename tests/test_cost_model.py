@@ -178,19 +178,3 @@ def test_calibrate_cli_refuses_a_bad_cost_file_before_reading_images(tmp_path, c
 
 def test_check_cost_model_accepts_the_synthetic_document():
     assert check_cost_model(synthetic_cost(batches=(1, 8)), "x")["batches"][1]["batch"] == 8
-
-
-def test_a_block_that_keeps_every_token_passes_them_through_as_the_full_reduction_would(monkeypatch):
-    import ltmp_deploy.ltmp.block as block
-
-    model = tiny_ltmp("fixed")
-    model.ltmp_set_mode("fixed", Schedule((0, 3, 0), (17, 12, 12)))
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        passed = model.forward_ltmp(x, track_source=True)
-        monkeypatch.setattr(block, "passes_through", lambda plan, n: False)
-        reduced = model.forward_ltmp(x, track_source=True)
-    assert torch.equal(passed.logits, reduced.logits)
-    assert torch.equal(passed.tokens.source, reduced.tokens.source)
-    for a, b in zip(passed.decisions, reduced.decisions):
-        assert torch.equal(a.kept, b.kept) and torch.equal(a.merge_dst, b.merge_dst)

@@ -135,23 +135,35 @@ def test_a_mode_is_its_name_in_text_json_and_lookups():
         merge_and_prune(*case(), num_prefix=1, plan=Plan("oracle", k=3))
 
 
+def assert_the_shortcut_changes_nothing(model, shortcut: str, monkeypatch) -> None:
+    """Logits, source maps and decisions the same with the blocks' ``shortcut`` (a predicate of
+    ``ltmp.block``) taken and with it closed, every block then taking the whole reduction."""
+    import ltmp_deploy.ltmp.block as block
+
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast = model.forward_ltmp(x, track_source=True)
+        monkeypatch.setattr(block, shortcut, lambda plan, n: False)
+        full = model.forward_ltmp(x, track_source=True)
+    assert torch.equal(fast.logits, full.logits)
+    assert torch.equal(fast.tokens.source, full.tokens.source)
+    for a, b in zip(fast.decisions, full.decisions):
+        assert torch.equal(a.kept, b.kept) and torch.equal(a.merge_dst, b.merge_dst)
+
+
+def test_a_block_that_keeps_every_token_passes_them_through_as_the_full_reduction_would(monkeypatch):
+    model = tiny_ltmp("fixed")
+    model.ltmp_set_mode("fixed", Schedule((0, 3, 0), (17, 12, 12)))
+    assert_the_shortcut_changes_nothing(model, "passes_through", monkeypatch)
+
+
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_a_block_that_only_merges_keeps_what_the_full_reduction_keeps(kind, monkeypatch):
     """k = n - r: the survivors taken without the importance are those the k most important give."""
-    import ltmp_deploy.ltmp.block as block
-
     model = tiny_ltmp("fixed", kind)
     n = model.ltmp_num_tokens
     schedule = Schedule((4, 3, 2), (n - 4, n - 7, n - 10))  # only merges, only merges, merges and prunes
     model.ltmp_set_mode("fixed", schedule)
     plans = [(Plan("fixed", r=r, k=k), m) for r, (m, k) in zip(schedule.merges, schedule.token_counts(n))]
     assert [merges_only(plan, m) for plan, m in plans] == [True, True, False]
-    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        fast = model.forward_ltmp(x, track_source=True)
-        monkeypatch.setattr(block, "merges_only", lambda plan, n: False)
-        full = model.forward_ltmp(x, track_source=True)
-    assert torch.equal(fast.logits, full.logits)
-    assert torch.equal(fast.tokens.source, full.tokens.source)
-    for a, b in zip(fast.decisions, full.decisions):
-        assert torch.equal(a.kept, b.kept) and torch.equal(a.merge_dst, b.merge_dst)
+    assert_the_shortcut_changes_nothing(model, "merges_only", monkeypatch)
