@@ -529,7 +529,8 @@ class _FixedRule:
         self.imp_row = imp_row  # (B, 1, N); None when the block only merges (:func:`merges_only`)
         self.merge: Merge | None = None
         if plan.r:
-            self.best, dst_idx = best, dst_idx = bipartite_match(metric, num_prefix, self.c.src_mask)  # (B, 1, N)
+            best, dst_idx = bipartite_match(metric, num_prefix, self.c.src_mask)  # rows (B, 1, N)
+            self.best = best  # each position's best similarity, -inf off the sources
             # (B, 1, r) the merging sources' positions (distinct) and their destinations, as indices
             # among the destinations
             self.best_c, self.chosen_pos = top_k(best, plan.r)
