@@ -48,26 +48,33 @@ def _merge_count(dims: Dims, share: float, n: np.ndarray | int, k: np.ndarray | 
     return np.minimum(np.minimum(np.round(share * (n - k)).astype(int), _mergeable(dims, n)), n - k)
 
 
-def _dp(
-    dims: Dims, tables: tuple[np.ndarray, ...], floors: Sequence[int], shares: Sequence[float], lam: float
-) -> tuple[list[int], float]:
-    """Kept counts per block minimising predicted ms + ``lam`` * block MACs / unpatched block MACs; block
-    ``i`` merges ``shares[i]`` of what it removes, and pays the cheaper extra where that is all of it."""
+def _block_ms(dims: Dims, tables: tuple[np.ndarray, ...], shares: Sequence[float]) -> list[np.ndarray]:
+    """Per block, the predicted ms of entering with ``n`` and leaving with ``k`` tokens ([n, k]): block ``i``
+    merges ``shares[i]`` of what it removes, and pays the cheaper extra where that is all of it."""
     attention, mlp, extra, merge_extra = tables
+    n = np.arange(dims.num_tokens + 1)
+    removed = np.maximum(n[:, None] - n[None, :], 0)
+    costs = []
+    for share in shares:
+        only_merges = _merge_count(dims, share, n[:, None], n[None, :]) == removed
+        paid = np.where(removed > 0, np.where(only_merges, merge_extra[:, None], extra[:, None]), 0.0)
+        costs.append(attention[:, None] + mlp[None, :] + paid)
+    return costs
+
+
+def _dp(dims: Dims, block_ms: Sequence[np.ndarray], floors: Sequence[int], lam: float) -> tuple[list[int], float]:
+    """Kept counts per block minimising predicted ms (``block_ms``, from :func:`_block_ms`) + ``lam`` *
+    block MACs / unpatched block MACs."""
     n_all = dims.num_tokens
     n = np.arange(n_all + 1)
     full = dims.depth * block_macs(dims, n_all, n_all)
     macs = block_macs(dims, n[:, None], n[None, :]) / full  # [n_in, k]
-    removed = np.maximum(n[:, None] - n[None, :], 0)
     value = np.full(n_all + 1, np.inf)
     value[n_all] = 0.0
     back = []
-    for floor, share in zip(floors, shares):
-        only_merges = _merge_count(dims, share, n[:, None], n[None, :]) == removed
-        paid = np.where(removed > 0, np.where(only_merges, merge_extra[:, None], extra[:, None]), 0.0)
-        step = attention[:, None] + mlp[None, :] + paid + lam * macs
+    for floor, ms in zip(floors, block_ms):
         allowed = (n[None, :] <= n[:, None]) & (n[None, :] >= floor)
-        total = np.where(allowed, value[:, None] + step, np.inf)
+        total = np.where(allowed, value[:, None] + (ms + lam * macs), np.inf)
         back.append(total.argmin(axis=0))  # best n_in for every k
         value = total.min(axis=0)
     k = int(value.argmin())
@@ -129,10 +136,10 @@ def latency_schedule(
     check_cost_fits(model, cost)
     floors = [max(dims.num_prefix, int(np.floor(np.quantile(keeps[:, i], floor)))) for i in range(dims.depth)]
     shares = merge_shares(dims, merges, keeps)
-    tables = cost.tables(batch, dims.num_tokens)
+    block_ms = _block_ms(dims, cost.tables(batch, dims.num_tokens), shares)
 
     def solve(lam: float) -> tuple[Schedule, float]:
-        kept, _ = _dp(dims, tables, floors, shares, lam)
+        kept, _ = _dp(dims, block_ms, floors, lam)
         schedule = _schedule(dims, kept, shares)
         return schedule, schedule_flops(model, schedule).ratio
 
