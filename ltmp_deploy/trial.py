@@ -266,18 +266,14 @@ def _calibrate(inputs: TrialInputs, report: TrialReport, recipe: TrialRecipe) ->
         "chosen_for": "latency" if latency is not None and latency.choice is not None else "flops",
     }
     if latency is not None:
+        chosen_ms = latency.flops_ms if latency.choice is None else latency.choice.predicted_ms
         report.calibration.update(
             flops_schedule=latency.flops_schedule.pairs(),
-            predicted_ms={"flops_schedule": latency.flops_ms, "schedule": cost.schedule_ms(1, *_counts(model))},
+            predicted_ms={"flops_schedule": latency.flops_ms, "schedule": chosen_ms},
         )
     save_checkpoint(model, report.workdir / "fixed.safetensors")
     report.files["fixed"] = str(report.workdir / "fixed.safetensors")
     return model.ltmp.schedule
-
-
-def _counts(model: LTMPVisionTransformer) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
-    schedule = model.ltmp.schedule
-    return model.ltmp_num_tokens, schedule.merges, schedule.keeps
 
 
 def _cost_model(model: LTMPVisionTransformer, report: TrialReport, recipe: TrialRecipe) -> CostModel | None:
