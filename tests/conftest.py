@@ -69,6 +69,28 @@ def tiny_ltmp(mode: str = "threshold", kind: str = "vit"):
     return model
 
 
+def random_images(n: int, seed: int):
+    """``n`` random 32x32 images with labels among 5 classes, seeded: a dataset for the tiny models."""
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 5, (n,), generator=g))
+
+
+def learn_tiny(data, device=None, batch_size: int = 8, **config):
+    """A tiny threshold-mode model after one seeded learning epoch on ``data`` (``config``: more of
+    ``LearnConfig``'s fields), and its history."""
+    from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
+
+    torch.manual_seed(0)
+    model = tiny_ltmp("threshold")
+    cfg = LearnConfig(
+        target=0.5, epochs=1, batch_size=batch_size, lr_merge=0.05, lr_prune=0.02, check_images=batch_size, **config
+    )
+    history = learn_thresholds(model, data, None, cfg, progress=False, device=device)
+    return model, history
+
+
 MODEL_KINDS = ["vit", "distilled", "registers", "avg", "layerscale"]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import MODEL_KINDS, tiny_ltmp
+from conftest import MODEL_KINDS, learn_tiny, random_images, tiny_ltmp
 
 from ltmp_deploy.ltmp.flops import kept_flops_ratio
 
@@ -72,10 +72,7 @@ def test_thresholds_learn_on_cuda():
 
 
 def _digits_like(n: int = 24):
-    from torch.utils.data import TensorDataset
-
-    g = torch.Generator().manual_seed(5)
-    return TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 5, (n,), generator=g))
+    return random_images(n, seed=5)
 
 
 def test_evaluate_and_calibrate_on_cuda_take_the_cpu_counts_and_schedule():
@@ -92,13 +89,7 @@ def test_evaluate_and_calibrate_on_cuda_take_the_cpu_counts_and_schedule():
 
 
 def _learn(device, **kw):
-    from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
-
-    torch.manual_seed(0)
-    model = tiny_ltmp("threshold")
-    cfg = LearnConfig(target=0.5, epochs=1, batch_size=8, lr_merge=0.05, lr_prune=0.02, check_images=8, **kw)
-    history = learn_thresholds(model, _digits_like(), None, cfg, progress=False, device=device)
-    return model, history
+    return learn_tiny(_digits_like(), device, batch_size=8, **kw)
 
 
 @pytest.mark.filterwarnings("ignore:threshold mode keeps")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_ltmp
+from conftest import learn_tiny, random_images, tiny_ltmp
 from torch.utils.data import TensorDataset
 
 from ltmp_deploy.calibration.calibrate import calibrate
@@ -48,8 +48,7 @@ def test_autocast_runs_bf16_on_the_cpu_and_refuses_other_names():
 
 
 def _data(n: int = 12) -> TensorDataset:
-    g = torch.Generator().manual_seed(3)
-    return TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 5, (n,), generator=g))
+    return random_images(n, seed=3)
 
 
 def test_evaluate_and_calibrate_on_a_named_device_give_what_the_default_gives():
@@ -65,13 +64,7 @@ def test_evaluate_and_calibrate_on_a_named_device_give_what_the_default_gives():
 
 
 def _learn(device=None, **kw):
-    from ltmp_deploy.calibration.learn import LearnConfig, learn_thresholds
-
-    torch.manual_seed(0)
-    model = tiny_ltmp("threshold")
-    cfg = LearnConfig(target=0.5, epochs=1, batch_size=6, lr_merge=0.05, lr_prune=0.02, check_images=6, **kw)
-    history = learn_thresholds(model, _data(), None, cfg, progress=False, device=device)
-    return model, history
+    return learn_tiny(_data(), device, batch_size=6, **kw)
 
 
 @pytest.mark.filterwarnings("ignore:threshold mode keeps")
