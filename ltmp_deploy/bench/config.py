@@ -14,7 +14,9 @@ DTYPES = ("fp32", "fp16")
 
 
 @dataclass
-class BenchConfig:
+class ModelChoice:
+    """The model a measuring command reads (bench, cost): the first fields of its config."""
+
     checkpoint: str | None = field(
         default=None,
         metadata=option(
@@ -27,6 +29,10 @@ class BenchConfig:
     weights: str | None = field(
         default=None, metadata=option("--weights", metavar="FILE", help="timm weights for a model name")
     )
+
+
+@dataclass
+class BenchConfig(ModelChoice):
     targets: Sequence[float] = field(
         default=(0.9, 0.75, 0.5),
         metadata=option(

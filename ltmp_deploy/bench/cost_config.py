@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ltmp_deploy.bench.config import ModelChoice
 from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.options import option, positive_int
 
@@ -13,19 +14,7 @@ COST_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda")
 
 
 @dataclass
-class CostConfig:
-    checkpoint: str | None = field(
-        default=None,
-        metadata=option(
-            nargs="?",
-            metavar="CHECKPOINT",
-            help="toolkit checkpoint, or a timm model name / description JSON (random weights unless --weights); "
-            "default: the embedded base model",
-        ),
-    )
-    weights: str | None = field(
-        default=None, metadata=option("--weights", metavar="FILE", help="timm weights for a model name")
-    )
+class CostConfig(ModelChoice):
     backend: str = field(
         default="onnxruntime-cpu",
         metadata=option("--backend", choices=COST_BACKENDS, help="the backend the deployment runs on"),
