@@ -5,6 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import MODEL_KINDS, tiny_ltmp
 from timm.models.vision_transformer import VisionTransformer
 
 from ltmp_deploy.cli import main
@@ -65,6 +66,23 @@ def test_onnx_runtime_matches_pytorch_with_identical_decisions(tmp_path, mode, b
     if mode == "threshold" and batch == 4:
         counts = out.decisions[-1].n_out
         assert counts.max() > counts.min(), "a ragged batch should exercise padding"
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_threshold_graph_runs_blocks_left_with_a_single_token(tmp_path, kind):
+    """Every patch pruned in the first block: the later blocks see the prefix tokens alone (one token
+    for most kinds), where no position can receive a merge, and the graph still matches PyTorch."""
+    model = tiny_ltmp("threshold", kind)
+    model.ltmp_set_thresholds([0.6, 0.5, 0.4], [10.0, 10.0, 10.0])
+    path = export_onnx(model, tmp_path / "m.onnx", decisions=True).path
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    got = run_onnx(path, images)
+    with torch.no_grad():
+        out = model.forward_ltmp(images)
+    assert out.decisions[1].length == max(model.num_prefix_tokens, 1)
+    assert np.abs(got["logits"] - out.logits.numpy()).max() <= 1e-4
+    names = decision_output_names(len(model.blocks))
+    np.testing.assert_array_equal(got[names[3]], out.decisions[1].merge_dst.numpy())
 
 
 def test_dynamic_batch_axis_runs_any_batch(tmp_path):

@@ -69,13 +69,12 @@ def reduction_macs(dims: Dims, n_in: Count, merging: Count | None = None) -> Cou
     """MACs of the merge/prune matmuls: the similarity, and the merge matmul that moves the
     merging sources' features into the destinations. Both modes compute over the whole token
     axis, where positions that are not sources, or receive nothing, come out masked or unchanged:
-    threshold mode (``merging`` None) every position against every position, then every source
-    weighted by its merge flag; fixed mode (``merging``: its r) the destinations against every
-    position, then its r chosen sources alone."""
-    sources = (n_in + 1) // 2 - (dims.num_prefix + 1) // 2
-    dests = n_in // 2 - dims.num_prefix // 2
+    threshold mode (``merging`` None) the odd positions, plus one padded row, against every
+    position, then every even position weighted by its merge flag; fixed mode (``merging``: its r)
+    the destinations against every position, then its r chosen sources alone."""
     if merging is None:
-        return n_in * n_in * dims.head_dim + n_in * sources * dims.dim
+        return (n_in // 2 + 1) * n_in * dims.head_dim + n_in * ((n_in + 1) // 2) * dims.dim
+    dests = n_in // 2 - dims.num_prefix // 2
     return n_in * dests * dims.head_dim + n_in * merging * dims.dim
 
 

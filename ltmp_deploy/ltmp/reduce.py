@@ -32,6 +32,7 @@ import functools
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ltmp_deploy.ltmp.onnx_ops import best_of, constants_length, leading, reshape_keep, take_rows, top_k, unit_rows
@@ -244,11 +245,11 @@ def merge_rows(x: Tensor, size: Tensor, moved: Tensor, x_merging: Tensor) -> tup
 class Merge:
     """Which input rows merge into which positions: the first half of a block's decision.
 
-    ``into`` (B, N, W) says how much of column ``w`` each position takes, and ``at`` which input
-    rows the merging ones are. Fixed mode: ``into`` booleans, the columns the ``r`` chosen sources,
-    ``at`` their positions (B, r, 1) and ``at_row`` the same as a row (B, 1, r). Threshold mode and
-    training: ``into`` weights over every position (0/1 flags; training's straight-through
-    weights), ``at`` the slice of the sources, whose columns are the ones that count.
+    ``into`` (B, N, M) says how much of merging row ``m`` each position takes, and ``at`` which
+    input rows the merging ones are. Fixed mode: ``into`` booleans, the columns the ``r`` chosen
+    sources, ``at`` their positions (B, r, 1) and ``at_row`` the same as a row (B, 1, r). Threshold
+    mode and training: ``into`` weights (0/1 flags; training's straight-through weights), the
+    columns every even position, ``at`` the slice of those.
     """
 
     into: Tensor
@@ -261,12 +262,12 @@ class Merge:
 
     def weights(self, dtype: torch.dtype) -> Tensor:
         """(B, N, M) how much of merging row ``m`` position ``j`` takes."""
-        return self.into[:, :, self.at] if isinstance(self.at, slice) else self.into.to(dtype)
+        return self.into.to(dtype)
 
     def moved(self, size: Tensor) -> Tensor:
         """(B, N, M) how many patches position ``j`` takes from merging row ``m``, of sizes ``size``."""
         if isinstance(self.at, slice):
-            return (self.into * size.transpose(1, 2))[:, :, self.at]
+            return self.into * self.rows(size).transpose(1, 2)
         return torch.where(self.into, size.transpose(1, 2).gather(2, self.at_row), 0.0)
 
     def apply(self, tokens: Tokens) -> Tokens:
@@ -361,14 +362,23 @@ class _Positions:
     recv: Tensor  # (N, 1) 0 at destinations, -inf elsewhere
     send: Tensor  # (1, N) 0 at sources, -inf elsewhere
     pos: Tensor  # (N, 1) the position (int64, as TopK's indices)
+    # (N, 1) the rank among the odd positions of every odd position, -1 at even ones: receiver j is the
+    # best of a sender whose best-receiver index (an index among the odd rows) equals it.
+    half: Tensor
     # (N, 1) rank in the merged layout [prefix, sources, destinations] as float, up to a shift of
     # the destinations that keeps the order: a key to sort survivors into output order.
     key: Tensor
 
     def sliced(self, like: Tensor) -> _Positions:
         """These constants for the block whose tokens are ``like`` (B, N, ...)."""
-        recv, send = leading(self.recv, like, 0), leading(self.send, like, 1)
-        return replace(self, recv=recv, send=send, pos=leading(self.pos, like, 0), key=leading(self.key, like, 0))
+        return replace(
+            self,
+            recv=leading(self.recv, like, 0),
+            send=leading(self.send, like, 1),
+            pos=leading(self.pos, like, 0),
+            half=leading(self.half, like, 0),
+            key=leading(self.key, like, 0),
+        )
 
 
 @functools.lru_cache(maxsize=64)
@@ -381,9 +391,10 @@ def _positions(length: int, num_prefix: int, device: torch.device, dtype: torch.
         key[p] = float(rank)
     return _Positions(
         length=length,
-        recv=torch.tensor([[0.0] if p in destinations else [NEG_INF] for p in pos], dtype=dtype, device=device),
+        recv=torch.tensor([0.0 if p in destinations else NEG_INF for p in pos], dtype=dtype, device=device)[:, None],
         send=torch.tensor([[0.0 if p in sources else NEG_INF for p in pos]], dtype=dtype, device=device),
         pos=torch.tensor(pos, dtype=torch.long, device=device)[:, None],
+        half=torch.tensor([p // 2 if p % 2 else -1 for p in pos], dtype=torch.long, device=device)[:, None],
         key=torch.tensor(key, dtype=torch.float32, device=device)[:, None],
     )
 
@@ -392,25 +403,32 @@ class _ThresholdRule:
     """Threshold mode and training: every decision by threshold, token counts known at run time.
 
     Like fixed mode, the work is done in input positions, over the whole token axis, so no part
-    is sliced out and reassembled: the similarity of every position to every other, masked to
-    destinations down the rows and to sources across (each a bias, -inf where excluded, padding
-    included); the merge as a receiver x sender matrix; survivors sorted into layout order by a
-    per-position key. Per-sender values are rows (B, 1, N), per-receiver values and the token
-    state columns (B, N, 1), so products broadcast without reshapes. Training (``soft``) weights
-    every decision by its straight-through mask and removes nothing.
+    is sliced out and reassembled: the similarity of every odd position (destinations are odd) to
+    every position, masked to destinations down the rows and to sources across (each a bias, -inf
+    where excluded, padding included); the merge as a matrix of every position by every even
+    position (sources are even); survivors sorted into layout order by a per-position key.
+    Per-sender values are rows (B, 1, N), per-receiver values and the token state columns
+    (B, N, 1), so products broadcast without reshapes. Training (``soft``) weights every decision
+    by its straight-through mask and removes nothing.
     """
 
     def __init__(self, tokens: Tokens, metric: Tensor, imp_row: Tensor, num_prefix: int, plan: Plan) -> None:
         x, valid = tokens.x, tokens.valid
         self.plan, self.num_prefix, self.valid, self.soft = plan, num_prefix, valid, plan.mode.soft
         self.n = x.shape[1]
-        t = self.t = _positions(constants_length(plan.length, x), num_prefix, x.device, x.dtype).sliced(x)
         self.imp_row = imp_row  # (B, 1, N); prefix tokens: prefix_importance
         self.live = live = None if valid is None else valid > 0.5  # (B, N, 1)
 
         m = unit_rows(metric)
+        t = self.t = _positions(constants_length(plan.length, x), num_prefix, x.device, x.dtype).sliced(x)
         recv = t.recv if live is None else torch.where(live, t.recv, NEG_INF)
-        best, self.dst = best_of(m @ m.transpose(1, 2) + recv, dim=1)  # (B, 1, N): each sender's best receiver
+        # Destinations are odd positions, so only those rows can receive. One more position, a zero
+        # row never chosen (-inf), is padded after the last: a block left with a single token has no
+        # odd position otherwise, and a TopK over an empty axis fails.
+        m_recv = F.pad(m, (0, 0, 0, 1))[:, 1::2]
+        recv = F.pad(recv, (0, 0, 0, 1), value=NEG_INF)[..., 1::2, :]
+        # (B, 1, N): each sender's best receiver, as an index among the odd positions
+        best, self.dst_half = best_of(m_recv @ m.transpose(1, 2) + recv, dim=1)
         best = best + (t.send if live is None else torch.where(live.transpose(1, 2), t.send, NEG_INF))
         # Which senders merge (False / 0 at every position that is no live source), and in
         # training their straight-through weights.
@@ -419,18 +437,24 @@ class _ThresholdRule:
             self.merging = self.w > 0.5
         else:
             self.w, self.merging = None, best > plan.merge_threshold
-        best_for = t.pos == self.dst  # (B, N, N): receiver j is sender i's best
-        self.hit = (best_for & self.merging).to(x.dtype)  # 1 where receiver j takes sender i
+        # Only even positions are sources: the merge matrix is built over those columns alone, sliced
+        # while they are rows (B, 1, N) rather than out of a (B, N, N) matrix. The prefix tokens among
+        # them never merge (their column stays 0), and position 0 keeps the column count above 0.
+        senders = slice(0, None, 2)
+        best_for = t.half == self.dst_half[:, :, senders]  # (B, N, Ns): receiver j is sender i's best
+        self.hit = (best_for & self.merging[:, :, senders]).to(x.dtype)  # 1 where receiver j takes sender i
         # In training every best pair is weighted by w, so that a source that stays gets the
         # gradient of merging too.
-        self.merge = Merge(self.hit if self.w is None else torch.where(best_for, self.w, 0.0), layout(num_prefix)[1])
+        w = None if self.w is None else torch.where(best_for, self.w[:, :, senders], 0.0)
+        self.merge = Merge(self.hit if w is None else w, senders)
 
     def keep(self) -> Keep:
         """Survivors first, in layout order, then (in training) the dead; padding marked invalid."""
         t, imp_row = self.t, self.imp_row
         # A receiver is as important as the most important token merged into it (importance is never
         # negative, so a 0 from the mask never wins).
-        imp_col = torch.maximum(imp_row.transpose(1, 2), (self.hit * imp_row).amax(dim=2, keepdim=True))
+        carried = (self.hit * imp_row[:, :, self.merge.at]).amax(dim=2, keepdim=True)
+        imp_col = torch.maximum(imp_row.transpose(1, 2), carried)
         keep, keep_value = self._pruned(imp_col, self._alive())
         key = torch.where(keep, t.key, t.key + t.length)  # keys stay distinct
         return Keep(smallest_unique(key, self.n if self.soft else padded_length(keep, t.pos), dim=1), keep_value)
@@ -461,7 +485,7 @@ class _ThresholdRule:
     def decision(self, keep: Keep, out: Tokens) -> Decision:
         """What the block did, in its input positions."""
         alive_in = torch.ones_like(self.imp_row[:, 0]) if self.valid is None else self.valid[..., 0]
-        merge_dst = torch.where(self.merging, self.dst, -1)  # (B, 1, N)
+        merge_dst = torch.where(self.merging, 2 * self.dst_half + 1, -1)  # (B, 1, N)
         decision = Decision(
             kept=torch.where(out.valid > 0.5, keep.idx, -1)[..., 0],
             merge_dst=merge_dst[:, 0, 0::2],  # every even position, prefix sources included
