@@ -105,5 +105,17 @@ class LTMPBlock(Block):
                     imp = token_importance(probs, tokens.valid, num_prefix, keepdim=True)
                 tokens, decision = merge_and_prune(tokens, metric, imp, num_prefix, plan, record)
 
-        x = tokens.x + self.drop_path2(self.ls2(self.mlp(self.norm2(tokens.x))))
+        y = self.norm2(tokens.x)
+        y = token_rows(self.mlp, y) if plan.mode is Mode.THRESHOLD else self.mlp(y)
+        x = tokens.x + self.drop_path2(self.ls2(y))
         return Tokens(x, tokens.size, tokens.valid, tokens.source), decision
+
+
+def token_rows(module: nn.Module, x: Tensor) -> Tensor:
+    """A token-wise ``module`` that keeps the width (the MLP) applied to ``x`` (B, N, C) as one (B*N, C) matrix.
+
+    Where the token count is known only at run time (threshold mode), ONNX Runtime fuses neither
+    of the MLP's 3-D MatMuls with its bias Add; on a matrix the exporter writes each Linear as one
+    Gemm. Reshaping there and back costs two Reshapes and a Shape, which alias their input.
+    """
+    return module(x.reshape(-1, int(x.shape[-1]))).view_as(x)
