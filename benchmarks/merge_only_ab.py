@@ -16,10 +16,10 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from graph_ab import quartiles, time_batch
 
 import ltmp_deploy.ltmp.block as block
 from ltmp_deploy.export.onnx_export import export_onnx
@@ -40,24 +40,6 @@ def export_variants(checkpoint: str, folder: Path) -> dict[str, Path]:
         block.merges_only = shorter
     export_onnx(model.ltmp_set_mode("off"), paths["unpatched"], validate=False)
     return paths
-
-
-def time_batch(runners: dict, images: np.ndarray, rounds: int, calls: int) -> dict[str, list[float]]:
-    for runner in runners.values():
-        infer(runner, images)
-    seconds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            start = time.thread_time()
-            for _ in range(calls):
-                infer(runner, images)
-            seconds[name].append((time.thread_time() - start) / calls)
-    return seconds
-
-
-def quartiles(values: list[float]) -> str:
-    q1, q2, q3 = np.quantile(values, [0.25, 0.5, 0.75])
-    return f"{q2:.3f} ({q1:.3f}-{q3:.3f})"
 
 
 def main(argv: list[str] | None = None) -> None:
