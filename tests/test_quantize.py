@@ -123,8 +123,9 @@ def test_qdq_nodes_sit_on_the_linear_layers_and_decisions_stay_float(setup, mode
         return any(getattr(producer.get(i), "op_type", "") == "DequantizeLinear" for i in node.input)
 
     by_name = {n.name: n for n in model.graph.node}
+    mlp = "Gemm" if mode == "threshold" else "MatMul"  # threshold mode's MLP runs on a (B*N, C) matrix
     for block in range(4):
-        for layer in ("proj/MatMul", "mlp/fc1/MatMul", "mlp/fc2/MatMul"):
+        for layer in ("proj/MatMul", f"mlp/fc1/{mlp}", f"mlp/fc2/{mlp}"):
             assert reads_int8(by_name[f"/blocks.{block}/{layer}"]), layer
         assert not reads_int8(by_name[f"/blocks.{block}/qkv/MatMul"])  # queries/keys choose the tokens
     assert not reads_int8(by_name["/patch_embed/proj/Conv"]) and not reads_int8(by_name["/head/Gemm"])
