@@ -16,14 +16,30 @@ caller's).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ltmp_deploy.runtime.backends import close, infer, open_runner
+
+
+@contextlib.contextmanager
+def cpu_runners(paths: dict[str, Path], threads: int = 1) -> Iterator[dict]:
+    """ONNX Runtime CPU runners of ``paths`` by name, closed on the way out; the load average is printed
+    before and after, so that a busy machine shows in the output."""
+    print(f"load average at the start {os.getloadavg()}")
+    runners = {name: open_runner(p, "onnxruntime", ["CPUExecutionProvider"], threads) for name, p in paths.items()}
+    try:
+        yield runners
+    finally:
+        for runner in runners.values():
+            close(runner)
+        print(f"load average at the end {os.getloadavg()}")
 
 
 def time_batch(runners: dict, images: np.ndarray, rounds: int, calls: int) -> dict[str, list[float]]:
@@ -61,9 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if len(args.graphs) < 2:
         parser.error("give at least two graphs")
-    print(f"load average at the start {os.getloadavg()}")
-    runners = {str(p): open_runner(p, "onnxruntime", ["CPUExecutionProvider"], args.threads) for p in args.graphs}
-    try:
+    with cpu_runners({str(p): p for p in args.graphs}, args.threads) as runners:
         first = str(args.graphs[0])
         shape = runners[first].input_shape
         for batch in args.batch:
@@ -81,10 +95,6 @@ def main(argv: list[str] | None = None) -> None:
                     f"batch {batch}: {name} p50 {statistics.median(s[name]) * 1e3:.3f} ms, "
                     f"per-round ratio to the first {quartiles(ratio)}"
                 )
-    finally:
-        for runner in runners.values():
-            close(runner)
-    print(f"load average at the end {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -13,18 +13,17 @@ quartiles; the clock is the calling thread's CPU time).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from graph_ab import quartiles, time_batch
+from graph_ab import cpu_runners, quartiles, time_batch
 
 import ltmp_deploy.ltmp.block as block
 from ltmp_deploy.export.onnx_export import export_onnx
 from ltmp_deploy.ltmp.checkpoint import load
-from ltmp_deploy.runtime.backends import close, infer, open_runner
+from ltmp_deploy.runtime.backends import infer
 
 
 def export_variants(checkpoint: str, folder: Path) -> dict[str, Path]:
@@ -48,11 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args(argv)
-    print(f"load average at the start {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         paths = export_variants(args.checkpoint, Path(tmp))
-        runners = {name: open_runner(path, "onnxruntime", ["CPUExecutionProvider"], 1) for name, path in paths.items()}
-        try:
+        with cpu_runners(paths) as runners:
             size = load(args.checkpoint).patch_embed.img_size
             for batch in args.batch:
                 images = np.random.default_rng(0).standard_normal((batch, 3, *size)).astype(np.float32)
@@ -68,10 +65,6 @@ def main(argv: list[str] | None = None) -> None:
                     f"p50 ms {statistics.median(s['general road']) * 1e3:.3f} -> "
                     f"{statistics.median(s['merge-only road']) * 1e3:.3f}"
                 )
-        finally:
-            for runner in runners.values():
-                close(runner)
-    print(f"load average at the end {os.getloadavg()}")
 
 
 if __name__ == "__main__":
