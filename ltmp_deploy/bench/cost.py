@@ -55,6 +55,13 @@ from ltmp_deploy.runtime.cost_model import SCHEMA, check_cost_model
 KINDS = ("block", "mlp", "fixed", "merge", "threshold")
 
 
+def _reducing_counts(kind: str, n: int) -> tuple[int, int]:
+    """(r, k) of a reducing probe on ``n`` tokens: ``fixed`` merges n // 4 and prunes n // 8 more,
+    ``merge`` merges n // 4 and prunes none."""
+    r = n // 4
+    return r, n - r - (n // 8 if kind == "fixed" else 0)
+
+
 class _Probe(nn.Module):
     """One block of the model, run as ``kind`` on ``n`` tokens (see the module's docstring)."""
 
@@ -64,8 +71,7 @@ class _Probe(nn.Module):
         if kind == "threshold":  # cosine similarity never exceeds 2, importance never falls below -1
             self.plan = Plan(Mode.THRESHOLD, 0, 0, torch.tensor([2.0]), torch.tensor([-1.0]), length=length)
         elif kind in ("fixed", "merge"):
-            r = n // 4
-            self.plan = Plan(Mode.FIXED, r, n - r - (n // 8 if kind == "fixed" else 0))
+            self.plan = Plan(Mode.FIXED, *_reducing_counts(kind, n))
         else:
             self.plan = Plan(Mode.FIXED, 0, n)
 
@@ -228,7 +234,7 @@ def _time_batch(
         return float(np.interp(n, keys, [table[k] for k in keys]))
 
     def extra(kind: str, n: int) -> float:  # the probe less the passing block, the MLP it saved given back
-        k = n - n // 4 - (n // 8 if kind == "fixed" else 0)
+        k = _reducing_counts(kind, n)[1]
         return net[(kind, n)] - at(block, n) + at(mlp, n) - at(mlp, k)
 
     return {
