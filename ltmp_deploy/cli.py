@@ -76,7 +76,8 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text, default = action.help or "", action.default
         unset = default is None or default is False or default == "" or default == argparse.SUPPRESS
-        if unset or not action.option_strings or "default" in text.lower():
+        # A flag that takes no value (--no-tome) says what it does; its default is only the opposite.
+        if unset or action.nargs == 0 or not action.option_strings or "default" in text.lower():
             return text
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
         return f"{text} (default: {shown.replace('%', '%%')})"

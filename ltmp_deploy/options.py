@@ -76,13 +76,16 @@ def from_args(config: type, args: argparse.Namespace, **values: Any) -> Any:
 
 def command_line(config: Any, exclude: tuple[str, ...] = ()) -> list[str]:
     """The arguments that give ``config`` again: every declared field but ``exclude``, in field order,
-    a positional as its value, a flag with its value; None and False are left out (the default)."""
+    a positional as its value, a flag with its value; None and False are left out (the default), but for a
+    flag that turns something off (``action="store_false"``), which is given where its field is False."""
     words: list[str] = []
     for f, opt in _options(config):
         value = getattr(config, f.name)
         if f.name in exclude:
             continue
-        if value is None and opt.off:
+        if opt.argparse.get("action") == "store_false":  # a flag such as --no-tome: given where the field is False
+            words += [opt.flags[-1]] * (value is False)
+        elif value is None and opt.off:
             words.append(opt.off[0])
         elif value is None or value is False:
             continue

@@ -53,6 +53,14 @@ def test_compiled_variants_are_timed_or_skipped_with_the_reason(tmp_path, dynamo
     assert "torch-cpu+compile" in (tmp_path / "out" / "bench.md").read_text()
 
 
+def test_no_tome_leaves_tome_out_and_says_so_in_the_command(tmp_path):
+    # What the GPU check's compile step runs: ToMe compiles as long as fixed mode there.
+    assert bench(tmp_path, "--backends", "torch-cpu", "--no-tome") == 0
+    doc = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert {r["variant"] for r in doc["records"]} == VARIANTS - {"tome@0.5"}
+    assert doc["config"]["tome"] is False and "--no-tome" in doc["command"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -147,6 +147,7 @@ def test_every_declared_config_field_is_an_option_of_its_command(command):
     ("command", "argv"),
     [
         ("bench", ["m.safetensors", "--targets", "--no-threshold", "--batch", "1", "4", "--rounds", "3"]),
+        ("bench", ["m.safetensors", "--targets", "0.5", "--no-tome", "--compile", "--batch", "256"]),
         ("bench", ["--targets", "0.5", "--threshold-target", "0.4", "--from-checkpoint", "--threads", "2"]),
         ("build", ["g.onnx", "--preset", "orin-nx", "--workspace", "64", "--strongly-typed", "-o", "e"]),
         ("learn", ["m", "--target", "0.5", "--lambda", "2", "--finetune", "--seed", "3", "-o", "o"]),

@@ -53,6 +53,15 @@ class BenchConfig(ModelChoice):
             off=("--no-threshold", "leave threshold mode out"),
         ),
     )
+    tome: bool = field(
+        default=True,
+        metadata=option(
+            "--no-tome",
+            action="store_false",
+            help="leave ToMe out (with --compile it costs as long to compile as LTMP's fixed mode, every block "
+            "at token counts of its own)",
+        ),
+    )
     from_checkpoint: bool = field(
         default=False,
         metadata=option(

@@ -81,6 +81,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             config.from_checkpoint,
             config.merge_threshold,
             config.batches,
+            config.tome,
         )
         with tempfile.TemporaryDirectory(prefix="ltmp-bench-") as tmp:
             workdir = Path(config.workdir or tmp)

@@ -82,18 +82,20 @@ class Variant:
         }
 
 
-def _fixed_family(model: LTMPVisionTransformer, label: str, schedule: Schedule) -> list[Variant]:
-    """oracle, ltmp-fixed and tome at one schedule's token counts (ToMe: at its FLOPs)."""
+def _fixed_family(model: LTMPVisionTransformer, label: str, schedule: Schedule, tome: bool = True) -> list[Variant]:
+    """oracle, ltmp-fixed and (``tome``) ToMe at one schedule's token counts (ToMe: at its FLOPs)."""
     oracle_name = variant_name(ORACLE, label)
     fixed = schedule_flops(model, schedule)
     floor = schedule_flops(model, schedule, reduce=False)
-    tome = tome_schedule(model, fixed.ratio)
-    tome_flops = schedule_flops(model, tome)
-    return [
+    family = [
         Variant(ORACLE, label, "oracle", schedule, None, floor.ratio, floor.total),
         Variant(FIXED, label, "fixed", schedule, oracle_name, fixed.ratio, fixed.total),
-        Variant(TOME, label, "fixed", tome, oracle_name, tome_flops.ratio, tome_flops.total),
     ]
+    if tome:
+        tome_pairs = tome_schedule(model, fixed.ratio)
+        tome_flops = schedule_flops(model, tome_pairs)
+        family.append(Variant(TOME, label, "fixed", tome_pairs, oracle_name, tome_flops.ratio, tome_flops.total))
+    return family
 
 
 def build_variants(
@@ -104,9 +106,11 @@ def build_variants(
     from_checkpoint: bool = False,
     merge_threshold: float = 0.8,
     batches: Sequence[int] = (),
+    tome: bool = True,
 ) -> list[Variant]:
     """Every variant, in timing order. Sets the model's thresholds when they are bisected. ``batches``:
-    the batch sizes timed, each on the first images of ``images`` (threshold mode's oracle follows them)."""
+    the batch sizes timed, each on the first images of ``images`` (threshold mode's oracle follows them);
+    ``tome`` False leaves ToMe out."""
     for t in targets:
         if not 0.0 < t <= 1.0:
             raise LTMPError(f"--targets {t}: a fraction of block FLOPs kept must lie in (0, 1]")
@@ -114,10 +118,10 @@ def build_variants(
     base = unpatched_flops(model)
     variants = [Variant(UNPATCHED, None, "off", None, None, 1.0, base.unpatched_total)]
     for t in targets:
-        variants += _fixed_family(model, f"{t:g}", schedule_for_flops(model, t))
+        variants += _fixed_family(model, f"{t:g}", schedule_for_flops(model, t), tome)
     if own_schedule is not None:
         own_schedule.validate(len(model.blocks), model.ltmp_num_tokens, model.num_prefix_tokens)
-        variants += _fixed_family(model, CALIBRATED, own_schedule)
+        variants += _fixed_family(model, CALIBRATED, own_schedule, tome)
     if from_checkpoint:
         label = LEARNED
     elif threshold_target is not None:
