@@ -37,10 +37,10 @@ from ltmp_deploy.export.reference import sample_images
 from ltmp_deploy.ltmp.checkpoint import load
 from ltmp_deploy.ltmp.checkpoint import metadata as model_metadata
 from ltmp_deploy.ltmp.device import AUTO, resolve_device
-from ltmp_deploy.ltmp.flops import image_flops, model_dims, padded_flops_ratio, unpatched_flops
+from ltmp_deploy.ltmp.flops import model_dims, unpatched_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.runtime.bench import interleaved, paired_samples
-from ltmp_deploy.runtime.bench_results import SCHEMA, THRESHOLD, UNPATCHED, latency_stats
+from ltmp_deploy.runtime.bench_results import SCHEMA, UNPATCHED, latency_stats
 from ltmp_deploy.runtime.parity.compare import RANDOM_IMAGES, RANDOM_WARNING
 
 
@@ -69,7 +69,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             print(line, file=sys.stderr)
     images, images_are = _images(model, config.data, max(config.batches))
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    # Preparing is not timed, and threshold mode's bisection and counts run every timed image through the
+    # model: every core for them, the configured threads for the timing.
+    torch.set_num_threads(usable_cores())
     try:
         started = _now()
         host = machine(threads, _gpu_index(config))
@@ -87,8 +89,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             workdir = Path(config.workdir or tmp)
             workdir.mkdir(parents=True, exist_ok=True)
             graphs = _export(model, variants, workdir, config) if set(runnable) & set(ONNX_BACKENDS) else {}
-            flops = _batch_flops(model, variants, images, config.batches)
-            records = _time_all(model, variants, graphs, images, flops, runnable, workdir, threads, config, skipped)
+            torch.set_num_threads(threads)
+            records = _time_all(model, variants, graphs, images, runnable, workdir, threads, config, skipped)
     finally:
         torch.set_num_threads(before)
     host["load_average_end"] = load_average()
@@ -173,30 +175,11 @@ def _export(
     return graphs
 
 
-def _batch_flops(
-    model: LTMPVisionTransformer, variants: Sequence[Variant], images: torch.Tensor, batches: Sequence[int]
-) -> dict[tuple[str, int], tuple[float, float]]:
-    """(block FLOPs kept per image, FLOPs a padded batch computes) of each variant at each batch:
-    threshold mode measured on the very images timed, static schedules as built."""
-    out = {}
-    for v in variants:
-        for b in batches:
-            if v.kind != THRESHOLD:
-                out[v.name, b] = (v.flops_ratio, v.flops_ratio)
-                continue
-            with torch.no_grad():
-                decisions = v.apply(model).forward_ltmp(images[:b]).decisions
-            ratio = float(np.mean([r.ratio for r in image_flops(model, decisions)]))
-            out[v.name, b] = (ratio, padded_flops_ratio(model, decisions))
-    return out
-
-
 def _time_all(
     model: LTMPVisionTransformer,
     variants: Sequence[Variant],
     graphs: dict[str, Path],
     images: torch.Tensor,
-    flops: dict[tuple[str, int], tuple[float, float]],
     backends: Sequence[str],
     workdir: Path,
     threads: int,
@@ -225,11 +208,7 @@ def _time_all(
                         bar.set_description(f"timing {backend}{path} batch {batch}")
                         calls = torch_paths.calls(path, here, x) if path else timed_calls(on, here, x)
                         samples = _timed(calls, batch, config, bar, torch_paths, path)
-                        records += [
-                            _record(backend + path, batch, v, samples, flops[v.name, batch])
-                            for v in here
-                            if v.name in samples
-                        ]
+                        records += [_record(backend + path, batch, v, samples) for v in here if v.name in samples]
             finally:
                 close_targets(targets)
             if torch_paths is not None:
@@ -260,9 +239,8 @@ def _timed(
     return {name: list(t.samples_ms) for name, t in timings.items()}
 
 
-def _record(
-    backend: str, batch: int, v: Variant, samples: dict[str, list[float]], flops: tuple[float, float]
-) -> dict[str, Any]:
+def _record(backend: str, batch: int, v: Variant, samples: dict[str, list[float]]) -> dict[str, Any]:
+    flops = v.flops_at(batch)
     rec: dict[str, Any] = {
         "backend": backend,
         "batch": batch,

@@ -27,7 +27,7 @@ from ltmp_deploy.calibration.calibrate import schedule_from_counts, tome_schedul
 from ltmp_deploy.calibration.evaluate import per_image_counts
 from ltmp_deploy.calibration.thresholds import thresholds_for_flops
 from ltmp_deploy.errors import LTMPError
-from ltmp_deploy.ltmp.flops import image_flops, schedule_flops, schedule_for_flops, unpatched_flops
+from ltmp_deploy.ltmp.flops import image_flops, padded_flops_ratio, schedule_flops, schedule_for_flops, unpatched_flops
 from ltmp_deploy.ltmp.patch import LTMPVisionTransformer
 from ltmp_deploy.ltmp.schedule import Schedule
 from ltmp_deploy.runtime.bench_results import FIXED, ORACLE, THRESHOLD, TOME, UNPATCHED, variant_name
@@ -50,6 +50,8 @@ class Variant:
     thresholds: dict[str, list[float]] | None = None  # threshold mode: {"merge": [...], "prune": [...]}
     batch: int | None = None  # timed at this batch size only (None: at every one)
     oracles: dict[int, str] | None = None  # threshold mode: the oracle at each batch size, when they differ
+    # threshold mode: at each batch size, (block FLOPs kept per image, what the padded batch computes)
+    batch_flops: dict[int, tuple[float, float]] | None = None
 
     def oracle_at(self, batch: int) -> str | None:
         """The oracle this variant is compared with at ``batch``."""
@@ -57,6 +59,13 @@ class Variant:
 
     def timed_at(self, batch: int) -> bool:
         return self.batch is None or self.batch == batch
+
+    def flops_at(self, batch: int) -> tuple[float, float]:
+        """(block FLOPs kept per image, FLOPs the padded batch computes) at ``batch``: a static schedule
+        computes its own counts at every batch size."""
+        if self.batch_flops is None:
+            return self.flops_ratio, self.flops_ratio
+        return self.batch_flops[batch]
 
     @property
     def name(self) -> str:
@@ -145,6 +154,11 @@ def _threshold_pair(
         decisions = model.forward_ltmp(images).decisions
     reports = image_flops(model, decisions)
     ratio, total = (float(np.mean([getattr(r, k) for r in reports])) for k in ("ratio", "total"))
+    # A batch of b runs the first b images, and an image's decisions do not depend on its batch.
+    batch_flops = {
+        b: (float(np.mean([r.ratio for r in reports[:b]])), padded_flops_ratio(model, decisions, b))
+        for b in sorted(set(batches))
+    }
     merges, keeps = per_image_counts([decisions])
     reached = schedule_from_counts(model, merges, keeps, "mean")
     per_batch = {b: schedule_from_counts(model, merges[:b], keeps[:b], "mean") for b in sorted(set(batches))}
@@ -156,7 +170,9 @@ def _threshold_pair(
         names = {o.batch: o.name for o in oracles}
     merge, prune = model.ltmp_thresholds()
     thresholds = {"merge": merge, "prune": prune}
-    threshold = Variant(THRESHOLD, label, "threshold", None, oracles[-1].name, ratio, total, thresholds, None, names)
+    threshold = Variant(
+        THRESHOLD, label, "threshold", None, oracles[-1].name, ratio, total, thresholds, None, names, batch_flops
+    )
     return [*oracles, threshold]
 
 

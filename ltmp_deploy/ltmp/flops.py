@@ -135,12 +135,16 @@ def image_flops(model: Any, decisions: list[Decision]) -> list[FlopsReport]:
     return [_report(dims, list(zip(a, b)), reduce=True) for a, b in zip(n_in, n_out)]
 
 
-def padded_flops_ratio(model: Any, decisions: list[Decision]) -> float:
+def padded_flops_ratio(model: Any, decisions: list[Decision], images: int | None = None) -> float:
     """Block FLOPs of a threshold-mode batch over unpatched with every image at the batch's
-    largest counts: what a padded batch computes (static schedules compute their own counts)."""
+    largest counts: what a padded batch computes (static schedules compute their own counts).
+    ``images``: of a batch of the first ``images`` images only (an image's counts do not depend on
+    the batch it runs in)."""
     dims = model_dims(model)
     n = dims.num_tokens
-    kept = sum(block_macs(dims, int(d.n_in.max().round()), int(d.n_out.max().round())) for d in decisions)
+    kept = sum(
+        block_macs(dims, int(d.n_in[:images].max().round()), int(d.n_out[:images].max().round())) for d in decisions
+    )
     return float(kept / (dims.depth * block_macs(dims, n, n)))
 
 
