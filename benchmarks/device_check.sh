@@ -13,16 +13,41 @@
 # (benchmarks/results/2026-12-06-compile-time.md). Run from the repository root:
 #   bash benchmarks/device_check.sh OUTDIR
 #   bash benchmarks/device_check.sh OUTDIR --dry-run   # print the commands, run them at toy size on the CPU
+#   bash benchmarks/device_check.sh OUTDIR --wheels DIR  # an offline machine: install DIR's wheels first
+# A GPU image with PyTorch seldom has all of the toolkit's own dependencies, and an offline machine cannot
+# fetch them: benchmarks/device_wheels.sh DIR, run where pip reaches its index, gathers them (and the
+# toolkit's own wheel) into DIR, and --wheels DIR installs them into a temporary folder on PYTHONPATH.
 set -uo pipefail
 
-usage() { echo "usage: $0 OUTDIR [--dry-run]" >&2; exit 2; }
-[ $# -ge 1 ] && [ $# -le 2 ] || usage
+usage() { echo "usage: $0 OUTDIR [--dry-run] [--wheels DIR]" >&2; exit 2; }
+[ $# -ge 1 ] || usage
 OUT=$1
+shift
 DRY=0
-if [ $# -eq 2 ]; then [ "$2" = "--dry-run" ] || usage; DRY=1; fi
+WHEELS=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --dry-run) DRY=1 ;;
+        --wheels) [ $# -ge 2 ] || usage; WHEELS=$2; shift ;;
+        *) usage ;;
+    esac
+    shift
+done
 PY=${PYTHON:-python}
 mkdir -p "$OUT" || exit 2
 SUMMARY="$OUT/SUMMARY.md"
+
+if [ -n "$WHEELS" ]; then
+    compgen -G "$WHEELS/*.whl" >/dev/null || { echo "$0: --wheels $WHEELS: no .whl files there" >&2; exit 2; }
+    SITE=$(mktemp -d) || exit 1
+    trap 'rm -rf "$SITE"' EXIT
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl || {
+        echo "$0: --wheels $WHEELS: pip could not install them (see above)" >&2
+        exit 1
+    }
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    echo "installed $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE"
+fi
 
 if [ $DRY -eq 1 ]; then
     # Toy size: the test model, one round, the CPU; the same options otherwise (fp16 and CUDA graphs
@@ -67,6 +92,10 @@ fi
     echo
     echo "Every PyTorch path is timed host to host (batch copied to the device, logits copied back)."
     echo
+    if [ -n "$WHEELS" ]; then
+        echo "Installed for this run from $WHEELS: $(cd "$WHEELS" && ls -- *.whl | tr '\n' ' ')"
+        echo
+    fi
 } >"$SUMMARY"
 
 # step NAME LIMIT COMMAND...: print it, run it under its limit with its output in OUTDIR/NAME.log
