@@ -154,14 +154,14 @@ def _threshold_pair(
         decisions = model.forward_ltmp(images).decisions
     reports = image_flops(model, decisions)
     ratio, total = (float(np.mean([getattr(r, k) for r in reports])) for k in ("ratio", "total"))
+    timed = sorted(set(batches))
     # A batch of b runs the first b images, and an image's decisions do not depend on its batch.
     batch_flops = {
-        b: (float(np.mean([r.ratio for r in reports[:b]])), padded_flops_ratio(model, decisions, b))
-        for b in sorted(set(batches))
+        b: (float(np.mean([r.ratio for r in reports[:b]])), padded_flops_ratio(model, decisions, b)) for b in timed
     }
     merges, keeps = per_image_counts([decisions])
     reached = schedule_from_counts(model, merges, keeps, "mean")
-    per_batch = {b: schedule_from_counts(model, merges[:b], keeps[:b], "mean") for b in sorted(set(batches))}
+    per_batch = {b: schedule_from_counts(model, merges[:b], keeps[:b], "mean") for b in timed}
     names = None
     if all(s == reached for s in per_batch.values()):
         oracles = [_oracle(model, REACHED, reached, None)]
