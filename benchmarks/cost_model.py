@@ -12,6 +12,10 @@ CPU time leaves out the preemption that the wall clock carries).
     python benchmarks/cost_model.py --cost cost.json --learned s0.safetensors s1.safetensors ... \\
         --json benchmarks/results/2026-12-05-cost-model-digits.json
 
+``--frontier 0 0.05 ...`` adds the search's schedule at each of those floors with no accuracy guard, and
+``--oracles`` times every schedule's oracle in the same rounds: how much faster the same FLOPs can run,
+what accuracy that costs, and how much of a schedule's time its reductions take.
+
 ``--model deit_tiny_patch16_224`` (random weights, no learned thresholds): the two schedules come from
 the FLOPs target's geometric schedule (``schedule_for_flops``) and the search's per-image statistics
 from that schedule itself (every image at its counts), so only latency is compared.
@@ -34,6 +38,7 @@ import torch
 from ltmp_deploy.calibration.calibrate import schedule_from_counts
 from ltmp_deploy.calibration.evaluate import evaluate
 from ltmp_deploy.calibration.latency import FLOORS, calibrate_for_latency, latency_schedule
+from ltmp_deploy.errors import LTMPError
 from ltmp_deploy.export.onnx_export import export_onnx
 from ltmp_deploy.ltmp.checkpoint import load
 from ltmp_deploy.ltmp.flops import model_dims, schedule_flops, schedule_for_flops
@@ -42,14 +47,20 @@ from ltmp_deploy.runtime.backends import close, infer, open_runner
 from ltmp_deploy.runtime.cost_model import read_cost_model
 
 
-def time_schedules(model: Any, schedules: dict[str, Schedule | None], batches, rounds: int, threads: int) -> dict:
-    """Per-round ratios to ``unpatched`` (its schedule None) of every schedule's fixed-mode graph."""
+def time_schedules(
+    model: Any, schedules: dict[str, Schedule | None], batches, rounds: int, threads: int, oracles: bool = False
+) -> dict:
+    """Per-round ratios to ``unpatched`` (its schedule None) of every schedule's fixed-mode graph, and with
+    ``oracles`` of each one's oracle too (``oracle:<name>``: the same counts with no reduction operators)."""
     out: dict[str, Any] = {}
+    runs = [(name, "fixed", s) for name, s in schedules.items()]
+    if oracles:
+        runs += [(f"oracle:{name}", "oracle", s) for name, s in schedules.items() if s is not None]
     with tempfile.TemporaryDirectory() as tmp:
         targets = {}
-        for name, schedule in schedules.items():
-            model.ltmp_set_mode("off") if schedule is None else model.ltmp_set_mode("fixed", schedule)
-            path = Path(tmp) / f"{name}.onnx"
+        for name, mode, schedule in runs:
+            model.ltmp_set_mode("off") if schedule is None else model.ltmp_set_mode(mode, schedule)
+            path = Path(tmp) / f"{name.replace(':', '-')}.onnx"
             export_onnx(model, path, validate=False)
             targets[name] = open_runner(path, "onnxruntime", ["CPUExecutionProvider"], threads)
         size = model.patch_embed.img_size
@@ -101,6 +112,7 @@ def digits_seed(path: str, cost, args) -> dict[str, Any]:
     result = calibrate_for_latency(model, val, counts.merges, counts.keeps, flops_schedule, cost, args.cost_batch)
     print(result.summary(), flush=True)
     schedules = {"unpatched": None, "flops": flops_schedule, "latency": result.schedule}
+    schedules |= frontier(model, counts, cost, args, schedule_flops(model, flops_schedule).ratio, schedules)
     row: dict[str, Any] = {"checkpoint": path, "search": result.summary(), "schedules": {}}
     for name, schedule in schedules.items():
         model.ltmp_set_mode("off") if schedule is None else model.ltmp_set_mode("fixed", schedule)
@@ -115,8 +127,25 @@ def digits_seed(path: str, cost, args) -> dict[str, Any]:
                 },
             }
         row["schedules"][name] = entry
-    row["latency"] = time_schedules(model, schedules, args.batches, args.rounds, args.threads)
+    row["latency"] = time_schedules(model, schedules, args.batches, args.rounds, args.threads, args.oracles)
     return row
+
+
+def frontier(model: Any, counts: Any, cost, args, target: float, known: dict) -> dict[str, Schedule]:
+    """The search's schedule at each ``--frontier`` floor with no accuracy guard: how much faster the cost
+    model says the same FLOPs can run once the schedule may run further ahead of the thresholds, and (timed
+    and tested beside the others) what that costs in accuracy. A floor of 0 is the fewest tokens any
+    calibration image kept in each block."""
+    found: dict[str, Schedule] = {}
+    for floor in args.frontier:
+        try:
+            choice = latency_schedule(model, counts.merges, counts.keeps, cost, args.cost_batch, target, floor)
+        except LTMPError as e:
+            print(f"floor q{floor:g}: {e}", flush=True)
+            continue
+        if all(choice.schedule != s for s in [*known.values(), *found.values()]):
+            found[f"q{floor:g}"] = choice.schedule
+    return found
 
 
 def _mk(schedule: Schedule):
@@ -160,7 +189,11 @@ def main() -> None:
     p.add_argument("--cost-batch", type=int, default=1)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--rounds", type=int, default=30)
+    p.add_argument(
+        "--frontier", type=float, nargs="*", default=[], help="floors to search at without the accuracy guard"
+    )
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--oracles", action="store_true", help="time each schedule's oracle too")
     p.add_argument("--json", required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
