@@ -16,6 +16,9 @@ CPU time leaves out the preemption that the wall clock carries).
 ``--oracles`` times every schedule's oracle in the same rounds: how much faster the same FLOPs can run,
 what accuracy that costs, and how much of a schedule's time its reductions take.
 
+``--cost-b`` calibrates a second time on another cost model (say, the same measurement at every token
+count) and times that schedule beside the first.
+
 ``--model deit_tiny_patch16_224`` (random weights, no learned thresholds): the two schedules come from
 the FLOPs target's geometric schedule (``schedule_for_flops``) and the search's per-image statistics
 from that schedule itself (every image at its counts), so only latency is compared.
@@ -112,8 +115,15 @@ def digits_seed(path: str, cost, args) -> dict[str, Any]:
     result = calibrate_for_latency(model, val, counts.merges, counts.keeps, flops_schedule, cost, args.cost_batch)
     print(result.summary(), flush=True)
     schedules = {"unpatched": None, "flops": flops_schedule, "latency": result.schedule}
+    search = {"latency": result.summary()}
+    if args.cost_b:
+        other = calibrate_for_latency(
+            model, val, counts.merges, counts.keeps, flops_schedule, read_cost_model(args.cost_b), args.cost_batch
+        )
+        schedules["latency-b"], search["latency-b"] = other.schedule, other.summary()
+        print(other.summary(), flush=True)
     schedules |= frontier(model, counts, cost, args, schedule_flops(model, flops_schedule).ratio, schedules)
-    row: dict[str, Any] = {"checkpoint": path, "search": result.summary(), "schedules": {}}
+    row: dict[str, Any] = {"checkpoint": path, "search": search, "schedules": {}}
     for name, schedule in schedules.items():
         model.ltmp_set_mode("off") if schedule is None else model.ltmp_set_mode("fixed", schedule)
         acc = evaluate(model, test, progress=False)[0]
@@ -182,6 +192,7 @@ def random_model(name: str, cost, args) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cost", required=True)
+    p.add_argument("--cost-b", help="a second cost model: its latency-aware schedule is timed as latency-b")
     p.add_argument("--learned", nargs="*", default=[])
     p.add_argument("--model", help="a timm model name: latency only, random weights")
     p.add_argument("--target", type=float, default=0.5)
