@@ -1,8 +1,9 @@
 """Where ONNX Runtime's CPU time goes in one mode against another: its own profiler, per op type.
 
 By default fixed mode against the oracle (``--mode``, ``--base``: threshold against fixed, for
-instance). Both graphs of one model (random weights; ``schedule_for_flops(--target)``, threshold
-mode's thresholds bisected to the same mean FLOPs as ``bench`` does) are exported as
+instance). Both graphs of one model (a timm name with random weights, or a toolkit checkpoint; a
+calibrated checkpoint's own schedule, else ``schedule_for_flops(--target)``; threshold mode's thresholds
+bisected on random images to the same mean FLOPs as ``bench`` does) are exported as
 ``ltmp-deploy export`` does, then run ``--runs`` times each, alternating, with ONNX Runtime's
 profiler on (``SessionOptions.enable_profiling``) at ``--threads`` intra-op threads. Every node
 run is summed by op type; the table gives each op type's kernel time per run in both graphs and
@@ -29,13 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import timm
 import torch
 
 from ltmp_deploy.calibration.thresholds import thresholds_for_flops
 from ltmp_deploy.export.onnx_export import export_onnx
+from ltmp_deploy.ltmp.checkpoint import load
 from ltmp_deploy.ltmp.flops import schedule_for_flops
-from ltmp_deploy.ltmp.patch import apply_patch
 
 
 def session(path: Path, threads: int, prefix: Path) -> ort.InferenceSession:
@@ -68,7 +68,9 @@ def op_times(profile: Path, runs: int, by_role: bool = False) -> tuple[dict[str,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="deit_small_patch16_224")
+    parser.add_argument(
+        "--model", default="deit_small_patch16_224", help="a timm name (random weights) or a toolkit checkpoint"
+    )
     parser.add_argument("--target", type=float, default=0.5)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -79,8 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    model = apply_patch(timm.create_model(args.model, pretrained=False).eval())
-    model.ltmp_set_mode("fixed", schedule_for_flops(model, args.target))
+    model = load(args.model)
+    schedule = model.ltmp.schedule  # a calibrated checkpoint's own; otherwise the FLOPs target's geometric one
+    model.ltmp_set_mode("fixed", schedule if schedule is not None else schedule_for_flops(model, args.target))
+    args.where = "its calibrated schedule" if schedule is not None else f"{args.target} of the block FLOPs"
     size = model.patch_embed.img_size
     images = np.random.default_rng(0).standard_normal((args.batch, 3, *size), dtype=np.float32)
     if "threshold" in (args.mode, args.base):
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 def report(args: argparse.Namespace, times: dict[str, tuple[dict[str, float], int]]) -> None:
     a, b = args.mode, args.base
     (ours, our_nodes), (base, base_nodes) = times[a], times[b]
-    print(f"{args.model}, {a} against {b} at {args.target} of the block FLOPs, batch {args.batch},", end=" ")
+    print(f"{args.model}, {a} against {b} at {args.where}, batch {args.batch},", end=" ")
     print(f"{args.threads} threads; onnxruntime {ort.__version__} CPU profiler, kernel time per run,", end=" ")
     print(f"mean of {args.runs} runs\n")
     print(f"{b} {sum(base.values()) / 1e3:.2f} ms in {base_nodes} nodes,", end=" ")
