@@ -104,7 +104,7 @@ def stderr(acc: float, n: int) -> float:
     return float(np.sqrt(acc * (1 - acc) / n))
 
 
-def digits_seed(path: str, cost, args) -> dict[str, Any]:
+def digits_seed(path: str, cost, args, cost_b=None) -> dict[str, Any]:
     from ltmp_deploy.data.datasets import EMBEDDED, dataset_for
 
     model = load(path)
@@ -116,10 +116,8 @@ def digits_seed(path: str, cost, args) -> dict[str, Any]:
     print(result.summary(), flush=True)
     schedules = {"unpatched": None, "flops": flops_schedule, "latency": result.schedule}
     search = {"latency": result.summary()}
-    if args.cost_b:
-        other = calibrate_for_latency(
-            model, val, counts.merges, counts.keeps, flops_schedule, read_cost_model(args.cost_b), args.cost_batch
-        )
+    if cost_b is not None:
+        other = calibrate_for_latency(model, val, counts.merges, counts.keeps, flops_schedule, cost_b, args.cost_batch)
         schedules["latency-b"], search["latency-b"] = other.schedule, other.summary()
         print(other.summary(), flush=True)
     schedules |= frontier(model, counts, cost, args, schedule_flops(model, flops_schedule).ratio, schedules)
@@ -209,11 +207,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cost = read_cost_model(args.cost)
+    cost_b = read_cost_model(args.cost_b) if args.cost_b else None
     doc = {"cost": args.cost, "load_start": os.getloadavg(), "floors": FLOORS, "args": vars(args), "runs": []}
     if args.model:
         doc["runs"].append(random_model(args.model, cost, args))
     for path in args.learned:
-        doc["runs"].append(digits_seed(path, cost, args))
+        doc["runs"].append(digits_seed(path, cost, args, cost_b))
         Path(args.json).write_text(json.dumps(doc, indent=1))
     doc["load_end"] = os.getloadavg()
     Path(args.json).write_text(json.dumps(doc, indent=1))

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     model = load(args.model)
     schedule = model.ltmp.schedule  # a calibrated checkpoint's own; otherwise the FLOPs target's geometric one
     model.ltmp_set_mode("fixed", schedule if schedule is not None else schedule_for_flops(model, args.target))
-    args.where = "its calibrated schedule" if schedule is not None else f"{args.target} of the block FLOPs"
+    where = "its calibrated schedule" if schedule is not None else f"{args.target} of the block FLOPs"
     size = model.patch_embed.img_size
     images = np.random.default_rng(0).standard_normal((args.batch, 3, *size), dtype=np.float32)
     if "threshold" in (args.mode, args.base):
@@ -101,13 +101,13 @@ def main(argv: list[str] | None = None) -> None:
             for s in sessions.values():
                 s.run(None, {s.get_inputs()[0].name: images})
         times = {mode: op_times(Path(s.end_profiling()), args.runs, args.by_node) for mode, s in sessions.items()}
-    report(args, times)
+    report(args, where, times)
 
 
-def report(args: argparse.Namespace, times: dict[str, tuple[dict[str, float], int]]) -> None:
+def report(args: argparse.Namespace, where: str, times: dict[str, tuple[dict[str, float], int]]) -> None:
     a, b = args.mode, args.base
     (ours, our_nodes), (base, base_nodes) = times[a], times[b]
-    print(f"{args.model}, {a} against {b} at {args.where}, batch {args.batch},", end=" ")
+    print(f"{args.model}, {a} against {b} at {where}, batch {args.batch},", end=" ")
     print(f"{args.threads} threads; onnxruntime {ort.__version__} CPU profiler, kernel time per run,", end=" ")
     print(f"mean of {args.runs} runs\n")
     print(f"{b} {sum(base.values()) / 1e3:.2f} ms in {base_nodes} nodes,", end=" ")
